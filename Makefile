@@ -1,0 +1,41 @@
+# The README's two commands. Each creates and fills its own virtual environment on a fresh machine, then runs.
+#
+# torch: the CPU build. On these machines `pip install torch==2.13.0` takes the CPU wheel that lies on disk
+# (pip's find-links); elsewhere override TORCH_SPEC, e.g.
+#   make test TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu"
+# triton is pinned because the profiling hooks patch interpreter internals of that release.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TRITON_SPEC ?= triton==3.9.0
+EXTRAS ?= dev,bench,integration
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.prompt-ops-installed
+
+# Kernels run on the CPU through the Triton interpreter unless a GPU is present; it must be set before triton loads.
+INTERPRET ?= $(shell $(PYTHON) -c "import shutil; print(0 if shutil.which('nvidia-smi') else 1)" 2>/dev/null || echo 1)
+export TRITON_DEFAULT_FP_FUSION := 1
+
+.PHONY: test bench lint format clean
+
+$(STAMP): pyproject.toml setup.py Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" "$(TRITON_SPEC)"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	TRITON_INTERPRET=$(INTERPRET) $(PY) -m pytest -n 2 -q tests
+
+bench: $(STAMP)
+	TRITON_INTERPRET=$(INTERPRET) $(PY) -m bench.run
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -1,0 +1,19 @@
+"""prompt_ops: fused Triton kernels for decomposed prompt tuning, with exact autograd.
+
+Functional ops (``backend="auto" | "triton" | "torch"``):
+
+- :func:`prompt_embed`: vanilla prompt tuning input, prompt rows prepended to the token embeddings.
+- :func:`dept_embed`: DePT input, plus a position-wise low-rank offset ``scale * A[t] @ B``.
+
+Modules over a frozen ``nn.Embedding``: :class:`PromptTuning`, :class:`DePT`.
+
+``import prompt_ops`` needs neither triton nor transformers; they are imported when a path needs them.
+"""
+
+from prompt_ops.methods.dept import DePT
+from prompt_ops.methods.prompt_tuning import PromptTuning
+from prompt_ops.ops.dept_embed import dept_embed, prompt_embed
+
+__version__ = "0.1.0"
+
+__all__ = ["DePT", "PromptTuning", "dept_embed", "prompt_embed", "__version__"]

@@ -1,0 +1,464 @@
+"""Fused DePT / prompt-tuning input embedding: Triton kernels and their launchers.
+
+Notation: ``B`` batch, ``L`` input length, ``m`` prompt rows, ``d`` hidden size, ``r`` rank, ``T = m + L`` output
+rows per sample, ``s`` the DePT scale.
+
+Forward (one launch) writes the whole model input::
+
+    out[b, p]     = prompt[p]                                   p < m
+    out[b, m + t] = W[ids[b, t]] + s * (A[t] @ B)                t < L   (offset absent for plain prompt tuning)
+    mask[b, p]    = 1 for p < m, else attention_mask[b, p - m] (1 when no mask is given)
+
+Programs tile the ``(T, d)`` plane; each program computes its slice of the offset ``s * A[t] @ B`` once and reuses
+it for every batch row it handles, so the ``(B, L, d)`` repeat of ``A @ B`` never exists.
+
+Backward (one launch, then two small sums over tiles): with ``dX`` the gradient of ``out``::
+
+    G        = sum_b dX[b, m:, :]          (L, d)   batch reduced first, in registers, fp32
+    dprompt  = sum_b dX[b, :m, :]          (m, d)
+    dB       = s * A[:L]^T @ G             (r, d)   partial per row tile  -> (n_row_tiles, r, d), summed after
+    dA[:L]   = s * G @ B^T                 (L, r)   partial per column tile -> (n_col_tiles, L, r), summed after
+
+The derivation is the chain rule through ``out[b, m+t] = E[b, t] + s * sum_k A[t, k] B[k, :]``: the offset does not
+depend on ``b``, so its gradient is the batch sum ``G``; then ``dA[t, k] = s * sum_j G[t, j] B[k, j]`` and
+``dB[k, j] = s * sum_t A[t, k] G[t, j]``. The embedding table is frozen and gets no gradient.
+
+Partials plus a sum keep the reduction deterministic (no atomics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _dept_embed_fwd_kernel(
+    out_ptr,  # (B, T, d) contiguous, weight dtype
+    mask_out_ptr,  # (B, T) contiguous, mask dtype
+    ids_ptr,  # (B, L) int32 / int64, any strides
+    weight_ptr,  # (V, d) any strides
+    prompt_ptr,  # (m, d) any strides
+    lora_a_ptr,  # (L_max, r)
+    lora_b_ptr,  # (r, d)
+    mask_ptr,  # (B, L) or unused
+    num_batch,
+    num_prompt,
+    seq_len,
+    hidden,
+    rank,
+    vocab,
+    scale,
+    batches_per_program,
+    stride_ids_b,
+    stride_ids_t,
+    stride_w_v,
+    stride_w_d,
+    stride_p_m,
+    stride_p_d,
+    stride_a_l,
+    stride_a_r,
+    stride_b_r,
+    stride_b_d,
+    stride_mask_b,
+    stride_mask_t,
+    HAS_OFFSET: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    pid_t = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1).to(tl.int64)
+    pid_b = tl.program_id(2).to(tl.int64)
+    total = num_prompt + seq_len
+
+    rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)  # [BLOCK_T] output row p in [0, T)
+    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)  # [BLOCK_D]
+    col_ok = cols < hidden  # [BLOCK_D]
+    is_prompt = rows < num_prompt  # [BLOCK_T]
+    is_token = (rows >= num_prompt) & (rows < total)  # [BLOCK_T]
+    tok = tl.where(is_token, rows - num_prompt, 0)  # [BLOCK_T] token position t
+
+    # Prompt rows: loaded once, stored for every batch row of this program.
+    prompt = tl.load(
+        prompt_ptr + rows[:, None] * stride_p_m + cols[None, :] * stride_p_d,
+        mask=is_prompt[:, None] & col_ok[None, :],
+        other=0.0,
+    ).to(tl.float32)  # [BLOCK_T, BLOCK_D]
+
+    # Offset slice s * A[rows] @ B[:, cols], accumulated over rank chunks of BLOCK_R (>= 16 for tl.dot) so that
+    # register use does not grow with the rank.
+    offset = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+    if HAS_OFFSET:
+        for k0 in range(0, rank, BLOCK_R):
+            r = k0 + tl.arange(0, BLOCK_R).to(tl.int64)  # [BLOCK_R]
+            a = tl.load(
+                lora_a_ptr + tok[:, None] * stride_a_l + r[None, :] * stride_a_r,
+                mask=is_token[:, None] & (r[None, :] < rank),
+                other=0.0,
+            ).to(tl.float32)  # [BLOCK_T, BLOCK_R]
+            b_mat = tl.load(
+                lora_b_ptr + r[:, None] * stride_b_r + cols[None, :] * stride_b_d,
+                mask=(r[:, None] < rank) & col_ok[None, :],
+                other=0.0,
+            ).to(tl.float32)  # [BLOCK_R, BLOCK_D]
+            offset += tl.dot(a, b_mat, input_precision="ieee")
+        offset = offset * scale
+
+    out_ok = (rows < total)[:, None] & col_ok[None, :]  # [BLOCK_T, BLOCK_D]
+    first = pid_b * batches_per_program
+    count = tl.minimum(batches_per_program, num_batch - first)
+    # Per-sample base pointers, advanced by one sample per iteration (64-bit pointer arithmetic).
+    ids_base = ids_ptr + first * stride_ids_b
+    mask_base = mask_ptr + first * stride_mask_b
+    out_base = out_ptr + first * total * hidden
+    mask_out_base = mask_out_ptr + first * total
+    for _ in range(0, count):
+        ids = tl.load(ids_base + tok * stride_ids_t, mask=is_token, other=0).to(tl.int64)  # [BLOCK_T]
+        # Out-of-range ids (possible only when the host check is switched off) read nothing and give zeros.
+        id_ok = is_token & (ids >= 0) & (ids < vocab)  # [BLOCK_T]
+        emb = tl.load(
+            weight_ptr + ids[:, None] * stride_w_v + cols[None, :] * stride_w_d,
+            mask=id_ok[:, None] & col_ok[None, :],
+            other=0.0,
+        ).to(tl.float32)  # [BLOCK_T, BLOCK_D]
+        emb = emb + offset
+        value = tl.where(is_prompt[:, None], prompt, emb)  # [BLOCK_T, BLOCK_D]
+        tl.store(out_base + rows[:, None] * hidden + cols[None, :], value.to(out_ptr.dtype.element_ty), mask=out_ok)
+        if pid_d == 0:
+            if HAS_MASK:
+                given = tl.load(mask_base + tok * stride_mask_t, mask=is_token, other=1)
+                keep = tl.where(is_prompt, 1.0, given.to(tl.float32))  # [BLOCK_T]
+            else:
+                keep = tl.full([BLOCK_T], 1.0, tl.float32)
+            tl.store(mask_out_base + rows, keep.to(mask_out_ptr.dtype.element_ty), mask=rows < total)
+        ids_base += stride_ids_b
+        mask_base += stride_mask_b
+        out_base += total * hidden
+        mask_out_base += total
+
+
+@triton.jit
+def _dept_embed_bwd_kernel(
+    grad_prompt_ptr,  # (m, d) fp32 contiguous
+    grad_a_part_ptr,  # (n_col_tiles, L, r) fp32 contiguous
+    grad_b_part_ptr,  # (n_row_tiles, r, d) fp32 contiguous
+    grad_out_ptr,  # (B, T, d) any strides
+    lora_a_ptr,
+    lora_b_ptr,
+    num_batch,
+    num_prompt,
+    seq_len,
+    hidden,
+    rank,
+    scale,
+    stride_g_b,
+    stride_g_t,
+    stride_g_d,
+    stride_a_l,
+    stride_a_r,
+    stride_b_r,
+    stride_b_d,
+    HAS_OFFSET: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    pid_t = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1).to(tl.int64)
+    total = num_prompt + seq_len
+
+    rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)  # [BLOCK_T]
+    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)  # [BLOCK_D]
+    col_ok = cols < hidden
+    is_prompt = rows < num_prompt
+    is_token = (rows >= num_prompt) & (rows < total)
+    tok = tl.where(is_token, rows - num_prompt, 0)
+    in_ok = (rows < total)[:, None] & col_ok[None, :]  # [BLOCK_T, BLOCK_D]
+
+    # Batch reduction first, in fp32 registers.
+    acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+    grad_ptrs = grad_out_ptr + rows[:, None] * stride_g_t + cols[None, :] * stride_g_d  # [BLOCK_T, BLOCK_D]
+    for _ in range(0, num_batch):
+        acc += tl.load(grad_ptrs, mask=in_ok, other=0.0).to(tl.float32)
+        grad_ptrs += stride_g_b
+
+    tl.store(grad_prompt_ptr + rows[:, None] * hidden + cols[None, :], acc, mask=is_prompt[:, None] & col_ok[None, :])
+
+    if HAS_OFFSET:
+        g_tok = tl.where(is_token[:, None], acc, 0.0)  # [BLOCK_T, BLOCK_D]  rows of G in this tile
+        for k0 in range(0, rank, BLOCK_R):
+            r = k0 + tl.arange(0, BLOCK_R).to(tl.int64)  # [BLOCK_R]
+            rank_ok = r < rank
+            a = tl.load(
+                lora_a_ptr + tok[:, None] * stride_a_l + r[None, :] * stride_a_r,
+                mask=is_token[:, None] & rank_ok[None, :],
+                other=0.0,
+            ).to(tl.float32)  # [BLOCK_T, BLOCK_R]
+            b_mat = tl.load(
+                lora_b_ptr + r[:, None] * stride_b_r + cols[None, :] * stride_b_d,
+                mask=rank_ok[:, None] & col_ok[None, :],
+                other=0.0,
+            ).to(tl.float32)  # [BLOCK_R, BLOCK_D]
+            grad_b = tl.dot(tl.trans(a), g_tok, input_precision="ieee") * scale  # [BLOCK_R, BLOCK_D]
+            tl.store(
+                grad_b_part_ptr + (pid_t * rank + r[:, None]) * hidden + cols[None, :],
+                grad_b,
+                mask=rank_ok[:, None] & col_ok[None, :],
+            )
+            grad_a = tl.dot(g_tok, tl.trans(b_mat), input_precision="ieee") * scale  # [BLOCK_T, BLOCK_R]
+            tl.store(
+                grad_a_part_ptr + (pid_d * seq_len + tok[:, None]) * rank + r[None, :],
+                grad_a,
+                mask=is_token[:, None] & rank_ok[None, :],
+            )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launch configuration
+# ----------------------------------------------------------------------------------------------------------------
+
+RANK_CHUNK = 16
+"""``BLOCK_R``: rank columns per ``tl.dot`` step (the GPU needs K, N >= 16); any rank is covered by a loop."""
+
+GPU_TARGET_PROGRAMS = 1024
+"""Forward programs aimed for on a GPU (about 8 per SM on an H100) before batch rows are grouped per program."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedConfig:
+    """Tile sizes of one launch. ``batches_per_program=0`` means "choose from the grid" (forward only)."""
+
+    block_t: int
+    block_d: int
+    num_warps: int = 4
+    batches_per_program: int = 0
+
+
+GPU_CONFIG = EmbedConfig(block_t=16, block_d=64, num_warps=4)
+"""The shipped GPU tile. Chosen from sm_90 compile stats (fp32 ``ieee`` dots, bf16 table, rank chunk 16): forward
+117 and backward 72 registers per thread, no spills. 32 x 128 spills in both kernels; see tests/kernels."""
+
+
+def default_config(num_rows: int, hidden: int, interpret: bool) -> EmbedConfig:
+    """Heuristic tile choice (no autotuning, see DESIGN.md §3).
+
+    On a GPU the shipped ``GPU_CONFIG``. Under the interpreter the cost is per program and per op, not per element,
+    so the tiles cover as much of the ``(T, d)`` plane as is sensible: up to 128 rows x 1024 columns.
+    """
+    if not interpret:
+        return GPU_CONFIG
+    return EmbedConfig(
+        block_t=min(128, max(16, triton.next_power_of_2(max(num_rows, 1)))),
+        block_d=min(1024, max(16, triton.next_power_of_2(hidden))),
+    )
+
+
+def _interpreting() -> bool:
+    return bool(triton.knobs.runtime.interpret)
+
+
+def _batches_per_program(config: EmbedConfig, num_batch: int, tiles: int, interpret: bool) -> int:
+    if config.batches_per_program > 0:
+        return config.batches_per_program
+    if interpret:
+        return max(num_batch, 1)
+    groups = max(1, min(num_batch, triton.cdiv(GPU_TARGET_PROGRAMS, tiles)))
+    return triton.cdiv(num_batch, groups)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def dept_embed_fwd(
+    input_ids: torch.Tensor,
+    weight: torch.Tensor,
+    prompt: torch.Tensor,
+    lora_a: torch.Tensor | None,
+    lora_b: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    scale: float,
+    config: EmbedConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the fused forward. Arguments are assumed validated (see ``prompt_ops.dept_embed``).
+
+    Returns ``inputs_embeds (B, m+L, d)`` in ``weight.dtype`` and the extended mask ``(B, m+L)`` in the dtype of
+    ``attention_mask`` (int64 when it is None).
+    """
+    num_batch, seq_len = input_ids.shape
+    num_prompt, hidden = prompt.shape
+    total = num_prompt + seq_len
+    mask_dtype = attention_mask.dtype if attention_mask is not None else torch.int64
+    out = torch.empty((num_batch, total, hidden), dtype=weight.dtype, device=weight.device)
+    mask_out = torch.empty((num_batch, total), dtype=mask_dtype, device=weight.device)
+    if out.numel() == 0 and mask_out.numel() == 0:
+        return out, mask_out
+
+    has_offset = lora_a is not None
+    rank = lora_a.shape[1] if has_offset else 0
+    interpret = _interpreting()
+    config = config or default_config(total, hidden, interpret)
+    tiles_t, tiles_d = triton.cdiv(total, config.block_t), triton.cdiv(hidden, config.block_d)
+    per_program = _batches_per_program(config, num_batch, tiles_t * tiles_d, interpret)
+    grid = (tiles_t, tiles_d, triton.cdiv(num_batch, per_program))
+    # Unused pointers get a valid tensor; the constexpr flags keep them untouched.
+    a = lora_a if has_offset else prompt
+    b = lora_b if has_offset else prompt
+    m = attention_mask if attention_mask is not None else input_ids
+    _dept_embed_fwd_kernel[grid](
+        out,
+        mask_out,
+        input_ids,
+        weight,
+        prompt,
+        a,
+        b,
+        m,
+        num_batch,
+        num_prompt,
+        seq_len,
+        hidden,
+        rank,
+        weight.shape[0],
+        float(scale),
+        per_program,
+        input_ids.stride(0),
+        input_ids.stride(1),
+        weight.stride(0),
+        weight.stride(1),
+        prompt.stride(0),
+        prompt.stride(1),
+        a.stride(0),
+        a.stride(1),
+        b.stride(0),
+        b.stride(1),
+        m.stride(0),
+        m.stride(1),
+        HAS_OFFSET=has_offset,
+        HAS_MASK=attention_mask is not None,
+        BLOCK_T=config.block_t,
+        BLOCK_D=config.block_d,
+        BLOCK_R=RANK_CHUNK,
+        num_warps=config.num_warps,
+    )
+    return out, mask_out
+
+
+def dept_embed_bwd(
+    grad_out: torch.Tensor,
+    lora_a: torch.Tensor | None,
+    lora_b: torch.Tensor | None,
+    num_prompt: int,
+    scale: float,
+    config: EmbedConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Launch the fused backward. Returns fp32 ``(d_prompt (m, d), d_lora_a (L_max, r), d_lora_b (r, d))``.
+
+    ``d_lora_a`` and ``d_lora_b`` are None without an offset. Rows of ``d_lora_a`` at positions ``>= L`` are zero.
+    """
+    num_batch, total, hidden = grad_out.shape
+    seq_len = total - num_prompt
+    has_offset = lora_a is not None
+    rank = lora_a.shape[1] if has_offset else 0
+    device = grad_out.device
+    interpret = _interpreting()
+    rows = total if has_offset else num_prompt
+    config = config or default_config(rows, hidden, interpret)
+    tiles_t, tiles_d = triton.cdiv(rows, config.block_t), triton.cdiv(hidden, config.block_d)
+
+    grad_prompt = torch.empty((num_prompt, hidden), dtype=torch.float32, device=device)
+    grad_a_part = torch.empty((tiles_d, seq_len, rank), dtype=torch.float32, device=device)
+    grad_b_part = torch.empty((tiles_t, rank, hidden), dtype=torch.float32, device=device)
+    if num_batch == 0:
+        grad_prompt.zero_()
+        grad_a_part.zero_()
+        grad_b_part.zero_()
+    elif rows > 0:
+        a = lora_a if has_offset else grad_prompt
+        b = lora_b if has_offset else grad_prompt
+        _dept_embed_bwd_kernel[(tiles_t, tiles_d)](
+            grad_prompt,
+            grad_a_part,
+            grad_b_part,
+            grad_out,
+            a,
+            b,
+            num_batch,
+            num_prompt,
+            seq_len,
+            hidden,
+            rank,
+            float(scale),
+            grad_out.stride(0),
+            grad_out.stride(1),
+            grad_out.stride(2),
+            a.stride(0),
+            a.stride(1),
+            b.stride(0),
+            b.stride(1),
+            HAS_OFFSET=has_offset,
+            BLOCK_T=config.block_t,
+            BLOCK_D=config.block_d,
+            BLOCK_R=RANK_CHUNK,
+            num_warps=config.num_warps,
+        )
+    if not has_offset:
+        return grad_prompt, None, None
+    grad_a = torch.zeros_like(lora_a, dtype=torch.float32)
+    grad_a[:seq_len] = grad_a_part.sum(0) if tiles_d > 1 else grad_a_part[0]
+    grad_b = grad_b_part.sum(0) if tiles_t > 1 else grad_b_part[0]
+    return grad_prompt, grad_a, grad_b
+
+
+def sm90_specs():
+    """The shipped GPU configs of both kernels, for ``prompt_ops.kernels.compile_check``."""
+    from prompt_ops.kernels.compile_check import KernelSpec
+
+    specs = []
+    for dtype in ("fp32", "fp16", "bf16"):
+        for has_offset in (True, False):
+            name = "dept" if has_offset else "prompt"
+            tile = {"BLOCK_T": GPU_CONFIG.block_t, "BLOCK_D": GPU_CONFIG.block_d, "BLOCK_R": RANK_CHUNK}
+            forward_pointers = {
+                "out_ptr": f"*{dtype}",
+                "mask_out_ptr": "*i64",
+                "ids_ptr": "*i64",
+                "weight_ptr": f"*{dtype}",
+                "prompt_ptr": "*fp32",
+                "lora_a_ptr": "*fp32",
+                "lora_b_ptr": "*fp32",
+                "mask_ptr": "*i64",
+            }
+            specs.append(
+                KernelSpec(
+                    f"dept_embed_fwd[{name},{dtype}]",
+                    _dept_embed_fwd_kernel,
+                    forward_pointers,
+                    {"HAS_OFFSET": has_offset, "HAS_MASK": True, **tile},
+                    GPU_CONFIG.num_warps,
+                )
+            )
+            backward_pointers = {
+                "grad_prompt_ptr": "*fp32",
+                "grad_a_part_ptr": "*fp32",
+                "grad_b_part_ptr": "*fp32",
+                "grad_out_ptr": f"*{dtype}",
+                "lora_a_ptr": "*fp32",
+                "lora_b_ptr": "*fp32",
+            }
+            specs.append(
+                KernelSpec(
+                    f"dept_embed_bwd[{name},{dtype}]",
+                    _dept_embed_bwd_kernel,
+                    backward_pointers,
+                    {"HAS_OFFSET": has_offset, **tile},
+                    GPU_CONFIG.num_warps,
+                )
+            )
+    return specs

@@ -1,0 +1,66 @@
+"""What every soft-prompt method shares: a frozen word embedding and a trainable ``(m, d)`` prompt."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def initial_prompt(weight: torch.Tensor, num_tokens: int, init_token_ids: Sequence[int] | torch.Tensor | None):
+    """The official (PEFT) prompt init, as an fp32 ``(num_tokens, d)`` tensor.
+
+    With token ids (PEFT ``TEXT``): the ids are repeated cyclically up to ``num_tokens`` and truncated, and the
+    prompt is a copy of those vocabulary rows. Without (PEFT ``RANDOM``): N(0, 1), ``nn.Embedding``'s default.
+    """
+    vocab, hidden = weight.shape
+    if init_token_ids is None:
+        return torch.randn(num_tokens, hidden, device=weight.device)
+    ids = torch.as_tensor(init_token_ids, dtype=torch.long).flatten()
+    if ids.numel() == 0:
+        raise ValueError("init_token_ids must hold at least one token id, got an empty sequence")
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+        raise ValueError(f"init_token_ids must be in [0, {vocab}), got ids from {int(ids.min())} to {int(ids.max())}")
+    ids = ids.repeat(math.ceil(num_tokens / ids.numel()))[:num_tokens]
+    return weight.detach()[ids.to(weight.device)].to(torch.float32).clone()
+
+
+def check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+class SoftPromptModule(nn.Module):
+    """Base of the prompt-tuning modules: owns the trainable ``prompt`` and freezes ``embedding``.
+
+    ``forward(input_ids, attention_mask=None)`` returns ``(inputs_embeds, attention_mask)`` with the prompt
+    prepended, ready for a Hugging Face model's ``inputs_embeds=``.
+    """
+
+    def __init__(
+        self,
+        embedding: nn.Embedding,
+        num_tokens: int,
+        init_token_ids: Sequence[int] | torch.Tensor | None = None,
+        backend: str | None = None,
+    ):
+        super().__init__()
+        if not isinstance(embedding, nn.Embedding):
+            raise TypeError(f"embedding must be a torch.nn.Embedding, got {type(embedding).__name__}")
+        self.num_tokens = check_positive_int("num_tokens", num_tokens)
+        embedding.weight.requires_grad_(False)  # the word-embedding table is frozen in prompt tuning
+        self.embedding = embedding
+        self.backend = backend
+        self.prompt = nn.Parameter(initial_prompt(embedding.weight, num_tokens, init_token_ids))
+
+    @property
+    def hidden_size(self) -> int:
+        return self.embedding.embedding_dim
+
+    def extra_repr(self) -> str:
+        return f"num_tokens={self.num_tokens}, hidden_size={self.hidden_size}, backend={self.backend!r}"

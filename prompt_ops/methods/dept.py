@@ -1,0 +1,101 @@
+"""DePT: Decomposed Prompt Tuning (Shi & Lipani, ICLR 2024), official code ``ZhengxiangShi/DePT``.
+
+A shorter prompt plus a low-rank pair added to the input token embeddings by position::
+
+    inputs_embeds = cat(prompt, W[ids] + (lora_alpha / sqrt(r)) * A[:L] @ B)
+
+Defaults and init follow the official code (reference/methods.md §1): m=60, r=30, L_max=256, lora_alpha=8,
+``A`` kaiming-uniform (``a=sqrt(5)``, i.e. U(-1/sqrt(r), 1/sqrt(r))), ``B`` zeros (the offset starts at 0), prompt
+from vocabulary rows of given token ids or N(0, 1). The trainable-parameter count ``m*d + L_max*r + r*d`` equals
+vanilla prompt tuning with 100 tokens for T5-Base (76,800).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from torch import nn
+
+from prompt_ops.methods.base import SoftPromptModule, check_positive_int
+from prompt_ops.methods.official import read_official_dept
+from prompt_ops.ops.dept_embed import dept_embed
+
+
+class DePT(SoftPromptModule):
+    """``DePT(embedding, num_tokens=60, rank=30, max_length=256, lora_alpha=8.0, init_token_ids=None, backend=None)``.
+
+    Trainable parameters (fp32): ``prompt (m, d)``, ``lora_a (max_length, rank)``, ``lora_b (rank, d)``.
+    ``scale = lora_alpha / sqrt(rank)`` (not ``alpha / r``). Inputs longer than ``max_length`` raise.
+    """
+
+    def __init__(
+        self,
+        embedding: nn.Embedding,
+        num_tokens: int = 60,
+        rank: int = 30,
+        max_length: int = 256,
+        lora_alpha: float = 8.0,
+        init_token_ids=None,
+        backend: str | None = None,
+    ):
+        super().__init__(embedding, num_tokens, init_token_ids, backend)
+        self.rank = check_positive_int("rank", rank)
+        self.max_length = check_positive_int("max_length", max_length)
+        if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, (int, float)) or not lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be a positive number, got {lora_alpha!r}")
+        self.lora_alpha = float(lora_alpha)
+        self.scale = self.lora_alpha / math.sqrt(rank)
+        device = embedding.weight.device
+        self.lora_a = nn.Parameter(torch.empty(max_length, rank, device=device))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # fan_in = rank: U(-1/sqrt(r), 1/sqrt(r))
+        self.lora_b = nn.Parameter(torch.zeros(rank, self.hidden_size, device=device))
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return dept_embed(
+            input_ids,
+            self.embedding.weight,
+            self.prompt,
+            self.lora_a,
+            self.lora_b,
+            scale=self.scale,
+            attention_mask=attention_mask,
+            backend=self.backend,
+        )
+
+    @classmethod
+    def from_official(cls, path: str | os.PathLike, embedding: nn.Embedding, backend: str | None = None) -> DePT:
+        """Import an adapter released with the official DePT code (``adapter_config.json`` + ``adapter_model.bin``).
+
+        The pickle is loaded with ``weights_only=True``. ``embedding`` is the base model's word embedding (T5:
+        ``model.shared``); its width must equal the adapter's ``token_dim``. The result computes exactly the
+        official formula ``cat(P, W[ids] + lora_alpha / sqrt(r) * A[:L] @ B)``.
+        """
+        adapter = read_official_dept(path)
+        if embedding.embedding_dim != adapter.token_dim:
+            raise ValueError(
+                f"{path}: the adapter has token_dim {adapter.token_dim} but embedding has width "
+                f"{embedding.embedding_dim}; it was trained for another base model"
+            )
+        module = cls(
+            embedding,
+            num_tokens=adapter.num_tokens,
+            rank=adapter.rank,
+            max_length=adapter.max_length,
+            lora_alpha=adapter.lora_alpha,
+            backend=backend,
+        )
+        with torch.no_grad():
+            module.prompt.copy_(adapter.prompt)
+            module.lora_a.copy_(adapter.lora_a)
+            module.lora_b.copy_(adapter.lora_b)
+        return module
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, rank={self.rank}, max_length={self.max_length}, "
+            f"lora_alpha={self.lora_alpha}, scale={self.scale:.4f}"
+        )

@@ -1,0 +1,26 @@
+"""Vanilla prompt tuning (Lester et al., 2021): a trainable prompt prepended to the frozen token embeddings."""
+
+from __future__ import annotations
+
+import torch
+
+from prompt_ops.methods.base import SoftPromptModule
+from prompt_ops.ops.dept_embed import prompt_embed
+
+
+class PromptTuning(SoftPromptModule):
+    """``PromptTuning(embedding, num_tokens=100, init_token_ids=None, backend=None)``.
+
+    Trainable parameters: ``prompt (num_tokens, d)``, fp32, initialised as PEFT does (vocabulary rows of
+    ``init_token_ids`` repeated cyclically, else N(0, 1)). ``embedding`` is frozen.
+    """
+
+    def __init__(self, embedding, num_tokens: int = 100, init_token_ids=None, backend: str | None = None):
+        super().__init__(embedding, num_tokens, init_token_ids, backend)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return prompt_embed(
+            input_ids, self.embedding.weight, self.prompt, attention_mask=attention_mask, backend=self.backend
+        )

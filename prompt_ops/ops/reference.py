@@ -1,0 +1,51 @@
+"""Plain-PyTorch ground truth for every op: the single source of truth in tests and the bench's naive baseline.
+
+Written for clarity and the way the official code writes it (DePT, ``peft/peft_model.py``: the whole ``A @ B`` is
+formed, scaled, repeated over the batch and added; then the prompt is concatenated). Autograd gives the gradients.
+Offsets are accumulated in the parameters' precision (fp32 for fp32 masters) and rounded once to the table dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def extend_mask(attention_mask: torch.Tensor | None, batch: int, seq_len: int, num_prompt: int) -> torch.Tensor:
+    """``cat(ones(B, m), attention_mask)``; ones of int64 stand in for a missing mask."""
+    if attention_mask is None:
+        attention_mask = torch.ones(batch, seq_len, dtype=torch.int64)
+    ones = torch.ones(batch, num_prompt, dtype=attention_mask.dtype, device=attention_mask.device)
+    return torch.cat([ones, attention_mask], dim=1)
+
+
+def dept_embed(
+    input_ids: torch.Tensor,
+    weight: torch.Tensor,
+    prompt: torch.Tensor,
+    lora_a: torch.Tensor | None,
+    lora_b: torch.Tensor | None,
+    scale: float,
+    attention_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DePT input: ``cat(prompt, W[ids] + scale * (A @ B)[:L])`` and the extended mask. No offset when
+    ``lora_a`` is None (vanilla prompt tuning)."""
+    batch, seq_len = input_ids.shape
+    inputs_embeds = weight[input_ids]  # (B, L, d)
+    if lora_a is not None:
+        lora_embedding = scale * (lora_a @ lora_b)  # (L_max, d)
+        offset = lora_embedding[:seq_len].repeat(batch, 1, 1)  # (B, L, d), as the official code materialises it
+        inputs_embeds = (inputs_embeds.to(offset.dtype) + offset).to(weight.dtype)
+    prompts = prompt.to(weight.dtype).unsqueeze(0).expand(batch, -1, -1)  # (B, m, d)
+    embeds = torch.cat([prompts, inputs_embeds], dim=1)
+    mask = extend_mask(attention_mask, batch, seq_len, prompt.shape[0])
+    return embeds, mask.to(input_ids.device)
+
+
+def prompt_embed(
+    input_ids: torch.Tensor,
+    weight: torch.Tensor,
+    prompt: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vanilla prompt tuning input (PEFT ``PROMPT_TUNING``): ``cat(prompt, W[ids])`` and the extended mask."""
+    return dept_embed(input_ids, weight, prompt, None, None, 0.0, attention_mask)

@@ -1,0 +1,56 @@
+"""Ideal byte counts: every input the op needs read once, every output written once (DESIGN.md §5).
+
+Gathers count the gathered rows, not the whole table. These are the floors the fused kernels are held to.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def dept_embed_forward_bytes(
+    batch: int,
+    seq_len: int,
+    num_prompt: int,
+    hidden: int,
+    rank: int,
+    weight_dtype: torch.dtype = torch.float32,
+    ids_dtype: torch.dtype = torch.int64,
+    mask_dtype: torch.dtype | None = torch.int64,
+    param_dtype: torch.dtype = torch.float32,
+) -> int:
+    """Forward of ``prompt_embed`` (``rank=0``) or ``dept_embed``: ids, gathered rows, prompt, ``A[:L]``, ``B`` and
+    the input mask (``mask_dtype=None``: no input mask) in; the embeddings and the extended mask out."""
+    total = num_prompt + seq_len
+    out_mask = _size(mask_dtype) if mask_dtype is not None else _size(torch.int64)
+    read = (
+        batch * seq_len * _size(ids_dtype)
+        + batch * seq_len * hidden * _size(weight_dtype)
+        + num_prompt * hidden * _size(param_dtype)
+        + (seq_len * rank + rank * hidden) * _size(param_dtype)
+        + (batch * seq_len * _size(mask_dtype) if mask_dtype is not None else 0)
+    )
+    write = batch * total * hidden * _size(weight_dtype) + batch * total * out_mask
+    return read + write
+
+
+def dept_embed_backward_bytes(
+    batch: int,
+    seq_len: int,
+    num_prompt: int,
+    hidden: int,
+    rank: int,
+    max_length: int,
+    grad_dtype: torch.dtype = torch.float32,
+    param_dtype: torch.dtype = torch.float32,
+) -> int:
+    """Backward: the output gradient (prompt rows, and token rows when ``rank > 0``), ``A[:L]`` and ``B`` in;
+    ``d_prompt``, ``d_lora_a`` (all ``max_length`` rows) and ``d_lora_b`` out."""
+    rows = num_prompt + (seq_len if rank else 0)
+    read = batch * rows * hidden * _size(grad_dtype) + (seq_len * rank + rank * hidden) * _size(param_dtype)
+    write = (num_prompt * hidden + max_length * rank + rank * hidden) * _size(param_dtype)
+    return read + write

@@ -1,0 +1,35 @@
+"""Every shipped kernel config compiles for sm_90 (H100) without spilling (DESIGN.md §3)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prompt_ops.kernels.compile_check import SHARED_MEMORY_LIMIT
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_configs_compile_for_sm90_without_spills():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-m", "prompt_ops.kernels.compile_check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = [json.loads(line) for line in result.stdout.splitlines()]
+    labels = {s["label"] for s in stats}
+    for kernel in ("dept_embed_fwd", "dept_embed_bwd"):
+        for variant in ("dept", "prompt"):
+            for dtype in ("fp32", "fp16", "bf16"):
+                assert f"{kernel}[{variant},{dtype}]" in labels
+    for s in stats:
+        assert s["spill_bytes"] == 0, s
+        assert 0 < s["registers"] <= 255, s
+        assert s["shared_bytes"] <= SHARED_MEMORY_LIMIT, s

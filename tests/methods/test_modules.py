@@ -1,0 +1,150 @@
+"""PromptTuning and DePT modules: defaults, the official init, forward contract, official-checkpoint import."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import prompt_ops
+from prompt_ops.ops import reference
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "dept_sst2"
+BACKENDS = ["torch", "triton"]
+
+
+def test_dept_defaults_and_official_init():
+    embedding = nn.Embedding(100, 768)
+    module = prompt_ops.DePT(embedding)
+    assert (module.num_tokens, module.rank, module.max_length, module.lora_alpha) == (60, 30, 256, 8.0)
+    assert module.scale == pytest.approx(8.0 / math.sqrt(30))  # alpha / sqrt(r), not alpha / r
+    assert module.prompt.shape == (60, 768) and module.prompt.dtype == torch.float32
+    assert module.lora_a.shape == (256, 30) and module.lora_b.shape == (30, 768)
+    bound = 1 / math.sqrt(30)  # kaiming_uniform(a=sqrt(5)) with fan_in = r
+    assert module.lora_a.abs().max() <= bound and module.lora_a.abs().max() > 0.95 * bound
+    assert torch.equal(module.lora_b, torch.zeros(30, 768))
+    assert not embedding.weight.requires_grad
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    assert trainable == 76_800 == 100 * 768  # the budget of vanilla prompt tuning with 100 tokens on T5-Base
+
+
+def test_prompt_init_from_token_ids_repeats_cyclically():
+    embedding = nn.Embedding(30, 8)
+    module = prompt_ops.PromptTuning(embedding, num_tokens=7, init_token_ids=[4, 9, 2])
+    expected = embedding.weight.detach()[[4, 9, 2, 4, 9, 2, 4]]
+    assert torch.equal(module.prompt.detach(), expected)
+    assert module.prompt.requires_grad and module.prompt.dtype == torch.float32
+    truncated = prompt_ops.DePT(embedding, num_tokens=2, rank=2, max_length=4, init_token_ids=[5, 6, 7])
+    assert torch.equal(truncated.prompt.detach(), embedding.weight.detach()[[5, 6]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cls", ["PromptTuning", "DePT"])
+def test_forward_matches_reference(cls, backend):
+    embedding = nn.Embedding(40, 24)
+    kwargs = {"rank": 5, "max_length": 12} if cls == "DePT" else {}
+    module = getattr(prompt_ops, cls)(embedding, num_tokens=4, backend=backend, **kwargs)
+    if cls == "DePT":
+        nn.init.normal_(module.lora_b)  # move off the zero init so the offset is exercised
+    ids = torch.randint(0, 40, (3, 10))
+    mask = torch.ones(3, 10, dtype=torch.long)
+    out, out_mask = module(ids, mask)
+    lora = (module.lora_a, module.lora_b, module.scale) if cls == "DePT" else (None, None, 0.0)
+    ref_out, ref_mask = reference.dept_embed(ids, embedding.weight, module.prompt, *lora, mask)
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
+    assert torch.equal(out_mask, ref_mask)
+    out.square().sum().backward()
+    assert all(p.grad is not None for p in module.parameters() if p.requires_grad)
+    assert embedding.weight.grad is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, pattern",
+    [
+        ({"num_tokens": 0}, ValueError, "num_tokens must be >= 1"),
+        ({"rank": 2.5}, TypeError, "rank must be an int"),
+        ({"max_length": -3}, ValueError, "max_length must be >= 1"),
+        ({"lora_alpha": 0}, ValueError, "lora_alpha must be a positive number"),
+        ({"init_token_ids": [3, 99]}, ValueError, r"init_token_ids must be in \[0, 40\)"),
+        ({"init_token_ids": []}, ValueError, "at least one token id"),
+    ],
+)
+def test_module_arguments_are_checked(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        prompt_ops.DePT(nn.Embedding(40, 8), **kwargs)
+    with pytest.raises(TypeError, match="embedding must be a torch.nn.Embedding"):
+        prompt_ops.PromptTuning(nn.Linear(4, 4))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_from_official_reproduces_the_official_formula(backend):
+    """The authors' SST-2 adapter: our module equals the official forward written out from the raw checkpoint."""
+    torch.manual_seed(1)
+    embedding = nn.Embedding(32128, 768)  # T5-Base's vocabulary and width (random weights: no hub here)
+    module = prompt_ops.DePT.from_official(FIXTURE, embedding, backend=backend)
+    state = torch.load(FIXTURE / "adapter_model.bin", map_location="cpu", weights_only=True)
+    config = json.loads((FIXTURE / "adapter_config.json").read_text())
+    prompt = state["prompt_embeddings"]
+    lora_a, lora_b = state["prompt_encoder.lora_embedding_A"], state["prompt_encoder.lora_embedding_B"]
+    scaling = config["lora_alpha"] / math.sqrt(config["r"])
+    assert module.scale == scaling and (module.num_tokens, module.rank, module.max_length) == (60, 30, 256)
+
+    ids = torch.randint(0, 32128, (2, 256))  # the official pipeline pads to max_length
+    mask = torch.ones(2, 256, dtype=torch.long)
+    inputs_embeds = embedding(ids).detach()
+    inputs_embeds += scaling * (lora_a @ lora_b).repeat(2, 1, 1)  # peft_model.py, PROMPT_TUNING_LORA branch
+    official = torch.cat([prompt.unsqueeze(0).expand(2, -1, -1), inputs_embeds], dim=1)
+    official_mask = torch.cat([torch.ones(2, 60, dtype=torch.long), mask], dim=1)
+
+    out, out_mask = module(ids, mask)
+    torch.testing.assert_close(out, official, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out_mask, official_mask)
+
+
+def _copy_fixture(tmp_path: Path) -> Path:
+    folder = tmp_path / "adapter"
+    shutil.copytree(FIXTURE, folder)
+    for file in folder.iterdir():
+        file.chmod(0o644)
+    return folder
+
+
+def test_from_official_refuses_bad_folders(tmp_path):
+    embedding = nn.Embedding(100, 768)
+    with pytest.raises(ValueError, match=r"adapter_config.json: not found"):
+        prompt_ops.DePT.from_official(tmp_path, embedding)
+
+    folder = _copy_fixture(tmp_path)
+    blob = (folder / "adapter_model.bin").read_bytes()
+    (folder / "adapter_model.bin").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match=r"adapter_model.bin: cannot be read as a weights-only torch checkpoint"):
+        prompt_ops.DePT.from_official(folder, embedding)
+
+    (folder / "adapter_model.bin").write_bytes(blob)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "LORA"}))
+    with pytest.raises(ValueError, match=r"peft_type is 'LORA'"):
+        prompt_ops.DePT.from_official(folder, embedding)
+
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "r": 16}))
+    with pytest.raises(ValueError, match=r"lora_embedding_A has shape \(256, 30\) but adapter_config.json implies"):
+        prompt_ops.DePT.from_official(folder, embedding)
+
+    (folder / "adapter_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"adapter_config.json: not a readable JSON adapter config"):
+        prompt_ops.DePT.from_official(folder, embedding)
+
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    state = torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True)
+    del state["prompt_encoder.lora_embedding_B"]
+    torch.save(state, folder / "adapter_model.bin")
+    with pytest.raises(ValueError, match=r"missing \['prompt_encoder.lora_embedding_B'\]"):
+        prompt_ops.DePT.from_official(folder, embedding)
+
+
+def test_from_official_refuses_another_base_model():
+    with pytest.raises(ValueError, match=r"token_dim 768 but embedding has width 512"):
+        prompt_ops.DePT.from_official(FIXTURE, nn.Embedding(100, 512))

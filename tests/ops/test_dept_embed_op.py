@@ -1,0 +1,166 @@
+"""The custom ops and public entries: torch backend, gradcheck, opcheck, torch.compile, backend selection."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import prompt_ops
+from prompt_ops.ops import dept_embed as ops
+from tests.helpers import assert_close, make_case, run_public
+
+BACKENDS = ["torch", "triton"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("rank", [0, 7], ids=["prompt", "dept"])
+def test_torch_backend_matches_reference(dtype, rank):
+    case = make_case(3, 9, 4, 33, rank, dtype=dtype)
+    out, mask = run_public(case, backend="torch")
+    ref_out, ref_mask, ref_params = case.reference()
+    assert out.dtype == dtype
+    assert_close(out, ref_out, dtype, dot=bool(rank))
+    assert torch.equal(mask, ref_mask)
+    grad = torch.randn(out.shape).to(dtype)
+    for got, want in zip(
+        torch.autograd.grad(out, case.params, grad),
+        torch.autograd.grad(ref_out, ref_params, grad.float()),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("rank", [0, 3], ids=["prompt", "dept"])
+def test_gradcheck_fp64_torch_backend(rank):
+    case = make_case(2, 5, 3, 6, rank, max_length=7, dtype=torch.float64, param_dtype=torch.float64)
+
+    def fn(*params):
+        lora = (params[1], params[2]) if rank else (None, None)
+        if rank:
+            return prompt_ops.dept_embed(
+                case.input_ids, case.weight, params[0], *lora, scale=case.scale,
+                attention_mask=case.attention_mask, backend="torch",
+            )[0]  # fmt: skip
+        return prompt_ops.prompt_embed(case.input_ids, case.weight, params[0], backend="torch")[0]
+
+    assert torch.autograd.gradcheck(fn, tuple(case.params))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("rank", [0, 5], ids=["prompt", "dept"])
+def test_opcheck(backend, rank, device):
+    dtypes = [torch.float32] + ([torch.float64] if backend == "torch" else [])
+    for dtype in dtypes:
+        dev = "cpu" if backend == "torch" else device
+        case = make_case(2, 6, 3, 20, rank, dtype=dtype, param_dtype=dtype, device=dev)
+        args = (
+            case.input_ids, case.weight, case.prompt, case.lora_a, case.lora_b,
+            case.attention_mask, case.scale, True, backend,
+        )  # fmt: skip
+        torch.library.opcheck(ops.dept_embed_fwd_op, args)
+        grad = torch.randn(2, 9, 20, dtype=dtype, device=dev)
+        lora = [t.detach() if t is not None else None for t in (case.lora_a, case.lora_b)]
+        torch.library.opcheck(ops.dept_embed_bwd_op, (grad, *lora, 3, case.scale, backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("rank", [0, 5], ids=["prompt", "dept"])
+def test_compile_fullgraph(backend, rank, device):
+    dev = "cpu" if backend == "torch" else device
+    case = make_case(2, 7, 3, 20, rank, device=dev)
+    compiler = "inductor" if (backend, rank) == ("torch", 5) else "aot_eager"
+
+    @torch.compile(fullgraph=True, backend=compiler)
+    def step(input_ids, weight, attention_mask, *params):
+        if rank:
+            out, mask = prompt_ops.dept_embed(
+                input_ids, weight, params[0], params[1], params[2], scale=case.scale,
+                attention_mask=attention_mask, backend=backend,
+            )  # fmt: skip
+        else:
+            out, mask = prompt_ops.prompt_embed(
+                input_ids, weight, params[0], attention_mask=attention_mask, backend=backend
+            )
+        return (out * out).sum(), mask
+
+    loss, mask = step(case.input_ids, case.weight, case.attention_mask, *case.params)
+    grads = torch.autograd.grad(loss, case.params)
+    ref_out, ref_mask, ref_params = case.reference()
+    ref_loss = (ref_out * ref_out).sum()
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-4)
+    assert torch.equal(mask, ref_mask)
+    for got, want in zip(grads, torch.autograd.grad(ref_loss, ref_params), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_backend_and_environment_override(monkeypatch):
+    case = make_case(1, 4, 2, 8, 2)
+    calls = []
+    real = ops.dept_embed_fwd_torch
+    monkeypatch.setattr(ops, "dept_embed_fwd_torch", lambda *a: calls.append("torch") or real(*a))
+    monkeypatch.delenv("PROMPT_OPS_BACKEND", raising=False)
+    run_public(case, backend=None)  # auto on CPU tensors -> torch
+    assert calls == ["torch"]
+    monkeypatch.setenv("PROMPT_OPS_BACKEND", "triton")
+    out, _ = run_public(case, backend=None)  # the interpreter runs the kernel on CPU tensors
+    assert calls == ["torch"]
+    ref_out, _, _ = case.reference()
+    assert_close(out, ref_out, torch.float32, dot=True)
+    monkeypatch.setenv("PROMPT_OPS_BACKEND", "cuda")
+    with pytest.raises(ValueError, match=r"\$PROMPT_OPS_BACKEND must be one of"):
+        run_public(case, backend=None)
+
+
+def _run_python(code: str, **env) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **env}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, cwd=root)
+
+
+def test_import_without_triton():
+    code = """
+import sys
+sys.modules["triton"] = None  # makes `import triton` fail, as on a machine without it
+import torch, prompt_ops
+ids = torch.tensor([[1, 2]]); w = torch.randn(5, 4); p = torch.randn(2, 4)
+out, mask = prompt_ops.prompt_embed(ids, w, p)  # auto -> torch on CPU
+assert out.shape == (1, 4, 4)
+try:
+    prompt_ops.prompt_embed(ids, w, p, backend="triton")
+except RuntimeError as err:
+    assert "triton package" in str(err), err
+    print("clear error")
+"""
+    result = _run_python(code, TRITON_INTERPRET="1")
+    assert result.returncode == 0, result.stderr
+    assert "clear error" in result.stdout
+
+
+def test_triton_backend_on_cpu_without_interpreter_is_refused():
+    code = """
+import torch, prompt_ops
+try:
+    prompt_ops.prompt_embed(torch.tensor([[1]]), torch.randn(3, 4), torch.randn(1, 4), backend="triton")
+except ValueError as err:
+    assert "CUDA tensors" in str(err), err
+    print("refused")
+"""
+    result = _run_python(code, TRITON_INTERPRET="0")
+    assert result.returncode == 0, result.stderr
+    assert "refused" in result.stdout
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch_and_sequence_torch_and_triton(backend):
+    for batch, seq_len in ((0, 4), (3, 0)):
+        case = make_case(batch, seq_len, 2, 8, 3, max_length=5)
+        out, mask = run_public(case, backend=backend)
+        assert out.shape == (batch, 2 + seq_len, 8)
+        assert mask.shape == (batch, 2 + seq_len)
+        grads = torch.autograd.grad(out.sum(), case.params)
+        assert grads[0].shape == case.prompt.shape
+        assert torch.equal(grads[0], torch.full_like(case.prompt, float(batch)))
+        if seq_len == 0:
+            assert torch.equal(grads[1], torch.zeros_like(case.lora_a))
