@@ -12,7 +12,8 @@ Forward (one launch) writes the whole model input::
 Programs tile the ``(T, d)`` plane; each program computes its slice of the offset ``s * A[t] @ B`` once and reuses
 it for every batch row it handles, so the ``(B, L, d)`` repeat of ``A @ B`` never exists.
 
-Backward (one launch, then two small sums over tiles): with ``dX`` the gradient of ``out``::
+Backward (two launches: the main kernel, then one that sums the per-tile partials): with ``dX`` the gradient of
+``out``::
 
     G        = sum_b dX[b, m:, :]          (L, d)   batch reduced first, in registers, fp32
     dprompt  = sum_b dX[b, :m, :]          (m, d)
@@ -218,6 +219,42 @@ def _dept_embed_bwd_kernel(
             )
 
 
+@triton.jit
+def _sum_slabs(out_ptr, part_ptr, num_parts, slab_numel, out_numel, block_id, BLOCK: tl.constexpr):
+    """``out[i] = sum_p part[p, i]`` for ``i < slab_numel``, zero for ``slab_numel <= i < out_numel``."""
+    offsets = block_id * BLOCK + tl.arange(0, BLOCK).to(tl.int64)  # [BLOCK]
+    valid = offsets < slab_numel
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    ptrs = part_ptr + offsets
+    for _ in range(0, num_parts):
+        acc += tl.load(ptrs, mask=valid, other=0.0)
+        ptrs += slab_numel
+    tl.store(out_ptr + offsets, acc, mask=offsets < out_numel)
+
+
+@triton.jit
+def _dept_embed_bwd_reduce_kernel(
+    grad_a_ptr,  # (L_max, r) fp32: rows >= L written as zeros
+    grad_a_part_ptr,  # (n_col_tiles, L, r)
+    grad_b_ptr,  # (r, d) fp32
+    grad_b_part_ptr,  # (n_row_tiles, r, d)
+    parts_a,
+    numel_a_valid,  # L * r
+    numel_a,  # L_max * r
+    parts_b,
+    numel_b,  # r * d
+    blocks_a,
+    BLOCK: tl.constexpr,
+):
+    """Second backward launch: the deterministic sums of both partial buffers (programs < ``blocks_a`` do
+    ``d_lora_a``, the rest ``d_lora_b``)."""
+    pid = tl.program_id(0).to(tl.int64)
+    if pid < blocks_a:
+        _sum_slabs(grad_a_ptr, grad_a_part_ptr, parts_a, numel_a_valid, numel_a, pid, BLOCK)
+    else:
+        _sum_slabs(grad_b_ptr, grad_b_part_ptr, parts_b, numel_b, numel_b, pid - blocks_a, BLOCK)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Launch configuration
 # ----------------------------------------------------------------------------------------------------------------
@@ -239,19 +276,31 @@ class EmbedConfig:
     batches_per_program: int = 0
 
 
-GPU_CONFIG = EmbedConfig(block_t=16, block_d=64, num_warps=4)
-"""The shipped GPU tile. Chosen from sm_90 compile stats (fp32 ``ieee`` dots, bf16 table, rank chunk 16): forward
-117 and backward 72 registers per thread, no spills. 32 x 128 spills in both kernels; see tests/kernels."""
+GPU_FWD_CONFIG = EmbedConfig(block_t=16, block_d=64, num_warps=4)
+"""The shipped GPU forward tile, chosen from sm_90 compile stats (fp32 ``ieee`` dots, rank chunk 16): 117 registers
+per thread, no spills; 32 x 128 at 4 warps spills. Small tiles give many programs for the memory-bound gather."""
+
+GPU_BWD_CONFIG = EmbedConfig(block_t=64, block_d=64, num_warps=8)
+"""The shipped GPU backward tile: 128 registers, no spills. Taller tiles mean fewer row tiles and so fewer
+``(n_row_tiles, r, d)`` partials of ``d_lora_b`` to write and sum (5 tiles for m + L = 316 instead of 20 at 16 rows)."""
 
 
-def default_config(num_rows: int, hidden: int, interpret: bool) -> EmbedConfig:
+REDUCE_BLOCK = 1024
+"""Elements per program of the partial-sum launch on a GPU (4 warps, 8 fp32 per thread)."""
+
+REDUCE_BLOCK_INTERPRET = 16384
+"""The same under the interpreter, where fewer, larger programs are cheaper."""
+
+
+def default_config(num_rows: int, hidden: int, interpret: bool, backward: bool = False) -> EmbedConfig:
     """Heuristic tile choice (no autotuning, see DESIGN.md §3).
 
-    On a GPU the shipped ``GPU_CONFIG``. Under the interpreter the cost is per program and per op, not per element,
-    so the tiles cover as much of the ``(T, d)`` plane as is sensible: up to 128 rows x 1024 columns.
+    On a GPU the shipped ``GPU_FWD_CONFIG`` / ``GPU_BWD_CONFIG``. Under the interpreter the cost is per program and
+    per op, not per element, so the tiles cover as much of the ``(T, d)`` plane as is sensible: up to 128 rows x
+    1024 columns.
     """
     if not interpret:
-        return GPU_CONFIG
+        return GPU_BWD_CONFIG if backward else GPU_FWD_CONFIG
     return EmbedConfig(
         block_t=min(128, max(16, triton.next_power_of_2(max(num_rows, 1)))),
         block_d=min(1024, max(16, triton.next_power_of_2(hidden))),
@@ -369,50 +418,71 @@ def dept_embed_bwd(
     device = grad_out.device
     interpret = _interpreting()
     rows = total if has_offset else num_prompt
-    config = config or default_config(rows, hidden, interpret)
+    config = config or default_config(rows, hidden, interpret, backward=True)
     tiles_t, tiles_d = triton.cdiv(rows, config.block_t), triton.cdiv(hidden, config.block_d)
+
+    if grad_out.numel() == 0 or rows == 0:  # nothing flows back: zero gradients, no launch
+        grad_prompt = torch.zeros((num_prompt, hidden), dtype=torch.float32, device=device)
+        if not has_offset:
+            return grad_prompt, None, None
+        return (
+            grad_prompt,
+            lora_a.new_zeros(lora_a.shape, dtype=torch.float32),
+            lora_b.new_zeros(lora_b.shape, dtype=torch.float32),
+        )
 
     grad_prompt = torch.empty((num_prompt, hidden), dtype=torch.float32, device=device)
     grad_a_part = torch.empty((tiles_d, seq_len, rank), dtype=torch.float32, device=device)
     grad_b_part = torch.empty((tiles_t, rank, hidden), dtype=torch.float32, device=device)
-    if num_batch == 0:
-        grad_prompt.zero_()
-        grad_a_part.zero_()
-        grad_b_part.zero_()
-    elif rows > 0:
-        a = lora_a if has_offset else grad_prompt
-        b = lora_b if has_offset else grad_prompt
-        _dept_embed_bwd_kernel[(tiles_t, tiles_d)](
-            grad_prompt,
-            grad_a_part,
-            grad_b_part,
-            grad_out,
-            a,
-            b,
-            num_batch,
-            num_prompt,
-            seq_len,
-            hidden,
-            rank,
-            float(scale),
-            grad_out.stride(0),
-            grad_out.stride(1),
-            grad_out.stride(2),
-            a.stride(0),
-            a.stride(1),
-            b.stride(0),
-            b.stride(1),
-            HAS_OFFSET=has_offset,
-            BLOCK_T=config.block_t,
-            BLOCK_D=config.block_d,
-            BLOCK_R=RANK_CHUNK,
-            num_warps=config.num_warps,
-        )
+    a = lora_a if has_offset else grad_prompt
+    b = lora_b if has_offset else grad_prompt
+    _dept_embed_bwd_kernel[(tiles_t, tiles_d)](
+        grad_prompt,
+        grad_a_part,
+        grad_b_part,
+        grad_out,
+        a,
+        b,
+        num_batch,
+        num_prompt,
+        seq_len,
+        hidden,
+        rank,
+        float(scale),
+        grad_out.stride(0),
+        grad_out.stride(1),
+        grad_out.stride(2),
+        a.stride(0),
+        a.stride(1),
+        b.stride(0),
+        b.stride(1),
+        HAS_OFFSET=has_offset,
+        BLOCK_T=config.block_t,
+        BLOCK_D=config.block_d,
+        BLOCK_R=RANK_CHUNK,
+        num_warps=config.num_warps,
+    )
     if not has_offset:
         return grad_prompt, None, None
-    grad_a = torch.zeros_like(lora_a, dtype=torch.float32)
-    grad_a[:seq_len] = grad_a_part.sum(0) if tiles_d > 1 else grad_a_part[0]
-    grad_b = grad_b_part.sum(0) if tiles_t > 1 else grad_b_part[0]
+
+    grad_a = torch.empty(lora_a.shape, dtype=torch.float32, device=device)
+    grad_b = torch.empty(lora_b.shape, dtype=torch.float32, device=device)
+    block = REDUCE_BLOCK_INTERPRET if interpret else REDUCE_BLOCK
+    blocks_a = triton.cdiv(grad_a.numel(), block)
+    _dept_embed_bwd_reduce_kernel[(blocks_a + triton.cdiv(grad_b.numel(), block),)](
+        grad_a,
+        grad_a_part,
+        grad_b,
+        grad_b_part,
+        tiles_d,
+        seq_len * rank,
+        grad_a.numel(),
+        tiles_t,
+        grad_b.numel(),
+        blocks_a,
+        BLOCK=block,
+        num_warps=4,
+    )
     return grad_prompt, grad_a, grad_b
 
 
@@ -424,7 +494,8 @@ def sm90_specs():
     for dtype in ("fp32", "fp16", "bf16"):
         for has_offset in (True, False):
             name = "dept" if has_offset else "prompt"
-            tile = {"BLOCK_T": GPU_CONFIG.block_t, "BLOCK_D": GPU_CONFIG.block_d, "BLOCK_R": RANK_CHUNK}
+            forward_tile = {"BLOCK_T": GPU_FWD_CONFIG.block_t, "BLOCK_D": GPU_FWD_CONFIG.block_d}
+            backward_tile = {"BLOCK_T": GPU_BWD_CONFIG.block_t, "BLOCK_D": GPU_BWD_CONFIG.block_d}
             forward_pointers = {
                 "out_ptr": f"*{dtype}",
                 "mask_out_ptr": "*i64",
@@ -440,8 +511,8 @@ def sm90_specs():
                     f"dept_embed_fwd[{name},{dtype}]",
                     _dept_embed_fwd_kernel,
                     forward_pointers,
-                    {"HAS_OFFSET": has_offset, "HAS_MASK": True, **tile},
-                    GPU_CONFIG.num_warps,
+                    {"HAS_OFFSET": has_offset, "HAS_MASK": True, "BLOCK_R": RANK_CHUNK, **forward_tile},
+                    GPU_FWD_CONFIG.num_warps,
                 )
             )
             backward_pointers = {
@@ -457,8 +528,12 @@ def sm90_specs():
                     f"dept_embed_bwd[{name},{dtype}]",
                     _dept_embed_bwd_kernel,
                     backward_pointers,
-                    {"HAS_OFFSET": has_offset, **tile},
-                    GPU_CONFIG.num_warps,
+                    {"HAS_OFFSET": has_offset, "BLOCK_R": RANK_CHUNK, **backward_tile},
+                    GPU_BWD_CONFIG.num_warps,
                 )
             )
+    reduce_pointers = {name: "*fp32" for name in ("grad_a_ptr", "grad_a_part_ptr", "grad_b_ptr", "grad_b_part_ptr")}
+    specs.append(
+        KernelSpec("dept_embed_bwd_reduce", _dept_embed_bwd_reduce_kernel, reduce_pointers, {"BLOCK": REDUCE_BLOCK}, 4)
+    )
     return specs

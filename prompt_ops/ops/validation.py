@@ -61,6 +61,8 @@ def check_embed_inputs(
         raise TypeError(f"input_ids must hold int64 or int32 token ids, got {ids.dtype}")
     table = check_tensor("weight", weight, 2, "(V, d)")
     check_float("weight", table, backend)
+    if table.shape[1] == 0:
+        raise ValueError(f"weight must have shape (V, d) with d >= 1, got {tuple(table.shape)}")
     if table.requires_grad:
         raise ValueError(
             "weight (the word-embedding table) requires grad, but it is frozen in prompt tuning and gets no "

@@ -1,5 +1,7 @@
 """Triton kernels of prompt_embed / dept_embed against ops/reference.py: outputs and every gradient."""
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -42,24 +44,18 @@ def test_public_op_matches_reference(shape, dtype, with_offset, device):
 @pytest.mark.parametrize("shape", RAGGED[1:], ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("with_offset", [True, False], ids=["dept", "prompt"])
 def test_gpu_tiles_on_ragged_shapes(shape, with_offset, device):
-    """The shipped GPU tile (16 x 64) and batch grouping, so that every mask edge is crossed by many programs."""
+    """The shipped GPU tiles and batch grouping, so that every mask edge is crossed by many programs."""
     batch, seq_len, num_prompt, hidden, rank = shape
     case = make_case(batch, seq_len, num_prompt, hidden, rank if with_offset else 0, device=device)
-    config = kernels.EmbedConfig(
-        kernels.GPU_CONFIG.block_t, kernels.GPU_CONFIG.block_d, kernels.GPU_CONFIG.num_warps, batches_per_program=2
-    )
+    forward_config = dataclasses.replace(kernels.GPU_FWD_CONFIG, batches_per_program=2)
     params = [p.detach() for p in case.params]
     lora_a, lora_b = (params[1], params[2]) if with_offset else (None, None)
     out, mask = kernels.dept_embed_fwd(
-        case.input_ids, case.weight, params[0], lora_a, lora_b, case.attention_mask, case.scale, config
+        case.input_ids, case.weight, params[0], lora_a, lora_b, case.attention_mask, case.scale, forward_config
     )
     grad = torch.randn(out.shape, device=device)
-    grads = [
-        g
-        for g in kernels.dept_embed_bwd(grad, lora_a, lora_b, case.prompt.shape[0], case.scale, config)
-        if g is not None
-    ]
-    check_case(case, torch.float32, out, mask, grads, grad)
+    grads = kernels.dept_embed_bwd(grad, lora_a, lora_b, num_prompt, case.scale, kernels.GPU_BWD_CONFIG)
+    check_case(case, torch.float32, out, mask, [g for g in grads if g is not None], grad)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -29,6 +29,7 @@ def test_shipped_configs_compile_for_sm90_without_spills():
         for variant in ("dept", "prompt"):
             for dtype in ("fp32", "fp16", "bf16"):
                 assert f"{kernel}[{variant},{dtype}]" in labels
+    assert "dept_embed_bwd_reduce" in labels
     for s in stats:
         assert s["spill_bytes"] == 0, s
         assert 0 < s["registers"] <= 255, s

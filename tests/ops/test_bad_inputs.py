@@ -66,6 +66,7 @@ def test_sequence_longer_than_max_length(backend):
         ("lora_b", torch.randn(4, 7), ValueError, r"lora_b must have shape \(r, d\) = \(4, 8\)"),
         ("lora_a", torch.randn(6, 0), ValueError, r"r >= 1"),
         ("input_ids", torch.zeros(12, dtype=torch.long), ValueError, r"input_ids must have shape \(B, L\) \(2-D\)"),
+        ("weight", torch.randn(20, 0), ValueError, r"weight must have shape \(V, d\) with d >= 1"),
         ("weight", torch.randn(20, 8, 1), ValueError, r"weight must have shape \(V, d\) \(2-D\)"),
         ("lora_a", torch.randn(6), ValueError, r"lora_a must have shape \(L_max, r\)"),
         ("input_ids", torch.zeros(2, 6), TypeError, r"input_ids must hold int64 or int32 token ids, got torch.float32"),

@@ -103,3 +103,14 @@ def test_projection_formula():
     assert project_h100(0, 0, 10) == pytest.approx(40e-6)  # ten launches at 4 us
     assert project_h100(1, 67e12, 0) == pytest.approx(1.0)  # compute-bound: one second of fp32 FMA
     assert H100.hbm_bytes_per_s == 3.35e12
+
+
+@pytest.mark.parametrize("rank", [0, 30], ids=["prompt", "dept"])
+def test_fused_backward_launches(rank):
+    """One kernel for prompt tuning; the main kernel plus the partial-sum kernel for DePT; no eager op."""
+    grad = torch.randn(3, 60 + 40, 96)
+    lora_a, lora_b = (torch.randn(64, rank), torch.randn(rank, 96)) if rank else (None, None)
+    with kernel_traffic() as fused, EagerTraffic() as around:
+        kernels.dept_embed_bwd(grad, lora_a, lora_b, 60, 1.5, kernels.GPU_BWD_CONFIG)
+    assert fused.launches == (2 if rank else 1)
+    assert around.launches == 0

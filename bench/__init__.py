@@ -1,0 +1,1 @@
+"""The benchmark suite (run from the repository root: ``python -m bench.run``)."""
