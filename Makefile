@@ -31,7 +31,7 @@ test: $(STAMP)
 	TRITON_INTERPRET=$(INTERPRET) $(PY) -m pytest -n 2 -q tests
 
 bench: $(STAMP)
-	TRITON_INTERPRET=$(INTERPRET) $(PY) -m bench.run
+	TRITON_INTERPRET=$(INTERPRET) $(PY) -m bench.run --update-readme
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
