@@ -33,11 +33,13 @@ class EmbedCase:
     def params(self) -> list[torch.Tensor]:
         return [p for p in (self.prompt, self.lora_a, self.lora_b) if p is not None]
 
-    def reference(self, upcast: bool = True):
-        """Reference outputs and parameter grads for output gradient ``grad``; fp32 table when ``upcast``."""
-        weight = self.weight.float() if upcast and self.weight.dtype in LOW_PRECISION else self.weight
+    def reference(self):
+        """Reference ``(out, mask, params)`` on fresh leaf copies of the parameters, so that its gradients can be
+        taken separately. A fp16/bf16 table is upcast: the reference is computed in fp32 from the same inputs."""
+        weight = self.weight.float() if self.weight.dtype in LOW_PRECISION else self.weight
         params = [p.detach().clone().requires_grad_(True) for p in self.params]
-        prompt, lora_a, lora_b = params[0], *(params[1:] if self.lora_a is not None else (None, None))
+        prompt = params[0]
+        lora_a, lora_b = (params[1], params[2]) if self.lora_a is not None else (None, None)
         out, mask = reference.dept_embed(
             self.input_ids, weight, prompt, lora_a, lora_b, self.scale, self.attention_mask
         )

@@ -9,6 +9,7 @@ import torch
 
 import prompt_ops
 from prompt_ops.ops import dept_embed as ops
+from prompt_ops.ops import reference
 from tests.helpers import assert_close, make_case, run_public
 
 BACKENDS = ["torch", "triton"]
@@ -164,3 +165,13 @@ def test_empty_batch_and_sequence_torch_and_triton(backend):
         assert torch.equal(grads[0], torch.full_like(case.prompt, float(batch)))
         if seq_len == 0:
             assert torch.equal(grads[1], torch.zeros_like(case.lora_a))
+
+
+def test_torch_backend_takes_non_contiguous_views():
+    wide_ids = torch.randint(0, 50, (3, 22), dtype=torch.int32)
+    ids, weight = wide_ids[:, ::2], torch.randn(40, 50).t()
+    case = make_case(3, 11, 4, 40, 6)
+    out, mask = prompt_ops.dept_embed(ids, weight, case.prompt, case.lora_a, case.lora_b, scale=0.5, backend="torch")
+    ref_out, ref_mask = reference.dept_embed(ids, weight, case.prompt, case.lora_a, case.lora_b, 0.5)
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
+    assert torch.equal(mask, ref_mask)
