@@ -102,3 +102,70 @@ def grads_of(out: torch.Tensor, grad: torch.Tensor, params: list[torch.Tensor]) 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, dot: bool = False, msg=""):
     torch.testing.assert_close(actual.float(), expected.float(), **tolerances(dtype, dot), msg=msg or None)
+
+
+@dataclasses.dataclass
+class AdeptCase:
+    """Inputs of one adept_embed call; FFN parameters moved off their zero init so every path is exercised."""
+
+    input_ids: torch.Tensor
+    weight: torch.Tensor
+    prompt: torch.Tensor
+    w_down: torch.Tensor
+    b_down: torch.Tensor
+    w_up: torch.Tensor
+    b_up: torch.Tensor
+    attention_mask: torch.Tensor | None
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [self.prompt, self.w_down, self.b_down, self.w_up, self.b_up]
+
+    def run(self, backend: str, **kwargs):
+        import prompt_ops
+
+        return prompt_ops.adept_embed(
+            self.input_ids, self.weight, *self.params, attention_mask=self.attention_mask, backend=backend, **kwargs
+        )
+
+    def reference(self, dropout_scale: torch.Tensor | None = None):
+        """Reference ``(out, mask, params)`` on fresh leaf copies, fp32 table for fp16/bf16 (as ``EmbedCase``)."""
+        weight = self.weight.float() if self.weight.dtype in LOW_PRECISION else self.weight
+        params = [p.detach().clone().requires_grad_(True) for p in self.params]
+        out, mask = reference.adept_embed(
+            self.input_ids, weight, *params, attention_mask=self.attention_mask, dropout_scale=dropout_scale
+        )
+        return out, mask, params
+
+
+def make_adept_case(
+    batch: int,
+    seq_len: int,
+    num_prompt: int,
+    hidden: int,
+    rank: int,
+    *,
+    vocab: int = 50,
+    dtype: torch.dtype = torch.float32,
+    mask: str | None = "int64",
+    device: str = "cpu",
+    param_dtype: torch.dtype = torch.float32,
+) -> AdeptCase:
+    def param(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, device=device, dtype=param_dtype)).requires_grad_(True)
+
+    ids = torch.randint(0, vocab, (batch, seq_len), device=device)
+    weight = torch.randn(vocab, hidden, device=device).to(dtype)
+    attention_mask = None
+    if mask is not None:
+        attention_mask = (torch.rand(batch, seq_len, device=device) > 0.3).to(getattr(torch, mask))
+    return AdeptCase(
+        ids,
+        weight,
+        param(num_prompt, hidden),
+        param(hidden, rank, scale=hidden**-0.5),
+        param(rank, scale=0.5),
+        param(rank, hidden, scale=hidden**-0.5),
+        param(hidden, scale=0.5),
+        attention_mask,
+    )

@@ -35,6 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
+from prompt_ops.kernels.common import REDUCE_BLOCK, interpreting, reduce_block, sum_slabs
+
 
 @triton.jit
 def _dept_embed_fwd_kernel(
@@ -220,19 +222,6 @@ def _dept_embed_bwd_kernel(
 
 
 @triton.jit
-def _sum_slabs(out_ptr, part_ptr, num_parts, slab_numel, out_numel, block_id, BLOCK: tl.constexpr):
-    """``out[i] = sum_p part[p, i]`` for ``i < slab_numel``, zero for ``slab_numel <= i < out_numel``."""
-    offsets = block_id * BLOCK + tl.arange(0, BLOCK).to(tl.int64)  # [BLOCK]
-    valid = offsets < slab_numel
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    ptrs = part_ptr + offsets
-    for _ in range(0, num_parts):
-        acc += tl.load(ptrs, mask=valid, other=0.0)
-        ptrs += slab_numel
-    tl.store(out_ptr + offsets, acc, mask=offsets < out_numel)
-
-
-@triton.jit
 def _dept_embed_bwd_reduce_kernel(
     grad_a_ptr,  # (L_max, r) fp32: rows >= L written as zeros
     grad_a_part_ptr,  # (n_col_tiles, L, r)
@@ -250,9 +239,9 @@ def _dept_embed_bwd_reduce_kernel(
     ``d_lora_a``, the rest ``d_lora_b``)."""
     pid = tl.program_id(0).to(tl.int64)
     if pid < blocks_a:
-        _sum_slabs(grad_a_ptr, grad_a_part_ptr, parts_a, numel_a_valid, numel_a, pid, BLOCK)
+        sum_slabs(grad_a_ptr, grad_a_part_ptr, parts_a, numel_a_valid, numel_a, pid, BLOCK)
     else:
-        _sum_slabs(grad_b_ptr, grad_b_part_ptr, parts_b, numel_b, numel_b, pid - blocks_a, BLOCK)
+        sum_slabs(grad_b_ptr, grad_b_part_ptr, parts_b, numel_b, numel_b, pid - blocks_a, BLOCK)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -285,13 +274,6 @@ GPU_BWD_CONFIG = EmbedConfig(block_t=64, block_d=64, num_warps=8)
 ``(n_row_tiles, r, d)`` partials of ``d_lora_b`` to write and sum (5 tiles for m + L = 316 instead of 20 at 16 rows)."""
 
 
-REDUCE_BLOCK = 1024
-"""Elements per program of the partial-sum launch on a GPU (4 warps, 8 fp32 per thread)."""
-
-REDUCE_BLOCK_INTERPRET = 16384
-"""The same under the interpreter, where fewer, larger programs are cheaper."""
-
-
 def default_config(num_rows: int, hidden: int, interpret: bool, backward: bool = False) -> EmbedConfig:
     """Heuristic tile choice (no autotuning, see DESIGN.md §3).
 
@@ -305,10 +287,6 @@ def default_config(num_rows: int, hidden: int, interpret: bool, backward: bool =
         block_t=min(128, max(16, triton.next_power_of_2(max(num_rows, 1)))),
         block_d=min(1024, max(16, triton.next_power_of_2(hidden))),
     )
-
-
-def _interpreting() -> bool:
-    return bool(triton.knobs.runtime.interpret)
 
 
 def _batches_per_program(config: EmbedConfig, num_batch: int, tiles: int, interpret: bool) -> int:
@@ -351,7 +329,7 @@ def dept_embed_fwd(
 
     has_offset = lora_a is not None
     rank = lora_a.shape[1] if has_offset else 0
-    interpret = _interpreting()
+    interpret = interpreting()
     config = config or default_config(total, hidden, interpret)
     tiles_t, tiles_d = triton.cdiv(total, config.block_t), triton.cdiv(hidden, config.block_d)
     per_program = _batches_per_program(config, num_batch, tiles_t * tiles_d, interpret)
@@ -416,7 +394,7 @@ def dept_embed_bwd(
     has_offset = lora_a is not None
     rank = lora_a.shape[1] if has_offset else 0
     device = grad_out.device
-    interpret = _interpreting()
+    interpret = interpreting()
     rows = total if has_offset else num_prompt
     config = config or default_config(rows, hidden, interpret, backward=True)
     tiles_t, tiles_d = triton.cdiv(rows, config.block_t), triton.cdiv(hidden, config.block_d)
@@ -467,7 +445,7 @@ def dept_embed_bwd(
 
     grad_a = torch.empty(lora_a.shape, dtype=torch.float32, device=device)
     grad_b = torch.empty(lora_b.shape, dtype=torch.float32, device=device)
-    block = REDUCE_BLOCK_INTERPRET if interpret else REDUCE_BLOCK
+    block = reduce_block()
     blocks_a = triton.cdiv(grad_a.numel(), block)
     _dept_embed_bwd_reduce_kernel[(blocks_a + triton.cdiv(grad_b.numel(), block),)](
         grad_a,

@@ -12,15 +12,8 @@ added in fp32 straight into the preallocated output (no ``(B, L, d)`` repeat, on
 
 import torch
 
-from prompt_ops.ops.backend import resolve_backend, resolve_check_ids
-from prompt_ops.ops.validation import (
-    check_embed_inputs,
-    check_float,
-    check_ids_in_range,
-    check_same_device,
-    check_scale,
-    check_tensor,
-)
+from prompt_ops.ops.backend import resolve_check_ids
+from prompt_ops.ops.validation import check_ids_in_range, check_scale, validate_embed_call
 
 Tensor = torch.Tensor
 
@@ -179,9 +172,7 @@ dept_embed_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _validate_lora(lora_a: Tensor, lora_b: Tensor, seq_len: int, hidden: int, backend: str) -> None:
-    check_float("lora_a", lora_a, backend)
-    check_float("lora_b", lora_b, backend)
+def _check_lora_shapes(lora_a: Tensor, lora_b: Tensor, seq_len: int, hidden: int) -> None:
     if lora_a.shape[1] == 0:
         raise ValueError(f"lora_a must have shape (L_max, r) with r >= 1, got {tuple(lora_a.shape)}")
     if lora_b.shape != (lora_a.shape[1], hidden):
@@ -198,27 +189,13 @@ def _validate_lora(lora_a: Tensor, lora_b: Tensor, seq_len: int, hidden: int, ba
 
 def _run(input_ids, weight, prompt, lora, attention_mask, scale, backend, check_ids):
     """Validate, pick the backend, call the forward op. ``lora`` is ``(lora_a, lora_b)`` or None."""
-    check_tensor("input_ids", input_ids, 2, "(B, L)")
-    check_tensor("weight", weight, 2, "(V, d)")
-    check_tensor("prompt", prompt, 2, "(m, d)")
+    params = {}
+    if lora is not None:
+        params = {"lora_a": (lora[0], 2, "(L_max, r)"), "lora_b": (lora[1], 2, "(r, d)")}
+    backend = validate_embed_call(input_ids, weight, prompt, attention_mask, backend, params)
     lora_a, lora_b = lora if lora is not None else (None, None)
     if lora is not None:
-        check_tensor("lora_a", lora_a, 2, "(L_max, r)")
-        check_tensor("lora_b", lora_b, 2, "(r, d)")
-    if attention_mask is not None:
-        check_tensor("attention_mask", attention_mask, 2, "(B, L)")
-    device = check_same_device(
-        input_ids=input_ids,
-        weight=weight,
-        prompt=prompt,
-        lora_a=lora_a,
-        lora_b=lora_b,
-        attention_mask=attention_mask,
-    )
-    backend = resolve_backend(backend, device)
-    check_embed_inputs(input_ids, weight, prompt, attention_mask, backend)
-    if lora is not None:
-        _validate_lora(lora_a, lora_b, input_ids.shape[1], weight.shape[1], backend)
+        _check_lora_shapes(lora_a, lora_b, input_ids.shape[1], weight.shape[1])
     return dept_embed_fwd_op(
         input_ids, weight, prompt, lora_a, lora_b, attention_mask, scale, resolve_check_ids(check_ids), backend
     )

@@ -49,3 +49,30 @@ def prompt_embed(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Vanilla prompt tuning input (PEFT ``PROMPT_TUNING``): ``cat(prompt, W[ids])`` and the extended mask."""
     return dept_embed(input_ids, weight, prompt, None, None, 0.0, attention_mask)
+
+
+def adept_embed(
+    input_ids: torch.Tensor,
+    weight: torch.Tensor,
+    prompt: torch.Tensor,
+    w_down: torch.Tensor,
+    b_down: torch.Tensor,
+    w_up: torch.Tensor,
+    b_up: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    dropout_scale: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ADePT input as the official code writes it (``PROMPT_TUNING_LORAX``): ``temp = E @ A + a``, dropout on
+    ``temp`` (before the ReLU), ``E + relu(temp) @ B + b``, prompt prepended. ``dropout_scale`` is the ``(B*L, r)``
+    inverted-dropout multiplier (``0`` or ``1/(1-p)``), or None for eval."""
+    batch, seq_len = input_ids.shape
+    inputs_embeds = weight[input_ids]  # (B, L, d)
+    precise = inputs_embeds.to(torch.promote_types(weight.dtype, w_down.dtype))
+    temp = precise @ w_down + b_down  # (B, L, r)
+    if dropout_scale is not None:
+        temp = temp * dropout_scale.view(batch, seq_len, -1)
+    inputs_embeds = (precise + torch.relu(temp) @ w_up + b_up).to(weight.dtype)
+    prompts = prompt.to(weight.dtype).unsqueeze(0).expand(batch, -1, -1)
+    embeds = torch.cat([prompts, inputs_embeds], dim=1)
+    mask = extend_mask(attention_mask, batch, seq_len, prompt.shape[0])
+    return embeds, mask.to(input_ids.device)

@@ -7,6 +7,8 @@ import numbers
 
 import torch
 
+from prompt_ops.ops.backend import resolve_backend
+
 TOKEN_ID_DTYPES = (torch.int64, torch.int32)
 TRITON_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -93,3 +95,35 @@ def check_ids_in_range(input_ids: torch.Tensor, vocab_size: int) -> None:
     if low < 0 or high >= vocab_size:
         bad = low if low < 0 else high
         raise ValueError(f"input_ids must be in [0, {vocab_size}) (the rows of weight), found token id {bad}")
+
+
+def validate_embed_call(
+    input_ids: object,
+    weight: object,
+    prompt: object,
+    attention_mask: object,
+    backend: str | None,
+    params: dict[str, tuple[object, int, str]],
+) -> str:
+    """The front half of every prompt-embedding entry: tensors and ranks, one device, the backend, then dtypes and
+    the shared shape rules. ``params`` maps each method parameter's name to ``(value, ndim, layout)``; each must be a
+    floating tensor. Returns the resolved backend."""
+    check_tensor("input_ids", input_ids, 2, "(B, L)")
+    check_tensor("weight", weight, 2, "(V, d)")
+    check_tensor("prompt", prompt, 2, "(m, d)")
+    for name, (value, ndim, layout) in params.items():
+        check_tensor(name, value, ndim, layout)
+    if attention_mask is not None:
+        check_tensor("attention_mask", attention_mask, 2, "(B, L)")
+    device = check_same_device(
+        input_ids=input_ids,
+        weight=weight,
+        prompt=prompt,
+        attention_mask=attention_mask,
+        **{name: value for name, (value, _, _) in params.items()},
+    )
+    backend = resolve_backend(backend, device)
+    check_embed_inputs(input_ids, weight, prompt, attention_mask, backend)
+    for name, (value, _, _) in params.items():
+        check_float(name, value, backend)
+    return backend

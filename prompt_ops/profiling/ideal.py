@@ -54,3 +54,45 @@ def dept_embed_backward_bytes(
     read = batch * rows * hidden * _size(grad_dtype) + (seq_len * rank + rank * hidden) * _size(param_dtype)
     write = (num_prompt * hidden + max_length * rank + rank * hidden) * _size(param_dtype)
     return read + write
+
+
+def adept_embed_forward_bytes(
+    batch: int,
+    seq_len: int,
+    num_prompt: int,
+    hidden: int,
+    rank: int,
+    weight_dtype: torch.dtype = torch.float32,
+    ids_dtype: torch.dtype = torch.int64,
+    mask_dtype: torch.dtype | None = torch.int64,
+    param_dtype: torch.dtype = torch.float32,
+) -> int:
+    """ADePT forward: as :func:`dept_embed_forward_bytes` with the FFN (``w_down``, ``b_down``, ``w_up``, ``b_up``)
+    read once in place of ``A[:L]`` and ``B``."""
+    without_offset = dept_embed_forward_bytes(
+        batch, seq_len, num_prompt, hidden, 0, weight_dtype, ids_dtype, mask_dtype, param_dtype
+    )
+    return without_offset + (2 * hidden * rank + rank + hidden) * _size(param_dtype)
+
+
+def adept_embed_backward_bytes(
+    batch: int,
+    seq_len: int,
+    num_prompt: int,
+    hidden: int,
+    rank: int,
+    weight_dtype: torch.dtype = torch.float32,
+    ids_dtype: torch.dtype = torch.int64,
+    grad_dtype: torch.dtype = torch.float32,
+    param_dtype: torch.dtype = torch.float32,
+) -> int:
+    """ADePT backward: the output gradient, the ids and gathered rows (``E`` is needed for ``d_w_down`` and to
+    recompute the hidden), ``w_down``, ``b_down``, ``w_up`` in; the five parameter gradients out."""
+    ffn = (2 * hidden * rank + rank + hidden) * _size(param_dtype)
+    read = (
+        batch * (num_prompt + seq_len) * hidden * _size(grad_dtype)
+        + batch * seq_len * (_size(ids_dtype) + hidden * _size(weight_dtype))
+        + ffn
+        - hidden * _size(param_dtype)  # b_up is not needed
+    )
+    return read + num_prompt * hidden * _size(param_dtype) + ffn

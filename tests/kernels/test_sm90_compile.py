@@ -30,6 +30,9 @@ def test_shipped_configs_compile_for_sm90_without_spills():
             for dtype in ("fp32", "fp16", "bf16"):
                 assert f"{kernel}[{variant},{dtype}]" in labels
     assert "dept_embed_bwd_reduce" in labels
+    for kernel in ("adept_embed_fwd", "adept_embed_bwd_hidden", "adept_embed_bwd_weights"):
+        for variant in ("fp32,R32", "fp16,R32", "bf16,R32", "bf16,R64"):
+            assert f"{kernel}[{variant}]" in labels
     for s in stats:
         assert s["spill_bytes"] == 0, s
         assert 0 < s["registers"] <= 255, s

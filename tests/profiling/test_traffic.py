@@ -114,3 +114,28 @@ def test_fused_backward_launches(rank):
         kernels.dept_embed_bwd(grad, lora_a, lora_b, 60, 1.5, kernels.GPU_BWD_CONFIG)
     assert fused.launches == (2 if rank else 1)
     assert around.launches == 0
+
+
+def test_adept_fused_forward_is_one_launch_within_ideal_bytes():
+    from prompt_ops.kernels import adept_embed as adept_kernels
+    from prompt_ops.profiling.ideal import adept_embed_forward_bytes
+
+    batch, seq_len, num_prompt, hidden, rank = 4, 128, 60, 768, 19
+    ids = _distinct_ids(batch, seq_len, 4096)
+    weight, prompt = torch.randn(4096, hidden), torch.randn(num_prompt, hidden)
+    ffn = (torch.randn(hidden, rank), torch.randn(rank), torch.randn(rank, hidden), torch.randn(hidden))
+    mask = torch.ones(batch, seq_len, dtype=torch.int64)
+    with kernel_traffic() as fused:
+        adept_kernels.adept_embed_fwd(ids, weight, prompt, *ffn, mask, 0.1, 3)
+    ideal = adept_embed_forward_bytes(batch, seq_len, num_prompt, hidden, rank)
+    assert fused.launches == 1
+    assert 0.95 * ideal <= fused.unique_bytes <= 1.1 * ideal, (fused.unique_bytes, ideal)
+
+
+def test_adept_naive_eager_path_takes_at_least_three_launches():
+    ids = torch.randint(0, 1000, (4, 128))
+    weight, prompt = torch.randn(1000, 768), torch.randn(60, 768)
+    ffn = (torch.randn(768, 19), torch.randn(19), torch.randn(19, 768), torch.randn(768))
+    with EagerTraffic() as naive:
+        reference.adept_embed(ids, weight, prompt, *ffn)
+    assert naive.launches >= 3

@@ -1,0 +1,127 @@
+"""Triton pieces shared by the op families: prompt-row tiles, partial sums, dropout, block-size helpers."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+REDUCE_BLOCK = 1024
+"""Elements per program of a partial-sum launch on a GPU (4 warps, 8 fp32 per thread)."""
+
+REDUCE_BLOCK_INTERPRET = 16384
+"""The same under the interpreter, where fewer, larger programs are cheaper."""
+
+
+def interpreting() -> bool:
+    """True when kernels run in the Triton interpreter."""
+    return bool(triton.knobs.runtime.interpret)
+
+
+@triton.jit
+def broadcast_prompt_tile(
+    out_ptr,  # (B, m+L, d) contiguous
+    mask_out_ptr,  # (B, m+L) contiguous
+    prompt_ptr,  # (m, d)
+    tile,
+    num_batch,
+    num_prompt,
+    seq_len,
+    hidden,
+    stride_p_m,
+    stride_p_d,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Write prompt rows ``tile`` (row-major over ``(m / BLOCK_T, d / BLOCK_D)`` tiles) for every sample, and the
+    mask's ones over the prompt. The prompt tile is loaded once and stored ``B`` times."""
+    tiles_d = tl.cdiv(hidden, BLOCK_D)
+    pid_t = tile // tiles_d
+    pid_d = tile % tiles_d
+    rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)  # [BLOCK_T]
+    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)  # [BLOCK_D]
+    row_ok = rows < num_prompt
+    ok = row_ok[:, None] & (cols < hidden)[None, :]  # [BLOCK_T, BLOCK_D]
+    prompt = tl.load(prompt_ptr + rows[:, None] * stride_p_m + cols[None, :] * stride_p_d, mask=ok, other=0.0)
+    prompt = prompt.to(tl.float32).to(out_ptr.dtype.element_ty)  # [BLOCK_T, BLOCK_D]
+    total = num_prompt + seq_len
+    ones = tl.full([BLOCK_T], 1.0, tl.float32).to(mask_out_ptr.dtype.element_ty)  # [BLOCK_T]
+    out_base = out_ptr + rows[:, None] * hidden + cols[None, :]
+    mask_base = mask_out_ptr + rows
+    for _ in range(0, num_batch):
+        tl.store(out_base, prompt, mask=ok)
+        if pid_d == 0:
+            tl.store(mask_base, ones, mask=row_ok)
+        out_base += total * hidden
+        mask_base += total
+
+
+@triton.jit
+def sum_prompt_grad_tile(
+    grad_prompt_ptr,  # (m, d) fp32 contiguous
+    grad_out_ptr,  # (B, m+L, d) any strides
+    tile,
+    num_batch,
+    num_prompt,
+    hidden,
+    stride_g_b,
+    stride_g_t,
+    stride_g_d,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """``d_prompt[tile] = sum_b dX[b, tile]`` in fp32 registers (deterministic: one program per tile)."""
+    tiles_d = tl.cdiv(hidden, BLOCK_D)
+    rows = (tile // tiles_d) * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)  # [BLOCK_T]
+    cols = (tile % tiles_d) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)  # [BLOCK_D]
+    ok = (rows < num_prompt)[:, None] & (cols < hidden)[None, :]
+    acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+    ptrs = grad_out_ptr + rows[:, None] * stride_g_t + cols[None, :] * stride_g_d
+    for _ in range(0, num_batch):
+        acc += tl.load(ptrs, mask=ok, other=0.0).to(tl.float32)
+        ptrs += stride_g_b
+    tl.store(grad_prompt_ptr + rows[:, None] * hidden + cols[None, :], acc, mask=ok)
+
+
+@triton.jit
+def dropout_scale(seed, row, rank, dropout_p, BLOCK_R: tl.constexpr):
+    """Inverted-dropout multipliers ``[len(row), BLOCK_R]``: ``1/(1-p)`` where kept, else 0.
+
+    Counter-based (philox via ``tl.rand``) and keyed by ``seed`` and the element index ``row * rank + j``, so the
+    backward regenerates exactly the forward's mask instead of storing it.
+    """
+    j = tl.arange(0, BLOCK_R).to(tl.int64)
+    offsets = (row[:, None] * rank + j[None, :]).to(tl.int32)  # [N, BLOCK_R]
+    keep = tl.rand(seed, offsets) >= dropout_p
+    return tl.where(keep, 1.0 / (1.0 - dropout_p), 0.0)
+
+
+@triton.jit
+def sum_slabs(out_ptr, part_ptr, num_parts, slab_numel, out_numel, block_id, BLOCK: tl.constexpr):
+    """``out[i] = sum_p part[p, i]`` for ``i < slab_numel``, zero for ``slab_numel <= i < out_numel``."""
+    offsets = block_id * BLOCK + tl.arange(0, BLOCK).to(tl.int64)  # [BLOCK]
+    valid = offsets < slab_numel
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    ptrs = part_ptr + offsets
+    for _ in range(0, num_parts):
+        acc += tl.load(ptrs, mask=valid, other=0.0)
+        ptrs += slab_numel
+    tl.store(out_ptr + offsets, acc, mask=offsets < out_numel)
+
+
+@triton.jit
+def _sum_partials_kernel(out_ptr, part_ptr, num_parts, slab_numel, BLOCK: tl.constexpr):
+    sum_slabs(out_ptr, part_ptr, num_parts, slab_numel, slab_numel, tl.program_id(0).to(tl.int64), BLOCK)
+
+
+def reduce_block() -> int:
+    return REDUCE_BLOCK_INTERPRET if interpreting() else REDUCE_BLOCK
+
+
+def sum_partials(parts: torch.Tensor) -> torch.Tensor:
+    """Deterministic ``parts.sum(0)`` of a contiguous fp32 ``(P, n)`` buffer in one launch."""
+    num_parts, numel = parts.shape
+    out = torch.empty(numel, dtype=torch.float32, device=parts.device)
+    block = reduce_block()
+    _sum_partials_kernel[(triton.cdiv(numel, block),)](out, parts, num_parts, numel, BLOCK=block, num_warps=4)
+    return out
