@@ -4,23 +4,35 @@ Providers:
 
 - ``naive``: eager PyTorch written as the official code writes it (``prompt_ops.ops.reference``), counted by
   :class:`prompt_ops.profiling.EagerTraffic` (every aten op a launch, exact bytes).
-- ``fused``: our Triton launcher with the shipped GPU tiles, counted under the interpreter by
-  :func:`prompt_ops.profiling.kernel_traffic` (distinct addresses touched), plus any eager op around the launch.
+- ``fused``: our Triton launchers, counted under the interpreter by :func:`prompt_ops.profiling.kernel_traffic`
+  (distinct addresses touched), plus any eager op around the launch. Backward launches use the shipped GPU tiles
+  wherever the tiling decides the traffic (the per-tile partials); ADePT's token tile ``block_n`` does not, so it
+  is enlarged to keep the interpreter fast. Forward traffic does not depend on the tiling at all (every input read,
+  every output written, once per distinct address), so forwards are counted with the interpreter's large tiles.
 - ``torch``: our eager backend. Timed on the CPU next to ``naive``; interpreter time is never reported.
+
+Each op family is a :class:`Family`: how to build its inputs and call each provider.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import prompt_ops
-from prompt_ops.kernels import dept_embed as kernels
+from prompt_ops.kernels import adept_embed as adept_kernels
+from prompt_ops.kernels import dept_embed as dept_kernels
 from prompt_ops.ops import reference
 from prompt_ops.profiling import EagerTraffic, cpu_time, kernel_traffic, project_h100
-from prompt_ops.profiling.ideal import dept_embed_backward_bytes, dept_embed_forward_bytes
+from prompt_ops.profiling.ideal import (
+    adept_embed_backward_bytes,
+    adept_embed_forward_bytes,
+    dept_embed_backward_bytes,
+    dept_embed_forward_bytes,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,13 +41,135 @@ class EmbedShape:
     seq_len: int = 256
     num_prompt: int = 60
     hidden: int = 768
-    rank: int = 30  # 0: vanilla prompt tuning
+    rank: int = 30
     max_length: int = 256
     vocab: int = 32128  # T5's vocabulary
 
-    @property
-    def op(self) -> str:
-        return "dept_embed" if self.rank else "prompt_embed"
+
+@dataclasses.dataclass
+class Inputs:
+    input_ids: torch.Tensor
+    weight: torch.Tensor
+    attention_mask: torch.Tensor
+    params: dict[str, torch.Tensor]  # trainable, in the functional entry's order, prompt first
+
+    def detached(self) -> list[torch.Tensor]:
+        return [p.detach() for p in self.params.values()]
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """How to run one op family under each provider."""
+
+    op: str
+    param_shapes: Callable[[EmbedShape], dict[str, tuple[int, ...]]]
+    naive: Callable[[Inputs], tuple[torch.Tensor, torch.Tensor]]
+    ours: Callable[[Inputs, str], tuple[torch.Tensor, torch.Tensor]]
+    fused_forward: Callable[[Inputs], object]
+    fused_backward: Callable[[Inputs, torch.Tensor], tuple]
+    ideal_forward: Callable[[EmbedShape], int]
+    ideal_backward: Callable[[EmbedShape], int]
+    flops_forward: Callable[[EmbedShape], int]
+
+
+def _prompt_family() -> Family:
+    return Family(
+        op="prompt_embed",
+        param_shapes=lambda s: {"prompt": (s.num_prompt, s.hidden)},
+        naive=lambda x: reference.prompt_embed(x.input_ids, x.weight, x.params["prompt"], x.attention_mask),
+        ours=lambda x, backend: prompt_ops.prompt_embed(
+            x.input_ids, x.weight, x.params["prompt"], attention_mask=x.attention_mask, backend=backend
+        ),
+        fused_forward=lambda x: dept_kernels.dept_embed_fwd(
+            x.input_ids, x.weight, x.detached()[0], None, None, x.attention_mask, 0.0
+        ),
+        fused_backward=lambda x, g: dept_kernels.dept_embed_bwd(
+            g, None, None, x.params["prompt"].shape[0], 0.0, dept_kernels.GPU_BWD_CONFIG
+        )[:1],
+        ideal_forward=lambda s: dept_embed_forward_bytes(s.batch, s.seq_len, s.num_prompt, s.hidden, 0),
+        ideal_backward=lambda s: dept_embed_backward_bytes(s.batch, s.seq_len, s.num_prompt, s.hidden, 0, 0),
+        flops_forward=lambda s: 0,
+    )
+
+
+def _dept_family() -> Family:
+    def fused_forward(x: Inputs):
+        prompt, lora_a, lora_b = x.detached()
+        scale = 8.0 / lora_a.shape[1] ** 0.5
+        return dept_kernels.dept_embed_fwd(x.input_ids, x.weight, prompt, lora_a, lora_b, x.attention_mask, scale)
+
+    def fused_backward(x: Inputs, grad: torch.Tensor):
+        prompt, lora_a, lora_b = x.detached()
+        scale = 8.0 / lora_a.shape[1] ** 0.5
+        return dept_kernels.dept_embed_bwd(grad, lora_a, lora_b, prompt.shape[0], scale, dept_kernels.GPU_BWD_CONFIG)
+
+    def naive(x: Inputs):
+        prompt, lora_a, lora_b = x.params.values()
+        return reference.dept_embed(
+            x.input_ids, x.weight, prompt, lora_a, lora_b, 8.0 / lora_a.shape[1] ** 0.5, x.attention_mask
+        )
+
+    def ours(x: Inputs, backend: str):
+        prompt, lora_a, lora_b = x.params.values()
+        return prompt_ops.dept_embed(
+            x.input_ids, x.weight, prompt, lora_a, lora_b, scale=8.0 / lora_a.shape[1] ** 0.5,
+            attention_mask=x.attention_mask, backend=backend,
+        )  # fmt: skip
+
+    return Family(
+        op="dept_embed",
+        param_shapes=lambda s: {
+            "prompt": (s.num_prompt, s.hidden),
+            "lora_a": (s.max_length, s.rank),
+            "lora_b": (s.rank, s.hidden),
+        },
+        naive=naive,
+        ours=ours,
+        fused_forward=fused_forward,
+        fused_backward=fused_backward,
+        ideal_forward=lambda s: dept_embed_forward_bytes(s.batch, s.seq_len, s.num_prompt, s.hidden, s.rank),
+        ideal_backward=lambda s: dept_embed_backward_bytes(
+            s.batch, s.seq_len, s.num_prompt, s.hidden, s.rank, s.max_length
+        ),
+        flops_forward=lambda s: 2 * s.seq_len * s.rank * s.hidden,
+    )
+
+
+def _adept_family() -> Family:
+    def fused_backward(x: Inputs, grad: torch.Tensor):
+        prompt, w_down, b_down, w_up, _ = x.detached()
+        config = adept_kernels.GPU_CONFIG
+        splits = adept_kernels.weight_splits(x.input_ids.numel(), w_down.shape[0], config)
+        counting = dataclasses.replace(config, block_n=128, splits=splits)  # same traffic, fewer programs
+        return adept_kernels.adept_embed_bwd(
+            grad, x.input_ids, x.weight, w_down, b_down, w_up, prompt.shape[0], 0.0, 0, counting
+        )
+
+    return Family(
+        op="adept_embed",
+        param_shapes=lambda s: {
+            "prompt": (s.num_prompt, s.hidden),
+            "w_down": (s.hidden, s.rank),
+            "b_down": (s.rank,),
+            "w_up": (s.rank, s.hidden),
+            "b_up": (s.hidden,),
+        },
+        naive=lambda x: reference.adept_embed(x.input_ids, x.weight, *x.params.values(), x.attention_mask),
+        ours=lambda x, backend: prompt_ops.adept_embed(
+            x.input_ids, x.weight, *x.params.values(), attention_mask=x.attention_mask, backend=backend
+        ),
+        fused_forward=lambda x: adept_kernels.adept_embed_fwd(
+            x.input_ids, x.weight, *x.detached(), x.attention_mask, 0.0, 0
+        ),
+        fused_backward=fused_backward,
+        ideal_forward=lambda s: adept_embed_forward_bytes(s.batch, s.seq_len, s.num_prompt, s.hidden, s.rank),
+        ideal_backward=lambda s: adept_embed_backward_bytes(s.batch, s.seq_len, s.num_prompt, s.hidden, s.rank),
+        flops_forward=lambda s: 4 * s.batch * s.seq_len * s.rank * s.hidden,
+    )
+
+
+FAMILIES = {f.op: f for f in (_prompt_family(), _dept_family(), _adept_family())}
+DEFAULT_RANKS = {"prompt_embed": 0, "dept_embed": 30, "adept_embed": 19}
 
 
 @dataclasses.dataclass
@@ -63,51 +197,17 @@ class Row:
     correct: bool
 
 
-@dataclasses.dataclass
-class Inputs:
-    input_ids: torch.Tensor
-    weight: torch.Tensor
-    prompt: torch.Tensor
-    lora_a: torch.Tensor | None
-    lora_b: torch.Tensor | None
-    attention_mask: torch.Tensor
-    scale: float
-
-    @property
-    def params(self) -> list[torch.Tensor]:
-        return [p for p in (self.prompt, self.lora_a, self.lora_b) if p is not None]
-
-
-def make_inputs(shape: EmbedShape, seed: int = 0) -> Inputs:
+def make_inputs(family: Family, shape: EmbedShape, seed: int = 0) -> Inputs:
+    """Random inputs; parameters at a trained-looking scale so that no path is trivially zero."""
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, shape.vocab, (shape.batch, shape.seq_len), generator=generator)
     weight = torch.randn(shape.vocab, shape.hidden, generator=generator)
-    prompt = torch.randn(shape.num_prompt, shape.hidden, generator=generator).requires_grad_(True)
-    lora_a = lora_b = None
-    if shape.rank:
-        lora_a = torch.randn(shape.max_length, shape.rank, generator=generator).requires_grad_(True)
-        lora_b = torch.randn(shape.rank, shape.hidden, generator=generator).requires_grad_(True)
+    params = {
+        name: (torch.randn(dims, generator=generator) / max(dims[0], 1) ** 0.5).requires_grad_(True)
+        for name, dims in family.param_shapes(shape).items()
+    }
     mask = torch.ones(shape.batch, shape.seq_len, dtype=torch.int64)
-    scale = 8.0 / shape.rank**0.5 if shape.rank else 0.0
-    return Inputs(ids, weight, prompt, lora_a, lora_b, mask, scale)
-
-
-def _naive(inputs: Inputs):
-    return reference.dept_embed(
-        inputs.input_ids, inputs.weight, inputs.prompt, inputs.lora_a, inputs.lora_b, inputs.scale,
-        inputs.attention_mask,
-    )  # fmt: skip
-
-
-def _ours(inputs: Inputs, backend: str):
-    if inputs.lora_a is None:
-        return prompt_ops.prompt_embed(
-            inputs.input_ids, inputs.weight, inputs.prompt, attention_mask=inputs.attention_mask, backend=backend
-        )
-    return prompt_ops.dept_embed(
-        inputs.input_ids, inputs.weight, inputs.prompt, inputs.lora_a, inputs.lora_b, scale=inputs.scale,
-        attention_mask=inputs.attention_mask, backend=backend,
-    )  # fmt: skip
+    return Inputs(ids, weight, mask, params)
 
 
 def _count_eager(fn) -> tuple[EagerTraffic, int]:
@@ -116,74 +216,57 @@ def _count_eager(fn) -> tuple[EagerTraffic, int]:
     return traffic, flops.get_total_flops()
 
 
-def _count_fused(fn):
+def count_fused(fn):
+    """``(result, launches, unique bytes, requested bytes)`` of Triton launches plus any eager op around them."""
     with kernel_traffic(check_bounds=True) as kernel, EagerTraffic() as around:
         result = fn()
     launches = kernel.launches + around.launches
     return result, launches, kernel.unique_bytes + around.bytes, kernel.requested_bytes + around.bytes
 
 
-def measure(shape: EmbedShape, mode: str, repeat: int = 10) -> Row:
+def _grads_match(got: list[torch.Tensor], want: list[torch.Tensor]) -> bool:
+    return len(got) == len(want) and all(
+        torch.allclose(g.flatten(), w.flatten(), rtol=1e-4, atol=1e-3) for g, w in zip(got, want, strict=True)
+    )
+
+
+def measure(op: str, shape: EmbedShape, mode: str, repeat: int = 10) -> Row:
     """One row: ``mode`` is ``"forward"`` or ``"backward"``."""
-    inputs = make_inputs(shape)
-    detached = [p.detach() for p in inputs.params]
-    prompt, lora_a, lora_b = detached[0], *(detached[1:] if shape.rank else (None, None))
+    family = FAMILIES[op]
+    inputs = make_inputs(family, shape)
+    params = list(inputs.params.values())
     total = shape.num_prompt + shape.seq_len
     grad = torch.randn(shape.batch, total, shape.hidden, generator=torch.Generator().manual_seed(1))
-    forward_config = kernels.GPU_FWD_CONFIG
-    backward_config = kernels.GPU_BWD_CONFIG
 
     if mode == "forward":
-        naive_traffic, naive_flops = _count_eager(lambda: _naive(inputs))
-        (out, mask), launches, unique, requested = _count_fused(
-            lambda: kernels.dept_embed_fwd(
-                inputs.input_ids,
-                inputs.weight,
-                prompt,
-                lora_a,
-                lora_b,
-                inputs.attention_mask,
-                inputs.scale,
-                forward_config,
-            )  # fmt: skip
-        )
-        ref_out, ref_mask = _naive(inputs)
+        naive_traffic, naive_flops = _count_eager(lambda: family.naive(inputs))
+        (out, mask), launches, unique, requested = count_fused(lambda: family.fused_forward(inputs))
+        ref_out, ref_mask = family.naive(inputs)
         correct = torch.allclose(out, ref_out, rtol=1e-4, atol=1e-4) and torch.equal(mask, ref_mask)
-        ideal = dept_embed_forward_bytes(shape.batch, shape.seq_len, shape.num_prompt, shape.hidden, shape.rank)
-        fused_flops = 2 * shape.seq_len * shape.rank * shape.hidden
-        naive_time = cpu_time(lambda: _naive(inputs), repeat=repeat)
-        torch_time = cpu_time(lambda: _ours(inputs, "torch"), repeat=repeat)
+        ideal, fused_flops = family.ideal_forward(shape), family.flops_forward(shape)
+        naive_time = cpu_time(lambda: family.naive(inputs), repeat=repeat)
+        torch_time = cpu_time(lambda: family.ours(inputs, "torch"), repeat=repeat)
     elif mode == "backward":
-        ref_out, _ = _naive(inputs)
-        naive_traffic, naive_flops = _count_eager(
-            lambda: torch.autograd.grad(ref_out, inputs.params, grad, retain_graph=True)
-        )
-        grads, launches, unique, requested = _count_fused(
-            lambda: kernels.dept_embed_bwd(grad, lora_a, lora_b, shape.num_prompt, inputs.scale, backward_config)
-        )
-        ref_grads = torch.autograd.grad(ref_out, inputs.params, grad, retain_graph=True)
-        correct = all(
-            torch.allclose(g, r, rtol=1e-4, atol=1e-3)
-            for g, r in zip([g for g in grads if g is not None], ref_grads, strict=True)
-        )
-        ideal = dept_embed_backward_bytes(
-            shape.batch, shape.seq_len, shape.num_prompt, shape.hidden, shape.rank, shape.max_length
-        )
-        fused_flops = 4 * shape.seq_len * shape.rank * shape.hidden
-        our_out, _ = _ours(inputs, "torch")
-        naive_time = cpu_time(
-            lambda: torch.autograd.grad(ref_out, inputs.params, grad, retain_graph=True), repeat=repeat
-        )
-        torch_time = cpu_time(
-            lambda: torch.autograd.grad(our_out, inputs.params, grad, retain_graph=True), repeat=repeat
-        )
+        ref_out, _ = family.naive(inputs)
+        naive_traffic, naive_flops = _count_eager(lambda: torch.autograd.grad(ref_out, params, grad, retain_graph=True))
+        grads, launches, unique, requested = count_fused(lambda: family.fused_backward(inputs, grad))
+        if op == "adept_embed":
+            from prompt_ops.ops.adept_embed import split_ffn_grads
+
+            grads = (grads[0], *split_ffn_grads(grads[1], shape.hidden, shape.rank))
+        ref_grads = torch.autograd.grad(ref_out, params, grad, retain_graph=True)
+        correct = _grads_match([g for g in grads if g is not None], list(ref_grads))
+        ideal, fused_flops = family.ideal_backward(shape), 2 * family.flops_forward(shape)
+        our_out, _ = family.ours(inputs, "torch")
+        naive_time = cpu_time(lambda: torch.autograd.grad(ref_out, params, grad, retain_graph=True), repeat=repeat)
+        torch_time = cpu_time(lambda: torch.autograd.grad(our_out, params, grad, retain_graph=True), repeat=repeat)
     else:
         raise ValueError(f"mode must be 'forward' or 'backward', got {mode!r}")
 
     naive_us = project_h100(naive_traffic.bytes, naive_flops, naive_traffic.launches) * 1e6
     fused_us = project_h100(unique, fused_flops, launches) * 1e6
     return Row(
-        op=shape.op,
+        op=op,
         mode=mode,
         batch=shape.batch,
         seq_len=shape.seq_len,
@@ -204,4 +287,54 @@ def measure(shape: EmbedShape, mode: str, repeat: int = 10) -> Row:
         cpu_torch_ms=torch_time["median"] * 1e3,
         cpu_speedup=naive_time["median"] / torch_time["median"],
         correct=correct,
+    )
+
+
+@dataclasses.dataclass
+class FoldRow:
+    """ADePT inference with the FFN run per token vs folded into the table (prompt tuning's cost)."""
+
+    batch: int
+    unfolded_launches: int
+    unfolded_bytes: int
+    folded_launches: int
+    folded_bytes: int
+    unfolded_h100_us: float
+    folded_h100_us: float
+    cpu_unfolded_ms: float
+    cpu_folded_ms: float
+    outputs_match: bool
+
+
+def measure_folding(shape: EmbedShape, repeat: int = 10) -> FoldRow:
+    """Eval-mode ADePT, fused kernels counted and the torch backend timed, unfolded vs :meth:`ADePT.fold`."""
+    embedding = torch.nn.Embedding(shape.vocab, shape.hidden)
+    module = prompt_ops.ADePT(embedding, num_tokens=shape.num_prompt, rank=shape.rank, backend="torch").eval()
+    with torch.no_grad():
+        for p in (module.b_down, module.w_up, module.b_up):
+            p.normal_(0, 0.05)
+    folded = module.fold()
+    ids = torch.randint(0, shape.vocab, (shape.batch, shape.seq_len), generator=torch.Generator().manual_seed(2))
+    ffn = [p.detach() for p in (module.prompt, module.w_down, module.b_down, module.w_up, module.b_up)]
+    (out, _), unfolded_launches, unfolded_bytes, _ = count_fused(
+        lambda: adept_kernels.adept_embed_fwd(ids, embedding.weight, *ffn, None, 0.0, 0)
+    )
+    (folded_out, _), folded_launches, folded_bytes, _ = count_fused(
+        lambda: dept_kernels.dept_embed_fwd(ids, folded.embedding.weight, ffn[0], None, None, None, 0.0)
+    )
+    flops = 4 * shape.batch * shape.seq_len * shape.rank * shape.hidden
+    with torch.no_grad():
+        unfolded_time = cpu_time(lambda: module(ids), repeat=repeat)
+        folded_time = cpu_time(lambda: folded(ids), repeat=repeat)
+    return FoldRow(
+        batch=shape.batch,
+        unfolded_launches=unfolded_launches,
+        unfolded_bytes=unfolded_bytes,
+        folded_launches=folded_launches,
+        folded_bytes=folded_bytes,
+        unfolded_h100_us=project_h100(unfolded_bytes, flops, unfolded_launches) * 1e6,
+        folded_h100_us=project_h100(folded_bytes, 0, folded_launches) * 1e6,
+        cpu_unfolded_ms=unfolded_time["median"] * 1e3,
+        cpu_folded_ms=folded_time["median"] * 1e3,
+        outputs_match=torch.allclose(out, folded_out, rtol=1e-5, atol=1e-5),
     )

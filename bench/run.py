@@ -1,4 +1,4 @@
-"""The runner behind ``make bench``: op-level counts, projections and CPU timings for prompt_embed and dept_embed.
+"""The runner behind ``make bench``: op-level counts, projections and CPU timings for every op family.
 
 Writes ``bench/results/ops.json``, ``ops.csv`` and ``ops.md`` (plus the sm_90 compile stats) and prints a table.
 ``--update-readme`` rewrites README's benchmark section from ``ops.md``; nothing in README is typed by hand.
@@ -74,14 +74,17 @@ def render_markdown(payload: dict) -> str:
     """README/markdown tables from a results payload (``ops.json``)."""
     env = payload["environment"]
     shape = payload["shape"]
+    ranks = ", ".join(f"{op} r={rank}" for op, rank in shape["ranks"].items() if rank)
     lines = [
-        f"Shapes: L={shape['seq_len']}, d={shape['hidden']}, m={shape['num_prompt']}, r={shape['rank']} (DePT), "
-        f"L_max={shape['max_length']}, vocabulary {shape['vocab']}, fp32 table and parameters, int64 mask. "
-        f"Counted on {env['cpu']} with torch {env['torch']}, triton {env['triton']} (commit {env['commit']}, "
-        f"{env['date']}).",
+        f"Shapes: L={shape['seq_len']}, d={shape['hidden']}, m={shape['num_prompt']}, {ranks}, "
+        f"L_max={shape['max_length']}, vocabulary {shape['vocab']}, fp32 table and parameters, int64 mask, eval "
+        f"(no dropout). Counted on {env['cpu']} with torch {env['torch']}, triton {env['triton']} (commit "
+        f"{env['commit']}, {env['date']}).",
         "",
         "Launches and bytes are exact counts: eager aten ops for *naive* (the official code's formulation), distinct "
-        "addresses touched by the fused kernel under the Triton interpreter for *fused* (shipped H100 tiles). "
+        "addresses touched by the fused kernels under the Triton interpreter for *fused* (backward with the "
+        "shipped H100 tiles, which decide the size of the per-tile partials; forward traffic does not depend on the "
+        "tiling). "
         "*Ideal* reads every input once and writes every output once. The H100 columns are a **projection** "
         "(max(bytes / 3.35 TB/s, flops / 67 TFLOP/s) + 4 us per launch), not a measurement. CPU columns are real "
         "wall-clock medians of code that runs on the CPU: naive eager vs our `torch` backend.",
@@ -98,6 +101,21 @@ def render_markdown(payload: dict) -> str:
             f"| {r['fused_bytes'] / r['ideal_bytes']:.2f} | {r['naive_h100_us']:.1f} | {r['fused_h100_us']:.1f} "
             f"| {r['projected_speedup']:.2f}x | {r['cpu_naive_ms']:.2f} | {r['cpu_torch_ms']:.2f} "
             f"| {r['cpu_speedup']:.2f}x | {'yes' if r['correct'] else '**NO**'} |"
+        )
+    lines += [
+        "",
+        "ADePT inference, eval mode: the FFN run per token (`adept_embed`) vs folded into the table once "
+        "(`ADePT.fold()`, then `prompt_embed`). Fused kernels counted, the `torch` backend timed on the CPU.",
+        "",
+        "| B | unfolded launches | folded launches | unfolded MB | folded MB | unfolded H100 us (proj.) "
+        "| folded H100 us (proj.) | CPU unfolded ms | CPU folded ms | outputs match |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for r in payload["folding"]:
+        lines.append(
+            f"| {r['batch']} | {r['unfolded_launches']} | {r['folded_launches']} | {_mb(r['unfolded_bytes'])} "
+            f"| {_mb(r['folded_bytes'])} | {r['unfolded_h100_us']:.1f} | {r['folded_h100_us']:.1f} "
+            f"| {r['cpu_unfolded_ms']:.2f} | {r['cpu_folded_ms']:.2f} | {'yes' if r['outputs_match'] else '**NO**'} |"
         )
     lines += [
         "",
@@ -152,26 +170,41 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRITON_INTERPRET", "1")
     from rich.progress import Progress
 
-    from bench.measure import EmbedShape, measure
+    from bench.measure import DEFAULT_RANKS, EmbedShape, measure, measure_folding
 
     cases = [
-        (EmbedShape(batch=b, rank=rank), mode) for rank in (0, 30) for mode in ("forward", "backward")
+        (op, EmbedShape(batch=b, rank=rank), mode)
+        for op, rank in DEFAULT_RANKS.items()
+        for mode in ("forward", "backward")
         for b in args.batches
-    ]  # fmt: skip
-    rows = []
+    ]
+    rows, folding = [], []
     with Progress() as progress:
-        task = progress.add_task("measuring", total=len(cases) + 1)
-        for shape, mode in cases:
-            progress.update(task, description=f"{shape.op} {mode} B={shape.batch}")
-            rows.append(dataclasses.asdict(measure(shape, mode, repeat=args.repeat)))
+        task = progress.add_task("measuring", total=len(cases) + len(args.batches) + 1)
+        for op, shape, mode in cases:
+            progress.update(task, description=f"{op} {mode} B={shape.batch}")
+            rows.append(dataclasses.asdict(measure(op, shape, mode, repeat=args.repeat)))
+            progress.advance(task)
+        for batch in args.batches:
+            progress.update(task, description=f"ADePT folding B={batch}")
+            shape = EmbedShape(batch=batch, rank=DEFAULT_RANKS["adept_embed"])
+            folding.append(dataclasses.asdict(measure_folding(shape, repeat=args.repeat)))
             progress.advance(task)
         progress.update(task, description="sm_90 compile stats")
         stats = compile_stats()
         progress.advance(task)
 
     reference_shape = dataclasses.asdict(EmbedShape(batch=0))
-    reference_shape.pop("batch")
-    payload = {"environment": environment(), "shape": reference_shape, "rows": rows, "compile": stats}
+    for key in ("batch", "rank"):
+        reference_shape.pop(key)
+    reference_shape["ranks"] = DEFAULT_RANKS
+    payload = {
+        "environment": environment(),
+        "shape": reference_shape,
+        "rows": rows,
+        "folding": folding,
+        "compile": stats,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ops.json").write_text(json.dumps(payload, indent=2) + "\n")
     with (args.out / "ops.csv").open("w", newline="") as handle:
@@ -187,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         update_readme(markdown)
         print(f"updated {README}")
     failing = [f"{r['op']} {r['mode']} B={r['batch']}" for r in rows if not r["correct"]]
+    failing += [f"ADePT folding B={r['batch']}" for r in folding if not r["outputs_match"]]
     if failing:
         print(f"FUSED OUTPUT DIFFERS FROM THE REFERENCE: {', '.join(failing)}", file=sys.stderr)
         return 1

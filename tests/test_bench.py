@@ -1,39 +1,50 @@
-"""The bench's measurement and report on a small shape (the full run is `make bench`)."""
+"""The bench's measurements and report on small shapes (the full run is `make bench`)."""
+
+import dataclasses
 
 import pytest
 
-from bench.measure import EmbedShape, measure
+from bench.measure import FAMILIES, EmbedShape, measure, measure_folding
 from bench.run import README_END, README_START, render_markdown, update_readme
 from tests.conftest import INTERPRET
 
 pytestmark = pytest.mark.skipif(not INTERPRET, reason="the CPU bench counts kernels under the interpreter")
 
+SMALL = EmbedShape(batch=2, seq_len=24, num_prompt=5, hidden=64, rank=6, max_length=32, vocab=500)
+# 48 tokens make one ADePT weight split, so no partial-sum launch follows.
+FUSED_BACKWARD_LAUNCHES = {"prompt_embed": 1, "dept_embed": 2, "adept_embed": 2}
 
-@pytest.mark.parametrize("rank", [0, 6], ids=["prompt", "dept"])
+
+@pytest.mark.parametrize("op", sorted(FAMILIES))
 @pytest.mark.parametrize("mode", ["forward", "backward"])
-def test_measure_small_case(rank, mode):
-    shape = EmbedShape(batch=2, seq_len=24, num_prompt=5, hidden=64, rank=rank, max_length=32, vocab=500)
-    row = measure(shape, mode, repeat=2)
+def test_measure_small_case(op, mode):
+    row = measure(op, SMALL, mode, repeat=2)
     assert row.correct
-    assert row.fused_launches == (1 if mode == "forward" or not rank else 2)
-    assert row.naive_launches >= (3 if mode == "forward" else 0)
+    assert row.fused_launches == (1 if mode == "forward" else FUSED_BACKWARD_LAUNCHES[op])
     if mode == "forward":
+        assert row.naive_launches >= 3
         assert row.fused_bytes <= 1.1 * row.ideal_bytes
     assert row.fused_h100_us > 0 and row.cpu_naive_ms > 0 and row.cpu_torch_ms > 0
 
 
-def test_report_round_trip(tmp_path):
-    shape = EmbedShape(batch=1, seq_len=8, num_prompt=2, hidden=16, rank=3, max_length=8, vocab=50)
-    import dataclasses
+def test_folding_row():
+    row = measure_folding(dataclasses.replace(SMALL, rank=19), repeat=2)
+    assert row.outputs_match
+    assert row.unfolded_launches == row.folded_launches == 1
+    assert row.folded_bytes < row.unfolded_bytes  # no FFN weights to read
 
+
+def test_report_round_trip(tmp_path):
+    shape = {k: v for k, v in dataclasses.asdict(SMALL).items() if k not in ("batch", "rank")}
     payload = {
         "environment": {"cpu": "test", "torch": "t", "triton": "t", "commit": "abc", "date": "today"},
-        "shape": {k: v for k, v in dataclasses.asdict(shape).items() if k != "batch"},
-        "rows": [dataclasses.asdict(measure(shape, "forward", repeat=2))],
+        "shape": {**shape, "ranks": {"dept_embed": 6}},
+        "rows": [dataclasses.asdict(measure("dept_embed", SMALL, "forward", repeat=2))],
+        "folding": [dataclasses.asdict(measure_folding(SMALL, repeat=2))],
         "compile": [{"label": "k", "registers": 10, "spill_bytes": 0, "shared_bytes": 0}],
     }
     markdown = render_markdown(payload)
-    assert "| dept_embed | forward | 1 |" in markdown and "| k | 10 | 0 | 0 |" in markdown
+    assert "| dept_embed | forward | 2 |" in markdown and "| k | 10 | 0 | 0 |" in markdown
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{README_START}\nold\n{README_END}\noutro\n")
     update_readme(markdown, readme)

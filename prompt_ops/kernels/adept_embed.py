@@ -391,7 +391,11 @@ GPU_CONFIG = FFNConfig(block_n=16, block_d=64, block_pt=16, block_pd=64, num_war
 """The shipped GPU tiles (sm_90 compile stats in ``tests/kernels/test_sm90_compile.py``)."""
 
 GPU_TARGET_WEIGHT_PROGRAMS = 256
-"""Weight-gradient programs aimed for on a GPU: ``splits = 256 / d-chunks``, capped by the token tiles."""
+"""Weight-gradient programs aimed for on a GPU: at most ``256 / d-chunks`` token splits."""
+
+MIN_TOKENS_PER_SPLIT = 256
+"""Each split writes a ``(2 d r + r + d)`` fp32 partial that is read back once; at 256 tokens per split that traffic
+stays near a tenth of the split's own reads of ``dY`` and ``E`` (``256 * d * 8`` bytes)."""
 
 
 MAX_RANK = 64
@@ -417,6 +421,13 @@ def default_config(num_tokens: int, hidden: int, interpret: bool) -> FFNConfig:
         block_pd=min(1024, max(16, triton.next_power_of_2(hidden))),
         splits=1,
     )
+
+
+def weight_splits(num_tokens: int, hidden: int, config: FFNConfig) -> int:
+    """Token splits of the weight-gradient launch on a GPU: enough programs to fill the device, but no split
+    shorter than ``MIN_TOKENS_PER_SPLIT`` tokens. Independent of ``block_n``."""
+    tiles_d = triton.cdiv(hidden, config.block_d)
+    return max(1, min(num_tokens // MIN_TOKENS_PER_SPLIT, GPU_TARGET_WEIGHT_PROGRAMS // tiles_d))
 
 
 def _prompt_tiles(num_prompt: int, hidden: int, config: FFNConfig) -> int:
@@ -488,9 +499,11 @@ def adept_embed_bwd(
     interpret = interpreting()
     config = config or default_config(num_tokens, hidden, interpret)
     slab = 2 * hidden * rank + rank + hidden
-    grad_prompt = torch.zeros((num_prompt, hidden), dtype=torch.float32, device=device)
-    if num_batch == 0:
-        return grad_prompt, torch.zeros(slab, dtype=torch.float32, device=device)
+    if num_batch == 0:  # nothing flows back
+        return torch.zeros((num_prompt, hidden), dtype=torch.float32, device=device), torch.zeros(
+            slab, dtype=torch.float32, device=device
+        )
+    grad_prompt = torch.empty((num_prompt, hidden), dtype=torch.float32, device=device)  # every row written below
 
     token_tiles = triton.cdiv(num_tokens, config.block_n)
     act = torch.empty((num_tokens, rank), dtype=torch.float32, device=device)
@@ -510,8 +523,7 @@ def adept_embed_bwd(
         return grad_prompt, torch.zeros(slab, dtype=torch.float32, device=device)
 
     tiles_d = triton.cdiv(hidden, config.block_d)
-    splits = config.splits or max(1, min(token_tiles, GPU_TARGET_WEIGHT_PROGRAMS // tiles_d))
-    tokens_per_split = triton.cdiv(token_tiles, splits) * config.block_n
+    tokens_per_split = triton.cdiv(num_tokens, config.splits or weight_splits(num_tokens, hidden, config))
     splits = triton.cdiv(num_tokens, tokens_per_split)
     parts = torch.empty((splits, slab), dtype=torch.float32, device=device)
     _adept_embed_bwd_weights_kernel[(tiles_d, splits)](

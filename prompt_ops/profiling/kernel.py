@@ -48,6 +48,32 @@ class KernelTraffic:
         return self.load_unique_bytes + self.store_unique_bytes + self.atomic_unique_bytes
 
 
+_BITMAP_LIMIT = 1 << 27  # elements; larger storages (lazily allocated giant tables) fall back to np.unique
+
+
+def _count_distinct(addresses: np.ndarray, size: int, storages: set[tuple[int, int]]) -> int:
+    """Distinct addresses, counted storage by storage with a bitmap (sorting tens of millions is slow)."""
+    distinct, counted = 0, 0
+    for low, high in storages:
+        inside = addresses[(addresses >= low) & (addresses < high)]
+        if not inside.size:
+            continue
+        counted += inside.size
+        span = (high - low) // size + 1
+        if span > _BITMAP_LIMIT:
+            distinct += np.unique(inside).size
+            continue
+        seen = np.zeros(span, dtype=bool)
+        seen[(inside - np.uint64(low)) // np.uint64(size)] = True
+        distinct += int(seen.sum())
+    if counted != addresses.size:  # addresses outside every storage (bounds checking off): count them as they are
+        outside = np.ones(addresses.shape, dtype=bool)
+        for low, high in storages:
+            outside &= (addresses < low) | (addresses >= high)
+        distinct += np.unique(addresses[outside]).size
+    return distinct
+
+
 @contextlib.contextmanager
 def kernel_traffic(check_bounds: bool = True):
     """``with kernel_traffic() as k: launch()`` then ``k.launches``, ``k.unique_bytes``, ``k.requested_bytes``.
@@ -65,7 +91,8 @@ def kernel_traffic(check_bounds: bool = True):
     original_init, original_restore = executor._init_args_hst, executor._restore_args_dev
     stats = KernelTraffic()
     addresses: dict[tuple[str, int], list[np.ndarray]] = collections.defaultdict(list)
-    ranges: list[tuple[int, int]] = []
+    ranges: list[tuple[int, int]] = []  # the current launch's tensor storages
+    all_ranges: set[tuple[int, int]] = set()
 
     def init_args(self, args, kwargs):
         with _disable_current_modes():  # the interpreter's host copies are not kernel traffic
@@ -77,6 +104,7 @@ def kernel_traffic(check_bounds: bool = True):
             if isinstance(arg, torch.Tensor):
                 storage = arg.untyped_storage()
                 ranges.append((storage.data_ptr(), storage.data_ptr() + storage.nbytes()))
+        all_ranges.update(ranges)
         return host_args, host_kwargs
 
     def account(kind, ptrs, mask):
@@ -121,7 +149,7 @@ def kernel_traffic(check_bounds: bool = True):
     try:
         yield stats
         for (kind, size), chunks in addresses.items():
-            distinct = np.unique(np.concatenate(chunks)).size if chunks else 0
+            distinct = _count_distinct(np.concatenate(chunks), size, all_ranges) if chunks else 0
             setattr(stats, f"{kind}_unique_bytes", getattr(stats, f"{kind}_unique_bytes") + distinct * size)
     finally:
         for name, fn in original.items():
