@@ -138,3 +138,27 @@ def test_property_random_shapes(batch, seq_len, num_prompt, hidden, rank, dtype,
     out, out_mask = case.run("triton")
     grad = torch.randn(out.shape, device=device).to(dtype)
     check(case, dtype, out, out_mask, torch.autograd.grad(out, case.params, grad), grad)
+
+
+def test_int64_offsets(device):
+    """A table with more than 2**31 elements (allocated lazily): row V-1 needs 64-bit address arithmetic."""
+    vocab, hidden, rank = 3_000_000, 768, 19
+    weight = torch.empty(vocab, hidden, dtype=torch.bfloat16, device=device)
+    ids = torch.tensor([[vocab - 1, 5, vocab - 2]], device=device)
+    weight[ids[0]] = torch.randn(3, hidden, device=device).to(torch.bfloat16)
+    case = make_adept_case(1, 3, 2, hidden, rank, device=device, mask=None)
+    out, _ = kernels.adept_embed_fwd(ids, weight, *[p.detach() for p in case.params], None, 0.0, 0)
+    small_ids = torch.arange(3, device=device).view(1, 3)  # the same rows, gathered from a 3-row table
+    case.input_ids, case.weight = small_ids, weight[ids[0]]
+    ref_out, _, _ = case.reference()
+    assert_close(out, ref_out, torch.bfloat16, dot=True)
+
+
+def test_non_contiguous_views(device):
+    case = make_adept_case(3, 11, 4, 40, 6, device=device)
+    case.input_ids = torch.randint(0, 50, (3, 22), dtype=torch.int32, device=device)[:, ::2]
+    case.weight = torch.randn(40, 50, device=device).t()
+    case.w_down = torch.randn(6, 40, device=device).t().requires_grad_(True)
+    out, mask = case.run("triton")
+    grad = torch.randn(out.shape, device=device)
+    check(case, torch.float32, out, mask, torch.autograd.grad(out, case.params, grad), grad)
