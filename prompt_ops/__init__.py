@@ -5,18 +5,32 @@ Functional ops (``backend="auto" | "triton" | "torch"``):
 - :func:`prompt_embed`: vanilla prompt tuning input, prompt rows prepended to the token embeddings.
 - :func:`dept_embed`: DePT input, plus a position-wise low-rank offset ``scale * A[t] @ B``.
 - :func:`adept_embed`: ADePT input, plus a token-shared FFN offset ``relu(E @ w_down + b_down) @ w_up + b_up``.
+- :func:`lamp_prompt`, :func:`lamp_embed`: LAMP's prompt ``avgpool_k((u * q) @ v)`` from SVD factors, and its input.
 
-Modules over a frozen ``nn.Embedding``: :class:`PromptTuning`, :class:`DePT`, :class:`ADePT`.
+Modules over a frozen ``nn.Embedding``: :class:`PromptTuning`, :class:`DePT`, :class:`ADePT`, :class:`LAMP`.
 
 ``import prompt_ops`` needs neither triton nor transformers; they are imported when a path needs them.
 """
 
 from prompt_ops.methods.adept import ADePT
 from prompt_ops.methods.dept import DePT
+from prompt_ops.methods.lamp import LAMP
 from prompt_ops.methods.prompt_tuning import PromptTuning
 from prompt_ops.ops.adept_embed import adept_embed
 from prompt_ops.ops.dept_embed import dept_embed, prompt_embed
+from prompt_ops.ops.lamp import lamp_embed, lamp_prompt
 
 __version__ = "0.1.0"
 
-__all__ = ["ADePT", "DePT", "PromptTuning", "adept_embed", "dept_embed", "prompt_embed", "__version__"]
+__all__ = [
+    "ADePT",
+    "DePT",
+    "LAMP",
+    "PromptTuning",
+    "adept_embed",
+    "dept_embed",
+    "lamp_embed",
+    "lamp_prompt",
+    "prompt_embed",
+    "__version__",
+]

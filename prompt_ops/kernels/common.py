@@ -125,3 +125,54 @@ def sum_partials(parts: torch.Tensor) -> torch.Tensor:
     block = reduce_block()
     _sum_partials_kernel[(triton.cdiv(numel, block),)](out, parts, num_parts, numel, BLOCK=block, num_warps=4)
     return out
+
+
+@triton.jit
+def pooled_low_rank_tile(
+    a_ptr,  # (rows * pool, r) left factor
+    col_scale_ptr,  # (r,) or unused
+    b_ptr,  # (r, d) right factor
+    rows,  # [BLOCK_T] int64 output rows (indices into the pooled left factor)
+    row_ok,  # [BLOCK_T]
+    cols,  # [BLOCK_D] int64
+    col_ok,  # [BLOCK_D]
+    rank,
+    pool,
+    stride_a_l,
+    stride_a_r,
+    stride_s,
+    stride_b_r,
+    stride_b_d,
+    HAS_COL_SCALE: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    """``(avgpool_pool(A)[rows] * s) @ B[:, cols]`` as ``[BLOCK_T, BLOCK_D]`` fp32.
+
+    Row ``j`` of the pooled factor is the mean of rows ``j*pool .. j*pool+pool-1`` of ``A``; ``s`` scales its
+    columns when ``HAS_COL_SCALE``. With ``pool = 1`` and no scale this is DePT's ``A[rows] @ B``; LAMP's prompt is
+    ``(avgpool_k(U) * q) @ V``. The rank is covered in chunks of ``BLOCK_R`` (>= 16 for ``tl.dot``), so registers
+    do not grow with it.
+    """
+    acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+    for k0 in range(0, rank, BLOCK_R):
+        r = k0 + tl.arange(0, BLOCK_R).to(tl.int64)  # [BLOCK_R]
+        r_ok = r < rank
+        left = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
+        for i in range(0, pool):
+            left += tl.load(
+                a_ptr + (rows * pool + i)[:, None] * stride_a_l + r[None, :] * stride_a_r,
+                mask=row_ok[:, None] & r_ok[None, :],
+                other=0.0,
+            ).to(tl.float32)  # [BLOCK_T, BLOCK_R]
+        left = left / pool
+        if HAS_COL_SCALE:
+            left = left * tl.load(col_scale_ptr + r * stride_s, mask=r_ok, other=0.0).to(tl.float32)[None, :]
+        right = tl.load(
+            b_ptr + r[:, None] * stride_b_r + cols[None, :] * stride_b_d,
+            mask=r_ok[:, None] & col_ok[None, :],
+            other=0.0,
+        ).to(tl.float32)  # [BLOCK_R, BLOCK_D]
+        acc += tl.dot(left, right, input_precision="ieee")
+    return acc

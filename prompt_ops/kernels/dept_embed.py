@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from prompt_ops.kernels.common import REDUCE_BLOCK, interpreting, reduce_block, sum_slabs
+from prompt_ops.kernels.common import REDUCE_BLOCK, interpreting, pooled_low_rank_tile, reduce_block, sum_slabs
 
 
 @triton.jit
@@ -44,7 +44,9 @@ def _dept_embed_fwd_kernel(
     mask_out_ptr,  # (B, T) contiguous, mask dtype
     ids_ptr,  # (B, L) int32 / int64, any strides
     weight_ptr,  # (V, d) any strides
-    prompt_ptr,  # (m, d) any strides
+    prompt_ptr,  # (m, d) any strides; LAMP: the left factor U (m * pool, r_p)
+    q_ptr,  # LAMP: (r_p,) singular values, else unused
+    v_ptr,  # LAMP: (r_p, d) right factor, else unused
     lora_a_ptr,  # (L_max, r)
     lora_b_ptr,  # (r, d)
     mask_ptr,  # (B, L) or unused
@@ -53,6 +55,8 @@ def _dept_embed_fwd_kernel(
     seq_len,
     hidden,
     rank,
+    prompt_rank,
+    pool,
     vocab,
     scale,
     batches_per_program,
@@ -62,6 +66,9 @@ def _dept_embed_fwd_kernel(
     stride_w_d,
     stride_p_m,
     stride_p_d,
+    stride_q,
+    stride_v_r,
+    stride_v_d,
     stride_a_l,
     stride_a_r,
     stride_b_r,
@@ -70,6 +77,7 @@ def _dept_embed_fwd_kernel(
     stride_mask_t,
     HAS_OFFSET: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    FACTORED_PROMPT: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_R: tl.constexpr,
@@ -86,31 +94,26 @@ def _dept_embed_fwd_kernel(
     is_token = (rows >= num_prompt) & (rows < total)  # [BLOCK_T]
     tok = tl.where(is_token, rows - num_prompt, 0)  # [BLOCK_T] token position t
 
-    # Prompt rows: loaded once, stored for every batch row of this program.
-    prompt = tl.load(
-        prompt_ptr + rows[:, None] * stride_p_m + cols[None, :] * stride_p_d,
-        mask=is_prompt[:, None] & col_ok[None, :],
-        other=0.0,
-    ).to(tl.float32)  # [BLOCK_T, BLOCK_D]
+    # Prompt rows: loaded (or, for LAMP, computed from the factors) once, stored for every batch row of this program.
+    if FACTORED_PROMPT:
+        prompt = pooled_low_rank_tile(
+            prompt_ptr, q_ptr, v_ptr, rows, is_prompt, cols, col_ok, prompt_rank, pool, stride_p_m, stride_p_d,
+            stride_q, stride_v_r, stride_v_d, True, BLOCK_T, BLOCK_D, BLOCK_R,
+        )  # fmt: skip
+    else:
+        prompt = tl.load(
+            prompt_ptr + rows[:, None] * stride_p_m + cols[None, :] * stride_p_d,
+            mask=is_prompt[:, None] & col_ok[None, :],
+            other=0.0,
+        ).to(tl.float32)  # [BLOCK_T, BLOCK_D]
 
-    # Offset slice s * A[rows] @ B[:, cols], accumulated over rank chunks of BLOCK_R (>= 16 for tl.dot) so that
-    # register use does not grow with the rank.
+    # Offset slice s * A[rows] @ B[:, cols]; computed once, reused for every batch row.
     offset = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
     if HAS_OFFSET:
-        for k0 in range(0, rank, BLOCK_R):
-            r = k0 + tl.arange(0, BLOCK_R).to(tl.int64)  # [BLOCK_R]
-            a = tl.load(
-                lora_a_ptr + tok[:, None] * stride_a_l + r[None, :] * stride_a_r,
-                mask=is_token[:, None] & (r[None, :] < rank),
-                other=0.0,
-            ).to(tl.float32)  # [BLOCK_T, BLOCK_R]
-            b_mat = tl.load(
-                lora_b_ptr + r[:, None] * stride_b_r + cols[None, :] * stride_b_d,
-                mask=(r[:, None] < rank) & col_ok[None, :],
-                other=0.0,
-            ).to(tl.float32)  # [BLOCK_R, BLOCK_D]
-            offset += tl.dot(a, b_mat, input_precision="ieee")
-        offset = offset * scale
+        offset = scale * pooled_low_rank_tile(
+            lora_a_ptr, lora_a_ptr, lora_b_ptr, tok, is_token, cols, col_ok, rank, 1, stride_a_l, stride_a_r, 0,
+            stride_b_r, stride_b_d, False, BLOCK_T, BLOCK_D, BLOCK_R,
+        )  # fmt: skip
 
     out_ok = (rows < total)[:, None] & col_ok[None, :]  # [BLOCK_T, BLOCK_D]
     first = pid_b * batches_per_program
@@ -303,10 +306,25 @@ def _batches_per_program(config: EmbedConfig, num_batch: int, tiles: int, interp
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class PromptFactors:
+    """LAMP's prompt ``avgpool_pool((u * q) @ v)`` given by its factors: ``u (m * pool, r)``, ``q (r,)``,
+    ``v (r, d)``. Pooling is linear, so the kernel pools ``u`` first and never builds the ``(m * pool, d)`` prompt."""
+
+    u: torch.Tensor
+    q: torch.Tensor
+    v: torch.Tensor
+    pool: int
+
+    @property
+    def num_rows(self) -> int:
+        return self.u.shape[0] // self.pool
+
+
 def dept_embed_fwd(
     input_ids: torch.Tensor,
     weight: torch.Tensor,
-    prompt: torch.Tensor,
+    prompt: torch.Tensor | PromptFactors,
     lora_a: torch.Tensor | None,
     lora_b: torch.Tensor | None,
     attention_mask: torch.Tensor | None,
@@ -315,17 +333,42 @@ def dept_embed_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the fused forward. Arguments are assumed validated (see ``prompt_ops.dept_embed``).
 
-    Returns ``inputs_embeds (B, m+L, d)`` in ``weight.dtype`` and the extended mask ``(B, m+L)`` in the dtype of
-    ``attention_mask`` (int64 when it is None).
+    ``prompt`` is a dense ``(m, d)`` tensor or LAMP's :class:`PromptFactors`. Returns ``inputs_embeds (B, m+L, d)``
+    in ``weight.dtype`` and the extended mask ``(B, m+L)`` in the dtype of ``attention_mask`` (int64 when None).
     """
+    factored = isinstance(prompt, PromptFactors)
     num_batch, seq_len = input_ids.shape
-    num_prompt, hidden = prompt.shape
+    num_prompt, hidden = (prompt.num_rows, prompt.v.shape[1]) if factored else prompt.shape
     total = num_prompt + seq_len
     mask_dtype = attention_mask.dtype if attention_mask is not None else torch.int64
     out = torch.empty((num_batch, total, hidden), dtype=weight.dtype, device=weight.device)
     mask_out = torch.empty((num_batch, total), dtype=mask_dtype, device=weight.device)
     if out.numel() == 0 and mask_out.numel() == 0:
         return out, mask_out
+
+    has_offset = lora_a is not None
+    rank = lora_a.shape[1] if has_offset else 0
+    interpret = interpreting()
+    config = config or default_config(total, hidden, interpret)
+    tiles_t, tiles_d = triton.cdiv(total, config.block_t), triton.cdiv(hidden, config.block_d)
+    per_program = _batches_per_program(config, num_batch, tiles_t * tiles_d, interpret)
+    grid = (tiles_t, tiles_d, triton.cdiv(num_batch, per_program))
+    # Unused pointers get a valid tensor; the constexpr flags keep them untouched.
+    dense = prompt.u if factored else prompt
+    q, v = (prompt.q, prompt.v) if factored else (dense, dense)
+    a, b = (lora_a, lora_b) if has_offset else (dense, dense)
+    m = attention_mask if attention_mask is not None else input_ids
+    _dept_embed_fwd_kernel[grid](
+        out, mask_out, input_ids, weight, dense, q, v, a, b, m,
+        num_batch, num_prompt, seq_len, hidden, rank, prompt.u.shape[1] if factored else 0,
+        prompt.pool if factored else 1, weight.shape[0], float(scale), per_program,
+        input_ids.stride(0), input_ids.stride(1), weight.stride(0), weight.stride(1),
+        dense.stride(0), dense.stride(1), q.stride(0), v.stride(0), v.stride(1),
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), m.stride(0), m.stride(1),
+        HAS_OFFSET=has_offset, HAS_MASK=attention_mask is not None, FACTORED_PROMPT=factored,
+        BLOCK_T=config.block_t, BLOCK_D=config.block_d, BLOCK_R=RANK_CHUNK, num_warps=config.num_warps,
+    )  # fmt: skip
+    return out, mask_out
 
     has_offset = lora_a is not None
     rank = lora_a.shape[1] if has_offset else 0
@@ -480,6 +523,8 @@ def sm90_specs():
                 "ids_ptr": "*i64",
                 "weight_ptr": f"*{dtype}",
                 "prompt_ptr": "*fp32",
+                "q_ptr": "*fp32",
+                "v_ptr": "*fp32",
                 "lora_a_ptr": "*fp32",
                 "lora_b_ptr": "*fp32",
                 "mask_ptr": "*i64",
@@ -489,7 +534,13 @@ def sm90_specs():
                     f"dept_embed_fwd[{name},{dtype}]",
                     _dept_embed_fwd_kernel,
                     forward_pointers,
-                    {"HAS_OFFSET": has_offset, "HAS_MASK": True, "BLOCK_R": RANK_CHUNK, **forward_tile},
+                    {
+                        "HAS_OFFSET": has_offset,
+                        "HAS_MASK": True,
+                        "FACTORED_PROMPT": False,
+                        "BLOCK_R": RANK_CHUNK,
+                        **forward_tile,
+                    },  # fmt: skip
                     GPU_FWD_CONFIG.num_warps,
                 )
             )
@@ -510,6 +561,23 @@ def sm90_specs():
                     GPU_BWD_CONFIG.num_warps,
                 )
             )
+    for dtype in ("fp32", "bf16"):  # LAMP: the prompt computed from its factors, no offset
+        lamp_pointers = {**forward_pointers, "out_ptr": f"*{dtype}", "weight_ptr": f"*{dtype}"}
+        specs.append(
+            KernelSpec(
+                f"dept_embed_fwd[lamp,{dtype}]",
+                _dept_embed_fwd_kernel,
+                lamp_pointers,
+                {
+                    "HAS_OFFSET": False,
+                    "HAS_MASK": True,
+                    "FACTORED_PROMPT": True,
+                    "BLOCK_R": RANK_CHUNK,
+                    **forward_tile,
+                },  # fmt: skip
+                GPU_FWD_CONFIG.num_warps,
+            )
+        )
     reduce_pointers = {name: "*fp32" for name in ("grad_a_ptr", "grad_a_part_ptr", "grad_b_ptr", "grad_b_part_ptr")}
     specs.append(
         KernelSpec("dept_embed_bwd_reduce", _dept_embed_bwd_reduce_kernel, reduce_pointers, {"BLOCK": REDUCE_BLOCK}, 4)

@@ -35,12 +35,32 @@ def check_positive_int(name: str, value: object) -> int:
     return value
 
 
-class SoftPromptModule(nn.Module):
-    """Base of the prompt-tuning modules: owns the trainable ``prompt`` and freezes ``embedding``.
+class PromptModule(nn.Module):
+    """Base of every method module: holds and freezes the word ``embedding``, the backend and ``num_tokens``.
 
     ``forward(input_ids, attention_mask=None)`` returns ``(inputs_embeds, attention_mask)`` with the prompt
     prepended, ready for a Hugging Face model's ``inputs_embeds=``.
     """
+
+    def __init__(self, embedding: nn.Embedding, num_tokens: int, backend: str | None = None):
+        super().__init__()
+        if not isinstance(embedding, nn.Embedding):
+            raise TypeError(f"embedding must be a torch.nn.Embedding, got {type(embedding).__name__}")
+        self.num_tokens = check_positive_int("num_tokens", num_tokens)
+        embedding.weight.requires_grad_(False)  # the word-embedding table is frozen in prompt tuning
+        self.embedding = embedding
+        self.backend = backend
+
+    @property
+    def hidden_size(self) -> int:
+        return self.embedding.embedding_dim
+
+    def extra_repr(self) -> str:
+        return f"num_tokens={self.num_tokens}, hidden_size={self.hidden_size}, backend={self.backend!r}"
+
+
+class SoftPromptModule(PromptModule):
+    """A method with a dense trainable ``prompt (num_tokens, d)``, initialised as PEFT does."""
 
     def __init__(
         self,
@@ -49,18 +69,5 @@ class SoftPromptModule(nn.Module):
         init_token_ids: Sequence[int] | torch.Tensor | None = None,
         backend: str | None = None,
     ):
-        super().__init__()
-        if not isinstance(embedding, nn.Embedding):
-            raise TypeError(f"embedding must be a torch.nn.Embedding, got {type(embedding).__name__}")
-        self.num_tokens = check_positive_int("num_tokens", num_tokens)
-        embedding.weight.requires_grad_(False)  # the word-embedding table is frozen in prompt tuning
-        self.embedding = embedding
-        self.backend = backend
+        super().__init__(embedding, num_tokens, backend)
         self.prompt = nn.Parameter(initial_prompt(embedding.weight, num_tokens, init_token_ids))
-
-    @property
-    def hidden_size(self) -> int:
-        return self.embedding.embedding_dim
-
-    def extra_repr(self) -> str:
-        return f"num_tokens={self.num_tokens}, hidden_size={self.hidden_size}, backend={self.backend!r}"

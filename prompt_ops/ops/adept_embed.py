@@ -12,17 +12,11 @@ import math
 import torch
 
 from prompt_ops.ops.backend import resolve_check_ids
+from prompt_ops.ops.common import accumulate_dtype
 from prompt_ops.ops.validation import check_ids_in_range, validate_embed_call
 
 Tensor = torch.Tensor
 SEED_BOUND = 2**31 - 1
-
-
-def _accumulate_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    acc = torch.float32
-    for dtype in dtypes:
-        acc = torch.promote_types(acc, dtype)
-    return acc
 
 
 def dropout_multipliers_torch(num_tokens: int, rank: int, dropout_p: float, seed: int, device, dtype) -> Tensor:
@@ -34,7 +28,7 @@ def dropout_multipliers_torch(num_tokens: int, rank: int, dropout_p: float, seed
 
 def _hidden_torch(input_ids, weight, w_down, b_down, dropout_p, seed):
     """``E`` (N, d) in the accumulate dtype, and ``Hd = (E @ w_down + b_down) * D`` (N, r)."""
-    acc = _accumulate_dtype(weight.dtype, w_down.dtype)
+    acc = accumulate_dtype(weight.dtype, w_down.dtype)
     emb = torch.nn.functional.embedding(input_ids.reshape(-1), weight).to(acc)
     hidden = torch.addmm(b_down.to(acc), emb, w_down.to(acc))
     if dropout_p > 0.0:
@@ -148,7 +142,7 @@ def adept_embed_bwd_op(
 @adept_embed_bwd_op.register_fake
 def _adept_embed_bwd_fake(grad_out, input_ids, weight, w_down, b_down, w_up, num_prompt, dropout_p, seed, backend):
     hidden_size, rank = w_down.shape
-    acc = torch.float32 if backend == "triton" else _accumulate_dtype(weight.dtype, w_down.dtype)
+    acc = torch.float32 if backend == "triton" else accumulate_dtype(weight.dtype, w_down.dtype)
     grad_prompt = grad_out.new_empty((num_prompt, hidden_size), dtype=acc)
     return grad_prompt, grad_out.new_empty((2 * hidden_size * rank + rank + hidden_size,), dtype=acc)
 

@@ -13,6 +13,7 @@ added in fp32 straight into the preallocated output (no ``(B, L, d)`` repeat, on
 import torch
 
 from prompt_ops.ops.backend import resolve_check_ids
+from prompt_ops.ops.common import accumulate_dtype
 from prompt_ops.ops.validation import check_ids_in_range, check_scale, validate_embed_call
 
 Tensor = torch.Tensor
@@ -21,11 +22,6 @@ Tensor = torch.Tensor
 # ----------------------------------------------------------------------------------------------------------------
 # torch backend
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32 for fp32/fp16/bf16, fp64 for fp64 (gradcheck)."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 def dept_embed_fwd_torch(
@@ -64,7 +60,7 @@ def dept_embed_bwd_torch(
     scale: float,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Eager backward: batch sums first, then two skinny matmuls (see ``prompt_ops.kernels.dept_embed``)."""
-    acc = _accumulate_dtype(grad_out.dtype)
+    acc = accumulate_dtype(grad_out.dtype)
     grad_prompt = grad_out[:, :num_prompt].sum(0, dtype=acc)  # (m, d)
     if lora_a is None:
         return grad_prompt, None, None
@@ -137,7 +133,7 @@ def dept_embed_bwd_op(
 
 @dept_embed_bwd_op.register_fake
 def _dept_embed_bwd_fake(grad_out, lora_a, lora_b, num_prompt, scale, backend):
-    acc = _accumulate_dtype(grad_out.dtype)
+    acc = accumulate_dtype(grad_out.dtype)
     grad_prompt = grad_out.new_empty((num_prompt, grad_out.shape[2]), dtype=acc)
     if lora_a is None:
         return grad_prompt, grad_out.new_empty((0,), dtype=acc), grad_out.new_empty((0,), dtype=acc)

@@ -76,3 +76,24 @@ def adept_embed(
     embeds = torch.cat([prompts, inputs_embeds], dim=1)
     mask = extend_mask(attention_mask, batch, seq_len, prompt.shape[0])
     return embeds, mask.to(input_ids.device)
+
+
+def lamp_prompt(u: torch.Tensor, q: torch.Tensor, v: torch.Tensor, pool: int) -> torch.Tensor:
+    """LAMP prompt as DESIGN.md §7 defines it: the compressed outer product ``(U * q) @ V`` (``l`` rows), then
+    average pooling with window = stride = ``pool`` over the rows. Built in full, then pooled."""
+    prompt = (u * q) @ v  # (l, d): sum over i of q_i * outer(U[:, i], V[i])
+    rows, hidden = prompt.shape
+    return prompt.view(rows // pool, pool, hidden).mean(dim=1)
+
+
+def lamp_embed(
+    input_ids: torch.Tensor,
+    weight: torch.Tensor,
+    u: torch.Tensor,
+    q: torch.Tensor,
+    v: torch.Tensor,
+    pool: int,
+    attention_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LAMP input: the pooled prompt prepended to the token embeddings (prompt-tuning semantics, no offset)."""
+    return prompt_embed(input_ids, weight, lamp_prompt(u, q, v, pool), attention_mask)

@@ -56,8 +56,8 @@ def check_embed_inputs(
     attention_mask: object,
     backend: str,
 ) -> None:
-    """The arguments every prompt-embedding op shares: ids ``(B, L)``, a frozen table ``(V, d)``, a prompt
-    ``(m, d)`` and an optional mask ``(B, L)``."""
+    """The arguments every prompt-embedding op shares: ids ``(B, L)``, a frozen table ``(V, d)``, a dense prompt
+    ``(m, d)`` (None for methods that build it from factors) and an optional mask ``(B, L)``."""
     ids = check_tensor("input_ids", input_ids, 2, "(B, L)")
     if ids.dtype not in TOKEN_ID_DTYPES:
         raise TypeError(f"input_ids must hold int64 or int32 token ids, got {ids.dtype}")
@@ -70,12 +70,13 @@ def check_embed_inputs(
             "weight (the word-embedding table) requires grad, but it is frozen in prompt tuning and gets no "
             "gradient: call weight.requires_grad_(False) (or freeze the model) first"
         )
-    soft = check_tensor("prompt", prompt, 2, "(m, d)")
-    check_float("prompt", soft, backend)
-    if soft.shape[1] != table.shape[1]:
-        raise ValueError(
-            f"prompt must have shape (m, d) with d = weight.shape[1] = {table.shape[1]}, got {tuple(soft.shape)}"
-        )
+    if prompt is not None:
+        soft = check_tensor("prompt", prompt, 2, "(m, d)")
+        check_float("prompt", soft, backend)
+        if soft.shape[1] != table.shape[1]:
+            raise ValueError(
+                f"prompt must have shape (m, d) with d = weight.shape[1] = {table.shape[1]}, got {tuple(soft.shape)}"
+            )
     if attention_mask is not None:
         mask = check_tensor("attention_mask", attention_mask, 2, "(B, L)")
         if mask.shape != ids.shape:
@@ -107,10 +108,12 @@ def validate_embed_call(
 ) -> str:
     """The front half of every prompt-embedding entry: tensors and ranks, one device, the backend, then dtypes and
     the shared shape rules. ``params`` maps each method parameter's name to ``(value, ndim, layout)``; each must be a
-    floating tensor. Returns the resolved backend."""
+    floating tensor. ``prompt`` is None for methods that build the prompt from their parameters. Returns the resolved
+    backend."""
     check_tensor("input_ids", input_ids, 2, "(B, L)")
     check_tensor("weight", weight, 2, "(V, d)")
-    check_tensor("prompt", prompt, 2, "(m, d)")
+    if prompt is not None:
+        check_tensor("prompt", prompt, 2, "(m, d)")
     for name, (value, ndim, layout) in params.items():
         check_tensor(name, value, ndim, layout)
     if attention_mask is not None:

@@ -1,0 +1,83 @@
+"""LAMP: Low-pArameters prompt tuning (Lan, Xu, Yang, Liang, Guo, Zhao, Wang; NAACL 2025).
+
+The paper has no public code; this project defines the method as in its DESIGN.md §7 (reconstructed from the
+abstract and summaries, see reference/methods.md §3): the prompt of ``l`` tokens is kept as its truncated SVD
+``U (l, r)``, ``q (r,)``, ``V (r, d)``, rebuilt as the compressed sum of outer products ``(U * q) @ V`` and
+average-pooled with window = stride = ``pool`` over its rows, giving ``l / pool`` prompt tokens::
+
+    inputs_embeds = cat(avgpool_pool((U * q) @ V), W[ids])
+
+Init: the truncated SVD of an initial prompt ``P0`` (vocabulary rows of ``init_token_ids`` repeated cyclically, as
+PEFT's TEXT init, else N(0, 1)). Defaults: ``l = 100``, ``r = 8`` (which gives the paper's "about 7,000" trainable
+parameters on T5-Base), ``pool = 2`` (the paper does not state the window; 2 halves the prompt's sequence cost).
+
+Trainable parameters: ``l*r + r + r*d``: 100*8 + 8 + 8*768 = 6,952 for T5-Base (d = 768), against 76,800 for
+vanilla prompt tuning with the same 100 tokens (11x fewer).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prompt_ops.methods.base import PromptModule, check_positive_int, initial_prompt
+from prompt_ops.ops.lamp import lamp_embed, lamp_prompt
+
+
+class LAMP(PromptModule):
+    """``LAMP(embedding, num_tokens=100, rank=8, pool=2, init_token_ids=None, backend=None)``.
+
+    ``num_tokens`` is the prompt length ``l`` before pooling; the model sees ``num_tokens // pool`` prompt rows.
+    Trainable parameters (fp32): ``u (l, r)``, ``q (r,)``, ``v (r, d)``.
+    """
+
+    def __init__(
+        self,
+        embedding: nn.Embedding,
+        num_tokens: int = 100,
+        rank: int = 8,
+        pool: int = 2,
+        init_token_ids=None,
+        backend: str | None = None,
+    ):
+        super().__init__(embedding, num_tokens, backend)
+        self.rank = check_positive_int("rank", rank)
+        self.pool = check_positive_int("pool", pool)
+        if num_tokens % pool:
+            raise ValueError(f"pool = {pool} must divide num_tokens = {num_tokens}")
+        if rank > min(num_tokens, self.hidden_size):
+            raise ValueError(
+                f"rank must be <= min(num_tokens, hidden size) = {min(num_tokens, self.hidden_size)} for a truncated "
+                f"SVD of the ({num_tokens}, {self.hidden_size}) initial prompt, got {rank}"
+            )
+        initial = initial_prompt(embedding.weight, num_tokens, init_token_ids)
+        left, singular, right = torch.linalg.svd(initial, full_matrices=False)
+        self.u = nn.Parameter(left[:, :rank].contiguous())  # (l, r)
+        self.q = nn.Parameter(singular[:rank].clone())  # (r,)
+        self.v = nn.Parameter(right[:rank].contiguous())  # (r, d)
+
+    @property
+    def num_prompt_rows(self) -> int:
+        """Prompt rows the model sees: ``num_tokens // pool``."""
+        return self.num_tokens // self.pool
+
+    def prompt(self) -> torch.Tensor:
+        """The pooled prompt ``(num_tokens // pool, d)`` in fp32."""
+        return lamp_prompt(self.u, self.q, self.v, pool=self.pool, backend=self.backend)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return lamp_embed(
+            input_ids,
+            self.embedding.weight,
+            self.u,
+            self.q,
+            self.v,
+            pool=self.pool,
+            attention_mask=attention_mask,
+            backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank={self.rank}, pool={self.pool}"
