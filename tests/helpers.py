@@ -169,3 +169,67 @@ def make_adept_case(
         param(hidden, scale=0.5),
         attention_mask,
     )
+
+
+@dataclasses.dataclass
+class LampCase:
+    """Inputs of one lamp_embed call, with SVD-like factor scales (orthonormal-ish u, v; singular values ~ 1-5)."""
+
+    input_ids: torch.Tensor
+    weight: torch.Tensor
+    u: torch.Tensor
+    q: torch.Tensor
+    v: torch.Tensor
+    pool: int
+    attention_mask: torch.Tensor | None
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [self.u, self.q, self.v]
+
+    def run(self, backend: str):
+        import prompt_ops
+
+        return prompt_ops.lamp_embed(
+            self.input_ids, self.weight, *self.params, pool=self.pool, attention_mask=self.attention_mask,
+            backend=backend,
+        )  # fmt: skip
+
+    def reference(self):
+        weight = self.weight.float() if self.weight.dtype in LOW_PRECISION else self.weight
+        params = [p.detach().clone().requires_grad_(True) for p in self.params]
+        out, mask = reference.lamp_embed(self.input_ids, weight, *params, self.pool, self.attention_mask)
+        return out, mask, params
+
+
+def make_lamp_case(
+    batch: int,
+    seq_len: int,
+    rows: int,
+    hidden: int,
+    rank: int,
+    pool: int,
+    *,
+    vocab: int = 50,
+    dtype: torch.dtype = torch.float32,
+    mask: str | None = "int64",
+    device: str = "cpu",
+    param_dtype: torch.dtype = torch.float32,
+) -> LampCase:
+    def param(tensor):
+        return tensor.to(param_dtype).requires_grad_(True)
+
+    ids = torch.randint(0, vocab, (batch, seq_len), device=device)
+    weight = torch.randn(vocab, hidden, device=device).to(dtype)
+    attention_mask = None
+    if mask is not None:
+        attention_mask = (torch.rand(batch, seq_len, device=device) > 0.3).to(getattr(torch, mask))
+    return LampCase(
+        ids,
+        weight,
+        param(torch.randn(rows, rank, device=device) / rows**0.5),
+        param(1 + 4 * torch.rand(rank, device=device)),
+        param(torch.randn(rank, hidden, device=device) / hidden**0.5),
+        pool,
+        attention_mask,
+    )

@@ -6,16 +6,13 @@ import torch
 import triton
 import triton.language as tl
 
+from prompt_ops.kernels.runtime import interpreting
+
 REDUCE_BLOCK = 1024
 """Elements per program of a partial-sum launch on a GPU (4 warps, 8 fp32 per thread)."""
 
 REDUCE_BLOCK_INTERPRET = 16384
 """The same under the interpreter, where fewer, larger programs are cheaper."""
-
-
-def interpreting() -> bool:
-    """True when kernels run in the Triton interpreter."""
-    return bool(triton.knobs.runtime.interpret)
 
 
 @triton.jit

@@ -96,3 +96,33 @@ def adept_embed_backward_bytes(
         - hidden * _size(param_dtype)  # b_up is not needed
     )
     return read + num_prompt * hidden * _size(param_dtype) + ffn
+
+
+def lamp_embed_forward_bytes(
+    batch: int,
+    seq_len: int,
+    rows: int,
+    pool: int,
+    hidden: int,
+    rank: int,
+    weight_dtype: torch.dtype = torch.float32,
+    ids_dtype: torch.dtype = torch.int64,
+    mask_dtype: torch.dtype | None = torch.int64,
+    param_dtype: torch.dtype = torch.float32,
+) -> int:
+    """LAMP forward: as prompt tuning with ``rows // pool`` prompt rows, except that the factors ``u``, ``q``,
+    ``v`` are read in place of a dense prompt."""
+    num_prompt = rows // pool
+    plain = dept_embed_forward_bytes(
+        batch, seq_len, num_prompt, hidden, 0, weight_dtype, ids_dtype, mask_dtype, param_dtype
+    )
+    return plain - num_prompt * hidden * _size(param_dtype) + (rows * rank + rank + rank * hidden) * _size(param_dtype)
+
+
+def lamp_embed_backward_bytes(
+    batch: int, seq_len: int, rows: int, pool: int, hidden: int, rank: int,
+    grad_dtype: torch.dtype = torch.float32, param_dtype: torch.dtype = torch.float32,
+) -> int:  # fmt: skip
+    """LAMP backward: the prompt rows of the output gradient and the factors in; their three gradients out."""
+    factors = (rows * rank + rank + rank * hidden) * _size(param_dtype)
+    return batch * (rows // pool) * hidden * _size(grad_dtype) + 2 * factors

@@ -33,6 +33,10 @@ def test_shipped_configs_compile_for_sm90_without_spills():
     for kernel in ("adept_embed_fwd", "adept_embed_bwd_hidden", "adept_embed_bwd_weights"):
         for variant in ("fp32,R32", "fp16,R32", "bf16,R32", "bf16,R64"):
             assert f"{kernel}[{variant}]" in labels
+    for variant in ("lamp,fp32", "lamp,bf16"):
+        assert f"dept_embed_fwd[{variant}]" in labels
+    for tile in ("M64,R16", "M256,R16", "M128,R32", "M64,R64"):
+        assert f"lamp_factor_grad[{tile}]" in labels
     for s in stats:
         assert s["spill_bytes"] == 0, s
         assert 0 < s["registers"] <= 255, s

@@ -139,3 +139,26 @@ def test_adept_naive_eager_path_takes_at_least_three_launches():
     with EagerTraffic() as naive:
         reference.adept_embed(ids, weight, prompt, *ffn)
     assert naive.launches >= 3
+
+
+def test_lamp_fused_forward_is_one_launch_within_ideal_bytes():
+    from prompt_ops.kernels.dept_embed import PromptFactors
+    from prompt_ops.profiling.ideal import lamp_embed_forward_bytes
+
+    batch, seq_len, rows, pool, hidden, rank = 4, 128, 100, 2, 768, 8
+    ids = _distinct_ids(batch, seq_len, 4096)
+    weight = torch.randn(4096, hidden)
+    factors = PromptFactors(torch.randn(rows, rank), torch.randn(rank), torch.randn(rank, hidden), pool)
+    mask = torch.ones(batch, seq_len, dtype=torch.int64)
+    with kernel_traffic() as fused:
+        kernels.dept_embed_fwd(ids, weight, factors, None, None, mask, 0.0)
+    ideal = lamp_embed_forward_bytes(batch, seq_len, rows, pool, hidden, rank)
+    assert fused.launches == 1
+    assert 0.95 * ideal <= fused.unique_bytes <= 1.1 * ideal, (fused.unique_bytes, ideal)
+
+
+def test_lamp_naive_eager_path_takes_at_least_three_launches():
+    ids, weight = torch.randint(0, 1000, (4, 128)), torch.randn(1000, 768)
+    with EagerTraffic() as naive:
+        reference.lamp_embed(ids, weight, torch.randn(100, 8), torch.randn(8), torch.randn(8, 768), 2)
+    assert naive.launches >= 3
