@@ -25,6 +25,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import prompt_ops
 from prompt_ops.kernels import adept_embed as adept_kernels
 from prompt_ops.kernels import dept_embed as dept_kernels
+from prompt_ops.kernels import lamp as lamp_kernels
+from prompt_ops.kernels.dept_embed import PromptFactors
 from prompt_ops.ops import reference
 from prompt_ops.profiling import EagerTraffic, cpu_time, kernel_traffic, project_h100
 from prompt_ops.profiling.ideal import (
@@ -32,6 +34,8 @@ from prompt_ops.profiling.ideal import (
     adept_embed_forward_bytes,
     dept_embed_backward_bytes,
     dept_embed_forward_bytes,
+    lamp_embed_backward_bytes,
+    lamp_embed_forward_bytes,
 )
 
 
@@ -44,6 +48,8 @@ class EmbedShape:
     rank: int = 30
     max_length: int = 256
     vocab: int = 32128  # T5's vocabulary
+    lamp_tokens: int = 100  # LAMP's prompt length l before pooling
+    pool: int = 2  # LAMP's pooling window
 
 
 @dataclasses.dataclass
@@ -52,6 +58,7 @@ class Inputs:
     weight: torch.Tensor
     attention_mask: torch.Tensor
     params: dict[str, torch.Tensor]  # trainable, in the functional entry's order, prompt first
+    pool: int = 1
 
     def detached(self) -> list[torch.Tensor]:
         return [p.detach() for p in self.params.values()]
@@ -70,6 +77,7 @@ class Family:
     ideal_forward: Callable[[EmbedShape], int]
     ideal_backward: Callable[[EmbedShape], int]
     flops_forward: Callable[[EmbedShape], int]
+    prompt_rows: Callable[[EmbedShape], int] = lambda s: s.num_prompt
 
 
 def _prompt_family() -> Family:
@@ -168,8 +176,31 @@ def _adept_family() -> Family:
     )
 
 
-FAMILIES = {f.op: f for f in (_prompt_family(), _dept_family(), _adept_family())}
-DEFAULT_RANKS = {"prompt_embed": 0, "dept_embed": 30, "adept_embed": 19}
+def _lamp_family() -> Family:
+    def factors(x: Inputs) -> PromptFactors:
+        u, q, v = x.detached()
+        return PromptFactors(u, q, v, x.pool)
+
+    return Family(
+        op="lamp_embed",
+        param_shapes=lambda s: {"u": (s.lamp_tokens, s.rank), "q": (s.rank,), "v": (s.rank, s.hidden)},
+        naive=lambda x: reference.lamp_embed(x.input_ids, x.weight, *x.params.values(), x.pool, x.attention_mask),
+        ours=lambda x, backend: prompt_ops.lamp_embed(
+            x.input_ids, x.weight, *x.params.values(), pool=x.pool, attention_mask=x.attention_mask, backend=backend
+        ),
+        fused_forward=lambda x: dept_kernels.dept_embed_fwd(
+            x.input_ids, x.weight, factors(x), None, None, x.attention_mask, 0.0
+        ),
+        fused_backward=lambda x, g: lamp_kernels.lamp_embed_bwd(g, factors(x)),
+        ideal_forward=lambda s: lamp_embed_forward_bytes(s.batch, s.seq_len, s.lamp_tokens, s.pool, s.hidden, s.rank),
+        ideal_backward=lambda s: lamp_embed_backward_bytes(s.batch, s.seq_len, s.lamp_tokens, s.pool, s.hidden, s.rank),
+        flops_forward=lambda s: 2 * (s.lamp_tokens // s.pool) * s.rank * s.hidden,
+        prompt_rows=lambda s: s.lamp_tokens // s.pool,
+    )
+
+
+FAMILIES = {f.op: f for f in (_prompt_family(), _dept_family(), _adept_family(), _lamp_family())}
+DEFAULT_RANKS = {"prompt_embed": 0, "dept_embed": 30, "adept_embed": 19, "lamp_embed": 8}
 
 
 @dataclasses.dataclass
@@ -207,7 +238,7 @@ def make_inputs(family: Family, shape: EmbedShape, seed: int = 0) -> Inputs:
         for name, dims in family.param_shapes(shape).items()
     }
     mask = torch.ones(shape.batch, shape.seq_len, dtype=torch.int64)
-    return Inputs(ids, weight, mask, params)
+    return Inputs(ids, weight, mask, params, shape.pool)
 
 
 def _count_eager(fn) -> tuple[EagerTraffic, int]:
@@ -235,7 +266,7 @@ def measure(op: str, shape: EmbedShape, mode: str, repeat: int = 10) -> Row:
     family = FAMILIES[op]
     inputs = make_inputs(family, shape)
     params = list(inputs.params.values())
-    total = shape.num_prompt + shape.seq_len
+    total = family.prompt_rows(shape) + shape.seq_len
     grad = torch.randn(shape.batch, total, shape.hidden, generator=torch.Generator().manual_seed(1))
 
     if mode == "forward":
@@ -271,7 +302,7 @@ def measure(op: str, shape: EmbedShape, mode: str, repeat: int = 10) -> Row:
         batch=shape.batch,
         seq_len=shape.seq_len,
         hidden=shape.hidden,
-        num_prompt=shape.num_prompt,
+        num_prompt=family.prompt_rows(shape),
         rank=shape.rank,
         dtype="float32",
         naive_launches=naive_traffic.launches,

@@ -76,7 +76,8 @@ def render_markdown(payload: dict) -> str:
     shape = payload["shape"]
     ranks = ", ".join(f"{op} r={rank}" for op, rank in shape["ranks"].items() if rank)
     lines = [
-        f"Shapes: L={shape['seq_len']}, d={shape['hidden']}, m={shape['num_prompt']}, {ranks}, "
+        f"Shapes: L={shape['seq_len']}, d={shape['hidden']}, m={shape['num_prompt']} (LAMP: l={shape['lamp_tokens']} "
+        f"pooled by {shape['pool']}), {ranks}, "
         f"L_max={shape['max_length']}, vocabulary {shape['vocab']}, fp32 table and parameters, int64 mask, eval "
         f"(no dropout). Counted on {env['cpu']} with torch {env['torch']}, triton {env['triton']} (commit "
         f"{env['commit']}, {env['date']}).",

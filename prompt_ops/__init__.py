@@ -6,18 +6,22 @@ Functional ops (``backend="auto" | "triton" | "torch"``):
 - :func:`dept_embed`: DePT input, plus a position-wise low-rank offset ``scale * A[t] @ B``.
 - :func:`adept_embed`: ADePT input, plus a token-shared FFN offset ``relu(E @ w_down + b_down) @ w_up + b_up``.
 - :func:`lamp_prompt`, :func:`lamp_embed`: LAMP's prompt ``avgpool_k((u * q) @ v)`` from SVD factors, and its input.
+- :func:`ept_prompt`, :func:`ept_embed`: EPT's fused, multi-space-projected prompt, and its input with DePT's offset.
 
-Modules over a frozen ``nn.Embedding``: :class:`PromptTuning`, :class:`DePT`, :class:`ADePT`, :class:`LAMP`.
+Modules over a frozen ``nn.Embedding``: :class:`PromptTuning`, :class:`DePT`, :class:`ADePT`, :class:`LAMP`,
+:class:`EPT`.
 
 ``import prompt_ops`` needs neither triton nor transformers; they are imported when a path needs them.
 """
 
 from prompt_ops.methods.adept import ADePT
 from prompt_ops.methods.dept import DePT
+from prompt_ops.methods.ept import EPT
 from prompt_ops.methods.lamp import LAMP
 from prompt_ops.methods.prompt_tuning import PromptTuning
 from prompt_ops.ops.adept_embed import adept_embed
 from prompt_ops.ops.dept_embed import dept_embed, prompt_embed
+from prompt_ops.ops.ept import ept_embed, ept_prompt
 from prompt_ops.ops.lamp import lamp_embed, lamp_prompt
 
 __version__ = "0.1.0"
@@ -25,10 +29,13 @@ __version__ = "0.1.0"
 __all__ = [
     "ADePT",
     "DePT",
+    "EPT",
     "LAMP",
     "PromptTuning",
     "adept_embed",
     "dept_embed",
+    "ept_embed",
+    "ept_prompt",
     "lamp_embed",
     "lamp_prompt",
     "prompt_embed",

@@ -10,9 +10,9 @@ from tests.conftest import INTERPRET
 
 pytestmark = pytest.mark.skipif(not INTERPRET, reason="the CPU bench counts kernels under the interpreter")
 
-SMALL = EmbedShape(batch=2, seq_len=24, num_prompt=5, hidden=64, rank=6, max_length=32, vocab=500)
+SMALL = EmbedShape(batch=2, seq_len=24, num_prompt=5, hidden=64, rank=6, max_length=32, vocab=500, lamp_tokens=12)
 # 48 tokens make one ADePT weight split, so no partial-sum launch follows.
-FUSED_BACKWARD_LAUNCHES = {"prompt_embed": 1, "dept_embed": 2, "adept_embed": 2}
+FUSED_BACKWARD_LAUNCHES = {"prompt_embed": 1, "dept_embed": 2, "adept_embed": 2, "lamp_embed": 2}
 
 
 @pytest.mark.parametrize("op", sorted(FAMILIES))

@@ -168,7 +168,8 @@ dept_embed_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _check_lora_shapes(lora_a: Tensor, lora_b: Tensor, seq_len: int, hidden: int) -> None:
+def check_lora_shapes(lora_a: Tensor, lora_b: Tensor, seq_len: int, hidden: int) -> None:
+    """``lora_a (L_max, r)`` with ``r >= 1`` and ``L_max >= seq_len``, ``lora_b (r, d)``: DePT's and EPT's pair."""
     if lora_a.shape[1] == 0:
         raise ValueError(f"lora_a must have shape (L_max, r) with r >= 1, got {tuple(lora_a.shape)}")
     if lora_b.shape != (lora_a.shape[1], hidden):
@@ -191,7 +192,7 @@ def _run(input_ids, weight, prompt, lora, attention_mask, scale, backend, check_
     backend = validate_embed_call(input_ids, weight, prompt, attention_mask, backend, params)
     lora_a, lora_b = lora if lora is not None else (None, None)
     if lora is not None:
-        _check_lora_shapes(lora_a, lora_b, input_ids.shape[1], weight.shape[1])
+        check_lora_shapes(lora_a, lora_b, input_ids.shape[1], weight.shape[1])
     return dept_embed_fwd_op(
         input_ids, weight, prompt, lora_a, lora_b, attention_mask, scale, resolve_check_ids(check_ids), backend
     )

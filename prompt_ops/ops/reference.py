@@ -7,6 +7,8 @@ Offsets are accumulated in the parameters' precision (fp32 for fp32 masters) and
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -97,3 +99,45 @@ def lamp_embed(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """LAMP input: the pooled prompt prepended to the token embeddings (prompt-tuning semantics, no offset)."""
     return prompt_embed(input_ids, weight, lamp_prompt(u, q, v, pool), attention_mask)
+
+
+def ept_prompt(
+    prompt: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    w_down: torch.Tensor,
+    w_up: torch.Tensor,
+    w_gate: torch.Tensor,
+    b_gate: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """EPT prompt as DESIGN.md §7 defines it, term by term: ``Q = scale * A @ B``; prompt fusion
+    ``Pf = Ps + softmax(Ps Q^T / sqrt(d)) Q``; ``K`` subspace projections ``P_k = Pf @ Wd_k @ Wu_k``; a gate
+    ``g = softmax(mean_rows(Pf) @ Wg + bg)``; result ``Pf + sum_k g_k P_k``."""
+    hidden = prompt.shape[1]
+    knowledge = scale * (lora_a @ lora_b)  # (L_max, d)
+    attention = torch.softmax(prompt @ knowledge.T / math.sqrt(hidden), dim=-1)  # (s, L_max)
+    fused = prompt + attention @ knowledge  # (s, d)
+    gate = torch.softmax(fused.mean(dim=0) @ w_gate + b_gate, dim=-1)  # (K,)
+    result = fused
+    for k in range(w_down.shape[0]):
+        result = result + gate[k] * (fused @ w_down[k] @ w_up[k])
+    return result
+
+
+def ept_embed(
+    input_ids: torch.Tensor,
+    weight: torch.Tensor,
+    prompt: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    w_down: torch.Tensor,
+    w_up: torch.Tensor,
+    w_gate: torch.Tensor,
+    b_gate: torch.Tensor,
+    scale: float,
+    attention_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """EPT input: the EPT prompt prepended, and DePT's offset ``scale * A[t] @ B`` added to input token ``t``."""
+    full_prompt = ept_prompt(prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate, scale)
+    return dept_embed(input_ids, weight, full_prompt, lora_a, lora_b, scale, attention_mask)

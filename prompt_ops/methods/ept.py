@@ -1,0 +1,89 @@
+"""EPT: Efficient Prompt Tuning by Multi-Space Projection and Prompt Fusion (Lan et al., AAAI 2025).
+
+The paper has no public code; this project defines the method as in its DESIGN.md §7 (reconstructed from the
+abstract and summaries, see reference/methods.md §4): a short prompt ``Ps``, DePT's low-rank pair ``A``, ``B`` with
+``scale = lora_alpha / sqrt(r)``, prompt fusion ``Pf = Ps + softmax(Ps Q^T / sqrt(d)) Q`` with ``Q = scale * A @ B``,
+``K`` subspace projections ``Pf @ Wd_k @ Wu_k`` mixed by a gate ``softmax(mean_rows(Pf) @ Wg + bg)``, added to
+``Pf``; the input tokens get DePT's offset ``scale * A[t] @ B``.
+
+Init (a design choice): ``Ps`` as PEFT's prompt init, ``A`` kaiming-uniform and ``B`` zeros as DePT, ``Wd``
+N(0, 1/d), ``Wu``, ``Wg``, ``bg`` zeros. With ``B = 0`` and ``Wu = 0`` the method starts as plain prompt tuning with
+``Ps`` (the offset and the projections are zero, the fusion adds the mean of zero rows).
+
+Trainable parameters: ``s*d + L_max*r + r*d + 2*K*d*h + d*K + K``; with the defaults on T5-Base (d = 768):
+46,080 + 7,680 + 23,040 + 49,152 + 3,072 + 4 = 129,028.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from prompt_ops.methods.base import SoftPromptModule, check_positive_int
+from prompt_ops.ops.ept import ept_embed, ept_prompt
+
+
+class EPT(SoftPromptModule):
+    """``EPT(embedding, num_tokens=60, rank=30, max_length=256, num_subspaces=4, subspace_rank=8, lora_alpha=8.0,
+    init_token_ids=None, backend=None)``.
+
+    Trainable parameters (fp32): ``prompt (s, d)``, ``lora_a (max_length, rank)``, ``lora_b (rank, d)``,
+    ``w_down (K, d, h)``, ``w_up (K, h, d)``, ``w_gate (d, K)``, ``b_gate (K,)``.
+    """
+
+    def __init__(
+        self,
+        embedding: nn.Embedding,
+        num_tokens: int = 60,
+        rank: int = 30,
+        max_length: int = 256,
+        num_subspaces: int = 4,
+        subspace_rank: int = 8,
+        lora_alpha: float = 8.0,
+        init_token_ids=None,
+        backend: str | None = None,
+    ):
+        super().__init__(embedding, num_tokens, init_token_ids, backend)
+        self.rank = check_positive_int("rank", rank)
+        self.max_length = check_positive_int("max_length", max_length)
+        self.num_subspaces = check_positive_int("num_subspaces", num_subspaces)
+        self.subspace_rank = check_positive_int("subspace_rank", subspace_rank)
+        if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, (int, float)) or not lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be a positive number, got {lora_alpha!r}")
+        self.lora_alpha = float(lora_alpha)
+        self.scale = self.lora_alpha / math.sqrt(rank)
+        device, hidden = embedding.weight.device, self.hidden_size
+        self.lora_a = nn.Parameter(torch.empty(max_length, rank, device=device))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # as DePT: U(-1/sqrt(r), 1/sqrt(r))
+        self.lora_b = nn.Parameter(torch.zeros(rank, hidden, device=device))
+        self.w_down = nn.Parameter(torch.randn(num_subspaces, hidden, subspace_rank, device=device) / math.sqrt(hidden))
+        self.w_up = nn.Parameter(torch.zeros(num_subspaces, subspace_rank, hidden, device=device))
+        self.w_gate = nn.Parameter(torch.zeros(hidden, num_subspaces, device=device))
+        self.b_gate = nn.Parameter(torch.zeros(num_subspaces, device=device))
+
+    def _params(self) -> tuple[torch.Tensor, ...]:
+        return (self.prompt, self.lora_a, self.lora_b, self.w_down, self.w_up, self.w_gate, self.b_gate)
+
+    def full_prompt(self) -> torch.Tensor:
+        """The EPT prompt ``(num_tokens, d)`` in fp32 (what the model sees before the input tokens)."""
+        return ept_prompt(*self._params(), scale=self.scale, backend=self.backend)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return ept_embed(
+            input_ids,
+            self.embedding.weight,
+            *self._params(),
+            scale=self.scale,
+            attention_mask=attention_mask,
+            backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, rank={self.rank}, max_length={self.max_length}, "
+            f"num_subspaces={self.num_subspaces}, subspace_rank={self.subspace_rank}, scale={self.scale:.4f}"
+        )

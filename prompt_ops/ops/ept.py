@@ -1,0 +1,132 @@
+"""``ept_prompt`` and ``ept_embed``: EPT (Lan et al., AAAI 2025; no public code, so this project defines it,
+DESIGN.md §7): a short prompt fused with DePT-style low-rank knowledge, projected into ``K`` subspaces mixed by a
+gate, with DePT's position offset on the input tokens.
+
+The prompt builder is batch-independent and tiny (``s x L_max`` attention scores, ``K`` rank-``h`` projections), so it
+runs as a few eager PyTorch ops on every backend, written to do little work: the ``K`` projections are one pair of
+matmuls through the concatenated subspaces ``Wd_cat (d, K*h)`` and ``Wu_cat (K*h, d)``, since
+``sum_k g_k Pf Wd_k Wu_k = ((Pf Wd_cat) * g_expanded) Wu_cat``. Autograd differentiates it exactly, and
+``torch.compile`` traces it. The per-token work, which scales with the batch, is DePT's fused op: ``ept_embed`` feeds
+the built prompt to ``prompt_ops::dept_embed_fwd`` (one Triton launch on the ``triton`` backend), and autograd sums
+the two paths' gradients of ``lora_a`` and ``lora_b``.
+"""
+
+import math
+
+import torch
+
+from prompt_ops.ops.backend import resolve_backend, resolve_check_ids
+from prompt_ops.ops.dept_embed import check_lora_shapes, dept_embed_fwd_op
+from prompt_ops.ops.validation import check_float, check_same_device, check_scale, check_tensor, validate_embed_call
+
+Tensor = torch.Tensor
+
+
+def build_ept_prompt(prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate, scale: float) -> Tensor:
+    """The EPT prompt ``(s, d)`` from validated parameters (differentiable PyTorch ops)."""
+    num_subspaces, hidden, sub_rank = w_down.shape
+    knowledge = torch.mm(lora_a, lora_b).mul_(scale)  # Q (L_max, d)
+    attention = torch.softmax(torch.mm(prompt, knowledge.t()).mul_(1.0 / math.sqrt(hidden)), dim=-1)  # (s, L_max)
+    fused = torch.addmm(prompt, attention, knowledge)  # Pf (s, d)
+    gate = torch.softmax(torch.addmv(b_gate, w_gate.t(), fused.mean(dim=0)), dim=-1)  # (K,)
+    down = w_down.permute(1, 0, 2).reshape(hidden, num_subspaces * sub_rank)  # Wd_cat (d, K*h)
+    up = w_up.reshape(num_subspaces * sub_rank, hidden)  # Wu_cat (K*h, d)
+    projected = torch.mm(fused, down) * gate.repeat_interleave(sub_rank)  # (s, K*h), column block k scaled by g_k
+    return torch.addmm(fused, projected, up)
+
+
+def _check_subspaces(w_down: Tensor, w_up: Tensor, w_gate: Tensor, b_gate: Tensor, hidden: int) -> None:
+    num_subspaces, down_width, sub_rank = w_down.shape
+    if down_width != hidden or num_subspaces == 0 or sub_rank == 0:
+        raise ValueError(f"w_down must have shape (K, d, h) with d = {hidden} and K, h >= 1, got {tuple(w_down.shape)}")
+    expected = {
+        "w_up": (w_up, (num_subspaces, sub_rank, hidden)),
+        "w_gate": (w_gate, (hidden, num_subspaces)),
+        "b_gate": (b_gate, (num_subspaces,)),
+    }
+    for name, (value, shape) in expected.items():
+        if tuple(value.shape) != shape:
+            raise ValueError(
+                f"{name} must have shape {shape} to match w_down (K, d, h) = {tuple(w_down.shape)} "
+                f"(K = {num_subspaces} subspaces), got {tuple(value.shape)}"
+            )
+
+
+_SUBSPACE_LAYOUTS = {
+    "w_down": (3, "(K, d, h)"),
+    "w_up": (3, "(K, h, d)"),
+    "w_gate": (2, "(d, K)"),
+    "b_gate": (1, "(K,)"),
+}
+
+
+def _subspace_params(w_down, w_up, w_gate, b_gate) -> dict:
+    values = {"w_down": w_down, "w_up": w_up, "w_gate": w_gate, "b_gate": b_gate}
+    return {name: (values[name], ndim, layout) for name, (ndim, layout) in _SUBSPACE_LAYOUTS.items()}
+
+
+def ept_prompt(
+    prompt: Tensor,
+    lora_a: Tensor,
+    lora_b: Tensor,
+    w_down: Tensor,
+    w_up: Tensor,
+    w_gate: Tensor,
+    b_gate: Tensor,
+    *,
+    scale: float,
+    backend: str | None = None,
+) -> Tensor:
+    """EPT's prompt ``(s, d)``: ``Q = scale * lora_a @ lora_b``; ``Pf = prompt + softmax(prompt Q^T / sqrt(d)) Q``;
+    ``P_k = Pf @ w_down[k] @ w_up[k]``; ``g = softmax(Pf.mean(0) @ w_gate + b_gate)``; result
+    ``Pf + sum_k g[k] P_k``.
+
+    Shapes: ``prompt (s, d)``, ``lora_a (L_max, r)``, ``lora_b (r, d)``, ``w_down (K, d, h)``, ``w_up (K, h, d)``,
+    ``w_gate (d, K)``, ``b_gate (K,)``. Gradients reach all seven. ``backend`` is validated for uniformity; the
+    builder runs as eager PyTorch ops on every backend (see the module docstring).
+    """
+    scale = check_scale(scale)
+    check_tensor("prompt", prompt, 2, "(s, d)")
+    check_tensor("lora_a", lora_a, 2, "(L_max, r)")
+    check_tensor("lora_b", lora_b, 2, "(r, d)")
+    params = _subspace_params(w_down, w_up, w_gate, b_gate)
+    for name, (value, ndim, layout) in params.items():
+        check_tensor(name, value, ndim, layout)
+    tensors = {"prompt": prompt, "lora_a": lora_a, "lora_b": lora_b, **{k: v for k, (v, _, _) in params.items()}}
+    backend = resolve_backend(backend, check_same_device(**tensors))
+    for name, value in tensors.items():
+        check_float(name, value, backend)
+    check_lora_shapes(lora_a, lora_b, 0, prompt.shape[1])
+    _check_subspaces(w_down, w_up, w_gate, b_gate, prompt.shape[1])
+    return build_ept_prompt(prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate, scale)
+
+
+def ept_embed(
+    input_ids: Tensor,
+    weight: Tensor,
+    prompt: Tensor,
+    lora_a: Tensor,
+    lora_b: Tensor,
+    w_down: Tensor,
+    w_up: Tensor,
+    w_gate: Tensor,
+    b_gate: Tensor,
+    *,
+    scale: float,
+    attention_mask: Tensor | None = None,
+    backend: str | None = None,
+    check_ids: bool | None = None,
+) -> tuple[Tensor, Tensor]:
+    """EPT input: :func:`ept_prompt` prepended, and DePT's offset ``scale * lora_a[t] @ lora_b`` added to input
+    token ``t`` (``L <= L_max``), through DePT's fused op. Outputs as :func:`prompt_ops.dept_embed`; ``lora_a`` and
+    ``lora_b`` get the sum of both paths' gradients."""
+    scale = check_scale(scale)
+    params = {"lora_a": (lora_a, 2, "(L_max, r)"), "lora_b": (lora_b, 2, "(r, d)")}
+    params.update(_subspace_params(w_down, w_up, w_gate, b_gate))
+    backend = validate_embed_call(input_ids, weight, prompt, attention_mask, backend, params)
+    check_lora_shapes(lora_a, lora_b, input_ids.shape[1], weight.shape[1])
+    _check_subspaces(w_down, w_up, w_gate, b_gate, weight.shape[1])
+    full_prompt = build_ept_prompt(prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate, scale)
+    return dept_embed_fwd_op(
+        input_ids, weight, full_prompt, lora_a, lora_b, attention_mask, scale, resolve_check_ids(check_ids), backend
+    )
