@@ -28,12 +28,15 @@ from prompt_ops.kernels import dept_embed as dept_kernels
 from prompt_ops.kernels import lamp as lamp_kernels
 from prompt_ops.kernels.dept_embed import PromptFactors
 from prompt_ops.ops import reference
+from prompt_ops.ops.ept import build_ept_prompt
 from prompt_ops.profiling import EagerTraffic, cpu_time, kernel_traffic, project_h100
 from prompt_ops.profiling.ideal import (
     adept_embed_backward_bytes,
     adept_embed_forward_bytes,
     dept_embed_backward_bytes,
     dept_embed_forward_bytes,
+    ept_embed_backward_bytes,
+    ept_embed_forward_bytes,
     lamp_embed_backward_bytes,
     lamp_embed_forward_bytes,
 )
@@ -50,6 +53,8 @@ class EmbedShape:
     vocab: int = 32128  # T5's vocabulary
     lamp_tokens: int = 100  # LAMP's prompt length l before pooling
     pool: int = 2  # LAMP's pooling window
+    subspaces: int = 4  # EPT's K
+    sub_rank: int = 8  # EPT's h
 
 
 @dataclasses.dataclass
@@ -73,11 +78,12 @@ class Family:
     naive: Callable[[Inputs], tuple[torch.Tensor, torch.Tensor]]
     ours: Callable[[Inputs, str], tuple[torch.Tensor, torch.Tensor]]
     fused_forward: Callable[[Inputs], object]
-    fused_backward: Callable[[Inputs, torch.Tensor], tuple]
+    fused_backward: Callable[[Inputs, torch.Tensor, object], tuple]  # (inputs, grad, prepare(inputs))
     ideal_forward: Callable[[EmbedShape], int]
     ideal_backward: Callable[[EmbedShape], int]
     flops_forward: Callable[[EmbedShape], int]
     prompt_rows: Callable[[EmbedShape], int] = lambda s: s.num_prompt
+    prepare_backward: Callable[[Inputs], object] = lambda x: None  # forward work a backward needs, not counted
 
 
 def _prompt_family() -> Family:
@@ -91,7 +97,7 @@ def _prompt_family() -> Family:
         fused_forward=lambda x: dept_kernels.dept_embed_fwd(
             x.input_ids, x.weight, x.detached()[0], None, None, x.attention_mask, 0.0
         ),
-        fused_backward=lambda x, g: dept_kernels.dept_embed_bwd(
+        fused_backward=lambda x, g, _: dept_kernels.dept_embed_bwd(
             g, None, None, x.params["prompt"].shape[0], 0.0, dept_kernels.GPU_BWD_CONFIG
         )[:1],
         ideal_forward=lambda s: dept_embed_forward_bytes(s.batch, s.seq_len, s.num_prompt, s.hidden, 0),
@@ -106,7 +112,7 @@ def _dept_family() -> Family:
         scale = 8.0 / lora_a.shape[1] ** 0.5
         return dept_kernels.dept_embed_fwd(x.input_ids, x.weight, prompt, lora_a, lora_b, x.attention_mask, scale)
 
-    def fused_backward(x: Inputs, grad: torch.Tensor):
+    def fused_backward(x: Inputs, grad: torch.Tensor, _):
         prompt, lora_a, lora_b = x.detached()
         scale = 8.0 / lora_a.shape[1] ** 0.5
         return dept_kernels.dept_embed_bwd(grad, lora_a, lora_b, prompt.shape[0], scale, dept_kernels.GPU_BWD_CONFIG)
@@ -144,7 +150,7 @@ def _dept_family() -> Family:
 
 
 def _adept_family() -> Family:
-    def fused_backward(x: Inputs, grad: torch.Tensor):
+    def fused_backward(x: Inputs, grad: torch.Tensor, _):
         prompt, w_down, b_down, w_up, _ = x.detached()
         config = adept_kernels.GPU_CONFIG
         splits = adept_kernels.weight_splits(x.input_ids.numel(), w_down.shape[0], config)
@@ -191,7 +197,7 @@ def _lamp_family() -> Family:
         fused_forward=lambda x: dept_kernels.dept_embed_fwd(
             x.input_ids, x.weight, factors(x), None, None, x.attention_mask, 0.0
         ),
-        fused_backward=lambda x, g: lamp_kernels.lamp_embed_bwd(g, factors(x)),
+        fused_backward=lambda x, g, _: lamp_kernels.lamp_embed_bwd(g, factors(x)),
         ideal_forward=lambda s: lamp_embed_forward_bytes(s.batch, s.seq_len, s.lamp_tokens, s.pool, s.hidden, s.rank),
         ideal_backward=lambda s: lamp_embed_backward_bytes(s.batch, s.seq_len, s.lamp_tokens, s.pool, s.hidden, s.rank),
         flops_forward=lambda s: 2 * (s.lamp_tokens // s.pool) * s.rank * s.hidden,
@@ -199,8 +205,64 @@ def _lamp_family() -> Family:
     )
 
 
-FAMILIES = {f.op: f for f in (_prompt_family(), _dept_family(), _adept_family(), _lamp_family())}
-DEFAULT_RANKS = {"prompt_embed": 0, "dept_embed": 30, "adept_embed": 19, "lamp_embed": 8}
+def _ept_family() -> Family:
+    scale = lambda x: 8.0 / x.params["lora_a"].shape[1] ** 0.5  # noqa: E731
+
+    def fused_forward(x: Inputs):
+        params = x.detached()
+        prompt = build_ept_prompt(*params, scale(x))
+        return dept_kernels.dept_embed_fwd(x.input_ids, x.weight, prompt, *params[1:3], x.attention_mask, scale(x))
+
+    def prepare_backward(x: Inputs) -> torch.Tensor:
+        return build_ept_prompt(*x.params.values(), scale(x))  # the builder's autograd graph
+
+    def fused_backward(x: Inputs, grad: torch.Tensor, prompt: torch.Tensor):
+        _, lora_a, lora_b = x.detached()[:3]
+        grad_prompt, grad_a, grad_b = dept_kernels.dept_embed_bwd(
+            grad, lora_a, lora_b, prompt.shape[0], scale(x), dept_kernels.GPU_BWD_CONFIG
+        )
+        builder = torch.autograd.grad(prompt, list(x.params.values()), grad_prompt, retain_graph=True)
+        return (builder[0], builder[1] + grad_a, builder[2] + grad_b, *builder[3:])
+
+    def sizes(s: EmbedShape):
+        return (s.batch, s.seq_len, s.num_prompt, s.hidden, s.rank, s.subspaces, s.sub_rank, s.max_length)
+
+    return Family(
+        op="ept_embed",
+        param_shapes=lambda s: {
+            "prompt": (s.num_prompt, s.hidden),
+            "lora_a": (s.max_length, s.rank),
+            "lora_b": (s.rank, s.hidden),
+            "w_down": (s.subspaces, s.hidden, s.sub_rank),
+            "w_up": (s.subspaces, s.sub_rank, s.hidden),
+            "w_gate": (s.hidden, s.subspaces),
+            "b_gate": (s.subspaces,),
+        },
+        naive=lambda x: reference.ept_embed(x.input_ids, x.weight, *x.params.values(), scale(x), x.attention_mask),
+        ours=lambda x, backend: prompt_ops.ept_embed(
+            x.input_ids,
+            x.weight,
+            *x.params.values(),
+            scale=scale(x),
+            attention_mask=x.attention_mask,
+            backend=backend,
+        ),  # fmt: skip
+        fused_forward=fused_forward,
+        fused_backward=fused_backward,
+        ideal_forward=lambda s: ept_embed_forward_bytes(*sizes(s)),
+        ideal_backward=lambda s: ept_embed_backward_bytes(*sizes(s)),
+        flops_forward=lambda s: (
+            2 * s.max_length * s.rank * s.hidden
+            + 4 * s.num_prompt * s.max_length * s.hidden
+            + 4 * s.num_prompt * s.hidden * s.subspaces * s.sub_rank
+            + 2 * s.seq_len * s.rank * s.hidden
+        ),
+        prepare_backward=prepare_backward,
+    )
+
+
+FAMILIES = {f.op: f for f in (_prompt_family(), _dept_family(), _adept_family(), _lamp_family(), _ept_family())}
+DEFAULT_RANKS = {"prompt_embed": 0, "dept_embed": 30, "adept_embed": 19, "lamp_embed": 8, "ept_embed": 30}
 
 
 @dataclasses.dataclass
@@ -280,7 +342,8 @@ def measure(op: str, shape: EmbedShape, mode: str, repeat: int = 10) -> Row:
     elif mode == "backward":
         ref_out, _ = family.naive(inputs)
         naive_traffic, naive_flops = _count_eager(lambda: torch.autograd.grad(ref_out, params, grad, retain_graph=True))
-        grads, launches, unique, requested = count_fused(lambda: family.fused_backward(inputs, grad))
+        prepared = family.prepare_backward(inputs)
+        grads, launches, unique, requested = count_fused(lambda: family.fused_backward(inputs, grad, prepared))
         if op == "adept_embed":
             from prompt_ops.ops.adept_embed import split_ffn_grads
 

@@ -233,3 +233,69 @@ def make_lamp_case(
         pool,
         attention_mask,
     )
+
+
+EPT_NAMES = ("prompt", "lora_a", "lora_b", "w_down", "w_up", "w_gate", "b_gate")
+
+
+@dataclasses.dataclass
+class EptCase:
+    """Inputs of one ept_embed call, every parameter away from its init so that every path carries signal."""
+
+    input_ids: torch.Tensor
+    weight: torch.Tensor
+    params: list[torch.Tensor]  # in EPT_NAMES order
+    scale: float
+    attention_mask: torch.Tensor | None
+
+    def run(self, backend: str):
+        import prompt_ops
+
+        return prompt_ops.ept_embed(
+            self.input_ids, self.weight, *self.params, scale=self.scale, attention_mask=self.attention_mask,
+            backend=backend,
+        )  # fmt: skip
+
+    def reference(self):
+        weight = self.weight.float() if self.weight.dtype in LOW_PRECISION else self.weight
+        params = [p.detach().clone().requires_grad_(True) for p in self.params]
+        out, mask = reference.ept_embed(self.input_ids, weight, *params, self.scale, self.attention_mask)
+        return out, mask, params
+
+
+def make_ept_case(
+    batch: int,
+    seq_len: int,
+    num_prompt: int,
+    hidden: int,
+    rank: int,
+    subspaces: int,
+    sub_rank: int,
+    *,
+    max_length: int | None = None,
+    vocab: int = 50,
+    dtype: torch.dtype = torch.float32,
+    mask: str | None = "int64",
+    device: str = "cpu",
+    param_dtype: torch.dtype = torch.float32,
+) -> EptCase:
+    max_length = max_length if max_length is not None else seq_len + 3
+
+    def param(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, device=device)).to(param_dtype).requires_grad_(True)
+
+    params = [
+        param(num_prompt, hidden),
+        param(max_length, rank, scale=rank**-0.5),
+        param(rank, hidden, scale=0.5),
+        param(subspaces, hidden, sub_rank, scale=hidden**-0.5),
+        param(subspaces, sub_rank, hidden, scale=sub_rank**-0.5),
+        param(hidden, subspaces, scale=hidden**-0.5),
+        param(subspaces),
+    ]
+    attention_mask = None
+    if mask is not None:
+        attention_mask = (torch.rand(batch, seq_len, device=device) > 0.3).to(getattr(torch, mask))
+    ids = torch.randint(0, vocab, (batch, seq_len), device=device)
+    weight = torch.randn(vocab, hidden, device=device).to(dtype)
+    return EptCase(ids, weight, params, 1.1, attention_mask)

@@ -126,3 +126,24 @@ def lamp_embed_backward_bytes(
     """LAMP backward: the prompt rows of the output gradient and the factors in; their three gradients out."""
     factors = (rows * rank + rank + rank * hidden) * _size(param_dtype)
     return batch * (rows // pool) * hidden * _size(grad_dtype) + 2 * factors
+
+
+def ept_embed_forward_bytes(
+    batch: int, seq_len: int, num_prompt: int, hidden: int, rank: int, subspaces: int, sub_rank: int,
+    max_length: int, param_dtype: torch.dtype = torch.float32, **dept_kwargs,
+) -> int:  # fmt: skip
+    """EPT forward: DePT's forward floor plus every builder parameter read once (all of ``A``, not just ``A[:L]``:
+    the fusion attends over every row of ``Q``)."""
+    builder = 2 * subspaces * hidden * sub_rank + hidden * subspaces + subspaces + (max_length - seq_len) * rank
+    dept = dept_embed_forward_bytes(batch, seq_len, num_prompt, hidden, rank, param_dtype=param_dtype, **dept_kwargs)
+    return dept + builder * _size(param_dtype)
+
+
+def ept_embed_backward_bytes(
+    batch: int, seq_len: int, num_prompt: int, hidden: int, rank: int, subspaces: int, sub_rank: int,
+    max_length: int, param_dtype: torch.dtype = torch.float32, grad_dtype: torch.dtype = torch.float32,
+) -> int:  # fmt: skip
+    """EPT backward: DePT's backward floor, plus the builder's parameters read and their gradients written."""
+    builder = 2 * subspaces * hidden * sub_rank + hidden * subspaces + subspaces
+    dept = dept_embed_backward_bytes(batch, seq_len, num_prompt, hidden, rank, max_length, grad_dtype, param_dtype)
+    return dept + (2 * builder + num_prompt * hidden + (max_length - seq_len) * rank) * _size(param_dtype)

@@ -162,3 +162,13 @@ def test_lamp_naive_eager_path_takes_at_least_three_launches():
     with EagerTraffic() as naive:
         reference.lamp_embed(ids, weight, torch.randn(100, 8), torch.randn(8), torch.randn(8, 768), 2)
     assert naive.launches >= 3
+
+
+def test_ept_per_token_work_is_one_fused_launch():
+    """ept_embed's batch-dependent work is DePT's fused kernel: one launch; the rest is the small prompt builder."""
+    from tests.helpers import make_ept_case
+
+    case = make_ept_case(4, 64, 60, 768, 30, 4, 8, max_length=256, vocab=1000)
+    with kernel_traffic() as fused:
+        case.run("triton")
+    assert fused.launches == 1
