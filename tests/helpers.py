@@ -11,6 +11,23 @@ from prompt_ops.ops import reference
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def random_mask(batch: int, seq_len: int, dtype_name: str | None, device: str) -> torch.Tensor | None:
+    """A ``(B, L)`` attention mask with about 30% zeros in the named dtype, or None."""
+    if dtype_name is None:
+        return None
+    return (torch.rand(batch, seq_len, device=device) > 0.3).to(getattr(torch, dtype_name))
+
+
+def assert_deterministic(run, params: list[torch.Tensor], grad: torch.Tensor) -> None:
+    """Two runs of ``run() -> (out, mask)`` give bitwise the same outputs and parameter gradients."""
+    runs = []
+    for _ in range(2):
+        out, mask = run()
+        runs.append((out, mask, *torch.autograd.grad(out, params, grad)))
+    for first, second in zip(*runs, strict=True):
+        assert torch.equal(first, second)
+
+
 def tolerances(dtype: torch.dtype, dot: bool = False) -> dict[str, float]:
     if dtype in LOW_PRECISION:
         return {"rtol": 1.6e-2, "atol": 1e-2}
@@ -70,9 +87,7 @@ def make_case(
     if rank:
         lora_a = torch.randn(max_length, rank, device=device, dtype=param_dtype, requires_grad=True)
         lora_b = (0.3 * torch.randn(rank, hidden, device=device, dtype=param_dtype)).requires_grad_(True)
-    attention_mask = None
-    if mask is not None:
-        attention_mask = (torch.rand(batch, seq_len, device=device) > 0.3).to(getattr(torch, mask))
+    attention_mask = random_mask(batch, seq_len, mask, device)
     return EmbedCase(ids, weight, prompt, lora_a, lora_b, attention_mask, 0.73 if rank else 0.0)
 
 
@@ -156,9 +171,7 @@ def make_adept_case(
 
     ids = torch.randint(0, vocab, (batch, seq_len), device=device)
     weight = torch.randn(vocab, hidden, device=device).to(dtype)
-    attention_mask = None
-    if mask is not None:
-        attention_mask = (torch.rand(batch, seq_len, device=device) > 0.3).to(getattr(torch, mask))
+    attention_mask = random_mask(batch, seq_len, mask, device)
     return AdeptCase(
         ids,
         weight,
@@ -221,9 +234,7 @@ def make_lamp_case(
 
     ids = torch.randint(0, vocab, (batch, seq_len), device=device)
     weight = torch.randn(vocab, hidden, device=device).to(dtype)
-    attention_mask = None
-    if mask is not None:
-        attention_mask = (torch.rand(batch, seq_len, device=device) > 0.3).to(getattr(torch, mask))
+    attention_mask = random_mask(batch, seq_len, mask, device)
     return LampCase(
         ids,
         weight,
@@ -293,9 +304,7 @@ def make_ept_case(
         param(hidden, subspaces, scale=hidden**-0.5),
         param(subspaces),
     ]
-    attention_mask = None
-    if mask is not None:
-        attention_mask = (torch.rand(batch, seq_len, device=device) > 0.3).to(getattr(torch, mask))
+    attention_mask = random_mask(batch, seq_len, mask, device)
     ids = torch.randint(0, vocab, (batch, seq_len), device=device)
     weight = torch.randn(vocab, hidden, device=device).to(dtype)
     return EptCase(ids, weight, params, 1.1, attention_mask)

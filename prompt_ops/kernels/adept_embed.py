@@ -47,23 +47,28 @@ from prompt_ops.kernels.common import (
 
 
 @triton.jit
-def _hidden(
+def _dropped_hidden(
     ids,  # [BLOCK_N] int64 token ids (masked rows: any)
     id_ok,  # [BLOCK_N]
+    n,  # [BLOCK_N] flattened token index, keys the dropout stream
     weight_ptr,
     w_down_ptr,
     b_down_ptr,
     hidden,
     rank,
+    dropout_p,
+    seed,
     stride_w_v,
     stride_w_d,
     stride_wd_d,
     stride_wd_r,
+    HAS_DROPOUT: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_R: tl.constexpr,
 ):
-    """``H = W[ids] @ w_down + b_down`` as ``[BLOCK_N, BLOCK_R]`` fp32, accumulated over d-chunks."""
+    """``(Hd, D)``: ``Hd = (W[ids] @ w_down + b_down) * D`` as ``[BLOCK_N, BLOCK_R]`` fp32, accumulated over
+    d-chunks, and the dropout multipliers ``D`` (ones without dropout)."""
     r = tl.arange(0, BLOCK_R).to(tl.int64)
     r_ok = r < rank
     acc = tl.zeros([BLOCK_N, BLOCK_R], dtype=tl.float32)
@@ -82,7 +87,10 @@ def _hidden(
         ).to(tl.float32)  # [BLOCK_D, BLOCK_R]
         acc += tl.dot(emb, w_down, input_precision="ieee")
     bias = tl.load(b_down_ptr + r, mask=r_ok, other=0.0).to(tl.float32)  # [BLOCK_R]
-    return acc + bias[None, :]
+    scale = tl.full([BLOCK_N, BLOCK_R], 1.0, tl.float32)
+    if HAS_DROPOUT:
+        scale = dropout_scale(seed, n, rank, dropout_p, BLOCK_R)
+    return (acc + bias[None, :]) * scale, scale
 
 
 @triton.jit
@@ -149,24 +157,11 @@ def _adept_embed_fwd_kernel(
         n, n_ok, b, t, ids, id_ok = _token_rows(
             pid, num_batch, seq_len, ids_ptr, stride_ids_b, stride_ids_t, vocab, BLOCK_N
         )
-        h = _hidden(
-            ids,
-            id_ok,
-            weight_ptr,
-            w_down_ptr,
-            b_down_ptr,
-            hidden,
-            rank,
-            stride_w_v,
-            stride_w_d,
-            stride_wd_d,
-            stride_wd_r,
-            BLOCK_N,
-            BLOCK_D,
-            BLOCK_R,
-        )  # fmt: skip  [BLOCK_N, BLOCK_R]
-        if HAS_DROPOUT:
-            h = h * dropout_scale(seed, n, rank, dropout_p, BLOCK_R)
+        # [BLOCK_N, BLOCK_R] hidden after dropout, and the dropout multipliers
+        h, _ = _dropped_hidden(
+            ids, id_ok, n, weight_ptr, w_down_ptr, b_down_ptr, hidden, rank, dropout_p, seed,
+            stride_w_v, stride_w_d, stride_wd_d, stride_wd_r, HAS_DROPOUT, BLOCK_N, BLOCK_D, BLOCK_R,
+        )  # fmt: skip
         act = tl.maximum(h, 0.0)  # [BLOCK_N, BLOCK_R]
 
         r = tl.arange(0, BLOCK_R).to(tl.int64)
@@ -248,26 +243,11 @@ def _adept_embed_bwd_hidden_kernel(
         n, n_ok, b, t, ids, id_ok = _token_rows(
             pid, num_batch, seq_len, ids_ptr, stride_ids_b, stride_ids_t, vocab, BLOCK_N
         )
-        h = _hidden(
-            ids,
-            id_ok,
-            weight_ptr,
-            w_down_ptr,
-            b_down_ptr,
-            hidden,
-            rank,
-            stride_w_v,
-            stride_w_d,
-            stride_wd_d,
-            stride_wd_r,
-            BLOCK_N,
-            BLOCK_D,
-            BLOCK_R,
-        )  # fmt: skip  [BLOCK_N, BLOCK_R]
-        scale = tl.full([BLOCK_N, BLOCK_R], 1.0, tl.float32)
-        if HAS_DROPOUT:
-            scale = dropout_scale(seed, n, rank, dropout_p, BLOCK_R)
-        h = h * scale
+        # [BLOCK_N, BLOCK_R] hidden after dropout, and the dropout multipliers
+        h, scale = _dropped_hidden(
+            ids, id_ok, n, weight_ptr, w_down_ptr, b_down_ptr, hidden, rank, dropout_p, seed,
+            stride_w_v, stride_w_d, stride_wd_d, stride_wd_r, HAS_DROPOUT, BLOCK_N, BLOCK_D, BLOCK_R,
+        )  # fmt: skip
 
         r = tl.arange(0, BLOCK_R).to(tl.int64)
         r_ok = r < rank

@@ -71,3 +71,17 @@ class SoftPromptModule(PromptModule):
     ):
         super().__init__(embedding, num_tokens, backend)
         self.prompt = nn.Parameter(initial_prompt(embedding.weight, num_tokens, init_token_ids))
+
+
+def check_lora_alpha(lora_alpha: object) -> float:
+    if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, (int, float)) or not lora_alpha > 0:
+        raise ValueError(f"lora_alpha must be a positive number, got {lora_alpha!r}")
+    return float(lora_alpha)
+
+
+def low_rank_pair(max_length: int, rank: int, hidden: int, device) -> tuple[nn.Parameter, nn.Parameter]:
+    """DePT's ``(lora_a (max_length, rank), lora_b (rank, d))``: ``lora_a`` kaiming-uniform with ``a=sqrt(5)``
+    (fan_in = rank, so U(-1/sqrt(r), 1/sqrt(r))), ``lora_b`` zeros, so the offset starts at 0."""
+    lora_a = nn.Parameter(torch.empty(max_length, rank, device=device))
+    nn.init.kaiming_uniform_(lora_a, a=math.sqrt(5))
+    return lora_a, nn.Parameter(torch.zeros(rank, hidden, device=device))

@@ -18,7 +18,7 @@ import os
 import torch
 from torch import nn
 
-from prompt_ops.methods.base import SoftPromptModule, check_positive_int
+from prompt_ops.methods.base import SoftPromptModule, check_lora_alpha, check_positive_int, low_rank_pair
 from prompt_ops.methods.official import read_official_dept
 from prompt_ops.ops.dept_embed import dept_embed
 
@@ -43,14 +43,9 @@ class DePT(SoftPromptModule):
         super().__init__(embedding, num_tokens, init_token_ids, backend)
         self.rank = check_positive_int("rank", rank)
         self.max_length = check_positive_int("max_length", max_length)
-        if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, (int, float)) or not lora_alpha > 0:
-            raise ValueError(f"lora_alpha must be a positive number, got {lora_alpha!r}")
-        self.lora_alpha = float(lora_alpha)
+        self.lora_alpha = check_lora_alpha(lora_alpha)
         self.scale = self.lora_alpha / math.sqrt(rank)
-        device = embedding.weight.device
-        self.lora_a = nn.Parameter(torch.empty(max_length, rank, device=device))
-        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # fan_in = rank: U(-1/sqrt(r), 1/sqrt(r))
-        self.lora_b = nn.Parameter(torch.zeros(rank, self.hidden_size, device=device))
+        self.lora_a, self.lora_b = low_rank_pair(max_length, rank, self.hidden_size, embedding.weight.device)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from prompt_ops.methods.base import SoftPromptModule, check_positive_int
+from prompt_ops.methods.base import SoftPromptModule, check_lora_alpha, check_positive_int, low_rank_pair
 from prompt_ops.ops.ept import ept_embed, ept_prompt
 
 
@@ -50,14 +50,10 @@ class EPT(SoftPromptModule):
         self.max_length = check_positive_int("max_length", max_length)
         self.num_subspaces = check_positive_int("num_subspaces", num_subspaces)
         self.subspace_rank = check_positive_int("subspace_rank", subspace_rank)
-        if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, (int, float)) or not lora_alpha > 0:
-            raise ValueError(f"lora_alpha must be a positive number, got {lora_alpha!r}")
-        self.lora_alpha = float(lora_alpha)
+        self.lora_alpha = check_lora_alpha(lora_alpha)
         self.scale = self.lora_alpha / math.sqrt(rank)
         device, hidden = embedding.weight.device, self.hidden_size
-        self.lora_a = nn.Parameter(torch.empty(max_length, rank, device=device))
-        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # as DePT: U(-1/sqrt(r), 1/sqrt(r))
-        self.lora_b = nn.Parameter(torch.zeros(rank, hidden, device=device))
+        self.lora_a, self.lora_b = low_rank_pair(max_length, rank, hidden, device)  # as DePT
         self.w_down = nn.Parameter(torch.randn(num_subspaces, hidden, subspace_rank, device=device) / math.sqrt(hidden))
         self.w_up = nn.Parameter(torch.zeros(num_subspaces, subspace_rank, hidden, device=device))
         self.w_gate = nn.Parameter(torch.zeros(hidden, num_subspaces, device=device))

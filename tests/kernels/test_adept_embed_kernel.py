@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from prompt_ops.kernels import adept_embed as kernels
 from prompt_ops.ops.adept_embed import split_ffn_grads
-from tests.helpers import assert_close, make_adept_case
+from tests.helpers import assert_close, assert_deterministic, make_adept_case
 
 # (B, L, m, d, r): batch 1, odd d and L, ranks 1, 5, 19 (the paper's) and 30, a 64-wide rank.
 RAGGED = [(1, 1, 1, 3, 1), (3, 7, 5, 37, 19), (2, 13, 3, 200, 5), (1, 33, 17, 65, 30), (2, 5, 2, 16, 64)]
@@ -115,12 +115,7 @@ def test_empty_batch_and_empty_sequence(device):
 def test_deterministic(device):
     case = make_adept_case(3, 17, 5, 80, 19, device=device)
     grad = torch.randn(3, 22, 80, device=device)
-    runs = []
-    for _ in range(2):
-        out, mask = case.run("triton", dropout_p=0.1, training=True, seed=5)
-        runs.append((out, mask, *torch.autograd.grad(out, case.params, grad)))
-    for first, second in zip(*runs, strict=True):
-        assert torch.equal(first, second)
+    assert_deterministic(lambda: case.run("triton", dropout_p=0.1, training=True, seed=5), case.params, grad)
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

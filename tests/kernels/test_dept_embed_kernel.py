@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import prompt_ops
 from prompt_ops.kernels import dept_embed as kernels
-from tests.helpers import LOW_PRECISION, assert_close, make_case, run_public
+from tests.helpers import LOW_PRECISION, assert_close, assert_deterministic, make_case, run_public
 
 # (B, L, m, d, r): batch 1, odd d and L, ranks that are not powers of two, rank above one 16-wide chunk.
 RAGGED = [(1, 1, 1, 3, 1), (3, 7, 5, 37, 5), (2, 13, 3, 200, 19), (1, 33, 17, 65, 30), (4, 5, 2, 16, 16)]
@@ -118,12 +118,7 @@ def test_expanded_output_gradient(device):
 def test_deterministic(device):
     case = make_case(4, 31, 7, 96, 19, device=device)
     grad = torch.randn(4, 38, 96, device=device)
-    runs = []
-    for _ in range(2):
-        out, mask = run_public(case, backend="triton")
-        runs.append((out, mask, *torch.autograd.grad(out, case.params, grad)))
-    for first, second in zip(*runs, strict=True):
-        assert torch.equal(first, second)
+    assert_deterministic(lambda: run_public(case, backend="triton"), case.params, grad)
 
 
 def test_unchecked_out_of_range_ids_read_nothing(device):

@@ -9,7 +9,7 @@ import prompt_ops
 from prompt_ops.kernels import lamp as kernels
 from prompt_ops.kernels.dept_embed import PromptFactors
 from prompt_ops.ops import reference
-from tests.helpers import assert_close, make_lamp_case
+from tests.helpers import assert_close, assert_deterministic, make_lamp_case
 
 # (B, L, l, d, r, pool): pool 1 (no pooling), 2, 3 (odd), l = pool; odd d; ranks 1, 5, 8, 19.
 RAGGED = [(1, 1, 2, 3, 1, 2), (3, 7, 9, 37, 5, 3), (2, 13, 100, 200, 8, 2), (1, 5, 16, 65, 19, 1), (2, 4, 6, 16, 5, 6)]
@@ -91,12 +91,7 @@ def test_empty_batch_and_empty_sequence(device):
 def test_deterministic(device):
     case = make_lamp_case(3, 11, 20, 80, 8, 4, device=device)
     grad = torch.randn(3, 16, 80, device=device)
-    runs = []
-    for _ in range(2):
-        out, mask = case.run("triton")
-        runs.append((out, mask, *torch.autograd.grad(out, case.params, grad)))
-    for first, second in zip(*runs, strict=True):
-        assert torch.equal(first, second)
+    assert_deterministic(lambda: case.run("triton"), case.params, grad)
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import prompt_ops
 from prompt_ops.ops import reference
-from tests.helpers import EPT_NAMES, assert_close, make_ept_case
+from tests.helpers import EPT_NAMES, assert_close, assert_deterministic, make_ept_case
 
 BACKENDS = ["torch", "triton"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -93,12 +93,7 @@ def test_compile_fullgraph(backend):
 def test_deterministic():
     case = make_ept_case(3, 9, 4, 30, 5, 3, 4)
     grad = torch.randn(3, 13, 30)
-    runs = []
-    for _ in range(2):
-        out, mask = case.run("triton")
-        runs.append((out, mask, *torch.autograd.grad(out, case.params, grad)))
-    for first, second in zip(*runs, strict=True):
-        assert torch.equal(first, second)
+    assert_deterministic(lambda: case.run("triton"), case.params, grad)
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
