@@ -25,10 +25,10 @@ from torch.utils.flop_counter import FlopCounterMode
 import prompt_ops
 from prompt_ops.kernels import adept_embed as adept_kernels
 from prompt_ops.kernels import dept_embed as dept_kernels
+from prompt_ops.kernels import ept as ept_kernels
 from prompt_ops.kernels import lamp as lamp_kernels
 from prompt_ops.kernels.dept_embed import PromptFactors
 from prompt_ops.ops import reference
-from prompt_ops.ops.ept import build_ept_prompt
 from prompt_ops.profiling import EagerTraffic, cpu_time, kernel_traffic, project_h100
 from prompt_ops.profiling.ideal import (
     adept_embed_backward_bytes,
@@ -210,18 +210,18 @@ def _ept_family() -> Family:
 
     def fused_forward(x: Inputs):
         params = x.detached()
-        prompt = build_ept_prompt(*params, scale(x))
+        prompt, _, _, _ = ept_kernels.ept_prompt_fwd(*params, scale(x))
         return dept_kernels.dept_embed_fwd(x.input_ids, x.weight, prompt, *params[1:3], x.attention_mask, scale(x))
 
-    def prepare_backward(x: Inputs) -> torch.Tensor:
-        return build_ept_prompt(*x.params.values(), scale(x))  # the builder's autograd graph
+    def prepare_backward(x: Inputs):
+        return ept_kernels.ept_prompt_fwd(*x.detached(), scale(x))[1:]
 
-    def fused_backward(x: Inputs, grad: torch.Tensor, prompt: torch.Tensor):
-        _, lora_a, lora_b = x.detached()[:3]
+    def fused_backward(x: Inputs, grad: torch.Tensor, saved):
+        params = x.detached()
         grad_prompt, grad_a, grad_b = dept_kernels.dept_embed_bwd(
-            grad, lora_a, lora_b, prompt.shape[0], scale(x), dept_kernels.GPU_BWD_CONFIG
+            grad, params[1], params[2], params[0].shape[0], scale(x), dept_kernels.GPU_BWD_CONFIG
         )
-        builder = torch.autograd.grad(prompt, list(x.params.values()), grad_prompt, retain_graph=True)
+        builder = ept_kernels.ept_prompt_bwd(grad_prompt, *params[:6], *saved, scale(x), config=ept_kernels.GPU_CONFIG)
         return (builder[0], builder[1] + grad_a, builder[2] + grad_b, *builder[3:])
 
     def sizes(s: EmbedShape):

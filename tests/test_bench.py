@@ -12,7 +12,9 @@ pytestmark = pytest.mark.skipif(not INTERPRET, reason="the CPU bench counts kern
 
 SMALL = EmbedShape(batch=2, seq_len=24, num_prompt=5, hidden=64, rank=6, max_length=32, vocab=500, lamp_tokens=12)
 # 48 tokens make one ADePT weight split, so no partial-sum launch follows.
-FUSED_BACKWARD_LAUNCHES = {"prompt_embed": 1, "dept_embed": 2, "adept_embed": 2, "lamp_embed": 2}
+# EPT backward: DePT's two launches, the builder's seven, and the two adds that sum lora_a's and lora_b's paths.
+FUSED_BACKWARD_LAUNCHES = {"prompt_embed": 1, "dept_embed": 2, "adept_embed": 2, "lamp_embed": 2, "ept_embed": 11}
+FUSED_FORWARD_LAUNCHES = {"ept_embed": 4}  # EPT: three prompt-builder launches, then the per-token one
 
 
 @pytest.mark.parametrize("op", sorted(FAMILIES))
@@ -20,10 +22,9 @@ FUSED_BACKWARD_LAUNCHES = {"prompt_embed": 1, "dept_embed": 2, "adept_embed": 2,
 def test_measure_small_case(op, mode):
     row = measure(op, SMALL, mode, repeat=2)
     assert row.correct
-    if op == "ept_embed":  # the eager builder's ops count as launches too; fewer than the official formulation's
-        assert row.fused_launches < row.naive_launches
-    else:
-        assert row.fused_launches == (1 if mode == "forward" else FUSED_BACKWARD_LAUNCHES[op])
+    assert row.fused_launches == (
+        FUSED_FORWARD_LAUNCHES.get(op, 1) if mode == "forward" else FUSED_BACKWARD_LAUNCHES[op]
+    )
     if mode == "forward":
         assert row.naive_launches >= 3
         if op == "ept_embed":  # the builder's intermediates (Q, the attention) are real traffic, but less than naive

@@ -83,9 +83,9 @@ def compile_sm90(spec: KernelSpec) -> CompileStats:
 
 def shipped_specs() -> list[KernelSpec]:
     """Every kernel config the package launches on a GPU, across op families."""
-    from prompt_ops.kernels import adept_embed, dept_embed, lamp
+    from prompt_ops.kernels import adept_embed, dept_embed, ept, lamp
 
-    return [*dept_embed.sm90_specs(), *adept_embed.sm90_specs(), *lamp.sm90_specs()]
+    return [*dept_embed.sm90_specs(), *adept_embed.sm90_specs(), *lamp.sm90_specs(), *ept.sm90_specs()]
 
 
 def main(argv: Iterable[str] = ()) -> int:

@@ -2,13 +2,14 @@
 DESIGN.md §7): a short prompt fused with DePT-style low-rank knowledge, projected into ``K`` subspaces mixed by a
 gate, with DePT's position offset on the input tokens.
 
-The prompt builder is batch-independent and tiny (``s x L_max`` attention scores, ``K`` rank-``h`` projections), so it
-runs as a few eager PyTorch ops on every backend, written to do little work: the ``K`` projections are one pair of
-matmuls through the concatenated subspaces ``Wd_cat (d, K*h)`` and ``Wu_cat (K*h, d)``, since
-``sum_k g_k Pf Wd_k Wu_k = ((Pf Wd_cat) * g_expanded) Wu_cat``. Autograd differentiates it exactly, and
-``torch.compile`` traces it. The per-token work, which scales with the batch, is DePT's fused op: ``ept_embed`` feeds
-the built prompt to ``prompt_ops::dept_embed_fwd`` (one Triton launch on the ``triton`` backend), and autograd sums
-the two paths' gradients of ``lora_a`` and ``lora_b``.
+The prompt builder is batch-independent and small (``s x L_max`` attention scores, ``K`` rank-``h`` projections).
+On the ``triton`` backend it is the custom op ``prompt_ops::ept_prompt_fwd/bwd`` over the kernels of
+``prompt_ops.kernels.ept`` (three launches forward, seven backward, ``Q = c A B`` never stored). On the ``torch``
+backend it is a few eager PyTorch ops that autograd differentiates, written to do little work: the ``K`` projections
+are one pair of matmuls through the concatenated subspaces ``Wd_cat (d, K*h)`` and ``Wu_cat (K*h, d)``, since
+``sum_k g_k Pf Wd_k Wu_k = ((Pf Wd_cat) * g_expanded) Wu_cat``. The per-token work, which scales with the batch, is
+DePT's fused op: ``ept_embed`` feeds the built prompt to ``prompt_ops::dept_embed_fwd`` (one Triton launch on the
+``triton`` backend), and autograd sums the two paths' gradients of ``lora_a`` and ``lora_b``.
 """
 
 import math
@@ -33,6 +34,87 @@ def build_ept_prompt(prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate, scale
     up = w_up.reshape(num_subspaces * sub_rank, hidden)  # Wu_cat (K*h, d)
     projected = torch.mm(fused, down) * gate.repeat_interleave(sub_rank)  # (s, K*h), column block k scaled by g_k
     return torch.addmm(fused, projected, up)
+
+
+@torch.library.custom_op("prompt_ops::ept_prompt_fwd", mutates_args=())
+def ept_prompt_fwd_op(
+    prompt: Tensor,
+    lora_a: Tensor,
+    lora_b: Tensor,
+    w_down: Tensor,
+    w_up: Tensor,
+    w_gate: Tensor,
+    b_gate: Tensor,
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Triton builder: ``(P, Pf, Pa, g)``; the last three are kept for the backward."""
+    from prompt_ops.kernels.ept import ept_prompt_fwd
+
+    return ept_prompt_fwd(prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate, scale)
+
+
+@ept_prompt_fwd_op.register_fake
+def _ept_prompt_fwd_fake(prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate, scale):
+    num_rows, hidden = prompt.shape
+    as_fp32 = {"dtype": torch.float32}
+    return (
+        prompt.new_empty((num_rows, hidden), **as_fp32),
+        prompt.new_empty((num_rows, hidden), **as_fp32),
+        prompt.new_empty((num_rows, lora_a.shape[0]), **as_fp32),
+        prompt.new_empty((w_down.shape[0],), **as_fp32),
+    )
+
+
+@torch.library.custom_op("prompt_ops::ept_prompt_bwd", mutates_args=())
+def ept_prompt_bwd_op(
+    grad: Tensor,
+    prompt: Tensor,
+    lora_a: Tensor,
+    lora_b: Tensor,
+    w_down: Tensor,
+    w_up: Tensor,
+    w_gate: Tensor,
+    fused: Tensor,
+    probs: Tensor,
+    gate: Tensor,
+    scale: float,
+) -> list[Tensor]:
+    """fp32 gradients of the seven builder parameters."""
+    from prompt_ops.kernels.ept import ept_prompt_bwd
+
+    return list(ept_prompt_bwd(grad, prompt, lora_a, lora_b, w_down, w_up, w_gate, fused, probs, gate, scale))
+
+
+@ept_prompt_bwd_op.register_fake
+def _ept_prompt_bwd_fake(grad, prompt, lora_a, lora_b, w_down, w_up, w_gate, fused, probs, gate, scale):
+    shapes = (prompt.shape, lora_a.shape, lora_b.shape, w_down.shape, w_up.shape, w_gate.shape, gate.shape)
+    return [grad.new_empty(shape, dtype=torch.float32) for shape in shapes]
+
+
+def _setup_context(ctx, inputs, output):
+    *params, scale = inputs
+    _, fused, probs, gate = output
+    ctx.save_for_backward(*params[:6], fused, probs, gate)
+    ctx.dtypes = [p.dtype for p in params]
+    ctx.scale = scale
+
+
+def _backward(ctx, grad, *_aux_grads):
+    *params, fused, probs, gate = ctx.saved_tensors
+    grads = ept_prompt_bwd_op(grad, *params, fused, probs, gate, ctx.scale)
+    return (*[g.to(dtype) for g, dtype in zip(grads, ctx.dtypes, strict=True)], None)
+
+
+ept_prompt_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _build(params: tuple[Tensor, ...], scale: float, backend: str) -> Tensor:
+    if backend == "triton":
+        from prompt_ops.kernels.ept import block_width
+
+        block_width(params[3].shape[0], params[3].shape[2])  # refuses what the kernels do not take
+        return ept_prompt_fwd_op(*params, scale)[0]
+    return build_ept_prompt(*params, scale)
 
 
 def _check_subspaces(w_down: Tensor, w_up: Tensor, w_gate: Tensor, b_gate: Tensor, hidden: int) -> None:
@@ -82,8 +164,8 @@ def ept_prompt(
     ``Pf + sum_k g[k] P_k``.
 
     Shapes: ``prompt (s, d)``, ``lora_a (L_max, r)``, ``lora_b (r, d)``, ``w_down (K, d, h)``, ``w_up (K, h, d)``,
-    ``w_gate (d, K)``, ``b_gate (K,)``. Gradients reach all seven. ``backend`` is validated for uniformity; the
-    builder runs as eager PyTorch ops on every backend (see the module docstring).
+    ``w_gate (d, K)``, ``b_gate (K,)``. Gradients reach all seven. The result is fp32. The Triton backend takes
+    ``K * h <= 64``.
     """
     scale = check_scale(scale)
     check_tensor("prompt", prompt, 2, "(s, d)")
@@ -98,7 +180,7 @@ def ept_prompt(
         check_float(name, value, backend)
     check_lora_shapes(lora_a, lora_b, 0, prompt.shape[1])
     _check_subspaces(w_down, w_up, w_gate, b_gate, prompt.shape[1])
-    return build_ept_prompt(prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate, scale)
+    return _build((prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate), scale, backend)
 
 
 def ept_embed(
@@ -126,7 +208,7 @@ def ept_embed(
     backend = validate_embed_call(input_ids, weight, prompt, attention_mask, backend, params)
     check_lora_shapes(lora_a, lora_b, input_ids.shape[1], weight.shape[1])
     _check_subspaces(w_down, w_up, w_gate, b_gate, weight.shape[1])
-    full_prompt = build_ept_prompt(prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate, scale)
+    full_prompt = _build((prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate), scale, backend)
     return dept_embed_fwd_op(
         input_ids, weight, full_prompt, lora_a, lora_b, attention_mask, scale, resolve_check_ids(check_ids), backend
     )

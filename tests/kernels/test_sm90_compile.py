@@ -37,6 +37,11 @@ def test_shipped_configs_compile_for_sm90_without_spills():
         assert f"dept_embed_fwd[{variant}]" in labels
     for tile in ("M64,R16", "M256,R16", "M128,R32", "M64,R64"):
         assert f"lamp_factor_grad[{tile}]" in labels
+    for kernel in ("ept_attention", "ept_mix", "ept_attention_bwd", "ept_knowledge_bwd"):
+        assert kernel in labels
+    for kernel in ("ept_project", "ept_project_bwd", "ept_gate_bwd", "ept_subspace_bwd"):
+        for width in (32, 64):
+            assert f"{kernel}[KH{width}]" in labels
     for s in stats:
         assert s["spill_bytes"] == 0, s
         assert 0 < s["registers"] <= 255, s

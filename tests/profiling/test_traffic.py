@@ -164,11 +164,15 @@ def test_lamp_naive_eager_path_takes_at_least_three_launches():
     assert naive.launches >= 3
 
 
-def test_ept_per_token_work_is_one_fused_launch():
-    """ept_embed's batch-dependent work is DePT's fused kernel: one launch; the rest is the small prompt builder."""
+def test_ept_forward_is_four_launches_and_no_eager_op():
+    """EPT's forward on the Triton path: three prompt-builder launches and DePT's per-token launch, nothing else."""
+    from prompt_ops.kernels import ept as ept_kernels
     from tests.helpers import make_ept_case
 
     case = make_ept_case(4, 64, 60, 768, 30, 4, 8, max_length=256, vocab=1000)
-    with kernel_traffic() as fused:
-        case.run("triton")
-    assert fused.launches == 1
+    params = [p.detach() for p in case.params]
+    with kernel_traffic() as fused, EagerTraffic() as around:
+        prompt, _, _, _ = ept_kernels.ept_prompt_fwd(*params, case.scale)
+        kernels.dept_embed_fwd(case.input_ids, case.weight, prompt, *params[1:3], case.attention_mask, case.scale)
+    assert fused.launches == 4
+    assert around.launches == 0

@@ -1,0 +1,71 @@
+"""EPT's Triton prompt builder vs ops/reference.py: the prompt and all seven gradients, bounds-checked."""
+
+import pytest
+import torch
+
+import prompt_ops
+from prompt_ops.kernels import ept as kernels
+from prompt_ops.ops import ept as ops
+from prompt_ops.ops import reference
+from tests.helpers import EPT_NAMES, make_ept_case
+
+# (s, d, r, K, h) with L_max = 7: one row, odd widths, r = 30 (two rank chunks), K * h = 64 (the widest).
+SHAPES = [(1, 3, 1, 1, 1), (6, 40, 5, 3, 7), (17, 70, 30, 2, 5), (5, 33, 4, 8, 8)]
+
+
+def check_builder(case, prompt, grads):
+    params = [p.detach().clone().requires_grad_(True) for p in case.params]
+    expected = reference.ept_prompt(*params, case.scale)
+    torch.testing.assert_close(prompt, expected, rtol=1e-4, atol=1e-4)
+    grad = torch.randn(prompt.shape, generator=torch.Generator().manual_seed(3))
+    for name, got, want in zip(EPT_NAMES, grads(grad), torch.autograd.grad(expected, params, grad), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=f"grad of {name}")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_public_builder_matches_reference(shape, device):
+    num_prompt, hidden, rank, subspaces, sub_rank = shape
+    case = make_ept_case(1, 4, num_prompt, hidden, rank, subspaces, sub_rank, device=device)
+    prompt = prompt_ops.ept_prompt(*case.params, scale=case.scale, backend="triton")
+    assert prompt.dtype == torch.float32
+    check_builder(case, prompt, lambda grad: torch.autograd.grad(prompt, case.params, grad))
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:], ids=lambda s: "x".join(map(str, s)))
+def test_gpu_tiles(shape, device):
+    """The shipped GPU tiles: several programs per row, key and column tile."""
+    num_prompt, hidden, rank, subspaces, sub_rank = shape
+    case = make_ept_case(1, 40, num_prompt, hidden, rank, subspaces, sub_rank, device=device)
+    params = [p.detach() for p in case.params]
+    config = kernels.GPU_CONFIG
+    prompt, fused, probs, gate = kernels.ept_prompt_fwd(*params, case.scale, config=config)
+    assert probs.shape == (num_prompt, 43) and gate.shape == (subspaces,)
+    torch.testing.assert_close(probs.sum(1), torch.ones(num_prompt), rtol=1e-5, atol=1e-5)
+
+    def grads(grad):
+        return kernels.ept_prompt_bwd(grad, *params[:6], fused, probs, gate, case.scale, config=config)
+
+    check_builder(case, prompt, grads)
+
+
+def test_realistic_shape(device):
+    """s=60, d=768, L_max=256, r=30, K=4, h=8 (the module defaults)."""
+    case = make_ept_case(1, 4, 60, 768, 30, 4, 8, max_length=256, device=device)
+    prompt = prompt_ops.ept_prompt(*case.params, scale=case.scale, backend="triton")
+    check_builder(case, prompt, lambda grad: torch.autograd.grad(prompt, case.params, grad))
+
+
+def test_opcheck(device):
+    case = make_ept_case(1, 4, 5, 20, 3, 2, 4, device=device)
+    params = [p.detach() for p in case.params]
+    torch.library.opcheck(ops.ept_prompt_fwd_op, (*case.params, case.scale))
+    _, fused, probs, gate = ops.ept_prompt_fwd_op(*params, case.scale)
+    grad = torch.randn(5, 20, device=device)
+    torch.library.opcheck(ops.ept_prompt_bwd_op, (grad, *params[:6], fused, probs, gate, case.scale))
+
+
+def test_triton_refuses_wide_subspaces():
+    case = make_ept_case(1, 4, 3, 16, 2, 5, 13)  # K * h = 65
+    with pytest.raises(ValueError, match=r"num_subspaces \* subspace_rank <= 64, got 5 \* 13 = 65"):
+        prompt_ops.ept_prompt(*case.params, scale=1.0, backend="triton")
+    assert prompt_ops.ept_prompt(*case.params, scale=1.0, backend="torch").shape == (3, 16)
