@@ -173,3 +173,15 @@ def pooled_low_rank_tile(
         ).to(tl.float32)  # [BLOCK_R, BLOCK_D]
         acc += tl.dot(left, right, input_precision="ieee")
     return acc
+
+
+@triton.jit
+def low_rank_tile(
+    a_ptr, b_ptr, rows, row_ok, cols, col_ok, rank, stride_a_l, stride_a_r, stride_b_r, stride_b_d,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """``A[rows] @ B[:, cols]`` as ``[BLOCK_T, BLOCK_D]`` fp32 (DePT's offset and EPT's ``Q``, unscaled)."""
+    return pooled_low_rank_tile(
+        a_ptr, a_ptr, b_ptr, rows, row_ok, cols, col_ok, rank, 1, stride_a_l, stride_a_r, 0, stride_b_r, stride_b_d,
+        False, BLOCK_T, BLOCK_D, BLOCK_R,
+    )  # fmt: skip

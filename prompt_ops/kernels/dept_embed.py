@@ -35,7 +35,14 @@ import torch
 import triton
 import triton.language as tl
 
-from prompt_ops.kernels.common import REDUCE_BLOCK, interpreting, pooled_low_rank_tile, reduce_block, sum_slabs
+from prompt_ops.kernels.common import (
+    REDUCE_BLOCK,
+    interpreting,
+    low_rank_tile,
+    pooled_low_rank_tile,
+    reduce_block,
+    sum_slabs,
+)
 
 
 @triton.jit
@@ -110,9 +117,9 @@ def _dept_embed_fwd_kernel(
     # Offset slice s * A[rows] @ B[:, cols]; computed once, reused for every batch row.
     offset = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
     if HAS_OFFSET:
-        offset = scale * pooled_low_rank_tile(
-            lora_a_ptr, lora_a_ptr, lora_b_ptr, tok, is_token, cols, col_ok, rank, 1, stride_a_l, stride_a_r, 0,
-            stride_b_r, stride_b_d, False, BLOCK_T, BLOCK_D, BLOCK_R,
+        offset = scale * low_rank_tile(
+            lora_a_ptr, lora_b_ptr, tok, is_token, cols, col_ok, rank, stride_a_l, stride_a_r, stride_b_r, stride_b_d,
+            BLOCK_T, BLOCK_D, BLOCK_R,
         )  # fmt: skip
 
     out_ok = (rows < total)[:, None] & col_ok[None, :]  # [BLOCK_T, BLOCK_D]

@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from prompt_ops.kernels.common import pooled_low_rank_tile, reduce_block
+from prompt_ops.kernels.common import low_rank_tile, reduce_block
 from prompt_ops.kernels.dept_embed import _dept_embed_bwd_reduce_kernel
 from prompt_ops.kernels.runtime import interpreting
 
@@ -80,26 +80,10 @@ def _scores_tile(
             mask=row_ok[:, None] & col_ok[None, :],
             other=0.0,
         ).to(tl.float32)  # [BLOCK_S, BLOCK_D]
-        knowledge = pooled_low_rank_tile(
-            a_ptr,
-            a_ptr,
-            b_ptr,
-            keys,
-            key_ok,
-            cols,
-            col_ok,
-            rank,
-            1,
-            stride_a_l,
-            stride_a_r,
-            0,
-            stride_b_r,
-            stride_b_d,
-            False,
-            BLOCK_L,
-            BLOCK_D,
-            BLOCK_R,
-        )  # fmt: skip  [BLOCK_L, BLOCK_D]
+        knowledge = low_rank_tile(
+            a_ptr, b_ptr, keys, key_ok, cols, col_ok, rank, stride_a_l, stride_a_r, stride_b_r, stride_b_d,
+            BLOCK_L, BLOCK_D, BLOCK_R,
+        )  # fmt: skip
         acc += tl.dot(left, tl.trans(knowledge), input_precision="ieee")
     return acc * factor
 
@@ -188,26 +172,10 @@ def _ept_mix_kernel(
         mix = tl.load(
             mix_ptr + rows[:, None] * num_keys + keys[None, :], mask=row_ok[:, None] & key_ok[None, :], other=0.0
         )  # [BLOCK_S, BLOCK_L]
-        knowledge = pooled_low_rank_tile(
-            a_ptr,
-            a_ptr,
-            b_ptr,
-            keys,
-            key_ok,
-            cols,
-            col_ok,
-            rank,
-            1,
-            stride_a_l,
-            stride_a_r,
-            0,
-            stride_b_r,
-            stride_b_d,
-            False,
-            BLOCK_L,
-            BLOCK_D,
-            BLOCK_R,
-        )  # fmt: skip  [BLOCK_L, BLOCK_D]
+        knowledge = low_rank_tile(
+            a_ptr, b_ptr, keys, key_ok, cols, col_ok, rank, stride_a_l, stride_a_r, stride_b_r, stride_b_d,
+            BLOCK_L, BLOCK_D, BLOCK_R,
+        )  # fmt: skip
         acc += tl.dot(mix, knowledge, input_precision="ieee")
     base = tl.load(
         base_ptr + rows[:, None] * stride_base_s + cols[None, :] * stride_base_d, mask=tile_ok, other=0.0
