@@ -41,6 +41,7 @@ from prompt_ops.kernels.common import (
     broadcast_prompt_tile,
     dropout_scale,
     interpreting,
+    load_tile,
     sum_partials,
     sum_prompt_grad_tile,
 )
@@ -75,16 +76,8 @@ def _dropped_hidden(
     for d0 in range(0, hidden, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)  # [BLOCK_D]
         col_ok = cols < hidden
-        emb = tl.load(
-            weight_ptr + ids[:, None] * stride_w_v + cols[None, :] * stride_w_d,
-            mask=id_ok[:, None] & col_ok[None, :],
-            other=0.0,
-        ).to(tl.float32)  # [BLOCK_N, BLOCK_D]
-        w_down = tl.load(
-            w_down_ptr + cols[:, None] * stride_wd_d + r[None, :] * stride_wd_r,
-            mask=col_ok[:, None] & r_ok[None, :],
-            other=0.0,
-        ).to(tl.float32)  # [BLOCK_D, BLOCK_R]
+        emb = load_tile(weight_ptr, ids, id_ok, cols, col_ok, stride_w_v, stride_w_d)  # [BLOCK_N, BLOCK_D]
+        w_down = load_tile(w_down_ptr, cols, col_ok, r, r_ok, stride_wd_d, stride_wd_r)  # [BLOCK_D, BLOCK_R]
         acc += tl.dot(emb, w_down, input_precision="ieee")
     bias = tl.load(b_down_ptr + r, mask=r_ok, other=0.0).to(tl.float32)  # [BLOCK_R]
     scale = tl.full([BLOCK_N, BLOCK_R], 1.0, tl.float32)
@@ -171,16 +164,8 @@ def _adept_embed_fwd_kernel(
         for d0 in range(0, hidden, BLOCK_D):
             cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)  # [BLOCK_D]
             col_ok = cols < hidden
-            emb = tl.load(
-                weight_ptr + ids[:, None] * stride_w_v + cols[None, :] * stride_w_d,
-                mask=id_ok[:, None] & col_ok[None, :],
-                other=0.0,
-            ).to(tl.float32)  # [BLOCK_N, BLOCK_D]
-            w_up = tl.load(
-                w_up_ptr + r[:, None] * stride_wu_r + cols[None, :] * stride_wu_d,
-                mask=r_ok[:, None] & col_ok[None, :],
-                other=0.0,
-            ).to(tl.float32)  # [BLOCK_R, BLOCK_D]
+            emb = load_tile(weight_ptr, ids, id_ok, cols, col_ok, stride_w_v, stride_w_d)  # [BLOCK_N, BLOCK_D]
+            w_up = load_tile(w_up_ptr, r, r_ok, cols, col_ok, stride_wu_r, stride_wu_d)  # [BLOCK_R, BLOCK_D]
             b_up = tl.load(b_up_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)  # [BLOCK_D]
             value = emb + tl.dot(act, w_up, input_precision="ieee") + b_up[None, :]
             tl.store(
@@ -259,11 +244,7 @@ def _adept_embed_bwd_hidden_kernel(
             grad_y = tl.load(
                 grad_rows[:, None] + cols[None, :] * stride_g_d, mask=n_ok[:, None] & col_ok[None, :], other=0.0
             ).to(tl.float32)  # [BLOCK_N, BLOCK_D]
-            w_up = tl.load(
-                w_up_ptr + r[:, None] * stride_wu_r + cols[None, :] * stride_wu_d,
-                mask=r_ok[:, None] & col_ok[None, :],
-                other=0.0,
-            ).to(tl.float32)  # [BLOCK_R, BLOCK_D]
+            w_up = load_tile(w_up_ptr, r, r_ok, cols, col_ok, stride_wu_r, stride_wu_d)  # [BLOCK_R, BLOCK_D]
             grad_act += tl.dot(grad_y, tl.trans(w_up), input_precision="ieee")  # [BLOCK_N, BLOCK_R]
         grad_h = tl.where(h > 0.0, grad_act, 0.0) * scale  # [BLOCK_N, BLOCK_R]
         store_ok = n_ok[:, None] & r_ok[None, :]
@@ -326,11 +307,7 @@ def _adept_embed_bwd_weights_kernel(
             mask=tile_ok,
             other=0.0,
         ).to(tl.float32)  # [BLOCK_N, BLOCK_D]
-        emb = tl.load(
-            weight_ptr + ids[:, None] * stride_w_v + cols[None, :] * stride_w_d,
-            mask=id_ok[:, None] & col_ok[None, :],
-            other=0.0,
-        ).to(tl.float32)  # [BLOCK_N, BLOCK_D]
+        emb = load_tile(weight_ptr, ids, id_ok, cols, col_ok, stride_w_v, stride_w_d)  # [BLOCK_N, BLOCK_D]
         small = n[:, None] * rank + r[None, :]
         small_ok = n_ok[:, None] & r_ok[None, :]
         act = tl.load(act_ptr + small, mask=small_ok, other=0.0)  # [BLOCK_N, BLOCK_R]

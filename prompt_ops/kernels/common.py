@@ -16,6 +16,14 @@ REDUCE_BLOCK_INTERPRET = 16384
 
 
 @triton.jit
+def load_tile(ptr, rows, row_ok, cols, col_ok, stride_r, stride_c):
+    """The ``[len(rows), len(cols)]`` tile ``ptr[rows, cols]`` as fp32, zero where a row or column is masked."""
+    return tl.load(
+        ptr + rows[:, None] * stride_r + cols[None, :] * stride_c, mask=row_ok[:, None] & col_ok[None, :], other=0.0
+    ).to(tl.float32)
+
+
+@triton.jit
 def broadcast_prompt_tile(
     out_ptr,  # (B, m+L, d) contiguous
     mask_out_ptr,  # (B, m+L) contiguous
@@ -158,19 +166,11 @@ def pooled_low_rank_tile(
         r_ok = r < rank
         left = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
         for i in range(0, pool):
-            left += tl.load(
-                a_ptr + (rows * pool + i)[:, None] * stride_a_l + r[None, :] * stride_a_r,
-                mask=row_ok[:, None] & r_ok[None, :],
-                other=0.0,
-            ).to(tl.float32)  # [BLOCK_T, BLOCK_R]
+            left += load_tile(a_ptr, rows * pool + i, row_ok, r, r_ok, stride_a_l, stride_a_r)  # [BLOCK_T, BLOCK_R]
         left = left / pool
         if HAS_COL_SCALE:
             left = left * tl.load(col_scale_ptr + r * stride_s, mask=r_ok, other=0.0).to(tl.float32)[None, :]
-        right = tl.load(
-            b_ptr + r[:, None] * stride_b_r + cols[None, :] * stride_b_d,
-            mask=r_ok[:, None] & col_ok[None, :],
-            other=0.0,
-        ).to(tl.float32)  # [BLOCK_R, BLOCK_D]
+        right = load_tile(b_ptr, r, r_ok, cols, col_ok, stride_b_r, stride_b_d)  # [BLOCK_R, BLOCK_D]
         acc += tl.dot(left, right, input_precision="ieee")
     return acc
 

@@ -38,6 +38,7 @@ import triton.language as tl
 from prompt_ops.kernels.common import (
     REDUCE_BLOCK,
     interpreting,
+    load_tile,
     low_rank_tile,
     pooled_low_rank_tile,
     reduce_block,
@@ -108,11 +109,7 @@ def _dept_embed_fwd_kernel(
             stride_q, stride_v_r, stride_v_d, True, BLOCK_T, BLOCK_D, BLOCK_R,
         )  # fmt: skip
     else:
-        prompt = tl.load(
-            prompt_ptr + rows[:, None] * stride_p_m + cols[None, :] * stride_p_d,
-            mask=is_prompt[:, None] & col_ok[None, :],
-            other=0.0,
-        ).to(tl.float32)  # [BLOCK_T, BLOCK_D]
+        prompt = load_tile(prompt_ptr, rows, is_prompt, cols, col_ok, stride_p_m, stride_p_d)  # [BLOCK_T, BLOCK_D]
 
     # Offset slice s * A[rows] @ B[:, cols]; computed once, reused for every batch row.
     offset = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
@@ -134,11 +131,7 @@ def _dept_embed_fwd_kernel(
         ids = tl.load(ids_base + tok * stride_ids_t, mask=is_token, other=0).to(tl.int64)  # [BLOCK_T]
         # Out-of-range ids (possible only when the host check is switched off) read nothing and give zeros.
         id_ok = is_token & (ids >= 0) & (ids < vocab)  # [BLOCK_T]
-        emb = tl.load(
-            weight_ptr + ids[:, None] * stride_w_v + cols[None, :] * stride_w_d,
-            mask=id_ok[:, None] & col_ok[None, :],
-            other=0.0,
-        ).to(tl.float32)  # [BLOCK_T, BLOCK_D]
+        emb = load_tile(weight_ptr, ids, id_ok, cols, col_ok, stride_w_v, stride_w_d)  # [BLOCK_T, BLOCK_D]
         emb = emb + offset
         value = tl.where(is_prompt[:, None], prompt, emb)  # [BLOCK_T, BLOCK_D]
         tl.store(out_base + rows[:, None] * hidden + cols[None, :], value.to(out_ptr.dtype.element_ty), mask=out_ok)

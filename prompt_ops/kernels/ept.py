@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from prompt_ops.kernels.common import low_rank_tile, reduce_block
+from prompt_ops.kernels.common import load_tile, low_rank_tile, reduce_block
 from prompt_ops.kernels.dept_embed import _dept_embed_bwd_reduce_kernel
 from prompt_ops.kernels.runtime import interpreting
 
@@ -206,13 +206,6 @@ def _up_tile(w_up_ptr, kh, kh_ok, cols, col_ok, sub_rank, stride_0, stride_1, st
 
 
 @triton.jit
-def _rows_tile(ptr, rows, row_ok, cols, col_ok, stride_r, stride_c):
-    return tl.load(
-        ptr + rows[:, None] * stride_r + cols[None, :] * stride_c, mask=row_ok[:, None] & col_ok[None, :], other=0.0
-    ).to(tl.float32)
-
-
-@triton.jit
 def _ept_project_kernel(
     out_ptr,  # (s, d) fp32: P
     gate_ptr,  # (K,) fp32 out
@@ -253,7 +246,7 @@ def _ept_project_kernel(
         col_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
         for s0 in range(0, num_rows, BLOCK_S):
             all_rows = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
-            col_sum += tl.sum(_rows_tile(fused_ptr, all_rows, all_rows < num_rows, cols, col_ok, hidden, 1), axis=0)
+            col_sum += tl.sum(load_tile(fused_ptr, all_rows, all_rows < num_rows, cols, col_ok, hidden, 1), axis=0)
         w_gate = tl.load(
             w_gate_ptr + cols[:, None] * stride_wg_d + k_of[None, :] * stride_wg_k,
             mask=col_ok[:, None] & kh_ok[None, :],
@@ -271,14 +264,14 @@ def _ept_project_kernel(
     for d0 in range(0, hidden, BLOCK_D):
         dims = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
         dim_ok = dims < hidden
-        fused = _rows_tile(fused_ptr, rows, row_ok, dims, dim_ok, hidden, 1)  # [BLOCK_S, BLOCK_D]
+        fused = load_tile(fused_ptr, rows, row_ok, dims, dim_ok, hidden, 1)  # [BLOCK_S, BLOCK_D]
         down = _down_tile(w_down_ptr, dims, dim_ok, kh, kh_ok, sub_rank, stride_wd_0, stride_wd_1, stride_wd_2)
         projected += tl.dot(fused, down, input_precision="ieee")  # Z
     projected = projected * gate[None, :]  # Zs
     for d0 in range(0, hidden, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
         col_ok = cols < hidden
-        fused = _rows_tile(fused_ptr, rows, row_ok, cols, col_ok, hidden, 1)
+        fused = load_tile(fused_ptr, rows, row_ok, cols, col_ok, hidden, 1)
         up = _up_tile(w_up_ptr, kh, kh_ok, cols, col_ok, sub_rank, stride_wu_0, stride_wu_1, stride_wu_2)
         value = fused + tl.dot(projected, up, input_precision="ieee")
         tl.store(out_ptr + rows[:, None] * hidden + cols[None, :], value, mask=row_ok[:, None] & col_ok[None, :])
@@ -324,8 +317,8 @@ def _ept_project_bwd_kernel(
     for d0 in range(0, hidden, BLOCK_D):
         dims = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
         dim_ok = dims < hidden
-        fused = _rows_tile(fused_ptr, rows, row_ok, dims, dim_ok, hidden, 1)
-        grad = _rows_tile(grad_ptr, rows, row_ok, dims, dim_ok, stride_g_s, stride_g_d)
+        fused = load_tile(fused_ptr, rows, row_ok, dims, dim_ok, hidden, 1)
+        grad = load_tile(grad_ptr, rows, row_ok, dims, dim_ok, stride_g_s, stride_g_d)
         down = _down_tile(w_down_ptr, dims, dim_ok, kh, kh_ok, sub_rank, stride_wd_0, stride_wd_1, stride_wd_2)
         up = _up_tile(w_up_ptr, kh, kh_ok, dims, dim_ok, sub_rank, stride_wu_0, stride_wu_1, stride_wu_2)
         projected += tl.dot(fused, down, input_precision="ieee")
@@ -339,7 +332,7 @@ def _ept_project_bwd_kernel(
     for d0 in range(0, hidden, BLOCK_D):
         dims = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
         dim_ok = dims < hidden
-        grad = _rows_tile(grad_ptr, rows, row_ok, dims, dim_ok, stride_g_s, stride_g_d)
+        grad = load_tile(grad_ptr, rows, row_ok, dims, dim_ok, stride_g_s, stride_g_d)
         down = _down_tile(w_down_ptr, dims, dim_ok, kh, kh_ok, sub_rank, stride_wd_0, stride_wd_1, stride_wd_2)
         value = grad + tl.dot(grad_z, tl.trans(down), input_precision="ieee")
         tl.store(grad_fused_ptr + rows[:, None] * hidden + dims[None, :], value, mask=row_ok[:, None] & dim_ok[None, :])
@@ -385,7 +378,7 @@ def _ept_gate_bwd_kernel(
         col_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
         for s0 in range(0, num_rows, BLOCK_S):
             rows = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
-            col_sum += tl.sum(_rows_tile(fused_ptr, rows, rows < num_rows, cols, col_ok, hidden, 1), axis=0)
+            col_sum += tl.sum(load_tile(fused_ptr, rows, rows < num_rows, cols, col_ok, hidden, 1), axis=0)
         mean = col_sum / num_rows
         both = col_ok[:, None] & k_ok[None, :]
         tl.store(grad_w_gate_ptr + cols[:, None] * num_subspaces + k[None, :], mean[:, None] * grad_logit[None, :],
@@ -427,10 +420,10 @@ def _ept_subspace_bwd_kernel(
     for s0 in range(0, num_rows, BLOCK_S):
         rows = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
         row_ok = rows < num_rows
-        scaled_z = _rows_tile(scaled_z_ptr, rows, row_ok, kh, kh_ok, width, 1)  # [BLOCK_S, BLOCK_KH]
-        grad_z = _rows_tile(grad_z_ptr, rows, row_ok, kh, kh_ok, width, 1)
-        grad = _rows_tile(grad_ptr, rows, row_ok, cols, col_ok, stride_g_s, stride_g_d)  # [BLOCK_S, BLOCK_D]
-        fused = _rows_tile(fused_ptr, rows, row_ok, cols, col_ok, hidden, 1)
+        scaled_z = load_tile(scaled_z_ptr, rows, row_ok, kh, kh_ok, width, 1)  # [BLOCK_S, BLOCK_KH]
+        grad_z = load_tile(grad_z_ptr, rows, row_ok, kh, kh_ok, width, 1)
+        grad = load_tile(grad_ptr, rows, row_ok, cols, col_ok, stride_g_s, stride_g_d)  # [BLOCK_S, BLOCK_D]
+        fused = load_tile(fused_ptr, rows, row_ok, cols, col_ok, hidden, 1)
         acc_up += tl.dot(tl.trans(scaled_z), grad, input_precision="ieee")
         acc_down += tl.dot(tl.trans(fused), grad_z, input_precision="ieee")
         tile = grad_fused_ptr + rows[:, None] * hidden + cols[None, :]
@@ -491,7 +484,7 @@ def _ept_attention_bwd_kernel(
             BLOCK_D,
             BLOCK_R,
         )  # fmt: skip  dPa = dPf Q^T
-        probs = _rows_tile(probs_ptr, rows, row_ok, keys, key_ok, num_keys, 1)
+        probs = load_tile(probs_ptr, rows, row_ok, keys, key_ok, num_keys, 1)
         row_dot += tl.sum(grad_probs * probs, axis=1)
     for l0 in range(0, num_keys, BLOCK_L):
         keys = l0 + tl.arange(0, BLOCK_L).to(tl.int64)
@@ -500,7 +493,7 @@ def _ept_attention_bwd_kernel(
             grad_fused_ptr, a_ptr, b_ptr, rows, row_ok, keys, key_ok, hidden, rank, scale, hidden, 1,
             stride_a_l, stride_a_r, stride_b_r, stride_b_d, BLOCK_S, BLOCK_L, BLOCK_D, BLOCK_R,
         )  # fmt: skip
-        probs = _rows_tile(probs_ptr, rows, row_ok, keys, key_ok, num_keys, 1)
+        probs = load_tile(probs_ptr, rows, row_ok, keys, key_ok, num_keys, 1)
         grad_scores = probs * (grad_probs - row_dot[:, None])  # softmax backward
         tl.store(
             grad_scores_ptr + rows[:, None] * num_keys + keys[None, :],
@@ -546,17 +539,17 @@ def _ept_knowledge_bwd_kernel(
     for s0 in range(0, num_rows, BLOCK_S):
         rows = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
         row_ok = rows < num_rows
-        probs = _rows_tile(probs_ptr, rows, row_ok, keys, key_ok, num_keys, 1)  # [BLOCK_S, BLOCK_L]
-        grad_scores = _rows_tile(grad_scores_ptr, rows, row_ok, keys, key_ok, num_keys, 1)
-        grad_fused = _rows_tile(grad_fused_ptr, rows, row_ok, cols, col_ok, hidden, 1)  # [BLOCK_S, BLOCK_D]
-        prompt = _rows_tile(prompt_ptr, rows, row_ok, cols, col_ok, stride_p_s, stride_p_d)
+        probs = load_tile(probs_ptr, rows, row_ok, keys, key_ok, num_keys, 1)  # [BLOCK_S, BLOCK_L]
+        grad_scores = load_tile(grad_scores_ptr, rows, row_ok, keys, key_ok, num_keys, 1)
+        grad_fused = load_tile(grad_fused_ptr, rows, row_ok, cols, col_ok, hidden, 1)  # [BLOCK_S, BLOCK_D]
+        prompt = load_tile(prompt_ptr, rows, row_ok, cols, col_ok, stride_p_s, stride_p_d)
         grad_q += tl.dot(tl.trans(probs), grad_fused, input_precision="ieee")
         grad_q += inv_sqrt_d * tl.dot(tl.trans(grad_scores), prompt, input_precision="ieee")
     for k0 in range(0, rank, BLOCK_R):  # Q = c A B: dA = c dQ B^T, dB = c A^T dQ, per-tile partials
         r = k0 + tl.arange(0, BLOCK_R).to(tl.int64)
         r_ok = r < rank
-        b = _rows_tile(b_ptr, r, r_ok, cols, col_ok, stride_b_r, stride_b_d)  # [BLOCK_R, BLOCK_D]
-        a = _rows_tile(a_ptr, keys, key_ok, r, r_ok, stride_a_l, stride_a_r)  # [BLOCK_L, BLOCK_R]
+        b = load_tile(b_ptr, r, r_ok, cols, col_ok, stride_b_r, stride_b_d)  # [BLOCK_R, BLOCK_D]
+        a = load_tile(a_ptr, keys, key_ok, r, r_ok, stride_a_l, stride_a_r)  # [BLOCK_L, BLOCK_R]
         grad_a = scale * tl.dot(grad_q, tl.trans(b), input_precision="ieee")  # [BLOCK_L, BLOCK_R]
         grad_b = scale * tl.dot(tl.trans(a), grad_q, input_precision="ieee")  # [BLOCK_R, BLOCK_D]
         a_offsets = (pid_d * num_keys + keys[:, None]) * rank + r[None, :]

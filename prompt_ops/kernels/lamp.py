@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from prompt_ops.kernels.common import interpreting
+from prompt_ops.kernels.common import interpreting, load_tile
 from prompt_ops.kernels.dept_embed import PromptFactors, dept_embed_bwd, dept_embed_fwd
 
 MAX_TILE = 4096
@@ -62,9 +62,7 @@ def _lamp_factor_grad_kernel(
     tile_ok = row_ok[:, None] & r_ok[None, :]
     pooled = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
     for i in range(0, pool):
-        pooled += tl.load(
-            u_ptr + (rows * pool + i)[:, None] * stride_u_l + r[None, :] * stride_u_r, mask=tile_ok, other=0.0
-        ).to(tl.float32)
+        pooled += load_tile(u_ptr, rows * pool + i, row_ok, r, r_ok, stride_u_l, stride_u_r)
     pooled = pooled / pool  # [BLOCK_M, BLOCK_R] Ubar
     q = tl.load(q_ptr + r * stride_q, mask=r_ok, other=0.0).to(tl.float32)  # [BLOCK_R]
     left = pooled * q[None, :]  # [BLOCK_M, BLOCK_R] Ubar * q
@@ -73,16 +71,8 @@ def _lamp_factor_grad_kernel(
     for d0 in range(0, hidden, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
         col_ok = cols < hidden
-        grad_p = tl.load(
-            grad_p_ptr + rows[:, None] * stride_g_m + cols[None, :] * stride_g_d,
-            mask=row_ok[:, None] & col_ok[None, :],
-            other=0.0,
-        ).to(tl.float32)  # [BLOCK_M, BLOCK_D]
-        v = tl.load(
-            v_ptr + r[:, None] * stride_v_r + cols[None, :] * stride_v_d,
-            mask=r_ok[:, None] & col_ok[None, :],
-            other=0.0,
-        ).to(tl.float32)  # [BLOCK_R, BLOCK_D]
+        grad_p = load_tile(grad_p_ptr, rows, row_ok, cols, col_ok, stride_g_m, stride_g_d)  # [BLOCK_M, BLOCK_D]
+        v = load_tile(v_ptr, r, r_ok, cols, col_ok, stride_v_r, stride_v_d)  # [BLOCK_R, BLOCK_D]
         grad_v = tl.dot(tl.trans(left), grad_p, input_precision="ieee")  # [BLOCK_R, BLOCK_D]
         tl.store(grad_v_ptr + r[:, None] * hidden + cols[None, :], grad_v, mask=r_ok[:, None] & col_ok[None, :])
         grad_left += tl.dot(grad_p, tl.trans(v), input_precision="ieee")  # [BLOCK_M, BLOCK_R]
