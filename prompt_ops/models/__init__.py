@@ -1,1 +1,31 @@
-"""Hugging Face integration (attach to a model, masks, labels, generation, adapters). Not yet populated."""
+"""Hugging Face integration: attach a method to a loaded model, and save / load adapters.
+
+``attach(model, DePTConfig(...))`` freezes the model and returns a :class:`PromptTunedModel` whose forward builds
+the model input with the method's fused op; ``tuned.save_adapter(dir)`` and ``load_adapter(model, dir)`` move the
+method's parameters (only) through ``adapter.safetensors`` + ``adapter_config.json``. Needs ``safetensors`` for
+adapters; transformers is only needed to have a model.
+"""
+
+from prompt_ops.models.adapters import load_adapter, save_adapter
+from prompt_ops.models.attach import PromptTunedModel, attach
+from prompt_ops.models.configs import (
+    ADePTConfig,
+    DePTConfig,
+    EPTConfig,
+    LAMPConfig,
+    MethodConfig,
+    PromptTuningConfig,
+)
+
+__all__ = [
+    "ADePTConfig",
+    "DePTConfig",
+    "EPTConfig",
+    "LAMPConfig",
+    "MethodConfig",
+    "PromptTunedModel",
+    "PromptTuningConfig",
+    "attach",
+    "load_adapter",
+    "save_adapter",
+]

@@ -1,0 +1,114 @@
+"""Attach a prompt-tuning method to a loaded Hugging Face model: ``attach(model, config) -> PromptTunedModel``.
+
+What PEFT's prompt tuning does, on our fused ops (reference/methods.md §0.3, §6):
+
+- the base model is frozen; the method's module wraps its input embedding (``model.get_input_embeddings()``);
+- ``forward(input_ids=..., attention_mask=..., labels=..., **kwargs)`` builds ``inputs_embeds`` and the extended
+  mask with the method's fused op and calls the base model with ``inputs_embeds=``;
+- encoder-only and decoder-only models: ``token_type_ids`` are extended with zeros over the prompt; token-level
+  ``labels`` (the shape of ``input_ids``: causal LM, masked LM, token classification) get ``-100`` over the prompt,
+  sequence-level labels are untouched; user ``position_ids`` are dropped with a warning, as PEFT does, because the
+  prompt shifts every position (the model then numbers the ``m + L`` positions from 0);
+- encoder-decoder models (T5): the prompt goes on the encoder side only; ``decoder_input_ids``,
+  ``decoder_attention_mask`` and ``labels`` pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from prompt_ops.methods.base import PromptModule
+from prompt_ops.models.configs import MethodConfig
+
+
+def _input_embedding(model: nn.Module) -> nn.Embedding:
+    if not hasattr(model, "get_input_embeddings"):
+        raise TypeError(f"model must be a Hugging Face PreTrainedModel, got {type(model).__name__}")
+    embedding = model.get_input_embeddings()
+    if not isinstance(embedding, nn.Embedding):
+        raise TypeError(f"the model's input embedding must be an nn.Embedding, got {type(embedding).__name__}")
+    return embedding
+
+
+class PromptTunedModel(nn.Module):
+    """A frozen Hugging Face model behind a prompt-tuning method. Only ``prompt_module``'s parameters train."""
+
+    def __init__(self, model: nn.Module, config: MethodConfig, backend: str | None = None):
+        super().__init__()
+        if not isinstance(config, MethodConfig):
+            raise TypeError(f"config must be a prompt_ops.models config (e.g. DePTConfig), got {type(config).__name__}")
+        embedding = _input_embedding(model)
+        model.requires_grad_(False)
+        self.base_model = model
+        self.config = config
+        self.prompt_module: PromptModule = config.build(embedding, backend=backend)
+        self.prompt_module.to(embedding.weight.device)
+        self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+
+    @property
+    def num_prompt_rows(self) -> int:
+        """Rows the prompt adds in front of the input (LAMP: after pooling)."""
+        return getattr(self.prompt_module, "num_prompt_rows", self.prompt_module.num_tokens)
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """The method's own parameters (not the frozen embedding): what an adapter file holds."""
+        return {
+            name: param for name, param in self.prompt_module.named_parameters() if not name.startswith("embedding.")
+        }
+
+    def trainable_parameters(self) -> str:
+        """PEFT-style summary: ``trainable params: N || all params: M || trainable%: P``."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return (
+            f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        if inputs_embeds is not None or input_ids is None:
+            raise ValueError(
+                "PromptTunedModel needs input_ids (the methods' offsets are computed from the token ids); "
+                "inputs_embeds is not supported"
+            )
+        embeds, mask = self.prompt_module(input_ids, attention_mask)
+        num_prompt = self.num_prompt_rows
+        batch = input_ids.shape[0]
+        if self.is_encoder_decoder:
+            return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
+        if position_ids is not None:
+            warnings.warn(
+                "position_ids are dropped: the prompt shifts every position (as PEFT's prompt tuning does)",
+                stacklevel=2,
+            )
+        if token_type_ids is not None:
+            zeros = token_type_ids.new_zeros((batch, num_prompt))
+            kwargs["token_type_ids"] = torch.cat([zeros, token_type_ids], dim=1)
+        if labels is not None and labels.dim() == 2 and labels.shape == input_ids.shape:
+            labels = torch.cat([labels.new_full((batch, num_prompt), -100), labels], dim=1)
+        return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
+
+    def save_adapter(self, directory):
+        """Write ``adapter.safetensors`` + ``adapter_config.json`` (see :func:`prompt_ops.models.save_adapter`)."""
+        from prompt_ops.models.adapters import save_adapter
+
+        return save_adapter(self, directory)
+
+    def extra_repr(self) -> str:
+        return f"method={self.config.method}, prompt_rows={self.num_prompt_rows}"
+
+
+def attach(model: nn.Module, config: MethodConfig, backend: str | None = None) -> PromptTunedModel:
+    """Freeze ``model`` and put the method of ``config`` in front of it. See :class:`PromptTunedModel`."""
+    return PromptTunedModel(model, config, backend=backend)

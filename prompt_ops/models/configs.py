@@ -1,0 +1,104 @@
+"""One config per method, PEFT-style: plain dataclasses whose fields are the module's keyword arguments.
+
+Common field names across methods: ``num_tokens``, ``rank``, ``max_length``, ``lora_alpha``, ``dropout``, ``pool``.
+Defaults are the modules' (the papers' official settings, see each module's docstring).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from torch import nn
+
+from prompt_ops.methods.adept import ADePT
+from prompt_ops.methods.base import PromptModule
+from prompt_ops.methods.dept import DePT
+from prompt_ops.methods.ept import EPT
+from prompt_ops.methods.lamp import LAMP
+from prompt_ops.methods.prompt_tuning import PromptTuning
+
+
+@dataclasses.dataclass
+class MethodConfig:
+    """Base: ``build(embedding)`` makes the method's module; ``method`` names it in saved adapters."""
+
+    method: ClassVar[str]
+    module_class: ClassVar[type[PromptModule]]
+
+    def build(self, embedding: nn.Embedding, backend: str | None = None) -> PromptModule:
+        return self.module_class(embedding, backend=backend, **dataclasses.asdict(self))
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, **dataclasses.asdict(self)}
+
+
+@dataclasses.dataclass
+class PromptTuningConfig(MethodConfig):
+    method: ClassVar[str] = "prompt_tuning"
+    module_class: ClassVar[type[PromptModule]] = PromptTuning
+    num_tokens: int = 100
+    init_token_ids: list[int] | None = None
+
+
+@dataclasses.dataclass
+class DePTConfig(MethodConfig):
+    method: ClassVar[str] = "dept"
+    module_class: ClassVar[type[PromptModule]] = DePT
+    num_tokens: int = 60
+    rank: int = 30
+    max_length: int = 256
+    lora_alpha: float = 8.0
+    init_token_ids: list[int] | None = None
+
+
+@dataclasses.dataclass
+class ADePTConfig(MethodConfig):
+    method: ClassVar[str] = "adept"
+    module_class: ClassVar[type[PromptModule]] = ADePT
+    num_tokens: int = 60
+    rank: int = 19
+    dropout: float = 0.1
+    init_token_ids: list[int] | None = None
+
+
+@dataclasses.dataclass
+class LAMPConfig(MethodConfig):
+    method: ClassVar[str] = "lamp"
+    module_class: ClassVar[type[PromptModule]] = LAMP
+    num_tokens: int = 100
+    rank: int = 8
+    pool: int = 2
+    init_token_ids: list[int] | None = None
+
+
+@dataclasses.dataclass
+class EPTConfig(MethodConfig):
+    method: ClassVar[str] = "ept"
+    module_class: ClassVar[type[PromptModule]] = EPT
+    num_tokens: int = 60
+    rank: int = 30
+    max_length: int = 256
+    num_subspaces: int = 4
+    subspace_rank: int = 8
+    lora_alpha: float = 8.0
+    init_token_ids: list[int] | None = None
+
+
+CONFIGS: dict[str, type[MethodConfig]] = {
+    cls.method: cls for cls in (PromptTuningConfig, DePTConfig, ADePTConfig, LAMPConfig, EPTConfig)
+}
+
+
+def config_from_dict(data: dict, source: str) -> MethodConfig:
+    """Rebuild a config saved by :meth:`MethodConfig.to_dict`; ``source`` names the file in errors."""
+    method = data.get("method")
+    if method not in CONFIGS:
+        raise ValueError(f"{source}: unknown method {method!r}; expected one of {sorted(CONFIGS)}")
+    cls = CONFIGS[method]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in data.items() if k != "method"}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"{source}: fields {unknown} are not {cls.__name__} fields {sorted(fields)}")
+    return cls(**values)
