@@ -71,6 +71,11 @@ class ADePT(SoftPromptModule):
             backend=self.backend,
         )
 
+    def embed_tokens(self, input_ids: torch.Tensor, start: int) -> torch.Tensor:
+        """The FFN offset depends on the token only (no dropout outside training)."""
+        ffn = (self.w_down, self.b_down, self.w_up, self.b_up)
+        return adept_embed(input_ids, self.embedding.weight, self.prompt[:0], *ffn, backend=self.backend)[0]
+
     @torch.no_grad()
     def folded_weight(self, chunk_size: int = 8192) -> torch.Tensor:
         """A new ``(V, d)`` table ``W + relu(W @ w_down + b_down) @ w_up + b_up`` in the table's dtype.

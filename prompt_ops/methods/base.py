@@ -55,6 +55,12 @@ class PromptModule(nn.Module):
     def hidden_size(self) -> int:
         return self.embedding.embedding_dim
 
+    def embed_tokens(self, input_ids: torch.Tensor, start: int) -> torch.Tensor:
+        """Embeddings ``(B, n, d)`` of tokens at input positions ``start .. start+n-1``, with the method's per-token
+        treatment and no prompt: what a full forward gives those tokens. Used for tokens generated after the
+        prefill. Plain lookup here; methods with per-token offsets override it."""
+        return self.embedding(input_ids)
+
     def extra_repr(self) -> str:
         return f"num_tokens={self.num_tokens}, hidden_size={self.hidden_size}, backend={self.backend!r}"
 
@@ -85,3 +91,12 @@ def low_rank_pair(max_length: int, rank: int, hidden: int, device) -> tuple[nn.P
     lora_a = nn.Parameter(torch.empty(max_length, rank, device=device))
     nn.init.kaiming_uniform_(lora_a, a=math.sqrt(5))
     return lora_a, nn.Parameter(torch.zeros(rank, hidden, device=device))
+
+
+def shifted_rows(lora_a: torch.Tensor, start: int, count: int) -> torch.Tensor:
+    """Rows ``start .. start+count-1`` of ``lora_a``, zeros past its end: the position offsets of tokens placed
+    there (positions ``>= max_length`` get no offset)."""
+    rows = lora_a[start : start + count]
+    if rows.shape[0] < count:
+        rows = torch.cat([rows, rows.new_zeros((count - rows.shape[0], lora_a.shape[1]))])
+    return rows

@@ -18,7 +18,13 @@ import os
 import torch
 from torch import nn
 
-from prompt_ops.methods.base import SoftPromptModule, check_lora_alpha, check_positive_int, low_rank_pair
+from prompt_ops.methods.base import (
+    SoftPromptModule,
+    check_lora_alpha,
+    check_positive_int,
+    low_rank_pair,
+    shifted_rows,
+)
 from prompt_ops.methods.official import read_official_dept
 from prompt_ops.ops.dept_embed import dept_embed
 
@@ -60,6 +66,14 @@ class DePT(SoftPromptModule):
             attention_mask=attention_mask,
             backend=self.backend,
         )
+
+    def embed_tokens(self, input_ids: torch.Tensor, start: int) -> torch.Tensor:
+        """Tokens at positions ``start ..``: their rows of ``A`` (zero past ``max_length``) times ``B``."""
+        lora_a = shifted_rows(self.lora_a, start, input_ids.shape[1])
+        no_prompt = self.prompt[:0]
+        return dept_embed(
+            input_ids, self.embedding.weight, no_prompt, lora_a, self.lora_b, scale=self.scale, backend=self.backend
+        )[0]
 
     @classmethod
     def from_official(cls, path: str | os.PathLike, embedding: nn.Embedding, backend: str | None = None) -> DePT:

@@ -21,7 +21,14 @@ import math
 import torch
 from torch import nn
 
-from prompt_ops.methods.base import SoftPromptModule, check_lora_alpha, check_positive_int, low_rank_pair
+from prompt_ops.methods.base import (
+    SoftPromptModule,
+    check_lora_alpha,
+    check_positive_int,
+    low_rank_pair,
+    shifted_rows,
+)
+from prompt_ops.ops.dept_embed import dept_embed
 from prompt_ops.ops.ept import ept_embed, ept_prompt
 
 
@@ -77,6 +84,14 @@ class EPT(SoftPromptModule):
             attention_mask=attention_mask,
             backend=self.backend,
         )
+
+    def embed_tokens(self, input_ids: torch.Tensor, start: int) -> torch.Tensor:
+        """Tokens at positions ``start ..`` get DePT's offset: their rows of ``A`` (zero past ``max_length``)."""
+        lora_a = shifted_rows(self.lora_a, start, input_ids.shape[1])
+        return dept_embed(
+            input_ids, self.embedding.weight, self.prompt[:0], lora_a, self.lora_b, scale=self.scale,
+            backend=self.backend,
+        )[0]  # fmt: skip
 
     def extra_repr(self) -> str:
         return (

@@ -24,6 +24,26 @@ from prompt_ops.methods.base import PromptModule
 from prompt_ops.models.configs import MethodConfig
 
 
+class _DecodeEmbedding(nn.Module):
+    """Stands in for the input embedding while a decoder-only model generates: the tokens produced after the
+    prefill get the method's per-token treatment for their input positions (``PromptModule.embed_tokens``), so that
+    cached generation sees what a full forward pass would."""
+
+    def __init__(self, prompt_module: PromptModule, start: int):
+        super().__init__()
+        self.prompt_module = prompt_module
+        self.position = start  # input position (prompt excluded) of the next token embedded
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.prompt_module.embedding.weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        embeds = self.prompt_module.embed_tokens(input_ids, self.position)
+        self.position += input_ids.shape[1]
+        return embeds
+
+
 def _input_embedding(model: nn.Module) -> nn.Embedding:
     if not hasattr(model, "get_input_embeddings"):
         raise TypeError(f"model must be a Hugging Face PreTrainedModel, got {type(model).__name__}")
@@ -98,6 +118,29 @@ class PromptTunedModel(nn.Module):
         if labels is not None and labels.dim() == 2 and labels.shape == input_ids.shape:
             labels = torch.cat([labels.new_full((batch, num_prompt), -100), labels], dim=1)
         return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """Generate with the base model's ``generate`` and its KV cache; the prompt is injected at prefill only.
+
+        Decoder-only models: returns ``cat(input_ids, new tokens)``, the Hugging Face convention. The tokens generated
+        later get the same per-token treatment a full forward pass gives them (DePT/EPT position offsets while the
+        position is below ``max_length``, none after; ADePT's FFN offset), so cached generation matches a loop of
+        full forward passes. The official DePT/ADePT code skips the offsets after prefill. Encoder-decoder models:
+        the prompt goes to the encoder; returns what the base ``generate`` returns (the decoder's tokens).
+        """
+        if self.training:
+            warnings.warn("generate() in training mode: ADePT's dropout acts at prefill; call .eval()", stacklevel=2)
+        embeds, mask = self.prompt_module(input_ids, attention_mask)
+        if self.is_encoder_decoder:
+            return self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        original = self.base_model.get_input_embeddings()
+        self.base_model.set_input_embeddings(_DecodeEmbedding(self.prompt_module, start=input_ids.shape[1]))
+        try:
+            new_tokens = self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        finally:
+            self.base_model.set_input_embeddings(original)
+        return torch.cat([input_ids, new_tokens.to(input_ids.dtype)], dim=1)
 
     def save_adapter(self, directory):
         """Write ``adapter.safetensors`` + ``adapter_config.json`` (see :func:`prompt_ops.models.save_adapter`)."""
