@@ -16,6 +16,7 @@ from prompt_ops.models.configs import (
     MethodConfig,
     PromptTuningConfig,
 )
+from prompt_ops.models.peft_bridge import bridge_peft, load_bridge, save_bridge
 
 __all__ = [
     "ADePTConfig",
@@ -26,6 +27,9 @@ __all__ = [
     "PromptTunedModel",
     "PromptTuningConfig",
     "attach",
+    "bridge_peft",
     "load_adapter",
+    "load_bridge",
     "save_adapter",
+    "save_bridge",
 ]
