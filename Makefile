@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.9.0
-EXTRAS ?= dev,bench,integration
+EXTRAS ?= dev,bench,integration,models
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.prompt-ops-installed
 

@@ -31,6 +31,14 @@ def test_round_trip_is_bitwise_exact(method, tmp_path):
     assert torch.equal(tuned(input_ids=ids).logits, reloaded(input_ids=ids).logits)
 
 
+def test_round_trip_with_a_text_initialised_prompt(tmp_path):
+    tuned = attach(tiny("gpt2"), DePTConfig(num_tokens=4, rank=3, max_length=12, init_token_ids=[5, 6, 7]))
+    tuned.save_adapter(tmp_path)
+    reloaded = load_adapter(tiny("gpt2"), tmp_path)
+    assert reloaded.config.init_token_ids == [5, 6, 7]
+    assert torch.equal(reloaded.prompt_module.prompt, tuned.prompt_module.prompt)
+
+
 def _saved(tmp_path: Path, config=None) -> Path:
     tuned = attach(tiny("gpt2"), config or DePTConfig(num_tokens=4, rank=3, max_length=12))
     tuned.save_adapter(tmp_path / "adapter")
