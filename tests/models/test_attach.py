@@ -39,6 +39,12 @@ def _build(family: str):
             max_position_embeddings=64,
         )  # fmt: skip
         return transformers.BertForMaskedLM(config)
+    if family == "roberta":
+        config = transformers.RobertaConfig(
+            vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+            max_position_embeddings=70, num_labels=3, pad_token_id=1,
+        )  # fmt: skip
+        return transformers.RobertaForSequenceClassification(config)
     if family == "gpt2":
         config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=1, n_head=2, n_positions=64)
         return transformers.GPT2LMHeadModel(config)
@@ -69,7 +75,7 @@ def reference_inputs(tuned, ids, mask):
     )
 
 
-@pytest.mark.parametrize("family", ["bert", "bert-mlm", "gpt2", "llama", "t5"])
+@pytest.mark.parametrize("family", ["bert", "bert-mlm", "roberta", "gpt2", "llama", "t5"])
 @pytest.mark.parametrize("method", sorted(CONFIGS))
 def test_every_method_trains_on_every_family(family, method):
     model = tiny(family)
@@ -77,7 +83,7 @@ def test_every_method_trains_on_every_family(family, method):
     move_off_init(tuned)
     ids = torch.randint(1, VOCAB, (2, 7))
     mask = torch.ones(2, 7, dtype=torch.long)
-    kwargs = {"labels": torch.tensor([0, 2])} if family == "bert" else {"labels": ids.clone()}
+    kwargs = {"labels": torch.tensor([0, 2])} if family in ("bert", "roberta") else {"labels": ids.clone()}
     if family == "t5":
         kwargs = {"labels": torch.randint(1, VOCAB, (2, 5))}
     loss = tuned(input_ids=ids, attention_mask=mask, **kwargs).loss
