@@ -35,15 +35,21 @@ class OfficialDePT:
     lora_b: torch.Tensor  # (r, d)
 
 
-def _read_config(path: Path) -> dict:
+def read_json_config(path: Path) -> dict:
+    """An adapter folder's JSON config as a dict, or a ``ValueError`` naming the file and the problem."""
     try:
         config = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"{path}: not found; an official DePT adapter folder holds {CONFIG_FILE}") from None
+        raise ValueError(f"{path}: not found; an adapter folder holds {path.name}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not a readable JSON adapter config ({err})") from None
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
+def _read_config(path: Path) -> dict:
+    config = read_json_config(path)
     if config.get("peft_type") != "PROMPT_TUNING_LORA":
         raise ValueError(
             f"{path}: peft_type is {config.get('peft_type')!r}, but a DePT adapter has 'PROMPT_TUNING_LORA'"

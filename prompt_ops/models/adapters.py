@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prompt_ops.methods.official import read_official_dept
+from prompt_ops.methods.official import read_json_config, read_official_dept
 from prompt_ops.models.attach import PromptTunedModel, _input_embedding, attach
 from prompt_ops.models.configs import DePTConfig, MethodConfig, config_from_dict
 
@@ -49,18 +49,6 @@ def save_adapter(tuned: PromptTunedModel, directory: str | os.PathLike) -> Path:
     }
     (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return folder
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: not found; an adapter folder holds {CONFIG_FILE}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable JSON adapter config ({err})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _read_ours(folder: Path, data: dict) -> tuple[MethodConfig, dict[str, torch.Tensor], int | None]:
@@ -115,7 +103,7 @@ def _check_tensors(source: Path, config: MethodConfig, tensors: dict, embedding:
 def load_adapter(model: nn.Module, directory: str | os.PathLike, backend: str | None = None) -> PromptTunedModel:
     """Rebuild the prompt-tuned model from a saved (or an official DePT) adapter folder."""
     folder = Path(directory)
-    data = _read_json(folder / CONFIG_FILE)
+    data = read_json_config(folder / CONFIG_FILE)
     official = data.get("peft_type") == "PROMPT_TUNING_LORA"
     config, tensors, hidden = _read_official(folder) if official else _read_ours(folder, data)
     source = folder / ("adapter_model.bin" if official else WEIGHTS_FILE)
