@@ -89,16 +89,19 @@ def sum_prompt_grad_tile(
 
 
 @triton.jit
-def dropout_scale(seed, row, rank, dropout_p, BLOCK_R: tl.constexpr):
-    """Inverted-dropout multipliers ``[len(row), BLOCK_R]``: ``1/(1-p)`` where kept, else 0.
-
-    Counter-based (philox via ``tl.rand``) and keyed by ``seed`` and the element index ``row * rank + j``, so the
-    backward regenerates exactly the forward's mask instead of storing it.
-    """
-    j = tl.arange(0, BLOCK_R).to(tl.int64)
-    offsets = (row[:, None] * rank + j[None, :]).to(tl.int32)  # [N, BLOCK_R]
+def dropout_tile(seed, rows, cols, width, dropout_p):
+    """Inverted-dropout multipliers ``[len(rows), len(cols)]`` of a ``(*, width)`` tensor: ``1/(1-p)`` where kept,
+    else 0. Counter-based (philox via ``tl.rand``) and keyed by ``seed`` and the element index
+    ``row * width + col``, so a backward regenerates exactly the forward's mask instead of storing it."""
+    offsets = (rows[:, None] * width + cols[None, :]).to(tl.int32)
     keep = tl.rand(seed, offsets) >= dropout_p
     return tl.where(keep, 1.0 / (1.0 - dropout_p), 0.0)
+
+
+@triton.jit
+def dropout_scale(seed, row, rank, dropout_p, BLOCK_R: tl.constexpr):
+    """:func:`dropout_tile` over the first ``BLOCK_R`` columns of a ``(*, rank)`` tensor: ``[len(row), BLOCK_R]``."""
+    return dropout_tile(seed, row, tl.arange(0, BLOCK_R).to(tl.int64), rank, dropout_p)
 
 
 @triton.jit

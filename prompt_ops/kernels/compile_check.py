@@ -83,9 +83,10 @@ def compile_sm90(spec: KernelSpec) -> CompileStats:
 
 def shipped_specs() -> list[KernelSpec]:
     """Every kernel config the package launches on a GPU, across op families."""
-    from prompt_ops.kernels import adept_embed, dept_embed, ept, lamp
+    from prompt_ops.kernels import adept_embed, dept_embed, ept, lamp, lpt
 
-    return [*dept_embed.sm90_specs(), *adept_embed.sm90_specs(), *lamp.sm90_specs(), *ept.sm90_specs()]
+    families = (dept_embed, adept_embed, lamp, ept, lpt)
+    return [spec for family in families for spec in family.sm90_specs()]
 
 
 def main(argv: Iterable[str] = ()) -> int:

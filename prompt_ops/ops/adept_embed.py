@@ -184,7 +184,7 @@ def _check_ffn_shapes(w_down: Tensor, b_down: Tensor, w_up: Tensor, b_up: Tensor
             )
 
 
-def _check_dropout(dropout_p: object, training: object, seed: object) -> tuple[float, int]:
+def check_dropout(dropout_p: object, training: object, seed: object) -> tuple[float, int]:
     """Returns the effective probability (0 unless training) and the seed (drawn when needed and missing)."""
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or math.isnan(dropout_p):
         raise TypeError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
@@ -237,7 +237,7 @@ def adept_embed(
         from prompt_ops.kernels.adept_embed import block_rank
 
         block_rank(w_down.shape[1])  # refuses ranks the kernels do not take, before any launch
-    effective_p, seed = _check_dropout(dropout_p, training, seed)
+    effective_p, seed = check_dropout(dropout_p, training, seed)
     return adept_embed_fwd_op(
         input_ids, weight, prompt, w_down, b_down, w_up, b_up, attention_mask, effective_p, seed,
         resolve_check_ids(check_ids), backend,

@@ -141,3 +141,44 @@ def ept_embed(
     """EPT input: the EPT prompt prepended, and DePT's offset ``scale * A[t] @ B`` added to input token ``t``."""
     full_prompt = ept_prompt(prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate, scale)
     return dept_embed(input_ids, weight, full_prompt, lora_a, lora_b, scale, attention_mask)
+
+
+def lpt_prompt(
+    hidden: torch.Tensor,
+    w_down: torch.Tensor,
+    b_down: torch.Tensor,
+    w_up: torch.Tensor,
+    b_up: torch.Tensor,
+    num_tokens: int,
+    index: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    mode: str = "naive",
+    dropout_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """LPT's prompt generators as the official code writes them (``xyltt/LPT``), ``(B, n, d)``.
+
+    NPG (``naive``): ``dropout(relu(hidden[b, index[b]] @ w_down + b_down) @ w_up + b_up).view(B, n, d)``.
+    APPG (``pool``): ``Z = hidden @ w_down + b_down``; adaptive average pooling of each sample's valid rows into
+    ``n`` rows (windows ``[floor(i*len/n), ceil((i+1)*len/n))``); ReLU; ``@ w_up + b_up``; dropout.
+    ``dropout_scale`` holds the multipliers (``0`` or ``1/(1-p)``) in the output's layout, or None.
+    """
+    batch, seq_len, hidden_size = hidden.shape
+    if mode == "naive":
+        rows = index if index is not None else torch.zeros(batch, dtype=torch.long, device=hidden.device)
+        picked = hidden[torch.arange(batch, device=hidden.device), rows]  # (B, d)
+        out = torch.relu(picked @ w_down + b_down) @ w_up + b_up  # (B, n*d)
+    else:
+        projected = hidden @ w_down + b_down  # (B, L, h)
+        lengths = attention_mask.sum(1).tolist() if attention_mask is not None else [seq_len] * batch
+        pooled = []
+        for b, length in enumerate(lengths):
+            windows = [
+                projected[b, (i * length) // num_tokens : -((-(i + 1) * length) // num_tokens)].mean(0)
+                for i in range(num_tokens)
+            ]
+            pooled.append(torch.stack(windows))
+        out = torch.relu(torch.stack(pooled)) @ w_up + b_up  # (B, n, d)
+    out = out.reshape(batch, num_tokens, hidden_size)
+    if dropout_scale is not None:
+        out = out * dropout_scale.view(batch, num_tokens, hidden_size)
+    return out

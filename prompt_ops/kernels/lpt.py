@@ -1,0 +1,346 @@
+"""LPT's prompt generator (Liu et al., Findings of EMNLP 2022; official code ``xyltt/LPT``): Triton kernels.
+
+Both of the paper's generators are one computation over "slots". Each slot ``(b, i)`` reads a window of rows
+``[start, end)`` of sample ``b``'s layer-``k`` hidden states::
+
+    pre[b, i] = mean_{t in window} hidden[b, t] @ w_down + b_down      (h,)   pooling is linear: mean, then project
+    P[b, i]   = dropout(relu(pre[b, i]) @ w_up + b_up)                  (width,)
+
+- NPG (``mode="naive"``, the official default): one slot per sample, the window is the single row ``index[b]``,
+  and ``width = n * d`` (the output is viewed as ``(B, n, d)``).
+- APPG (``mode="pool"``): ``n`` slots per sample. Slot ``i`` of a sample with ``len`` valid rows averages the
+  adaptive-pooling window ``[floor(i*len/n), ceil((i+1)*len/n))``, and ``width = d``.
+
+The windows are computed on the host (two small integer tensors). Forward, two launches: the slot
+pre-activations ``(S, h)``, then the up-projection tiles with the dropout drawn from philox keyed by
+``(seed, element)``. Backward, three launches, with no gradient to ``hidden`` (the frozen layers below ``k``):
+``d_w_up``/``d_b_up`` per column tile, ``d_pre = (dP * D) @ w_up^T * 1[pre > 0]`` per slot tile, and
+``d_w_down``/``d_b_down`` per d-tile, using ``d_w_down = sum_slots (sum_{t in window} hidden[b, t]) d_pre / |window|``.
+Every program owns its output tile, so the sums are deterministic.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from prompt_ops.kernels.common import dropout_tile, load_tile
+from prompt_ops.kernels.runtime import interpreting
+
+
+@triton.jit
+def _window_sum(
+    hidden_ptr, b, start, end, cols, col_ok, stride_h_b, stride_h_t, stride_h_d,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """``sum_{t in [start, end)} hidden[b, t, cols]`` as ``[BLOCK_D]`` fp32."""
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for t0 in range(start, end, BLOCK_T):
+        rows = t0 + tl.arange(0, BLOCK_T).to(tl.int64)
+        tile = load_tile(hidden_ptr + b * stride_h_b, rows, rows < end, cols, col_ok, stride_h_t, stride_h_d)
+        acc += tl.sum(tile, axis=0)
+    return acc
+
+
+@triton.jit
+def _lpt_pre_kernel(
+    pre_ptr,  # (S, h) fp32 out
+    hidden_ptr,  # (B, L, d)
+    starts_ptr,  # (S,) int64
+    ends_ptr,  # (S,) int64
+    w_down_ptr,  # (d, h)
+    b_down_ptr,  # (h,)
+    slots_per_sample,
+    hidden_size,
+    gen_rank,
+    stride_h_b,
+    stride_h_t,
+    stride_h_d,
+    stride_wd_d,
+    stride_wd_h,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    slot = tl.program_id(0).to(tl.int64)
+    b = slot // slots_per_sample
+    start = tl.load(starts_ptr + slot)
+    end = tl.load(ends_ptr + slot)
+    h = tl.arange(0, BLOCK_H).to(tl.int64)
+    h_ok = h < gen_rank
+    acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+    for d0 in range(0, hidden_size, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        col_ok = cols < hidden_size
+        summed = _window_sum(
+            hidden_ptr, b, start, end, cols, col_ok, stride_h_b, stride_h_t, stride_h_d, BLOCK_T, BLOCK_D
+        )  # [BLOCK_D]
+        w_down = load_tile(w_down_ptr, cols, col_ok, h, h_ok, stride_wd_d, stride_wd_h)  # [BLOCK_D, BLOCK_H]
+        acc += tl.sum(summed[:, None] * w_down, axis=0)
+    pre = acc / (end - start).to(tl.float32) + tl.load(b_down_ptr + h, mask=h_ok, other=0.0).to(tl.float32)
+    tl.store(pre_ptr + slot * gen_rank + h, pre, mask=h_ok)
+
+
+@triton.jit
+def _lpt_up_kernel(
+    out_ptr,  # (S, width) fp32
+    pre_ptr,  # (S, h)
+    w_up_ptr,  # (h, width)
+    b_up_ptr,  # (width,)
+    num_slots,
+    width,
+    gen_rank,
+    dropout_p,
+    seed,
+    stride_wu_h,
+    stride_wu_c,
+    HAS_DROPOUT: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    slots = tl.program_id(0).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S).to(tl.int64)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    slot_ok, col_ok = slots < num_slots, cols < width
+    h = tl.arange(0, BLOCK_H).to(tl.int64)
+    h_ok = h < gen_rank
+    act = tl.maximum(load_tile(pre_ptr, slots, slot_ok, h, h_ok, gen_rank, 1), 0.0)  # [BLOCK_S, BLOCK_H]
+    w_up = load_tile(w_up_ptr, h, h_ok, cols, col_ok, stride_wu_h, stride_wu_c)  # [BLOCK_H, BLOCK_C]
+    bias = tl.load(b_up_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    value = tl.dot(act, w_up, input_precision="ieee") + bias[None, :]  # [BLOCK_S, BLOCK_C]
+    if HAS_DROPOUT:
+        value = value * dropout_tile(seed, slots, cols, width, dropout_p)
+    tl.store(out_ptr + slots[:, None] * width + cols[None, :], value, mask=slot_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _lpt_up_bwd_kernel(
+    grad_w_up_ptr,  # (h, width) fp32
+    grad_b_up_ptr,  # (width,) fp32
+    grad_ptr,  # (S, width) dP, any strides
+    pre_ptr,
+    num_slots,
+    width,
+    gen_rank,
+    dropout_p,
+    seed,
+    stride_g_s,
+    stride_g_c,
+    HAS_DROPOUT: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    cols = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    col_ok = cols < width
+    h = tl.arange(0, BLOCK_H).to(tl.int64)
+    h_ok = h < gen_rank
+    acc_w = tl.zeros([BLOCK_H, BLOCK_C], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for s0 in range(0, num_slots, BLOCK_S):
+        slots = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
+        slot_ok = slots < num_slots
+        grad = load_tile(grad_ptr, slots, slot_ok, cols, col_ok, stride_g_s, stride_g_c)  # [BLOCK_S, BLOCK_C]
+        if HAS_DROPOUT:
+            grad = grad * dropout_tile(seed, slots, cols, width, dropout_p)
+        act = tl.maximum(load_tile(pre_ptr, slots, slot_ok, h, h_ok, gen_rank, 1), 0.0)  # [BLOCK_S, BLOCK_H]
+        acc_w += tl.dot(tl.trans(act), grad, input_precision="ieee")
+        acc_b += tl.sum(grad, axis=0)
+    tl.store(grad_w_up_ptr + h[:, None] * width + cols[None, :], acc_w, mask=h_ok[:, None] & col_ok[None, :])
+    tl.store(grad_b_up_ptr + cols, acc_b, mask=col_ok)
+
+
+@triton.jit
+def _lpt_pre_bwd_kernel(
+    grad_pre_ptr,  # (S, h) fp32 out: d_pre
+    grad_ptr,
+    pre_ptr,
+    w_up_ptr,
+    num_slots,
+    width,
+    gen_rank,
+    dropout_p,
+    seed,
+    stride_g_s,
+    stride_g_c,
+    stride_wu_h,
+    stride_wu_c,
+    HAS_DROPOUT: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    slots = tl.program_id(0).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S).to(tl.int64)
+    slot_ok = slots < num_slots
+    h = tl.arange(0, BLOCK_H).to(tl.int64)
+    h_ok = h < gen_rank
+    acc = tl.zeros([BLOCK_S, BLOCK_H], dtype=tl.float32)
+    for c0 in range(0, width, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
+        col_ok = cols < width
+        grad = load_tile(grad_ptr, slots, slot_ok, cols, col_ok, stride_g_s, stride_g_c)
+        if HAS_DROPOUT:
+            grad = grad * dropout_tile(seed, slots, cols, width, dropout_p)
+        w_up = load_tile(w_up_ptr, h, h_ok, cols, col_ok, stride_wu_h, stride_wu_c)  # [BLOCK_H, BLOCK_C]
+        acc += tl.dot(grad, tl.trans(w_up), input_precision="ieee")
+    pre = load_tile(pre_ptr, slots, slot_ok, h, h_ok, gen_rank, 1)
+    offsets = slots[:, None] * gen_rank + h[None, :]
+    tl.store(grad_pre_ptr + offsets, tl.where(pre > 0.0, acc, 0.0), mask=slot_ok[:, None] & h_ok[None, :])
+
+
+@triton.jit
+def _lpt_down_bwd_kernel(
+    grad_w_down_ptr,  # (d, h) fp32
+    grad_b_down_ptr,  # (h,) fp32
+    grad_pre_ptr,  # (S, h)
+    hidden_ptr,
+    starts_ptr,
+    ends_ptr,
+    num_slots,
+    slots_per_sample,
+    hidden_size,
+    gen_rank,
+    stride_h_b,
+    stride_h_t,
+    stride_h_d,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    cols = pid * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
+    col_ok = cols < hidden_size
+    h = tl.arange(0, BLOCK_H).to(tl.int64)
+    h_ok = h < gen_rank
+    acc_w = tl.zeros([BLOCK_D, BLOCK_H], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_H], dtype=tl.float32)
+    for slot in range(0, num_slots):
+        start = tl.load(starts_ptr + slot)
+        end = tl.load(ends_ptr + slot)
+        summed = _window_sum(
+            hidden_ptr, slot // slots_per_sample, start, end, cols, col_ok, stride_h_b, stride_h_t, stride_h_d,
+            BLOCK_T, BLOCK_D,
+        )  # fmt: skip
+        grad_pre = tl.load(grad_pre_ptr + slot * gen_rank + h, mask=h_ok, other=0.0)  # [BLOCK_H]
+        acc_w += summed[:, None] * (grad_pre / (end - start).to(tl.float32))[None, :]
+        acc_b += grad_pre
+    tl.store(grad_w_down_ptr + cols[:, None] * gen_rank + h[None, :], acc_w, mask=col_ok[:, None] & h_ok[None, :])
+    if pid == 0:
+        tl.store(grad_b_down_ptr + h, acc_b, mask=h_ok)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+NUM_WARPS = 8
+"""At 4 warps the up-projection and its backward spill on sm_90 for h = 128; at 8 none does."""
+
+
+def _blocks(gen_rank: int) -> dict[str, int]:
+    """Tiles: GPU 16 slots x 64 columns; the interpreter takes wide column tiles. ``BLOCK_H`` is the generator's
+    rank padded to a power of two >= 16 (``tl.dot``)."""
+    wide = interpreting()
+    return {
+        "BLOCK_S": 16,
+        "BLOCK_C": 512 if wide else 64,
+        "BLOCK_H": max(16, triton.next_power_of_2(gen_rank)),
+    }
+
+
+def lpt_generate_fwd(hidden, starts, ends, w_down, b_down, w_up, b_up, dropout_p: float, seed: int):
+    """``(P (S, width), pre (S, h))`` in fp32 for slot windows ``starts``/``ends`` ``(S,)``; two launches."""
+    num_slots = starts.numel()
+    batch = hidden.shape[0]
+    hidden_size, gen_rank = w_down.shape
+    width = w_up.shape[1]
+    blocks = _blocks(gen_rank)
+    pre = torch.empty((num_slots, gen_rank), dtype=torch.float32, device=hidden.device)
+    out = torch.empty((num_slots, width), dtype=torch.float32, device=hidden.device)
+    if num_slots == 0:
+        return out, pre
+    _lpt_pre_kernel[(num_slots,)](
+        pre, hidden, starts, ends, w_down, b_down, num_slots // batch, hidden_size, gen_rank, *hidden.stride(),
+        w_down.stride(0), w_down.stride(1), BLOCK_T=16, BLOCK_D=blocks["BLOCK_C"], BLOCK_H=blocks["BLOCK_H"],
+        num_warps=NUM_WARPS,
+    )  # fmt: skip
+    grid = (triton.cdiv(num_slots, blocks["BLOCK_S"]), triton.cdiv(width, blocks["BLOCK_C"]))
+    _lpt_up_kernel[grid](
+        out, pre, w_up, b_up, num_slots, width, gen_rank, float(dropout_p), int(seed), w_up.stride(0),
+        w_up.stride(1), HAS_DROPOUT=dropout_p > 0.0, num_warps=NUM_WARPS, **blocks,
+    )  # fmt: skip
+    return out, pre
+
+
+def lpt_generate_bwd(grad, hidden, starts, ends, pre, w_up, dropout_p: float, seed: int):
+    """fp32 ``(d_w_down, d_b_down, d_w_up, d_b_up)``; three launches."""
+    num_slots, width = grad.shape
+    batch = hidden.shape[0]
+    hidden_size = hidden.shape[2]
+    gen_rank = pre.shape[1]
+    blocks = _blocks(gen_rank)
+    device = grad.device
+
+    def empty(*shape):
+        return torch.empty(shape, dtype=torch.float32, device=device)
+
+    grad_w_up, grad_b_up, grad_pre = empty(gen_rank, width), empty(width), empty(num_slots, gen_rank)
+    grad_w_down, grad_b_down = empty(hidden_size, gen_rank), empty(gen_rank)
+    if num_slots == 0:
+        return grad_w_down.zero_(), grad_b_down.zero_(), grad_w_up.zero_(), grad_b_up.zero_()
+    dropout = {"HAS_DROPOUT": dropout_p > 0.0}
+    _lpt_up_bwd_kernel[(triton.cdiv(width, blocks["BLOCK_C"]),)](
+        grad_w_up, grad_b_up, grad, pre, num_slots, width, gen_rank, float(dropout_p), int(seed),
+        grad.stride(0), grad.stride(1), num_warps=NUM_WARPS, **dropout, **blocks,
+    )  # fmt: skip
+    _lpt_pre_bwd_kernel[(triton.cdiv(num_slots, blocks["BLOCK_S"]),)](
+        grad_pre, grad, pre, w_up, num_slots, width, gen_rank, float(dropout_p), int(seed), grad.stride(0),
+        grad.stride(1), w_up.stride(0), w_up.stride(1), num_warps=NUM_WARPS, **dropout, **blocks,
+    )  # fmt: skip
+    _lpt_down_bwd_kernel[(triton.cdiv(hidden_size, blocks["BLOCK_C"]),)](
+        grad_w_down, grad_b_down, grad_pre, hidden, starts, ends, num_slots, num_slots // batch, hidden_size,
+        gen_rank, *hidden.stride(), BLOCK_T=16, BLOCK_D=blocks["BLOCK_C"], BLOCK_H=blocks["BLOCK_H"],
+        num_warps=NUM_WARPS,
+    )  # fmt: skip
+    return grad_w_down, grad_b_down, grad_w_up, grad_b_up
+
+
+@triton.jit
+def _dropout_kernel(out_ptr, rows, width, dropout_p, seed, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    scale = dropout_tile(seed, r, c, width, dropout_p)
+    tl.store(out_ptr + r[:, None] * width + c[None, :], scale, mask=(r < rows)[:, None] & (c < width)[None, :])
+
+
+def dropout_multipliers(rows: int, width: int, dropout_p: float, seed: int, device) -> torch.Tensor:
+    """The ``(rows, width)`` multipliers the generator kernels use for ``seed`` (for tests and inspection)."""
+    out = torch.empty((rows, width), dtype=torch.float32, device=device)
+    grid = (triton.cdiv(rows, 16), triton.cdiv(width, 256))
+    _dropout_kernel[grid](out, rows, width, float(dropout_p), int(seed), BLOCK_R=16, BLOCK_C=256)
+    return out
+
+
+def sm90_specs():
+    """The generator kernels at the shipped GPU tiles, for h = 128 (the official default) and h = 16."""
+    from prompt_ops.kernels.compile_check import KernelSpec
+
+    specs = []
+    for block_h in (16, 128):
+        tiles = {"BLOCK_S": 16, "BLOCK_C": 64, "BLOCK_H": block_h}
+        window = {"BLOCK_T": 16, "BLOCK_D": 64, "BLOCK_H": block_h}
+        for label, kernel, constexprs in (
+            ("lpt_pre", _lpt_pre_kernel, window),
+            ("lpt_up", _lpt_up_kernel, {**tiles, "HAS_DROPOUT": True}),
+            ("lpt_up_bwd", _lpt_up_bwd_kernel, {**tiles, "HAS_DROPOUT": True}),
+            ("lpt_pre_bwd", _lpt_pre_bwd_kernel, {**tiles, "HAS_DROPOUT": True}),
+            ("lpt_down_bwd", _lpt_down_bwd_kernel, window),
+        ):
+            pointers = {name: "*fp32" for name in kernel.arg_names if name.endswith("_ptr")}
+            for name in ("starts_ptr", "ends_ptr"):
+                if name in pointers:
+                    pointers[name] = "*i64"
+            specs.append(KernelSpec(f"{label}[H{block_h}]", kernel, pointers, constexprs, NUM_WARPS))
+    return specs
