@@ -16,9 +16,9 @@ import math
 
 import torch
 
-from prompt_ops.ops.backend import resolve_backend, resolve_check_ids
+from prompt_ops.ops.backend import resolve_check_ids
 from prompt_ops.ops.dept_embed import check_lora_shapes, dept_embed_fwd_op
-from prompt_ops.ops.validation import check_float, check_same_device, check_scale, check_tensor, validate_embed_call
+from prompt_ops.ops.validation import check_scale, validate_embed_call, validate_params
 
 Tensor = torch.Tensor
 
@@ -168,16 +168,8 @@ def ept_prompt(
     ``K * h <= 64``.
     """
     scale = check_scale(scale)
-    check_tensor("prompt", prompt, 2, "(s, d)")
-    check_tensor("lora_a", lora_a, 2, "(L_max, r)")
-    check_tensor("lora_b", lora_b, 2, "(r, d)")
-    params = _subspace_params(w_down, w_up, w_gate, b_gate)
-    for name, (value, ndim, layout) in params.items():
-        check_tensor(name, value, ndim, layout)
-    tensors = {"prompt": prompt, "lora_a": lora_a, "lora_b": lora_b, **{k: v for k, (v, _, _) in params.items()}}
-    backend = resolve_backend(backend, check_same_device(**tensors))
-    for name, value in tensors.items():
-        check_float(name, value, backend)
+    params = {"prompt": (prompt, 2, "(s, d)"), "lora_a": (lora_a, 2, "(L_max, r)"), "lora_b": (lora_b, 2, "(r, d)")}
+    backend = validate_params({**params, **_subspace_params(w_down, w_up, w_gate, b_gate)}, backend)
     check_lora_shapes(lora_a, lora_b, 0, prompt.shape[1])
     _check_subspaces(w_down, w_up, w_gate, b_gate, prompt.shape[1])
     return _build((prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate), scale, backend)

@@ -9,15 +9,13 @@ from the factors) and two backward.
 
 import torch
 
-from prompt_ops.ops.backend import resolve_backend, resolve_check_ids
+from prompt_ops.ops.backend import resolve_check_ids
 from prompt_ops.ops.common import accumulate_dtype
 from prompt_ops.ops.dept_embed import dept_embed_fwd_torch
 from prompt_ops.ops.validation import (
-    check_float,
     check_ids_in_range,
-    check_same_device,
-    check_tensor,
     validate_embed_call,
+    validate_params,
 )
 
 Tensor = torch.Tensor
@@ -158,9 +156,12 @@ _register_factor_autograd(lamp_embed_fwd_op, lamp_embed_bwd_op, first_factor=2, 
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _factor_params(u, q, v) -> dict:
+    return {"u": (u, 2, "(l, r)"), "q": (q, 1, "(r,)"), "v": (v, 2, "(r, d)")}
+
+
 def _check_factors(u: Tensor, q: Tensor, v: Tensor, pool: object, backend: str) -> int:
-    for name, value in (("u", u), ("q", q), ("v", v)):
-        check_float(name, value, backend)
+    """Shapes and ``pool`` (the dtypes are checked with the other parameters)."""
     if isinstance(pool, bool) or not isinstance(pool, int):
         raise TypeError(f"pool must be an int, got {type(pool).__name__}")
     if pool < 1:
@@ -190,10 +191,7 @@ def lamp_prompt(u: Tensor, q: Tensor, v: Tensor, *, pool: int, backend: str | No
     ``l``. Gradients reach ``u``, ``q`` and ``v``. ``backend`` as in :func:`prompt_ops.prompt_embed`; the Triton
     backend takes (``l // pool``, ``r``) up to 4096 elements once each is padded to a power of two >= 16.
     """
-    check_tensor("u", u, 2, "(l, r)")
-    check_tensor("q", q, 1, "(r,)")
-    check_tensor("v", v, 2, "(r, d)")
-    backend = resolve_backend(backend, check_same_device(u=u, q=q, v=v))
+    backend = validate_params(_factor_params(u, q, v), backend)
     _check_factors(u, q, v, pool, backend)
     return lamp_prompt_fwd_op(u, q, v, pool, backend)
 
@@ -215,8 +213,7 @@ def lamp_embed(
     Outputs as :func:`prompt_ops.prompt_embed` with ``m = l // pool`` prompt rows, computed in fp32 from the factors
     and rounded once to ``weight.dtype``. ``v``'s width must equal the table's.
     """
-    params = {"u": (u, 2, "(l, r)"), "q": (q, 1, "(r,)"), "v": (v, 2, "(r, d)")}
-    backend = validate_embed_call(input_ids, weight, None, attention_mask, backend, params)
+    backend = validate_embed_call(input_ids, weight, None, attention_mask, backend, _factor_params(u, q, v))
     if v.shape[1] != weight.shape[1]:
         raise ValueError(f"v must have shape (r, d) with d = weight.shape[1] = {weight.shape[1]}, got {tuple(v.shape)}")
     _check_factors(u, q, v, pool, backend)

@@ -14,8 +14,7 @@ reproducible from ``seed``.
 import torch
 
 from prompt_ops.ops.adept_embed import check_dropout
-from prompt_ops.ops.backend import resolve_backend
-from prompt_ops.ops.validation import check_float, check_same_device, check_tensor
+from prompt_ops.ops.validation import check_tensor, validate_params
 
 Tensor = torch.Tensor
 MODES = ("naive", "pool")
@@ -171,14 +170,15 @@ def lpt_prompt(
     ``b_up (d,)``; ``attention_mask`` (right padding) gives each sample's length. Dropout on the output in training,
     keyed by ``seed`` as in :func:`prompt_ops.adept_embed`. Gradients reach the four generator tensors only.
     """
-    check_tensor("hidden", hidden, 3, "(B, L, d)")
-    params = {"w_down": (w_down, 2), "b_down": (b_down, 1), "w_up": (w_up, 2), "b_up": (b_up, 1)}
-    for name, (value, ndim) in params.items():
-        check_tensor(name, value, ndim, "(see lpt_prompt)")
-    backend = resolve_backend(backend, check_same_device(hidden=hidden, w_down=w_down, index=index,
-                                                          attention_mask=attention_mask))  # fmt: skip
-    for name, value in (("hidden", hidden), *((n, v) for n, (v, _) in params.items())):
-        check_float(name, value, backend)
+    params = {
+        "hidden": (hidden, 3, "(B, L, d)"),
+        "w_down": (w_down, 2, "(d, h)"),
+        "b_down": (b_down, 1, "(h,)"),
+        "w_up": (w_up, 2, "(h, n*d) or (h, d)"),
+        "b_up": (b_up, 1, "(n*d,) or (d,)"),
+    }
+    extras = {"index": index, "attention_mask": attention_mask}  # rank and dtype checked with the generator
+    backend = validate_params(params, backend, **{k: v for k, v in extras.items() if isinstance(v, Tensor)})
     _check_generator(hidden, w_down, b_down, w_up, b_up, num_tokens, mode, index, attention_mask)
     dropout_p, seed = check_dropout(dropout_p, training, seed)
     batch, seq_len, hidden_size = hidden.shape

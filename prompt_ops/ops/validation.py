@@ -98,6 +98,21 @@ def check_ids_in_range(input_ids: torch.Tensor, vocab_size: int) -> None:
         raise ValueError(f"input_ids must be in [0, {vocab_size}) (the rows of weight), found token id {bad}")
 
 
+def validate_params(
+    params: dict[str, tuple[object, int, str]], backend: str | None, **others: torch.Tensor | None
+) -> str:
+    """Method parameters: each ``name -> (value, ndim, layout)`` must be a tensor of that rank, on one device with
+    them and with ``others`` (already checked tensors, or None), and floating point for the resolved backend, which
+    is returned."""
+    for name, (value, ndim, layout) in params.items():
+        check_tensor(name, value, ndim, layout)
+    device = check_same_device(**others, **{name: value for name, (value, _, _) in params.items()})
+    backend = resolve_backend(backend, device)
+    for name, (value, _, _) in params.items():
+        check_float(name, value, backend)
+    return backend
+
+
 def validate_embed_call(
     input_ids: object,
     weight: object,
@@ -114,19 +129,10 @@ def validate_embed_call(
     check_tensor("weight", weight, 2, "(V, d)")
     if prompt is not None:
         check_tensor("prompt", prompt, 2, "(m, d)")
-    for name, (value, ndim, layout) in params.items():
-        check_tensor(name, value, ndim, layout)
     if attention_mask is not None:
         check_tensor("attention_mask", attention_mask, 2, "(B, L)")
-    device = check_same_device(
-        input_ids=input_ids,
-        weight=weight,
-        prompt=prompt,
-        attention_mask=attention_mask,
-        **{name: value for name, (value, _, _) in params.items()},
+    backend = validate_params(
+        params, backend, input_ids=input_ids, weight=weight, prompt=prompt, attention_mask=attention_mask
     )
-    backend = resolve_backend(backend, device)
     check_embed_inputs(input_ids, weight, prompt, attention_mask, backend)
-    for name, (value, _, _) in params.items():
-        check_float(name, value, backend)
     return backend
