@@ -7,7 +7,8 @@ Functional ops (``backend="auto" | "triton" | "torch"``):
 - :func:`adept_embed`: ADePT input, plus a token-shared FFN offset ``relu(E @ w_down + b_down) @ w_up + b_up``.
 - :func:`lamp_prompt`, :func:`lamp_embed`: LAMP's prompt ``avgpool_k((u * q) @ v)`` from SVD factors, and its input.
 - :func:`ept_prompt`, :func:`ept_embed`: EPT's fused, multi-space-projected prompt, and its input with DePT's offset.
-- :func:`lpt_prompt`: LPT's instance-dependent prompt generated from intermediate hidden states (NPG or APPG).
+- :func:`lpt_prompt`, :func:`lpt_insert`: LPT's instance-dependent prompt generated from intermediate hidden states
+  (NPG or APPG), and its insertion in front of them.
 
 Modules over a frozen ``nn.Embedding``: :class:`PromptTuning`, :class:`DePT`, :class:`ADePT`, :class:`LAMP`,
 :class:`EPT`.
@@ -24,7 +25,7 @@ from prompt_ops.ops.adept_embed import adept_embed
 from prompt_ops.ops.dept_embed import dept_embed, prompt_embed
 from prompt_ops.ops.ept import ept_embed, ept_prompt
 from prompt_ops.ops.lamp import lamp_embed, lamp_prompt
-from prompt_ops.ops.lpt import lpt_prompt
+from prompt_ops.ops.lpt import lpt_insert, lpt_prompt
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,7 @@ __all__ = [
     "ept_prompt",
     "lamp_embed",
     "lamp_prompt",
+    "lpt_insert",
     "lpt_prompt",
     "prompt_embed",
     "__version__",

@@ -36,7 +36,7 @@ class KernelSpec:
     num_warps: int
 
     def signature(self) -> dict[str, str]:
-        """Scalars: ``scale`` fp32, every other integer argument i32 (sizes and strides below 2**31)."""
+        """Scalars: ``scale`` and ``dropout_p`` fp32, every other argument i32 (sizes and strides below 2**31)."""
         signature = {}
         for name in self.kernel.arg_names:
             if name in self.constexprs:
@@ -44,7 +44,7 @@ class KernelSpec:
             elif name.endswith("_ptr"):
                 signature[name] = self.pointer_types[name]
             else:
-                signature[name] = "fp32" if name == "scale" else "i32"
+                signature[name] = "fp32" if name in ("scale", "dropout_p") else "i32"
         return signature
 
 

@@ -44,6 +44,20 @@ def _window_sum(
 
 
 @triton.jit
+def _slot_offsets(slots, slots_per_sample, stride_b, stride_s):
+    """Element offsets of the rows of ``slots`` in a ``(B, slots_per_sample, width)``-shaped view."""
+    return (slots // slots_per_sample) * stride_b + (slots % slots_per_sample) * stride_s
+
+
+@triton.jit
+def _load_slot_rows(ptr, slots, slot_ok, cols, col_ok, slots_per_sample, stride_b, stride_s, stride_c):
+    """``[BLOCK_S, BLOCK_C]`` fp32 tile of slot rows from a ``(B, slots_per_sample, width)``-shaped view."""
+    rows = _slot_offsets(slots, slots_per_sample, stride_b, stride_s)
+    tile = tl.load(ptr + rows[:, None] + cols[None, :] * stride_c, mask=slot_ok[:, None] & col_ok[None, :], other=0.0)
+    return tile.to(tl.float32)
+
+
+@triton.jit
 def _lpt_pre_kernel(
     pre_ptr,  # (S, h) fp32 out
     hidden_ptr,  # (B, L, d)
@@ -84,15 +98,18 @@ def _lpt_pre_kernel(
 
 @triton.jit
 def _lpt_up_kernel(
-    out_ptr,  # (S, width) fp32
+    out_ptr,  # slot rows of (S, width), at sample stride ``stride_o_b`` and slot stride ``stride_o_s``
     pre_ptr,  # (S, h)
     w_up_ptr,  # (h, width)
     b_up_ptr,  # (width,)
     num_slots,
+    slots_per_sample,
     width,
     gen_rank,
     dropout_p,
     seed,
+    stride_o_b,
+    stride_o_s,
     stride_wu_h,
     stride_wu_c,
     HAS_DROPOUT: tl.constexpr,
@@ -111,20 +128,23 @@ def _lpt_up_kernel(
     value = tl.dot(act, w_up, input_precision="ieee") + bias[None, :]  # [BLOCK_S, BLOCK_C]
     if HAS_DROPOUT:
         value = value * dropout_tile(seed, slots, cols, width, dropout_p)
-    tl.store(out_ptr + slots[:, None] * width + cols[None, :], value, mask=slot_ok[:, None] & col_ok[None, :])
+    rows = _slot_offsets(slots, slots_per_sample, stride_o_b, stride_o_s)  # [BLOCK_S]
+    tl.store(out_ptr + rows[:, None] + cols[None, :], value, mask=slot_ok[:, None] & col_ok[None, :])
 
 
 @triton.jit
 def _lpt_up_bwd_kernel(
     grad_w_up_ptr,  # (h, width) fp32
     grad_b_up_ptr,  # (width,) fp32
-    grad_ptr,  # (S, width) dP, any strides
+    grad_ptr,  # dP: slot rows at sample stride ``stride_g_b``, slot stride ``stride_g_s``, column stride ``stride_g_c``
     pre_ptr,
     num_slots,
+    slots_per_sample,
     width,
     gen_rank,
     dropout_p,
     seed,
+    stride_g_b,
     stride_g_s,
     stride_g_c,
     HAS_DROPOUT: tl.constexpr,
@@ -141,7 +161,9 @@ def _lpt_up_bwd_kernel(
     for s0 in range(0, num_slots, BLOCK_S):
         slots = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
         slot_ok = slots < num_slots
-        grad = load_tile(grad_ptr, slots, slot_ok, cols, col_ok, stride_g_s, stride_g_c)  # [BLOCK_S, BLOCK_C]
+        grad = _load_slot_rows(
+            grad_ptr, slots, slot_ok, cols, col_ok, slots_per_sample, stride_g_b, stride_g_s, stride_g_c
+        )
         if HAS_DROPOUT:
             grad = grad * dropout_tile(seed, slots, cols, width, dropout_p)
         act = tl.maximum(load_tile(pre_ptr, slots, slot_ok, h, h_ok, gen_rank, 1), 0.0)  # [BLOCK_S, BLOCK_H]
@@ -158,10 +180,12 @@ def _lpt_pre_bwd_kernel(
     pre_ptr,
     w_up_ptr,
     num_slots,
+    slots_per_sample,
     width,
     gen_rank,
     dropout_p,
     seed,
+    stride_g_b,
     stride_g_s,
     stride_g_c,
     stride_wu_h,
@@ -179,7 +203,9 @@ def _lpt_pre_bwd_kernel(
     for c0 in range(0, width, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
         col_ok = cols < width
-        grad = load_tile(grad_ptr, slots, slot_ok, cols, col_ok, stride_g_s, stride_g_c)
+        grad = _load_slot_rows(
+            grad_ptr, slots, slot_ok, cols, col_ok, slots_per_sample, stride_g_b, stride_g_s, stride_g_c
+        )
         if HAS_DROPOUT:
             grad = grad * dropout_tile(seed, slots, cols, width, dropout_p)
         w_up = load_tile(w_up_ptr, h, h_ok, cols, col_ok, stride_wu_h, stride_wu_c)  # [BLOCK_H, BLOCK_C]
@@ -230,6 +256,49 @@ def _lpt_down_bwd_kernel(
         tl.store(grad_b_down_ptr + h, acc_b, mask=h_ok)
 
 
+@triton.jit
+def _lpt_shift_kernel(
+    out_ptr,  # (B, n+L, d) contiguous: rows n.. receive hidden
+    mask_out_ptr,  # (B, n+L) contiguous
+    hidden_ptr,  # (B, L, d)
+    mask_ptr,  # (B, L), read when HAS_MASK
+    num_tokens,
+    seq_len,
+    hidden_size,
+    stride_h_b,
+    stride_h_t,
+    stride_h_d,
+    stride_m_b,
+    stride_m_t,
+    HAS_MASK: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Rows ``t0 .. t0+BLOCK_T`` of sample ``b``: ``out[b, n+t] = hidden[b, t]``, ``mask_out[b, n+t] = mask[b, t]``;
+    program 0 of each sample also writes the ones of the prompt rows of the mask."""
+    b = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)  # [BLOCK_T]
+    row_ok = rows < seq_len
+    total = num_tokens + seq_len
+    out_rows = out_ptr + (b * total + num_tokens + rows) * hidden_size  # [BLOCK_T]
+    for d0 in range(0, hidden_size, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        ok = row_ok[:, None] & (cols < hidden_size)[None, :]
+        offsets = b * stride_h_b + rows[:, None] * stride_h_t + cols[None, :] * stride_h_d
+        tile = tl.load(hidden_ptr + offsets, mask=ok, other=0.0)  # [BLOCK_T, BLOCK_D]
+        tl.store(out_rows[:, None] + cols[None, :], tile.to(out_ptr.dtype.element_ty), mask=ok)
+    if HAS_MASK:
+        keep = tl.load(mask_ptr + b * stride_m_b + rows * stride_m_t, mask=row_ok, other=0)
+    else:
+        keep = tl.full([BLOCK_T], 1, tl.int32)
+    tl.store(mask_out_ptr + b * total + num_tokens + rows, keep.to(mask_out_ptr.dtype.element_ty), mask=row_ok)
+    if tl.program_id(1) == 0:
+        for p0 in range(0, num_tokens, BLOCK_T):
+            prompt_rows = p0 + tl.arange(0, BLOCK_T).to(tl.int64)
+            ones = tl.full([BLOCK_T], 1, tl.int32).to(mask_out_ptr.dtype.element_ty)
+            tl.store(mask_out_ptr + b * total + prompt_rows, ones, mask=prompt_rows < num_tokens)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------------------------
@@ -237,6 +306,10 @@ def _lpt_down_bwd_kernel(
 
 NUM_WARPS = 8
 """At 4 warps the up-projection and its backward spill on sm_90 for h = 128; at 8 none does."""
+
+UP_BWD_BLOCK_S = 32
+"""Slots per step of ``d_w_up``'s loop. At 16 it spills 40 bytes on sm_90 for h = 128 (255 registers); at 32 it
+takes 157 registers and no spill."""
 
 
 def _blocks(gen_rank: int) -> dict[str, int]:
@@ -250,36 +323,76 @@ def _blocks(gen_rank: int) -> dict[str, int]:
     }
 
 
-def lpt_generate_fwd(hidden, starts, ends, w_down, b_down, w_up, b_up, dropout_p: float, seed: int):
-    """``(P (S, width), pre (S, h))`` in fp32 for slot windows ``starts``/``ends`` ``(S,)``; two launches."""
+def _slot_strides(view: torch.Tensor, slots_per_sample: int) -> tuple[torch.Tensor, int, int, int]:
+    """``(view, stride_b, stride_s, stride_c)`` addressing the slot rows of a ``(B, n, d)`` view: for APPG a slot
+    is a row, for NPG (one slot per sample) a slot is the sample's ``n * d`` elements, which must then be packed
+    (a non-packed NPG view is made contiguous)."""
+    if slots_per_sample == 1 and view.shape[1] > 1 and view.stride(1) != view.shape[2] * view.stride(2):
+        view = view.contiguous()
+    return view, view.stride(0), view.stride(1), view.stride(2)
+
+
+def lpt_generate_fwd(hidden, starts, ends, w_down, b_down, w_up, b_up, dropout_p: float, seed: int, out):
+    """Write the prompt into ``out`` (a ``(B, n, d)`` view with unit column stride, any dtype: a fresh tensor or
+    rows ``0..n-1`` of the insertion buffer) for slot windows ``starts``/``ends`` ``(S,)``; return ``pre (S, h)``
+    in fp32. Two launches."""
     num_slots = starts.numel()
     batch = hidden.shape[0]
     hidden_size, gen_rank = w_down.shape
     width = w_up.shape[1]
     blocks = _blocks(gen_rank)
     pre = torch.empty((num_slots, gen_rank), dtype=torch.float32, device=hidden.device)
-    out = torch.empty((num_slots, width), dtype=torch.float32, device=hidden.device)
     if num_slots == 0:
-        return out, pre
+        return pre
+    slots_per_sample = num_slots // batch
     _lpt_pre_kernel[(num_slots,)](
-        pre, hidden, starts, ends, w_down, b_down, num_slots // batch, hidden_size, gen_rank, *hidden.stride(),
+        pre, hidden, starts, ends, w_down, b_down, slots_per_sample, hidden_size, gen_rank, *hidden.stride(),
         w_down.stride(0), w_down.stride(1), BLOCK_T=16, BLOCK_D=blocks["BLOCK_C"], BLOCK_H=blocks["BLOCK_H"],
         num_warps=NUM_WARPS,
     )  # fmt: skip
+    if out.stride(2) != 1 or (slots_per_sample == 1 and out.stride(1) != hidden_size):
+        raise ValueError(f"out must have packed rows of width {width}, got strides {out.stride()}")
     grid = (triton.cdiv(num_slots, blocks["BLOCK_S"]), triton.cdiv(width, blocks["BLOCK_C"]))
     _lpt_up_kernel[grid](
-        out, pre, w_up, b_up, num_slots, width, gen_rank, float(dropout_p), int(seed), w_up.stride(0),
-        w_up.stride(1), HAS_DROPOUT=dropout_p > 0.0, num_warps=NUM_WARPS, **blocks,
+        out, pre, w_up, b_up, num_slots, slots_per_sample, width, gen_rank, float(dropout_p), int(seed),
+        out.stride(0), out.stride(1), w_up.stride(0), w_up.stride(1), HAS_DROPOUT=dropout_p > 0.0,
+        num_warps=NUM_WARPS, **blocks,
     )  # fmt: skip
-    return out, pre
+    return pre
+
+
+def lpt_shift_rows(hidden, attention_mask, out, mask_out, num_tokens: int) -> None:
+    """``out[:, n:] = hidden`` and ``mask_out = cat(ones(B, n), attention_mask)`` in one launch."""
+    batch, seq_len, hidden_size = hidden.shape
+    if batch == 0:
+        return
+    block_t = 16
+    has_mask = attention_mask is not None
+    mask = attention_mask if has_mask else mask_out
+    _lpt_shift_kernel[(batch, max(1, triton.cdiv(seq_len, block_t)))](
+        out, mask_out, hidden, mask, num_tokens, seq_len, hidden_size, *hidden.stride(), mask.stride(0),
+        mask.stride(1), HAS_MASK=has_mask, BLOCK_T=block_t, BLOCK_D=512 if interpreting() else 64,
+    )  # fmt: skip
+
+
+def lpt_insert_fwd(hidden, attention_mask, starts, ends, w_down, b_down, w_up, b_up, dropout_p: float, seed: int,
+                   out, mask_out):  # fmt: skip
+    """Fill the insertion buffer ``out (B, n+L, d)`` and ``mask_out (B, n+L)``; return ``pre (S, h)``. Three
+    launches: the generator writes rows ``0..n-1``, then :func:`lpt_shift_rows`."""
+    num_tokens = out.shape[1] - hidden.shape[1]
+    pre = lpt_generate_fwd(hidden, starts, ends, w_down, b_down, w_up, b_up, dropout_p, seed, out[:, :num_tokens])
+    lpt_shift_rows(hidden, attention_mask, out, mask_out, num_tokens)
+    return pre
 
 
 def lpt_generate_bwd(grad, hidden, starts, ends, pre, w_up, dropout_p: float, seed: int):
-    """fp32 ``(d_w_down, d_b_down, d_w_up, d_b_up)``; three launches."""
-    num_slots, width = grad.shape
+    """fp32 ``(d_w_down, d_b_down, d_w_up, d_b_up)`` from ``grad``, the prompt's gradient as a ``(B, n, d)`` view
+    (any strides, e.g. rows ``0..n-1`` of the insertion buffer's gradient); three launches."""
+    num_slots = starts.numel()
     batch = hidden.shape[0]
     hidden_size = hidden.shape[2]
     gen_rank = pre.shape[1]
+    width = w_up.shape[1]
     blocks = _blocks(gen_rank)
     device = grad.device
 
@@ -290,17 +403,19 @@ def lpt_generate_bwd(grad, hidden, starts, ends, pre, w_up, dropout_p: float, se
     grad_w_down, grad_b_down = empty(hidden_size, gen_rank), empty(gen_rank)
     if num_slots == 0:
         return grad_w_down.zero_(), grad_b_down.zero_(), grad_w_up.zero_(), grad_b_up.zero_()
-    dropout = {"HAS_DROPOUT": dropout_p > 0.0}
+    slots_per_sample = num_slots // batch
+    grad, *grad_strides = _slot_strides(grad, slots_per_sample)
+    common = dict(HAS_DROPOUT=dropout_p > 0.0, num_warps=NUM_WARPS, **blocks)
     _lpt_up_bwd_kernel[(triton.cdiv(width, blocks["BLOCK_C"]),)](
-        grad_w_up, grad_b_up, grad, pre, num_slots, width, gen_rank, float(dropout_p), int(seed),
-        grad.stride(0), grad.stride(1), num_warps=NUM_WARPS, **dropout, **blocks,
+        grad_w_up, grad_b_up, grad, pre, num_slots, slots_per_sample, width, gen_rank, float(dropout_p),
+        int(seed), *grad_strides, **{**common, "BLOCK_S": UP_BWD_BLOCK_S},
     )  # fmt: skip
     _lpt_pre_bwd_kernel[(triton.cdiv(num_slots, blocks["BLOCK_S"]),)](
-        grad_pre, grad, pre, w_up, num_slots, width, gen_rank, float(dropout_p), int(seed), grad.stride(0),
-        grad.stride(1), w_up.stride(0), w_up.stride(1), num_warps=NUM_WARPS, **dropout, **blocks,
+        grad_pre, grad, pre, w_up, num_slots, slots_per_sample, width, gen_rank, float(dropout_p), int(seed),
+        *grad_strides, w_up.stride(0), w_up.stride(1), **common,
     )  # fmt: skip
     _lpt_down_bwd_kernel[(triton.cdiv(hidden_size, blocks["BLOCK_C"]),)](
-        grad_w_down, grad_b_down, grad_pre, hidden, starts, ends, num_slots, num_slots // batch, hidden_size,
+        grad_w_down, grad_b_down, grad_pre, hidden, starts, ends, num_slots, slots_per_sample, hidden_size,
         gen_rank, *hidden.stride(), BLOCK_T=16, BLOCK_D=blocks["BLOCK_C"], BLOCK_H=blocks["BLOCK_H"],
         num_warps=NUM_WARPS,
     )  # fmt: skip
@@ -334,7 +449,7 @@ def sm90_specs():
         for label, kernel, constexprs in (
             ("lpt_pre", _lpt_pre_kernel, window),
             ("lpt_up", _lpt_up_kernel, {**tiles, "HAS_DROPOUT": True}),
-            ("lpt_up_bwd", _lpt_up_bwd_kernel, {**tiles, "HAS_DROPOUT": True}),
+            ("lpt_up_bwd", _lpt_up_bwd_kernel, {**tiles, "BLOCK_S": UP_BWD_BLOCK_S, "HAS_DROPOUT": True}),
             ("lpt_pre_bwd", _lpt_pre_bwd_kernel, {**tiles, "HAS_DROPOUT": True}),
             ("lpt_down_bwd", _lpt_down_bwd_kernel, window),
         ):
@@ -343,4 +458,7 @@ def sm90_specs():
                 if name in pointers:
                     pointers[name] = "*i64"
             specs.append(KernelSpec(f"{label}[H{block_h}]", kernel, pointers, constexprs, NUM_WARPS))
+    shift_pointers = {"out_ptr": "*fp32", "mask_out_ptr": "*i64", "hidden_ptr": "*fp32", "mask_ptr": "*i64"}
+    shift_constexprs = {"HAS_MASK": True, "BLOCK_T": 16, "BLOCK_D": 64}
+    specs.append(KernelSpec("lpt_shift", _lpt_shift_kernel, shift_pointers, shift_constexprs, 4))
     return specs

@@ -1,4 +1,5 @@
-"""``lpt_prompt``: LPT's instance-dependent prompt generators (Liu et al., Findings of EMNLP 2022).
+"""``lpt_prompt`` and ``lpt_insert``: LPT's instance-dependent prompt generators (Liu et al., Findings of EMNLP
+2022), and the insertion of the prompt in front of the layer-``k`` hidden states.
 
 From the layer-``k`` hidden states ``(B, L, d)`` of a frozen model, NPG (``mode="naive"``, the official default)
 reads one row per sample (``index[b]``, token 0 when None) and APPG (``mode="pool"``) average-pools each sample's
@@ -6,7 +7,8 @@ valid rows (right padding, from ``attention_mask``) into ``n`` windows; both the
 @ w_up + b_up`` and dropout. Only the generator trains: no gradient flows to ``hidden``.
 
 On the Triton backend the generator is the custom op ``prompt_ops::lpt_prompt_fwd/bwd`` (``prompt_ops.kernels.lpt``:
-two launches forward, three backward). On the torch backend it is a few eager ops (a cumulative sum gives every
+two launches forward, three backward), and the insertion ``prompt_ops::lpt_insert_fwd`` (three launches; it shares
+the backward). On the torch backend it is a few eager ops (a cumulative sum gives every
 pooling window's mean at once) that autograd differentiates. The dropout masks of the two backends differ; each is
 reproducible from ``seed``.
 """
@@ -42,10 +44,12 @@ def slot_windows(
 def lpt_prompt_torch(hidden, w_down, b_down, w_up, b_up, starts, ends, num_tokens, dropout_p, seed):
     """Eager generator: window means through a cumulative sum, then the two projections."""
     batch, seq_len, hidden_size = hidden.shape
+    gen_rank = w_down.shape[1]
     projected = torch.addmm(b_down, hidden.reshape(-1, hidden_size).to(w_down.dtype), w_down)  # (B*L, h)
-    cumulative = torch.cat([projected.new_zeros(batch, 1, w_down.shape[1]), projected.view(batch, seq_len, -1)], 1)
-    cumulative = cumulative.cumsum(1)
-    samples = torch.arange(starts.numel(), device=hidden.device) // (starts.numel() // batch)
+    zeros = projected.new_zeros(batch, 1, gen_rank)
+    cumulative = torch.cat([zeros, projected.view(batch, seq_len, gen_rank)], 1).cumsum(1)  # (B, L+1, h)
+    slots_per_sample = starts.numel() // batch if batch else 0
+    samples = torch.arange(starts.numel(), device=hidden.device) // max(slots_per_sample, 1)
     window_sums = cumulative[samples, ends] - cumulative[samples, starts]  # (S, h)
     pooled = window_sums / (ends - starts).unsqueeze(1).to(window_sums.dtype)
     out = torch.addmm(b_up, torch.relu(pooled), w_up)  # (S, width)
@@ -65,29 +69,67 @@ def lpt_prompt_fwd_op(
     b_up: Tensor,
     starts: Tensor,
     ends: Tensor,
+    num_tokens: int,
     dropout_p: float,
     seed: int,
 ) -> tuple[Tensor, Tensor]:
-    """Triton generator: ``(P (S, width), pre (S, h))``; ``pre`` is kept for the backward."""
+    """Triton generator: ``(P (B, n, d) fp32, pre (S, h))``; ``pre`` is kept for the backward."""
     from prompt_ops.kernels.lpt import lpt_generate_fwd
 
-    return lpt_generate_fwd(hidden, starts, ends, w_down, b_down, w_up, b_up, dropout_p, seed)
+    out = hidden.new_empty((hidden.shape[0], num_tokens, hidden.shape[2]), dtype=torch.float32)
+    pre = lpt_generate_fwd(hidden, starts, ends, w_down, b_down, w_up, b_up, dropout_p, seed, out)
+    return out, pre
 
 
 @lpt_prompt_fwd_op.register_fake
-def _lpt_prompt_fwd_fake(hidden, w_down, b_down, w_up, b_up, starts, ends, dropout_p, seed):
-    num_slots = starts.shape[0]
+def _lpt_prompt_fwd_fake(hidden, w_down, b_down, w_up, b_up, starts, ends, num_tokens, dropout_p, seed):
     return (
-        hidden.new_empty((num_slots, w_up.shape[1]), dtype=torch.float32),
-        hidden.new_empty((num_slots, w_down.shape[1]), dtype=torch.float32),
+        hidden.new_empty((hidden.shape[0], num_tokens, hidden.shape[2]), dtype=torch.float32),
+        hidden.new_empty((starts.shape[0], w_down.shape[1]), dtype=torch.float32),
     )
+
+
+@torch.library.custom_op("prompt_ops::lpt_insert_fwd", mutates_args=())
+def lpt_insert_fwd_op(
+    hidden: Tensor,
+    attention_mask: Tensor | None,
+    w_down: Tensor,
+    b_down: Tensor,
+    w_up: Tensor,
+    b_up: Tensor,
+    starts: Tensor,
+    ends: Tensor,
+    num_tokens: int,
+    dropout_p: float,
+    seed: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Triton insertion: ``(X (B, n+L, d) in hidden's dtype, mask (B, n+L), pre (S, h))``. The generator writes
+    rows ``0..n-1`` of ``X`` directly; one more launch copies ``hidden`` to rows ``n..`` and writes the mask."""
+    from prompt_ops.kernels.lpt import lpt_insert_fwd
+
+    out, mask_out = _insert_buffers(hidden, attention_mask, num_tokens)
+    generator = (starts, ends, w_down, b_down, w_up, b_up, dropout_p, seed)
+    return out, mask_out, lpt_insert_fwd(hidden, attention_mask, *generator, out, mask_out)
+
+
+def _insert_buffers(hidden: Tensor, attention_mask: Tensor | None, num_tokens: int) -> tuple[Tensor, Tensor]:
+    batch, seq_len, hidden_size = hidden.shape
+    mask_dtype = attention_mask.dtype if attention_mask is not None else torch.int64
+    out = hidden.new_empty((batch, num_tokens + seq_len, hidden_size))
+    return out, hidden.new_empty((batch, num_tokens + seq_len), dtype=mask_dtype)
+
+
+@lpt_insert_fwd_op.register_fake
+def _lpt_insert_fwd_fake(hidden, attention_mask, w_down, b_down, w_up, b_up, starts, ends, num_tokens, dropout_p, seed):
+    out, mask_out = _insert_buffers(hidden, attention_mask, num_tokens)
+    return out, mask_out, hidden.new_empty((starts.shape[0], w_down.shape[1]), dtype=torch.float32)
 
 
 @torch.library.custom_op("prompt_ops::lpt_prompt_bwd", mutates_args=())
 def lpt_prompt_bwd_op(
     grad: Tensor, hidden: Tensor, starts: Tensor, ends: Tensor, pre: Tensor, w_up: Tensor, dropout_p: float, seed: int
 ) -> list[Tensor]:
-    """fp32 ``[d_w_down, d_b_down, d_w_up, d_b_up]``; no gradient to ``hidden``."""
+    """fp32 ``[d_w_down, d_b_down, d_w_up, d_b_up]`` from the prompt's gradient ``(B, n, d)``; none to ``hidden``."""
     from prompt_ops.kernels.lpt import lpt_generate_bwd
 
     return list(lpt_generate_bwd(grad, hidden, starts, ends, pre, w_up, dropout_p, seed))
@@ -100,20 +142,39 @@ def _lpt_prompt_bwd_fake(grad, hidden, starts, ends, pre, w_up, dropout_p, seed)
     return [grad.new_empty(shape, dtype=torch.float32) for shape in shapes]
 
 
-def _setup_context(ctx, inputs, output):
-    hidden, w_down, b_down, w_up, b_up, starts, ends, dropout_p, seed = inputs
-    ctx.save_for_backward(hidden, starts, ends, output[1], w_up)
-    ctx.dtypes = [t.dtype for t in (w_down, b_down, w_up, b_up)]
-    ctx.dropout_p, ctx.seed = dropout_p, seed
-
-
-def _backward(ctx, grad, _grad_pre):
+def _generator_backward(ctx, grad_prompt: Tensor) -> list[Tensor]:
+    """The four parameter gradients, in the parameters' dtypes, from the prompt rows' gradient."""
     hidden, starts, ends, pre, w_up = ctx.saved_tensors
-    grads = lpt_prompt_bwd_op(grad, hidden, starts, ends, pre, w_up, ctx.dropout_p, ctx.seed)
-    return (None, *[g.to(dtype) for g, dtype in zip(grads, ctx.dtypes, strict=True)], None, None, None, None)
+    grads = lpt_prompt_bwd_op(grad_prompt, hidden, starts, ends, pre, w_up, ctx.dropout_p, ctx.seed)
+    return [g.to(dtype) for g, dtype in zip(grads, ctx.dtypes, strict=True)]
 
 
-lpt_prompt_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+def _save_generator(ctx, hidden, w_down, b_down, w_up, b_up, starts, ends, num_tokens, dropout_p, seed, pre) -> None:
+    ctx.save_for_backward(hidden, starts, ends, pre, w_up)
+    ctx.dtypes = [t.dtype for t in (w_down, b_down, w_up, b_up)]
+    ctx.num_tokens, ctx.dropout_p, ctx.seed = num_tokens, dropout_p, seed
+
+
+def _setup_prompt(ctx, inputs, output):
+    _save_generator(ctx, *inputs, output[1])
+
+
+def _backward_prompt(ctx, grad, _grad_pre):
+    return (None, *_generator_backward(ctx, grad), None, None, None, None, None)
+
+
+def _setup_insert(ctx, inputs, output):
+    hidden, _mask, *generator = inputs
+    _save_generator(ctx, hidden, *generator, output[2])
+
+
+def _backward_insert(ctx, grad, _grad_mask, _grad_pre):
+    grad_prompt = grad[:, : ctx.num_tokens]  # the rows below are the frozen hidden states: no gradient
+    return (None, None, *_generator_backward(ctx, grad_prompt), None, None, None, None, None)
+
+
+lpt_prompt_fwd_op.register_autograd(_backward_prompt, setup_context=_setup_prompt)
+lpt_insert_fwd_op.register_autograd(_backward_insert, setup_context=_setup_insert)
 
 
 def _check_generator(hidden, w_down, b_down, w_up, b_up, num_tokens, mode, index, attention_mask) -> None:
@@ -146,6 +207,37 @@ def _check_generator(hidden, w_down, b_down, w_up, b_up, num_tokens, mode, index
         lengths = attention_mask.sum(1) if attention_mask is not None else torch.full((batch,), seq_len)
         if batch and int(lengths.min()) < 1:
             raise ValueError("attention_mask has an all-padding row: APPG pools over at least one valid token")
+        if attention_mask is not None:
+            positions = torch.arange(seq_len, device=attention_mask.device)
+            right_padded = (positions[None, :] < lengths.to(attention_mask.device)[:, None]).to(attention_mask.dtype)
+            if not torch.equal(attention_mask, right_padded):
+                raise ValueError("attention_mask must be right-padded (ones, then zeros) in mode='pool'")
+
+
+_GENERATOR_ARGS = """``w_down (d, h)``, ``b_down (h,)`` and, for NPG (``mode="naive"``), ``w_up (h, n*d)``,
+    ``b_up (n*d,)``, for APPG (``mode="pool"``) ``w_up (h, d)``, ``b_up (d,)``. NPG reads row ``index[b]``
+    (default 0) of each sample; APPG pools each sample's valid rows (``attention_mask``, right padding). Dropout
+    on the prompt in training, keyed by ``seed`` as in :func:`prompt_ops.adept_embed`. Gradients reach the four
+    generator tensors only: ``hidden`` comes from the frozen layers below ``k``."""
+
+
+def _prepare(hidden, w_down, b_down, w_up, b_up, num_tokens, index, attention_mask, mode, dropout_p, training, seed,
+             backend):  # fmt: skip
+    """Validate a generator call; return ``(backend, hidden detached, starts, ends, dropout_p, seed)``."""
+    params = {
+        "hidden": (hidden, 3, "(B, L, d)"),
+        "w_down": (w_down, 2, "(d, h)"),
+        "b_down": (b_down, 1, "(h,)"),
+        "w_up": (w_up, 2, "(h, n*d) or (h, d)"),
+        "b_up": (b_up, 1, "(n*d,) or (d,)"),
+    }
+    extras = {"index": index, "attention_mask": attention_mask}  # rank and dtype checked with the generator
+    backend = validate_params(params, backend, **{k: v for k, v in extras.items() if isinstance(v, Tensor)})
+    _check_generator(hidden, w_down, b_down, w_up, b_up, num_tokens, mode, index, attention_mask)
+    dropout_p, seed = check_dropout(dropout_p, training, seed)
+    batch, seq_len, _ = hidden.shape
+    starts, ends = slot_windows(batch, seq_len, num_tokens, mode, index, attention_mask)
+    return backend, hidden.detach(), starts.to(hidden.device), ends.to(hidden.device), dropout_p, seed
 
 
 def lpt_prompt(
@@ -164,28 +256,61 @@ def lpt_prompt(
     seed: int | None = None,
     backend: str | None = None,
 ) -> Tensor:
-    """LPT prompt ``(B, n, d)`` in fp32 from layer-``k`` hidden states ``(B, L, d)`` (gradient-free).
+    """LPT prompt ``(B, n, d)`` in fp32 from layer-``k`` hidden states ``(B, L, d)``.
 
-    NPG: ``w_down (d, h)``, ``b_down (h,)``, ``w_up (h, n*d)``, ``b_up (n*d,)``. APPG: ``w_up (h, d)``,
-    ``b_up (d,)``; ``attention_mask`` (right padding) gives each sample's length. Dropout on the output in training,
-    keyed by ``seed`` as in :func:`prompt_ops.adept_embed`. Gradients reach the four generator tensors only.
+    {generator_args}
     """
-    params = {
-        "hidden": (hidden, 3, "(B, L, d)"),
-        "w_down": (w_down, 2, "(d, h)"),
-        "b_down": (b_down, 1, "(h,)"),
-        "w_up": (w_up, 2, "(h, n*d) or (h, d)"),
-        "b_up": (b_up, 1, "(n*d,) or (d,)"),
-    }
-    extras = {"index": index, "attention_mask": attention_mask}  # rank and dtype checked with the generator
-    backend = validate_params(params, backend, **{k: v for k, v in extras.items() if isinstance(v, Tensor)})
-    _check_generator(hidden, w_down, b_down, w_up, b_up, num_tokens, mode, index, attention_mask)
-    dropout_p, seed = check_dropout(dropout_p, training, seed)
-    batch, seq_len, hidden_size = hidden.shape
-    hidden = hidden.detach()  # the layers below k are frozen and run without gradients
-    starts, ends = slot_windows(batch, seq_len, num_tokens, mode, index, attention_mask)
-    starts, ends = starts.to(hidden.device), ends.to(hidden.device)
+    backend, hidden, starts, ends, dropout_p, seed = _prepare(
+        hidden, w_down, b_down, w_up, b_up, num_tokens, index, attention_mask, mode, dropout_p, training, seed, backend
+    )
+    generator = (hidden, w_down, b_down, w_up, b_up, starts, ends)
     if backend == "triton":
-        out, _ = lpt_prompt_fwd_op(hidden, w_down, b_down, w_up, b_up, starts, ends, dropout_p, seed)
-        return out.reshape(batch, num_tokens, hidden_size)
-    return lpt_prompt_torch(hidden, w_down, b_down, w_up, b_up, starts, ends, num_tokens, dropout_p, seed)
+        return lpt_prompt_fwd_op(*generator, num_tokens, dropout_p, seed)[0]
+    return lpt_prompt_torch(*generator, num_tokens, dropout_p, seed)
+
+
+def lpt_insert(
+    hidden: Tensor,
+    w_down: Tensor,
+    b_down: Tensor,
+    w_up: Tensor,
+    b_up: Tensor,
+    *,
+    num_tokens: int,
+    index: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    mode: str = "naive",
+    dropout_p: float = 0.0,
+    training: bool = False,
+    seed: int | None = None,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """LPT's insertion at layer ``k``: ``(X (B, n+L, d), mask (B, n+L))`` where ``X[:, :n]`` is the generated
+    prompt (cast to ``hidden``'s dtype), ``X[:, n:] = hidden`` and ``mask = cat(ones(B, n), attention_mask)`` (in
+    ``attention_mask``'s dtype; int64 ones when it is None).
+
+    The official code builds the prompt, then ``torch.cat``s it and the mask. Here both go into one preallocated
+    buffer: on the Triton backend the generator's up-projection writes rows ``0..n-1`` directly and one launch copies
+    ``hidden`` and writes the mask (three launches in all); the backward is the generator's, on a view of the
+    buffer's gradient.
+
+    {generator_args}
+    """
+    backend, hidden, starts, ends, dropout_p, seed = _prepare(
+        hidden, w_down, b_down, w_up, b_up, num_tokens, index, attention_mask, mode, dropout_p, training, seed, backend
+    )
+    generator = (w_down, b_down, w_up, b_up, starts, ends)
+    if backend == "triton":
+        out, mask_out, _ = lpt_insert_fwd_op(hidden, attention_mask, *generator, num_tokens, dropout_p, seed)
+        return out, mask_out
+    prompt = lpt_prompt_torch(hidden, *generator, num_tokens, dropout_p, seed)
+    out, mask_out = _insert_buffers(hidden, attention_mask, num_tokens)
+    out[:, :num_tokens] = prompt  # autograd records the slice copy: the prompt rows' gradient reaches the generator
+    out[:, num_tokens:] = hidden
+    mask_out[:, :num_tokens] = 1
+    mask_out[:, num_tokens:] = 1 if attention_mask is None else attention_mask
+    return out, mask_out
+
+
+lpt_prompt.__doc__ = lpt_prompt.__doc__.format(generator_args=_GENERATOR_ARGS)
+lpt_insert.__doc__ = lpt_insert.__doc__.format(generator_args=_GENERATOR_ARGS)

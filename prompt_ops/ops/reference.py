@@ -182,3 +182,14 @@ def lpt_prompt(
     if dropout_scale is not None:
         out = out * dropout_scale.view(batch, num_tokens, hidden_size)
     return out
+
+
+def lpt_insert(
+    prompt: torch.Tensor, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official insertion at layer ``k``: ``cat(P.to(hidden.dtype), hidden)`` and ``cat(ones(B, n), mask)``."""
+    batch, num_tokens = prompt.shape[:2]
+    if attention_mask is None:
+        attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+    ones = attention_mask.new_ones((batch, num_tokens))
+    return torch.cat([prompt.to(hidden.dtype), hidden], dim=1), torch.cat([ones, attention_mask], dim=1)

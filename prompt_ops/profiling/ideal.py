@@ -147,3 +147,17 @@ def ept_embed_backward_bytes(
     builder = 2 * subspaces * hidden * sub_rank + hidden * subspaces + subspaces
     dept = dept_embed_backward_bytes(batch, seq_len, num_prompt, hidden, rank, max_length, grad_dtype, param_dtype)
     return dept + (2 * builder + num_prompt * hidden + (max_length - seq_len) * rank) * _size(param_dtype)
+
+
+def lpt_insert_forward_bytes(
+    batch: int, seq_len: int, num_tokens: int, hidden: int, gen_rank: int, mode: str,
+    hidden_dtype: torch.dtype = torch.float32, mask_dtype: torch.dtype = torch.int64,
+    param_dtype: torch.dtype = torch.float32,
+) -> int:  # fmt: skip
+    """LPT insertion: the hidden states, the input mask and the generator's four tensors in (the rows the
+    generator reads are among the hidden states); the ``(B, n+L, d)`` buffer and the extended mask out."""
+    width = num_tokens * hidden if mode == "naive" else hidden
+    generator = (hidden * gen_rank + gen_rank + gen_rank * width + width) * _size(param_dtype)
+    read = batch * seq_len * (hidden * _size(hidden_dtype) + _size(mask_dtype)) + generator
+    write = batch * (num_tokens + seq_len) * (hidden * _size(hidden_dtype) + _size(mask_dtype))
+    return read + write

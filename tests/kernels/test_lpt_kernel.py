@@ -1,4 +1,5 @@
-"""LPT's generators (NPG and APPG) against ops/reference.py on both backends: outputs, gradients, dropout."""
+"""LPT's generators (NPG and APPG) and the insertion against ops/reference.py on both backends: outputs, gradients,
+dropout, custom-op checks and bad input."""
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ import prompt_ops
 from prompt_ops.kernels import lpt as kernels
 from prompt_ops.ops import lpt as ops
 from prompt_ops.ops import reference
+from tests.helpers import tolerances
 
 BACKENDS = ["torch", "triton"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -97,7 +99,8 @@ def test_gradcheck_fp64_torch_backend():
 def test_opcheck_and_compile():
     hidden, params, mask, _ = make(2, 6, 16, 4, 3, "pool")
     starts, ends = ops.slot_windows(2, 6, 3, "pool", None, mask)
-    torch.library.opcheck(ops.lpt_prompt_fwd_op, (hidden, *params, starts, ends, 0.2, 3))
+    torch.library.opcheck(ops.lpt_prompt_fwd_op, (hidden, *params, starts, ends, 3, 0.2, 3))
+    torch.library.opcheck(ops.lpt_insert_fwd_op, (hidden, mask, *params, starts, ends, 3, 0.2, 3))
 
     @torch.compile(fullgraph=True, backend="aot_eager")
     def step(hidden, *p):
@@ -119,13 +122,91 @@ def test_bad_input(backend):
     with pytest.raises(ValueError, match=r"index must be in \[0, 6\)"):
         prompt_ops.lpt_prompt(hidden, *params, num_tokens=3, index=torch.tensor([0, 6]), backend=backend)
     with pytest.raises(ValueError, match=r"w_up must have shape \(4, 48\) for mode='naive'"):
-        prompt_ops.lpt_prompt(
-            hidden, *params, num_tokens=3, mode="naive", backend=backend
-        ) if False else prompt_ops.lpt_prompt(
-            hidden, *params[:2], torch.randn(4, 47), params[3], num_tokens=3, backend=backend
-        )
+        prompt_ops.lpt_prompt(hidden, *params[:2], torch.randn(4, 47), params[3], num_tokens=3, backend=backend)
     pool_hidden, pool_params, pool_mask, _ = make(2, 6, 16, 4, 3, "pool")
     pool_mask[1] = 0
     with pytest.raises(ValueError, match="all-padding row"):
         prompt_ops.lpt_prompt(pool_hidden, *pool_params, num_tokens=3, attention_mask=pool_mask, mode="pool",
                               backend=backend)  # fmt: skip
+    left_padded = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
+    with pytest.raises(ValueError, match="right-padded"):
+        prompt_ops.lpt_insert(pool_hidden, *pool_params, num_tokens=3, attention_mask=left_padded, mode="pool",
+                              backend=backend)  # fmt: skip
+    with pytest.raises(ValueError, match="attention_mask must have shape"):
+        prompt_ops.lpt_insert(hidden, *params, num_tokens=3, attention_mask=mask[:, :5], backend=backend)
+
+
+def check_insert(out, mask_out, hidden, params, mask, index, num_tokens, mode, grad_rows=None):
+    """``lpt_insert``'s buffer and mask equal the official prompt-then-cat, and so do the generator gradients
+    (from a gradient on the whole buffer, or on ``grad_rows`` of it)."""
+    fresh = [p.detach().clone().requires_grad_(True) for p in params]
+    prompt = reference.lpt_prompt(hidden.float(), *fresh, num_tokens, index, mask, mode)
+    expected, expected_mask = reference.lpt_insert(prompt, hidden, mask)
+    assert out.dtype == hidden.dtype and mask_out.dtype == expected_mask.dtype
+    assert torch.equal(mask_out, expected_mask)
+    assert torch.equal(out[:, num_tokens:], hidden)
+    torch.testing.assert_close(out, expected, **tolerances(hidden.dtype, dot=True))
+    grad = torch.randn(out.shape).to(out.dtype)
+    if grad_rows is not None:
+        grad = grad_rows(grad)
+    got, want = torch.autograd.grad(out, params, grad), torch.autograd.grad(expected, fresh, grad)
+    for name, g, w in zip(("w_down", "b_down", "w_up", "b_up"), got, want, strict=True):
+        torch.testing.assert_close(g, w, **tolerances(hidden.dtype, dot=True), msg=f"grad of {name}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["naive", "pool"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_insert_matches_prompt_then_cat(backend, mode, shape, dtype):
+    hidden, params, mask, index = make(*shape, mode, dtype)
+    num_tokens = shape[4]
+    out, mask_out = prompt_ops.lpt_insert(
+        hidden, *params, num_tokens=num_tokens, index=index, attention_mask=mask, mode=mode, backend=backend
+    )
+    check_insert(out, mask_out, hidden, params, mask, index, num_tokens, mode)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float32"])
+def test_insert_mask_dtypes_and_strided_inputs(backend, mask_kind):
+    """No mask (int64 ones out), bool and float masks keep their dtype; a transposed hidden and a gradient that
+    is not packed (expanded over the batch) take the strided paths."""
+    hidden, params, mask, index = make(3, 9, 20, 6, 4, "naive")
+    mask = None if mask_kind == "none" else mask.to(getattr(torch, mask_kind))
+    hidden = hidden.transpose(1, 2).contiguous().transpose(1, 2)  # (B, L, d) with stride(2) != 1
+    out, mask_out = prompt_ops.lpt_insert(hidden, *params, num_tokens=4, index=index, attention_mask=mask,
+                                          backend=backend)  # fmt: skip
+
+    def expanded(grad):
+        return grad[:1].expand_as(grad)
+
+    check_insert(out, mask_out, hidden, params, mask, index, 4, "naive", grad_rows=expanded)
+
+
+def test_insert_empty_batch_and_dropout():
+    hidden, params, mask, index = make(0, 5, 8, 3, 2, "naive")
+    for backend in BACKENDS:
+        out, mask_out = prompt_ops.lpt_insert(hidden, *params, num_tokens=2, backend=backend)
+        assert out.shape == (0, 7, 8) and mask_out.shape == (0, 7)
+        grads = torch.autograd.grad(out.sum(), params)
+        assert all(torch.count_nonzero(g) == 0 for g in grads)
+    hidden, params, mask, index = make(3, 9, 20, 6, 4, "pool")
+    kwargs = {"num_tokens": 4, "attention_mask": mask, "mode": "pool", "dropout_p": 0.3, "training": True}
+    out, _ = prompt_ops.lpt_insert(hidden, *params, seed=5, backend="triton", **kwargs)
+    prompt = prompt_ops.lpt_prompt(hidden, *params, seed=5, backend="triton", **kwargs)
+    assert torch.equal(out[:, :4], prompt)  # the same philox stream as the generator alone
+
+
+def test_insert_compiles():
+    hidden, params, mask, index = make(2, 6, 16, 4, 3, "naive")
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def step(hidden, mask, *p):
+        out, mask_out = prompt_ops.lpt_insert(hidden, *p, num_tokens=3, attention_mask=mask, backend="triton")
+        return out.square().sum(), mask_out
+
+    loss, mask_out = step(hidden, mask, *params)
+    expected, expected_mask = reference.lpt_insert(reference.lpt_prompt(hidden, *params, 3), hidden, mask)
+    torch.testing.assert_close(loss, expected.square().sum(), rtol=1e-4, atol=1e-4)
+    assert torch.equal(mask_out, expected_mask)

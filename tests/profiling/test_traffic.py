@@ -176,3 +176,35 @@ def test_ept_forward_is_four_launches_and_no_eager_op():
         kernels.dept_embed_fwd(case.input_ids, case.weight, prompt, *params[1:3], case.attention_mask, case.scale)
     assert fused.launches == 4
     assert around.launches == 0
+
+
+@pytest.mark.parametrize("mode", ["naive", "pool"])
+def test_lpt_insert_is_three_launches_within_ideal_bytes(mode):
+    """LPT's insertion on the Triton path: the generator's two launches write the prompt rows of the buffer, one
+    more copies the hidden states and writes the mask; no eager op, no out-of-bounds access, and the unique bytes
+    stay within 1.1x of the floor (the naive path generates, then ``torch.cat``s)."""
+    from prompt_ops.kernels import lpt as lpt_kernels
+    from prompt_ops.ops.lpt import slot_windows
+    from prompt_ops.profiling.ideal import lpt_insert_forward_bytes
+
+    batch, seq_len, hidden, gen_rank, num_tokens = 4, 128, 768, 128, 5
+    width = num_tokens * hidden if mode == "naive" else hidden
+    states = torch.randn(batch, seq_len, hidden)
+    mask = torch.ones(batch, seq_len, dtype=torch.int64)
+    params = [torch.randn(hidden, gen_rank), torch.randn(gen_rank), torch.randn(gen_rank, width), torch.randn(width)]
+    starts, ends = slot_windows(batch, seq_len, num_tokens, mode, None, mask)
+    out = torch.empty(batch, num_tokens + seq_len, hidden)
+    mask_out = torch.empty(batch, num_tokens + seq_len, dtype=torch.int64)
+    with kernel_traffic() as fused, EagerTraffic() as around:
+        pre = lpt_kernels.lpt_insert_fwd(states, mask, starts, ends, *params, 0.0, 0, out, mask_out)
+    assert fused.launches == 3 and around.launches == 0
+    ideal = lpt_insert_forward_bytes(batch, seq_len, num_tokens, hidden, gen_rank, mode)
+    assert fused.unique_bytes <= 1.1 * ideal, (fused.unique_bytes, ideal)
+    with kernel_traffic() as backward:
+        lpt_kernels.lpt_generate_bwd(torch.randn_like(out)[:, :num_tokens], states, starts, ends, pre, params[2],
+                                     0.0, 0)  # fmt: skip
+    assert backward.launches == 3
+    with EagerTraffic() as naive:
+        prompt = reference.lpt_prompt(states, *params, num_tokens, None, mask, mode)
+        reference.lpt_insert(prompt, states, mask)
+    assert naive.launches >= 3
