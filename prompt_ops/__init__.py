@@ -11,7 +11,8 @@ Functional ops (``backend="auto" | "triton" | "torch"``):
   (NPG or APPG), and its insertion in front of them.
 
 Modules over a frozen ``nn.Embedding``: :class:`PromptTuning`, :class:`DePT`, :class:`ADePT`, :class:`LAMP`,
-:class:`EPT`.
+:class:`EPT`; LPT's generator :class:`LPT` (attached inside a model's layer stack by
+:func:`prompt_ops.models.attach`).
 
 ``import prompt_ops`` needs neither triton nor transformers; they are imported when a path needs them.
 """
@@ -20,6 +21,7 @@ from prompt_ops.methods.adept import ADePT
 from prompt_ops.methods.dept import DePT
 from prompt_ops.methods.ept import EPT
 from prompt_ops.methods.lamp import LAMP
+from prompt_ops.methods.lpt import LPT
 from prompt_ops.methods.prompt_tuning import PromptTuning
 from prompt_ops.ops.adept_embed import adept_embed
 from prompt_ops.ops.dept_embed import dept_embed, prompt_embed
@@ -34,6 +36,7 @@ __all__ = [
     "DePT",
     "EPT",
     "LAMP",
+    "LPT",
     "PromptTuning",
     "adept_embed",
     "dept_embed",

@@ -1,8 +1,9 @@
 """Hugging Face integration: attach a method to a loaded model, and save / load adapters.
 
 ``attach(model, DePTConfig(...))`` freezes the model and returns a :class:`PromptTunedModel` whose forward builds
-the model input with the method's fused op; ``tuned.save_adapter(dir)`` and ``load_adapter(model, dir)`` move the
-method's parameters (only) through ``adapter.safetensors`` + ``adapter_config.json``. Needs ``safetensors`` for
+the model input with the method's fused op; ``attach(model, LPTConfig(...))`` puts LPT's generator inside the
+model's layer stack (:class:`LatePromptTunedModel`). ``tuned.save_adapter(dir)`` and ``load_adapter(model, dir)``
+move the method's parameters (only) through ``adapter.safetensors`` + ``adapter_config.json``. Needs ``safetensors`` for
 adapters; transformers is only needed to have a model.
 """
 
@@ -13,9 +14,11 @@ from prompt_ops.models.configs import (
     DePTConfig,
     EPTConfig,
     LAMPConfig,
+    LPTConfig,
     MethodConfig,
     PromptTuningConfig,
 )
+from prompt_ops.models.late import LatePromptTunedModel
 from prompt_ops.models.peft_bridge import bridge_peft, load_bridge, save_bridge
 
 __all__ = [
@@ -23,6 +26,8 @@ __all__ = [
     "DePTConfig",
     "EPTConfig",
     "LAMPConfig",
+    "LPTConfig",
+    "LatePromptTunedModel",
     "MethodConfig",
     "PromptTunedModel",
     "PromptTuningConfig",

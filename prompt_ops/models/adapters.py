@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from prompt_ops.methods.official import read_json_config, read_official_dept
-from prompt_ops.models.attach import PromptTunedModel, _input_embedding, attach
+from prompt_ops.models.attach import attach
 from prompt_ops.models.configs import DePTConfig, MethodConfig, config_from_dict
+from prompt_ops.models.tuned import TunedModel, input_embedding
 
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter_config.json"
@@ -28,7 +29,7 @@ FORMAT = "prompt_ops-adapter"
 FORMAT_VERSION = 1
 
 
-def save_adapter(tuned: PromptTunedModel, directory: str | os.PathLike) -> Path:
+def save_adapter(tuned: TunedModel, directory: str | os.PathLike) -> Path:
     """Write the adapter of ``tuned`` into ``directory`` (created if needed); returns the folder."""
     from safetensors.torch import save_file
 
@@ -38,7 +39,7 @@ def save_adapter(tuned: PromptTunedModel, directory: str | os.PathLike) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {name: param.detach().contiguous().cpu() for name, param in tuned.adapter_state_dict().items()}
     save_file(tensors, str(folder / WEIGHTS_FILE))
-    embedding = tuned.prompt_module.embedding
+    embedding = input_embedding(tuned.base_model)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -83,7 +84,8 @@ def _read_official(folder: Path) -> tuple[MethodConfig, dict[str, torch.Tensor],
 
 def _check_tensors(source: Path, config: MethodConfig, tensors: dict, embedding: nn.Embedding) -> None:
     """Names, shapes and dtypes against the module ``config`` builds, built on the meta device (no memory)."""
-    shapes_only = dataclasses.replace(config, init_token_ids=None)  # the init does not change any shape
+    init_free = {"init_token_ids": None} if hasattr(config, "init_token_ids") else {}
+    shapes_only = dataclasses.replace(config, **init_free)  # the init does not change any shape
     with torch.device("meta"):
         probe = shapes_only.build(nn.Embedding(embedding.num_embeddings, embedding.embedding_dim))
     expected = {name: p for name, p in probe.named_parameters() if not name.startswith("embedding.")}
@@ -100,14 +102,14 @@ def _check_tensors(source: Path, config: MethodConfig, tensors: dict, embedding:
             raise ValueError(f"{source}: {name} has dtype {tensor.dtype}, expected {param.dtype}")
 
 
-def load_adapter(model: nn.Module, directory: str | os.PathLike, backend: str | None = None) -> PromptTunedModel:
+def load_adapter(model: nn.Module, directory: str | os.PathLike, backend: str | None = None) -> TunedModel:
     """Rebuild the prompt-tuned model from a saved (or an official DePT) adapter folder."""
     folder = Path(directory)
     data = read_json_config(folder / CONFIG_FILE)
     official = data.get("peft_type") == "PROMPT_TUNING_LORA"
     config, tensors, hidden = _read_official(folder) if official else _read_ours(folder, data)
     source = folder / ("adapter_model.bin" if official else WEIGHTS_FILE)
-    embedding = _input_embedding(model)
+    embedding = input_embedding(model)
     if hidden is not None and hidden != embedding.embedding_dim:
         raise ValueError(
             f"{folder / CONFIG_FILE}: the adapter was trained for hidden size {hidden}, the model's input embedding "

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from prompt_ops.methods.base import PromptModule
-from prompt_ops.models.configs import MethodConfig
+from prompt_ops.models.configs import LPTConfig, MethodConfig
+from prompt_ops.models.tuned import TunedModel, input_embedding
 
 
 class _DecodeEmbedding(nn.Module):
@@ -44,48 +45,26 @@ class _DecodeEmbedding(nn.Module):
         return embeds
 
 
-def _input_embedding(model: nn.Module) -> nn.Embedding:
-    if not hasattr(model, "get_input_embeddings"):
-        raise TypeError(f"model must be a Hugging Face PreTrainedModel, got {type(model).__name__}")
-    embedding = model.get_input_embeddings()
-    if not isinstance(embedding, nn.Embedding):
-        raise TypeError(f"the model's input embedding must be an nn.Embedding, got {type(embedding).__name__}")
-    return embedding
-
-
-class PromptTunedModel(nn.Module):
+class PromptTunedModel(TunedModel):
     """A frozen Hugging Face model behind a prompt-tuning method. Only ``prompt_module``'s parameters train."""
 
     def __init__(self, model: nn.Module, config: MethodConfig, backend: str | None = None):
         super().__init__()
         if not isinstance(config, MethodConfig):
             raise TypeError(f"config must be a prompt_ops.models config (e.g. DePTConfig), got {type(config).__name__}")
-        embedding = _input_embedding(model)
+        embedding = input_embedding(model)
         model.requires_grad_(False)
         self.base_model = model
         self.config = config
         self.prompt_module: PromptModule = config.build(embedding, backend=backend)
         self.prompt_module.to(embedding.weight.device)
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        self.train(model.training)  # the method's dropout follows the model's mode
 
     @property
     def num_prompt_rows(self) -> int:
         """Rows the prompt adds in front of the input (LAMP: after pooling)."""
         return getattr(self.prompt_module, "num_prompt_rows", self.prompt_module.num_tokens)
-
-    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """The method's own parameters (not the frozen embedding): what an adapter file holds."""
-        return {
-            name: param for name, param in self.prompt_module.named_parameters() if not name.startswith("embedding.")
-        }
-
-    def trainable_parameters(self) -> str:
-        """PEFT-style summary: ``trainable params: N || all params: M || trainable%: P``."""
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.parameters())
-        return (
-            f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
-        )
 
     def forward(
         self,
@@ -142,16 +121,15 @@ class PromptTunedModel(nn.Module):
             self.base_model.set_input_embeddings(original)
         return torch.cat([input_ids, new_tokens.to(input_ids.dtype)], dim=1)
 
-    def save_adapter(self, directory):
-        """Write ``adapter.safetensors`` + ``adapter_config.json`` (see :func:`prompt_ops.models.save_adapter`)."""
-        from prompt_ops.models.adapters import save_adapter
-
-        return save_adapter(self, directory)
-
     def extra_repr(self) -> str:
         return f"method={self.config.method}, prompt_rows={self.num_prompt_rows}"
 
 
-def attach(model: nn.Module, config: MethodConfig, backend: str | None = None) -> PromptTunedModel:
-    """Freeze ``model`` and put the method of ``config`` in front of it. See :class:`PromptTunedModel`."""
+def attach(model: nn.Module, config: MethodConfig, backend: str | None = None) -> TunedModel:
+    """Freeze ``model`` and add the method of ``config``: a :class:`PromptTunedModel` for the methods that build the
+    model input, a :class:`~prompt_ops.models.late.LatePromptTunedModel` for LPT (inside the layer stack)."""
+    if isinstance(config, LPTConfig):
+        from prompt_ops.models.late import LatePromptTunedModel
+
+        return LatePromptTunedModel(model, config, backend=backend)
     return PromptTunedModel(model, config, backend=backend)

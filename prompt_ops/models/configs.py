@@ -16,6 +16,7 @@ from prompt_ops.methods.base import PromptModule
 from prompt_ops.methods.dept import DePT
 from prompt_ops.methods.ept import EPT
 from prompt_ops.methods.lamp import LAMP
+from prompt_ops.methods.lpt import LPT
 from prompt_ops.methods.prompt_tuning import PromptTuning
 
 
@@ -85,8 +86,28 @@ class EPTConfig(MethodConfig):
     init_token_ids: list[int] | None = None
 
 
+@dataclasses.dataclass
+class LPTConfig(MethodConfig):
+    """Late Prompt Tuning: the generator goes after layer ``layer`` (1-indexed; None: half the layers, as the
+    official scripts do). ``hidden_size`` is the generator's bottleneck ``h``; ``read`` picks NPG's input row
+    (``"first"`` token or ``"last"`` non-padding token; None: first for bidirectional models, last for causal)."""
+
+    method: ClassVar[str] = "lpt"
+    module_class: ClassVar[type[nn.Module]] = LPT
+    layer: int | None = None
+    num_tokens: int = 5
+    hidden_size: int = 128
+    mode: str = "naive"
+    dropout: float = 0.1
+    read: str | None = None
+
+    def build(self, embedding: nn.Embedding, backend: str | None = None) -> LPT:
+        generator = {name: getattr(self, name) for name in ("num_tokens", "hidden_size", "mode", "dropout")}
+        return LPT(embedding.embedding_dim, backend=backend, **generator)
+
+
 CONFIGS: dict[str, type[MethodConfig]] = {
-    cls.method: cls for cls in (PromptTuningConfig, DePTConfig, ADePTConfig, LAMPConfig, EPTConfig)
+    cls.method: cls for cls in (PromptTuningConfig, DePTConfig, ADePTConfig, LAMPConfig, EPTConfig, LPTConfig)
 }
 
 

@@ -1,5 +1,6 @@
 """Training the attached model with unchanged tools: transformers.Trainer, and DDP with the gloo backend."""
 
+import datetime
 import os
 import socket
 
@@ -48,7 +49,8 @@ def _free_port() -> int:
 
 def _ddp_worker(rank: int, world: int, port: int, ids: torch.Tensor, out_dir: str) -> None:
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a bounded timeout: a failed rendezvous fails the test instead of hanging the suite
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     try:
         tuned = attach(tiny("gpt2"), DePTConfig(num_tokens=4, rank=3, max_length=16))
         torch.manual_seed(1)

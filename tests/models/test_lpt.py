@@ -1,0 +1,287 @@
+"""LPT attached inside tiny random models of each family, against a reference forward that loops over the layers
+and concatenates (the official code's way), written here independently of the hooks."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+from prompt_ops.models import LatePromptTunedModel, LPTConfig, attach, load_adapter
+from prompt_ops.models.stacks import find_stack
+from prompt_ops.ops import reference
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB, HIDDEN, LAYERS = 64, 16, 4
+FAMILIES = ["bert", "roberta", "gpt2", "llama", "t5"]
+
+
+def tiny(family: str, attention: str = "sdpa", head: bool = False, dtype=torch.float32):
+    """A tiny random 4-layer model of ``family`` in eval mode: the bare stack, or with its usual head."""
+    torch.manual_seed(0)
+    common = {"vocab_size": VOCAB, "attn_implementation": attention}
+    if family in ("bert", "roberta"):
+        cls = transformers.BertConfig if family == "bert" else transformers.RobertaConfig
+        config = cls(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=2, intermediate_size=32,
+                     max_position_embeddings=70, num_labels=3, **common)  # fmt: skip
+        model_cls = {
+            ("bert", False): transformers.BertModel,
+            ("bert", True): transformers.BertForSequenceClassification,
+            ("roberta", False): transformers.RobertaModel,
+            ("roberta", True): transformers.RobertaForMaskedLM,
+        }[family, head]
+    elif family == "gpt2":
+        config = transformers.GPT2Config(n_embd=HIDDEN, n_layer=LAYERS, n_head=2, n_positions=64, **common)
+        model_cls = transformers.GPT2LMHeadModel if head else transformers.GPT2Model
+    elif family == "llama":
+        config = transformers.LlamaConfig(hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=LAYERS,
+                                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                                          **common)  # fmt: skip
+        model_cls = transformers.LlamaForCausalLM if head else transformers.LlamaModel
+    else:
+        config = transformers.T5Config(d_model=HIDDEN, d_kv=8, d_ff=32, num_layers=LAYERS, num_heads=2,
+                                       decoder_start_token_id=0, **common)  # fmt: skip
+        model_cls = transformers.T5ForConditionalGeneration if head else transformers.T5EncoderModel
+    return model_cls(config).to(dtype).eval()
+
+
+def inputs(batch=3, seq_len=9, padded=True):
+    torch.manual_seed(1)
+    ids = torch.randint(2, VOCAB, (batch, seq_len))
+    mask = torch.ones(batch, seq_len, dtype=torch.long)
+    if padded:
+        mask[1, seq_len - 3 :] = 0  # right padding: ragged lengths
+        mask[2, seq_len - 1 :] = 0
+    return ids, mask
+
+
+def _bidirectional(keep, dtype):
+    return (1.0 - keep[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+def _causal(keep, dtype):
+    total = keep.shape[1]
+    allowed = torch.tril(torch.ones(total, total, dtype=torch.bool)) & keep.bool()[:, None, None, :]
+    return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)
+
+
+def reference_stack(model, family, generator, layer, ids, mask, read):
+    """Embeddings and layers ``1..k`` under no_grad, ``cat(P, H_k)``, layers ``k+1..N`` on ``n + L`` rows (the
+    prompt at positions ``0..n-1``), the prompt rows dropped, then the stack's final norm."""
+    n, seq_len = generator.num_tokens, ids.shape[1]
+    if family in ("bert", "roberta"):
+        base = model.base_model
+        layers, embed, final = base.encoder.layer, lambda: base.embeddings(input_ids=ids), lambda h: h
+
+        def run(block, h, keep, positions):
+            return block(h, _bidirectional(keep, h.dtype))
+    elif family == "gpt2":
+        base = model.base_model
+        layers, final = base.h, base.ln_f
+
+        def embed():
+            return base.drop(base.wte(ids) + base.wpe(torch.arange(seq_len)))
+
+        def run(block, h, keep, positions):
+            return block(h, None, _causal(keep, h.dtype))
+    elif family == "llama":
+        base = model.base_model
+        layers, embed, final = base.layers, lambda: base.embed_tokens(ids), base.norm
+
+        def run(block, h, keep, positions):
+            cos_sin = base.rotary_emb(h, positions[None])
+            return block(h, attention_mask=_causal(keep, h.dtype), position_embeddings=cos_sin)
+    else:
+        encoder = model.get_encoder()
+        layers, embed = encoder.block, lambda: encoder.dropout(encoder.embed_tokens(ids))
+        relative = encoder.block[0].layer[0].SelfAttention
+
+        def final(h):
+            return encoder.dropout(encoder.final_layer_norm(h))
+
+        def run(block, h, keep, positions):
+            bias = relative.compute_bias(keep.shape[1], keep.shape[1])
+            return block(h, _bidirectional(keep, h.dtype), bias)[0]
+
+    with torch.no_grad():
+        hidden = embed()
+        for block in layers[:layer]:
+            hidden = run(block, hidden, mask, torch.arange(seq_len))
+    index = None
+    if read == "last":
+        index = torch.tensor([int(row.nonzero().max()) for row in mask])
+    params = (generator.w_down, generator.b_down, generator.w_up, generator.b_up)
+    prompt = reference.lpt_prompt(hidden.float(), *params, n, index, mask, generator.mode)
+    hidden, keep = reference.lpt_insert(prompt, hidden, mask)
+    for block in layers[layer:]:
+        hidden = run(block, hidden, keep, torch.arange(n + seq_len))
+    return final(hidden[:, n:])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("mode", ["naive", "pool"])
+@pytest.mark.parametrize("read", ["first", "last"])
+def test_attached_model_matches_the_loop_and_concat_reference(family, attention, mode, read):
+    model = tiny(family, attention)
+    plain = copy.deepcopy(model)  # the reference runs on a copy without hooks
+    tuned = attach(model, LPTConfig(layer=2, num_tokens=3, hidden_size=8, mode=mode, read=read), backend="torch")
+    ids, mask = inputs()
+    out = tuned(input_ids=ids, attention_mask=mask).last_hidden_state
+    expected = reference_stack(plain, family, tuned.prompt_module, 2, ids, mask, read)
+    assert out.shape == (3, 9, HIDDEN)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out)
+    params = list(tuned.prompt_module.parameters())
+    got_grads, want_grads = torch.autograd.grad(out, params, grad), torch.autograd.grad(expected, params, grad)
+    for got, want in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_triton_backend_matches_torch_backend(family):
+    ids, mask = inputs()
+    outs, grads = [], []
+    for backend in ("torch", "triton"):
+        tuned = attach(tiny(family), LPTConfig(layer=1, num_tokens=2, hidden_size=8, mode="pool"), backend=backend)
+        torch.manual_seed(3)
+        for param in tuned.prompt_module.parameters():  # the same generator on both backends
+            param.data = torch.randn_like(param) * 0.3
+        out = tuned(input_ids=ids, attention_mask=mask).last_hidden_state
+        outs.append(out)
+        grads.append(torch.autograd.grad(out.square().sum(), list(tuned.prompt_module.parameters())))
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_model_gets_the_prompt_in_its_dtype():
+    model = tiny("llama", dtype=torch.bfloat16)
+    plain = copy.deepcopy(model)
+    tuned = attach(model, LPTConfig(layer=2, num_tokens=3, hidden_size=8), backend="triton")
+    ids, mask = inputs()
+    out = tuned(input_ids=ids, attention_mask=mask).last_hidden_state
+    expected = reference_stack(plain, "llama", tuned.prompt_module, 2, ids, mask, "last")
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected.float(), rtol=1.6e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_nothing_below_layer_k_takes_part_in_backward(family):
+    """Layers 1..k run with gradients off and give outputs outside the graph; layers above k are in the graph;
+    after backward only the generator holds gradients."""
+    model = tiny(family, head=True)
+    seen = []  # (layer, grad mode inside it, its own output requires grad); hooked before LPT's hooks
+    for position, block in enumerate(find_stack(model).layers):
+        block.register_forward_hook(
+            lambda module, args, output, position=position: seen.append(
+                (position, torch.is_grad_enabled(), (output[0] if isinstance(output, tuple) else output).requires_grad)
+            )
+        )
+    tuned = attach(model, LPTConfig(layer=2, num_tokens=3, hidden_size=8)).train()
+    ids, mask = inputs()
+    kwargs = {"labels": torch.randint(1, VOCAB, (3, 4))} if family == "t5" else {}
+    out = tuned(input_ids=ids, attention_mask=mask, **kwargs)
+    loss = out.loss if family == "t5" else out.logits.square().mean()
+    loss.backward()
+    assert [(p, g, r) for p, g, r in seen if p < 2] == [(0, False, False), (1, False, False)]
+    assert all(grad_on and requires for p, grad_on, requires in seen if p >= 2) and len(seen) == LAYERS
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tuned.prompt_module.parameters())
+    assert torch.is_grad_enabled()  # the caller's grad mode is back
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_causal_lm_generation_matches_full_recomputation(family):
+    tuned = attach(tiny(family, head=True), LPTConfig(layer=2, num_tokens=3, hidden_size=8)).eval()
+    ids = torch.randint(2, VOCAB, (2, 6))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # left padding, as decoder-only generation expects
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pad/eos token notices of the tiny config
+        generated = tuned.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False,
+                                   pad_token_id=0)  # fmt: skip
+    sequence, keep = ids, mask
+    with torch.no_grad():
+        for _ in range(4):
+            positions = (keep.cumsum(-1) - 1).masked_fill(keep == 0, 1)  # what generate() gives left-padded rows
+            logits = tuned(input_ids=sequence, attention_mask=keep, position_ids=positions).logits[:, -1]
+            sequence = torch.cat([sequence, logits.argmax(-1, keepdim=True)], dim=1)
+            keep = torch.cat([keep, torch.ones_like(keep[:, :1])], dim=1)
+    assert torch.equal(generated, sequence)
+    with pytest.raises(ValueError, match="use_cache must be False"):
+        tuned.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, use_cache=True)
+
+
+def test_t5_generation_matches_full_recomputation():
+    tuned = attach(tiny("t5", head=True), LPTConfig(layer=2, num_tokens=3, hidden_size=8)).eval()
+    ids, mask = inputs()
+    generated = tuned.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False)
+    decoded = torch.zeros(3, 1, dtype=torch.long)  # decoder_start_token_id
+    with torch.no_grad():
+        for _ in range(4):
+            logits = tuned(input_ids=ids, attention_mask=mask, decoder_input_ids=decoded).logits[:, -1]
+            decoded = torch.cat([decoded, logits.argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(generated, decoded)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "gpt2"])
+def test_heads_and_labels_work_unchanged(family):
+    """Outputs keep the input's length, so sequence labels, masked-LM and causal-LM labels need no padding."""
+    model = tiny(family, head=True)
+    tuned = attach(model, LPTConfig(num_tokens=3, hidden_size=8))
+    ids, mask = inputs()
+    labels = torch.tensor([0, 2, 1]) if family == "bert" else ids.clone()
+    out = tuned(input_ids=ids, attention_mask=mask, labels=labels)
+    assert out.logits.shape[:2] == ((3, 3) if family == "bert" else (3, 9)) and out.loss.isfinite()
+    assert tuned.config.layer == LAYERS // 2 and repr(tuned)
+
+
+def test_adapter_round_trip(tmp_path):
+    model = tiny("gpt2", head=True)
+    tuned = attach(model, LPTConfig(num_tokens=3, hidden_size=8, mode="pool"))
+    tuned.save_adapter(tmp_path)
+    assert '"layer": 2' in (tmp_path / "adapter_config.json").read_text()  # the resolved layer is saved
+    ids, mask = inputs()
+    expected = tuned(input_ids=ids, attention_mask=mask).logits
+    fresh = tiny("gpt2", head=True)
+    loaded = load_adapter(fresh, tmp_path)
+    assert isinstance(loaded, LatePromptTunedModel) and loaded.config == tuned.config
+    assert torch.equal(loaded(input_ids=ids, attention_mask=mask).logits, expected)
+    plain = loaded.unload()(input_ids=ids, attention_mask=mask).logits  # hooks removed: the base model again
+    assert torch.equal(plain, tiny("gpt2", head=True)(input_ids=ids, attention_mask=mask).logits)
+
+
+def test_bad_input():
+    for layer in (0, LAYERS, 2.0):
+        with pytest.raises(ValueError, match=r"layer must be an int in \[1, 3\] for a model with 4 layers"):
+            attach(tiny("bert"), LPTConfig(layer=layer))
+    with pytest.raises(ValueError, match="num_tokens must be >= 1"):
+        attach(tiny("bert"), LPTConfig(num_tokens=0))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        attach(tiny("bert"), LPTConfig(mode="max"))
+    with pytest.raises(ValueError, match="read must be 'first', 'last' or None"):
+        attach(tiny("bert"), LPTConfig(read="middle"))
+    distil = transformers.DistilBertModel(
+        transformers.DistilBertConfig(vocab_size=VOCAB, dim=HIDDEN, n_layers=2, n_heads=2, hidden_dim=32)
+    )
+    with pytest.raises(TypeError, match="LPT supports the model families"):
+        attach(distil, LPTConfig())
+    flex = tiny("llama")
+    flex.config._attn_implementation = "flex_attention"
+    with pytest.raises(ValueError, match="attn_implementation"):
+        attach(flex, LPTConfig())
+    checkpointed = tiny("gpt2", head=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # renamed activation_checkpointing_enable in v5
+        checkpointed.gradient_checkpointing_enable()
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        attach(checkpointed, LPTConfig())
+    tuned = attach(tiny("bert"), LPTConfig(mode="pool", num_tokens=2, hidden_size=8))
+    ids, mask = inputs()
+    with pytest.raises(ValueError, match="2-D attention_mask"):
+        tuned(input_ids=ids, attention_mask=mask[:, None, None, :])
+    with pytest.raises(ValueError, match="right-padded"):
+        tuned(input_ids=ids, attention_mask=mask.flip(1))
+    assert torch.is_grad_enabled()  # an error inside the stack leaves the grad mode as it was
