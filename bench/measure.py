@@ -27,8 +27,10 @@ from prompt_ops.kernels import adept_embed as adept_kernels
 from prompt_ops.kernels import dept_embed as dept_kernels
 from prompt_ops.kernels import ept as ept_kernels
 from prompt_ops.kernels import lamp as lamp_kernels
+from prompt_ops.kernels import lpt as lpt_kernels
 from prompt_ops.kernels.dept_embed import PromptFactors
 from prompt_ops.ops import reference
+from prompt_ops.ops.lpt import slot_windows
 from prompt_ops.profiling import EagerTraffic, cpu_time, kernel_traffic, project_h100
 from prompt_ops.profiling.ideal import (
     adept_embed_backward_bytes,
@@ -39,6 +41,8 @@ from prompt_ops.profiling.ideal import (
     ept_embed_forward_bytes,
     lamp_embed_backward_bytes,
     lamp_embed_forward_bytes,
+    lpt_insert_backward_bytes,
+    lpt_insert_forward_bytes,
 )
 
 
@@ -55,6 +59,7 @@ class EmbedShape:
     pool: int = 2  # LAMP's pooling window
     subspaces: int = 4  # EPT's K
     sub_rank: int = 8  # EPT's h
+    lpt_tokens: int = 5  # LPT's n (its generator bottleneck h is ``rank``)
 
 
 @dataclasses.dataclass
@@ -64,6 +69,8 @@ class Inputs:
     attention_mask: torch.Tensor
     params: dict[str, torch.Tensor]  # trainable, in the functional entry's order, prompt first
     pool: int = 1
+    hidden_states: torch.Tensor | None = None  # LPT: the layer-k hidden states (B, L, d)
+    windows: tuple[torch.Tensor, torch.Tensor] | None = None  # LPT: the generator's slot windows, made beforehand
 
     def detached(self) -> list[torch.Tensor]:
         return [p.detach() for p in self.params.values()]
@@ -84,6 +91,7 @@ class Family:
     flops_forward: Callable[[EmbedShape], int]
     prompt_rows: Callable[[EmbedShape], int] = lambda s: s.num_prompt
     prepare_backward: Callable[[Inputs], object] = lambda x: None  # forward work a backward needs, not counted
+    uses_hidden_states: bool = False  # LPT: inputs are layer-k hidden states, not token ids
 
 
 def _prompt_family() -> Family:
@@ -261,8 +269,69 @@ def _ept_family() -> Family:
     )
 
 
-FAMILIES = {f.op: f for f in (_prompt_family(), _dept_family(), _adept_family(), _lamp_family(), _ept_family())}
-DEFAULT_RANKS = {"prompt_embed": 0, "dept_embed": 30, "adept_embed": 19, "lamp_embed": 8, "ept_embed": 30}
+def _lpt_family() -> Family:
+    """LPT's insertion at layer ``k`` (NPG, the official default): the naive path generates the prompt, then
+    ``torch.cat``s it and the mask; the fused path writes both into one buffer."""
+
+    def num_tokens(x: Inputs) -> int:
+        return x.params["b_up"].shape[0] // x.hidden_states.shape[2]
+
+    def naive(x: Inputs):
+        prompt = reference.lpt_prompt(x.hidden_states, *x.params.values(), num_tokens(x), None, x.attention_mask)
+        return reference.lpt_insert(prompt, x.hidden_states, x.attention_mask)
+
+    def fused_forward(x: Inputs):
+        batch, seq_len, hidden = x.hidden_states.shape
+        total = num_tokens(x) + seq_len
+        out = torch.empty(batch, total, hidden)
+        mask_out = torch.empty(batch, total, dtype=x.attention_mask.dtype)
+        lpt_kernels.lpt_insert_fwd(x.hidden_states, x.attention_mask, *x.windows, *x.detached(), 0.0, 0, out, mask_out)
+        return out, mask_out
+
+    def prepare_backward(x: Inputs):
+        prompt = torch.empty(x.hidden_states.shape[0], num_tokens(x), x.hidden_states.shape[2])
+        return lpt_kernels.lpt_generate_fwd(x.hidden_states, *x.windows, *x.detached(), 0.0, 0, prompt)
+
+    def fused_backward(x: Inputs, grad: torch.Tensor, pre):
+        grad_prompt = grad[:, : num_tokens(x)]
+        return lpt_kernels.lpt_generate_bwd(grad_prompt, x.hidden_states, *x.windows, pre, x.params["w_up"], 0.0, 0)
+
+    def sizes(s: EmbedShape):
+        return (s.batch, s.seq_len, s.lpt_tokens, s.hidden, s.rank, "naive")
+
+    return Family(
+        op="lpt_insert",
+        param_shapes=lambda s: {
+            "w_down": (s.hidden, s.rank),
+            "b_down": (s.rank,),
+            "w_up": (s.rank, s.lpt_tokens * s.hidden),
+            "b_up": (s.lpt_tokens * s.hidden,),
+        },
+        naive=naive,
+        ours=lambda x, backend: prompt_ops.lpt_insert(
+            x.hidden_states,
+            *x.params.values(),
+            num_tokens=num_tokens(x),
+            attention_mask=x.attention_mask,
+            backend=backend,
+        ),  # fmt: skip
+        fused_forward=fused_forward,
+        fused_backward=fused_backward,
+        ideal_forward=lambda s: lpt_insert_forward_bytes(*sizes(s)),
+        ideal_backward=lambda s: lpt_insert_backward_bytes(*sizes(s)),
+        flops_forward=lambda s: 2 * s.batch * s.rank * s.hidden * (1 + s.lpt_tokens),
+        prompt_rows=lambda s: s.lpt_tokens,
+        prepare_backward=prepare_backward,
+        uses_hidden_states=True,
+    )
+
+
+FAMILIES = {
+    f.op: f for f in (_prompt_family(), _dept_family(), _adept_family(), _lamp_family(), _ept_family(), _lpt_family())
+}
+DEFAULT_RANKS = {
+    "prompt_embed": 0, "dept_embed": 30, "adept_embed": 19, "lamp_embed": 8, "ept_embed": 30, "lpt_insert": 128,
+}  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -300,7 +369,11 @@ def make_inputs(family: Family, shape: EmbedShape, seed: int = 0) -> Inputs:
         for name, dims in family.param_shapes(shape).items()
     }
     mask = torch.ones(shape.batch, shape.seq_len, dtype=torch.int64)
-    return Inputs(ids, weight, mask, params, shape.pool)
+    hidden_states, windows = None, None
+    if family.uses_hidden_states:
+        hidden_states = torch.randn(shape.batch, shape.seq_len, shape.hidden, generator=generator)
+        windows = slot_windows(shape.batch, shape.seq_len, shape.lpt_tokens, "naive", None, None)
+    return Inputs(ids, weight, mask, params, shape.pool, hidden_states, windows)
 
 
 def _count_eager(fn) -> tuple[EagerTraffic, int]:

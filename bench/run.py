@@ -77,7 +77,8 @@ def render_markdown(payload: dict) -> str:
     ranks = ", ".join(f"{op} r={rank}" for op, rank in shape["ranks"].items() if rank)
     lines = [
         f"Shapes: L={shape['seq_len']}, d={shape['hidden']}, m={shape['num_prompt']} (LAMP: l={shape['lamp_tokens']} "
-        f"pooled by {shape['pool']}), {ranks}, "
+        f"pooled by {shape['pool']}; LPT: n={shape['lpt_tokens']} NPG rows from layer-k hidden states, its r is the "
+        f"generator's h), {ranks}, "
         f"L_max={shape['max_length']}, vocabulary {shape['vocab']}, fp32 table and parameters, int64 mask, eval "
         f"(no dropout). Counted on {env['cpu']} with torch {env['torch']}, triton {env['triton']} (commit "
         f"{env['commit']}, {env['date']}).",
@@ -118,6 +119,7 @@ def render_markdown(payload: dict) -> str:
             f"| {_mb(r['folded_bytes'])} | {r['unfolded_h100_us']:.1f} | {r['folded_h100_us']:.1f} "
             f"| {r['cpu_unfolded_ms']:.2f} | {r['cpu_folded_ms']:.2f} | {'yes' if r['outputs_match'] else '**NO**'} |"
         )
+    lines += _training_table(payload.get("training", []))
     lines += [
         "",
         "sm_90 compile stats of the shipped kernel configs (`python -m prompt_ops.kernels.compile_check`, no GPU "
@@ -129,6 +131,33 @@ def render_markdown(payload: dict) -> str:
     for s in payload["compile"]:
         lines.append(f"| {s['label']} | {s['registers']} | {s['spill_bytes']} | {s['shared_bytes']} |")
     return "\n".join(lines) + "\n"
+
+
+def _training_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    first = rows[0]
+    lines = [
+        "",
+        f"End to end on the CPU: one training step (forward, backward, AdamW) on {first['model']}, B={first['batch']}, "
+        f"L={first['seq_len']}, the methods on the `{first['backend']}` backend (`bench/train_step.py`). Wall-clock "
+        "medians with 20/80 percentiles; *activations* are the bytes autograd saves for backward (weights excluded), "
+        "the CPU having no peak-memory counter.",
+        "",
+        "| method | trainable params | step ms (p20-p80) | tokens/s | activations MB "
+        "| vs prompt tuning: time, memory |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    baseline = next((r for r in rows if r["method"] == "prompt_tuning"), None)
+    for r in rows:
+        versus = ""
+        if baseline is not None:
+            versus = f"{r['step_ms'] / baseline['step_ms']:.2f}x, {r['activation_mb'] / baseline['activation_mb']:.2f}x"
+        lines.append(
+            f"| {r['method']} | {r['trainable_params']:,d} | {r['step_ms']:.0f} ({r['step_p20_ms']:.0f}-"
+            f"{r['step_p80_ms']:.0f}) | {r['tokens_per_s']:.0f} | {r['activation_mb']:.1f} | {versus} |"
+        )
+    return lines
 
 
 def update_readme(markdown: str, readme: Path = README) -> None:
@@ -166,12 +195,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=10, help="CPU timing repetitions per case")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--update-readme", action="store_true", help="rewrite README's benchmark section")
+    parser.add_argument("--train-batch", type=int, default=8, help="batch of the end-to-end training steps")
+    parser.add_argument("--train-seq-len", type=int, default=128, help="length of the end-to-end training steps")
+    parser.add_argument("--skip-training", action="store_true", help="op-level rows only")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TRITON_INTERPRET", "1")
     from rich.progress import Progress
 
     from bench.measure import DEFAULT_RANKS, EmbedShape, measure, measure_folding
+    from bench.train_step import METHODS, measure_train_step
+    from prompt_ops.models.presets import load_minilm
 
     cases = [
         (op, EmbedShape(batch=b, rank=rank), mode)
@@ -179,9 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         for mode in ("forward", "backward")
         for b in args.batches
     ]
-    rows, folding = [], []
+    methods = [] if args.skip_training else list(METHODS)
+    rows, folding, training = [], [], []
     with Progress() as progress:
-        task = progress.add_task("measuring", total=len(cases) + len(args.batches) + 1)
+        task = progress.add_task("measuring", total=len(cases) + len(args.batches) + len(methods) + 1)
         for op, shape, mode in cases:
             progress.update(task, description=f"{op} {mode} B={shape.batch}")
             rows.append(dataclasses.asdict(measure(op, shape, mode, repeat=args.repeat)))
@@ -190,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
             progress.update(task, description=f"ADePT folding B={batch}")
             shape = EmbedShape(batch=batch, rank=DEFAULT_RANKS["adept_embed"])
             folding.append(dataclasses.asdict(measure_folding(shape, repeat=args.repeat)))
+            progress.advance(task)
+        for method in methods:
+            progress.update(task, description=f"training step: {method} on MiniLM")
+            _, model = load_minilm()
+            row = measure_train_step(model, "all-MiniLM-L6-v2", method, args.train_batch, args.train_seq_len)
+            training.append(dataclasses.asdict(row))
             progress.advance(task)
         progress.update(task, description="sm_90 compile stats")
         stats = compile_stats()
@@ -204,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "shape": reference_shape,
         "rows": rows,
         "folding": folding,
+        "training": training,
         "compile": stats,
     }
     args.out.mkdir(parents=True, exist_ok=True)

