@@ -334,9 +334,34 @@ DEFAULT_RANKS = {
 }  # fmt: skip
 
 
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """What the fused path of an op family may cost: the regression guard (``tests/test_bench.py``)."""
+
+    forward_launches: int
+    backward_launches: int
+    forward_bytes_over_ideal: float | None  # None: intermediates are real traffic (EPT's Q and attention)
+
+
+BUDGETS = {
+    "prompt_embed": Budget(1, 1, 1.1),
+    "dept_embed": Budget(1, 2, 1.1),
+    "adept_embed": Budget(1, 2, 1.1),  # backward: 3 when the tokens span several weight splits
+    "lamp_embed": Budget(1, 2, 1.1),
+    "ept_embed": Budget(4, 11, None),  # three prompt-builder launches, then DePT's; backward 2 + 7 + 2 adds
+    "lpt_insert": Budget(3, 3, 1.1),  # the generator's two launches and the copy of the hidden states
+}
+
+PROVIDERS = ("naive", "compiled", "torch", "triton")
+MODES = ("forward", "backward", "full")
+
+
 @dataclasses.dataclass
 class Row:
+    """One (op, provider, mode, shape) measurement. ``None`` marks what cannot be measured here (see ``note``)."""
+
     op: str
+    provider: str
     mode: str
     batch: int
     seq_len: int
@@ -344,19 +369,23 @@ class Row:
     num_prompt: int
     rank: int
     dtype: str
-    naive_launches: int
-    naive_bytes: int
-    fused_launches: int
-    fused_bytes: int
-    fused_requested_bytes: int
+    device: str
+    correct: bool | None  # output and gradients equal the reference (naive is the reference)
+    launches: int | None  # kernel launches (eager: aten ops)
+    bytes: int | None  # bytes moved (eager: exact per op; triton: distinct addresses touched)
     ideal_bytes: int
-    naive_h100_us: float
-    fused_h100_us: float
-    projected_speedup: float
-    cpu_naive_ms: float
-    cpu_torch_ms: float
-    cpu_speedup: float
-    correct: bool
+    h100_us: float | None  # projection from the counts, not a measurement
+    cpu_ms: float | None = None  # real CPU wall time (median), for providers that run on the CPU
+    cpu_p20_ms: float | None = None
+    cpu_p80_ms: float | None = None
+    gpu_ms: float | None = None  # triton.testing.do_bench median, with CUDA
+    gpu_p20_ms: float | None = None
+    gpu_p80_ms: float | None = None
+    gbps: float | None = None  # ideal bytes / GPU time
+    peak_bandwidth_pct: float | None = None
+    peak_allocated_mb: float | None = None
+    peak_reserved_mb: float | None = None
+    note: str = ""
 
 
 def make_inputs(family: Family, shape: EmbedShape, seed: int = 0) -> Inputs:
@@ -390,71 +419,138 @@ def count_fused(fn):
     return result, launches, kernel.unique_bytes + around.bytes, kernel.requested_bytes + around.bytes
 
 
-def _grads_match(got: list[torch.Tensor], want: list[torch.Tensor]) -> bool:
+def _close(got: list[torch.Tensor], want: list[torch.Tensor]) -> bool:
     return len(got) == len(want) and all(
-        torch.allclose(g.flatten(), w.flatten(), rtol=1e-4, atol=1e-3) for g, w in zip(got, want, strict=True)
+        torch.allclose(g.flatten().float(), w.flatten().float(), rtol=1e-4, atol=1e-3)
+        for g, w in zip(got, want, strict=True)
     )
 
 
-def measure(op: str, shape: EmbedShape, mode: str, repeat: int = 10) -> Row:
-    """One row: ``mode`` is ``"forward"`` or ``"backward"``."""
-    family = FAMILIES[op]
-    inputs = make_inputs(family, shape)
-    params = list(inputs.params.values())
-    total = family.prompt_rows(shape) + shape.seq_len
-    grad = torch.randn(shape.batch, total, shape.hidden, generator=torch.Generator().manual_seed(1))
+_COMPILED: dict[str, Callable] = {}
 
-    if mode == "forward":
-        naive_traffic, naive_flops = _count_eager(lambda: family.naive(inputs))
-        (out, mask), launches, unique, requested = count_fused(lambda: family.fused_forward(inputs))
-        ref_out, ref_mask = family.naive(inputs)
-        correct = torch.allclose(out, ref_out, rtol=1e-4, atol=1e-4) and torch.equal(mask, ref_mask)
-        ideal, fused_flops = family.ideal_forward(shape), family.flops_forward(shape)
-        naive_time = cpu_time(lambda: family.naive(inputs), repeat=repeat)
-        torch_time = cpu_time(lambda: family.ours(inputs, "torch"), repeat=repeat)
-    elif mode == "backward":
-        ref_out, _ = family.naive(inputs)
-        naive_traffic, naive_flops = _count_eager(lambda: torch.autograd.grad(ref_out, params, grad, retain_graph=True))
-        prepared = family.prepare_backward(inputs)
-        grads, launches, unique, requested = count_fused(lambda: family.fused_backward(inputs, grad, prepared))
-        if op == "adept_embed":
+
+def compiled_naive(family: Family) -> Callable:
+    """``torch.compile`` of the naive path, one per family, with dynamic shapes (one compile serves every size)."""
+    if family.op not in _COMPILED:
+        # the backward timings call autograd.grad repeatedly on one graph (retain_graph=True), which buffer donation
+        # forbids; donation only saves memory, not time
+        torch._functorch.config.donated_buffer = False
+        _COMPILED[family.op] = torch.compile(family.naive, dynamic=True)
+    return _COMPILED[family.op]
+
+
+class Case:
+    """One op at one shape: inputs, the reference outputs and gradients, and each provider's callables."""
+
+    def __init__(self, family: Family, shape: EmbedShape):
+        self.family, self.shape = family, shape
+        self.inputs = make_inputs(family, shape)
+        self.params = list(self.inputs.params.values())
+        total = family.prompt_rows(shape) + shape.seq_len
+        self.grad = torch.randn(shape.batch, total, shape.hidden, generator=torch.Generator().manual_seed(1))
+        self.ref_out, self.ref_mask = family.naive(self.inputs)
+        self.ref_grads = torch.autograd.grad(self.ref_out, self.params, self.grad, retain_graph=True)
+
+    def forward_fn(self, provider: str) -> Callable:
+        x = self.inputs
+        if provider == "naive":
+            return lambda: self.family.naive(x)
+        if provider == "compiled":
+            compiled = compiled_naive(self.family)
+            return lambda: compiled(x)
+        return lambda: self.family.ours(x, provider)
+
+    def check(self, provider: str) -> bool:
+        """Outputs, mask and every gradient of an autograd-running provider against the reference."""
+        out, mask = self.forward_fn(provider)()
+        grads = torch.autograd.grad(out, self.params, self.grad)
+        return _close([out], [self.ref_out]) and torch.equal(mask, self.ref_mask) and _close(grads, self.ref_grads)
+
+    def timed(self, provider: str, mode: str) -> Callable:
+        """What a timing of ``mode`` runs: the forward, the backward of a forward made beforehand, or both."""
+        forward = self.forward_fn(provider)
+        if mode == "forward":
+            return forward
+        if mode == "backward":
+            out, _ = forward()
+            return lambda: torch.autograd.grad(out, self.params, self.grad, retain_graph=True)
+        return lambda: torch.autograd.grad(forward()[0], self.params, self.grad)
+
+
+def provider_counts(case: Case, provider: str) -> dict[str, tuple[int | None, int | None, bool | None]]:
+    """``{mode: (launches, bytes, correct)}``: forward and backward counted once each, ``full`` their sum.
+    ``correct`` is the Triton kernels' own check (the autograd providers are checked by :meth:`Case.check`)."""
+    family, x = case.family, case.inputs
+    if provider == "compiled":
+        return dict.fromkeys(MODES, (None, None, None))
+    if provider in ("naive", "torch"):
+        forward, _ = _count_eager(case.forward_fn(provider))
+        out, _ = case.forward_fn(provider)()
+        backward, _ = _count_eager(lambda: torch.autograd.grad(out, case.params, case.grad, retain_graph=True))
+        counts = {"forward": (forward.launches, forward.bytes), "backward": (backward.launches, backward.bytes)}
+        correct = {"forward": None, "backward": None}
+    else:
+        (out, mask), fwd_launches, fwd_bytes, _ = count_fused(lambda: family.fused_forward(x))
+        prepared = family.prepare_backward(x)
+        grads, bwd_launches, bwd_bytes, _ = count_fused(lambda: family.fused_backward(x, case.grad, prepared))
+        if family.op == "adept_embed":
             from prompt_ops.ops.adept_embed import split_ffn_grads
 
-            grads = (grads[0], *split_ffn_grads(grads[1], shape.hidden, shape.rank))
-        ref_grads = torch.autograd.grad(ref_out, params, grad, retain_graph=True)
-        correct = _grads_match([g for g in grads if g is not None], list(ref_grads))
-        ideal, fused_flops = family.ideal_backward(shape), 2 * family.flops_forward(shape)
-        our_out, _ = family.ours(inputs, "torch")
-        naive_time = cpu_time(lambda: torch.autograd.grad(ref_out, params, grad, retain_graph=True), repeat=repeat)
-        torch_time = cpu_time(lambda: torch.autograd.grad(our_out, params, grad, retain_graph=True), repeat=repeat)
-    else:
-        raise ValueError(f"mode must be 'forward' or 'backward', got {mode!r}")
+            grads = (grads[0], *split_ffn_grads(grads[1], case.shape.hidden, case.shape.rank))
+        counts = {"forward": (fwd_launches, fwd_bytes), "backward": (bwd_launches, bwd_bytes)}
+        correct = {
+            "forward": _close([out], [case.ref_out]) and torch.equal(mask, case.ref_mask),
+            "backward": _close([g for g in grads if g is not None], list(case.ref_grads)),
+        }
+    result = {mode: (*counts[mode], correct[mode]) for mode in ("forward", "backward")}
+    full_correct = None if correct["forward"] is None else correct["forward"] and correct["backward"]
+    result["full"] = (counts["forward"][0] + counts["backward"][0], counts["forward"][1] + counts["backward"][1],
+                      full_correct)  # fmt: skip
+    return result
 
-    naive_us = project_h100(naive_traffic.bytes, naive_flops, naive_traffic.launches) * 1e6
-    fused_us = project_h100(unique, fused_flops, launches) * 1e6
-    return Row(
-        op=op,
-        mode=mode,
-        batch=shape.batch,
-        seq_len=shape.seq_len,
-        hidden=shape.hidden,
-        num_prompt=family.prompt_rows(shape),
-        rank=shape.rank,
-        dtype="float32",
-        naive_launches=naive_traffic.launches,
-        naive_bytes=naive_traffic.bytes,
-        fused_launches=launches,
-        fused_bytes=unique,
-        fused_requested_bytes=requested,
-        ideal_bytes=ideal,
-        naive_h100_us=naive_us,
-        fused_h100_us=fused_us,
-        projected_speedup=naive_us / fused_us,
-        cpu_naive_ms=naive_time["median"] * 1e3,
-        cpu_torch_ms=torch_time["median"] * 1e3,
-        cpu_speedup=naive_time["median"] / torch_time["median"],
-        correct=correct,
-    )
+
+_NOTES = {
+    "compiled": "timed, not counted: inductor's CPU loops are not kernel launches",
+    "triton": "counted in the Triton interpreter; not timed (interpreter time is not kernel speed)",
+}
+
+
+def _ideal(family: Family, shape: EmbedShape, mode: str) -> int:
+    forward = family.ideal_forward(shape) if mode in ("forward", "full") else 0
+    return forward + (family.ideal_backward(shape) if mode in ("backward", "full") else 0)
+
+
+def measure_case(
+    op: str, shape: EmbedShape, modes=MODES, providers=PROVIDERS, repeat: int = 10, device: str = "cpu"
+) -> list[Row]:
+    """Every (provider, mode) row of ``op`` at ``shape``. A provider whose outputs or gradients differ from the
+    reference is reported with ``correct=False`` and not timed."""
+    family = FAMILIES[op]
+    case = Case(family, shape)
+    rows = []
+    for provider in providers:
+        correct, note = True, _NOTES.get(provider, "")
+        if provider in ("compiled", "torch"):
+            try:
+                correct = case.check(provider)
+            except Exception as err:  # a compile failure (no C++ compiler, an unsupported op) is reported, not fatal
+                correct, note = False, f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+        counts = provider_counts(case, provider) if correct or provider == "triton" else {}
+        for mode in modes:
+            launches, total_bytes, kernel_correct = counts.get(mode, (None, None, None))
+            row_correct = kernel_correct if provider == "triton" else correct
+            flops = {"forward": 1, "backward": 2, "full": 3}[mode] * family.flops_forward(shape)
+            row = Row(
+                op=op, provider=provider, mode=mode, batch=shape.batch, seq_len=shape.seq_len, hidden=shape.hidden,
+                num_prompt=family.prompt_rows(shape), rank=shape.rank, dtype="float32", device=device,
+                correct=row_correct, launches=launches, bytes=total_bytes, ideal_bytes=_ideal(family, shape, mode),
+                h100_us=None if launches is None else project_h100(total_bytes, flops, launches) * 1e6, note=note,
+            )  # fmt: skip
+            if row_correct and provider != "triton":  # the Triton kernels run in the interpreter here: never timed
+                timing = cpu_time(case.timed(provider, mode), repeat=repeat)
+                row.cpu_ms, row.cpu_p20_ms, row.cpu_p80_ms = (timing[k] * 1e3 for k in ("median", "p20", "p80"))
+            rows.append(row)
+    return rows
 
 
 @dataclasses.dataclass

@@ -1,13 +1,18 @@
-"""The bench's measurements and report on small shapes (the full run is `make bench`)."""
+"""The bench on small shapes (the full run is `make bench`): every provider and mode, the correctness gate, the
+regression guard on the fused kernels' launch and byte budgets, the report and plots, end to end and the CLI."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
-from bench.measure import FAMILIES, EmbedShape, measure, measure_folding
-from bench.run import README_END, README_START, render_markdown, update_readme
-from bench.train_step import measure_train_step
+from bench import measure as bench_measure
+from bench.measure import BUDGETS, FAMILIES, EmbedShape, measure_case, measure_folding
+from bench.report import PLOTS, render_full, render_readme, write_plots
+from bench.run import README_END, README_START, update_readme
+from prompt_ops.cli import main as cli_main
+from prompt_ops.end_to_end import measure_method
 from prompt_ops.profiling.memory import saved_activations
 from tests.conftest import INTERPRET
 
@@ -15,31 +20,58 @@ pytestmark = pytest.mark.skipif(not INTERPRET, reason="the CPU bench counts kern
 
 SMALL = EmbedShape(
     batch=2, seq_len=24, num_prompt=5, hidden=64, rank=6, max_length=32, vocab=500, lamp_tokens=12, lpt_tokens=3
-)
-# 48 tokens make one ADePT weight split, so no partial-sum launch follows.
-# EPT backward: DePT's two launches, the builder's seven, and the two adds that sum lora_a's and lora_b's paths.
-# LPT: the generator's three backward launches; forward, its two launches and the copy of the hidden states.
-FUSED_BACKWARD_LAUNCHES = {
-    "prompt_embed": 1, "dept_embed": 2, "adept_embed": 2, "lamp_embed": 2, "ept_embed": 11, "lpt_insert": 3,
-}  # fmt: skip
-FUSED_FORWARD_LAUNCHES = {"ept_embed": 4, "lpt_insert": 3}  # EPT: three prompt-builder launches, then the per-token one
+)  # 48 tokens make one ADePT weight split, so no partial-sum launch follows
+COUNTED = ("naive", "torch", "triton")
+
+
+def rows_by(rows):
+    return {(r.provider, r.mode): r for r in rows}
 
 
 @pytest.mark.parametrize("op", sorted(FAMILIES))
-@pytest.mark.parametrize("mode", ["forward", "backward"])
-def test_measure_small_case(op, mode):
-    row = measure(op, SMALL, mode, repeat=2)
-    assert row.correct
-    assert row.fused_launches == (
-        FUSED_FORWARD_LAUNCHES.get(op, 1) if mode == "forward" else FUSED_BACKWARD_LAUNCHES[op]
-    )
-    if mode == "forward":
-        assert row.naive_launches >= 3
-        if op == "ept_embed":  # the builder's intermediates (Q, the attention) are real traffic, but less than naive
-            assert row.ideal_bytes < row.fused_bytes < row.naive_bytes
-        else:
-            assert row.fused_bytes <= 1.1 * row.ideal_bytes
-    assert row.fused_h100_us > 0 and row.cpu_naive_ms > 0 and row.cpu_torch_ms > 0
+def test_every_provider_and_mode_within_budget(op):
+    """The regression guard: the fused kernels' launches and unique bytes stay within the family's budget, and
+    every provider matches the reference; naive and torch are counted and timed, triton counted only."""
+    rows = rows_by(measure_case(op, SMALL, providers=COUNTED, repeat=2))
+    budget = BUDGETS[op]
+    assert all(row.correct for row in rows.values())
+    forward, backward, full = (rows["triton", mode] for mode in ("forward", "backward", "full"))
+    assert forward.launches == budget.forward_launches and backward.launches == budget.backward_launches
+    assert full.launches == forward.launches + backward.launches and full.bytes == forward.bytes + backward.bytes
+    if budget.forward_bytes_over_ideal is not None:
+        assert forward.bytes <= budget.forward_bytes_over_ideal * forward.ideal_bytes
+    else:
+        assert forward.ideal_bytes < forward.bytes < rows["naive", "forward"].bytes
+    assert rows["naive", "forward"].launches >= 3
+    for provider in ("naive", "torch"):
+        assert all(
+            rows[provider, mode].cpu_ms > 0 and rows[provider, mode].launches > 0 for mode in bench_measure.MODES
+        )
+    assert all(rows["triton", mode].cpu_ms is None and rows["triton", mode].h100_us > 0 for mode in bench_measure.MODES)
+
+
+def test_compiled_provider_is_timed_not_counted():
+    rows = rows_by(measure_case("dept_embed", SMALL, providers=("compiled",), repeat=2))
+    assert all(row.correct and row.launches is None and row.cpu_ms > 0 for row in rows.values())
+    assert "not counted" in rows["compiled", "forward"].note
+
+
+def test_a_wrong_provider_is_reported_and_not_timed(monkeypatch):
+    family = FAMILIES["dept_embed"]
+
+    def wrong_ours(x, backend):
+        out, mask = family.ours(x, backend)
+        return out * 1.01, mask
+
+    def wrong_fused(x):
+        out, mask = family.fused_forward(x)
+        return out + 1.0, mask
+
+    patched = dataclasses.replace(family, ours=wrong_ours, fused_forward=wrong_fused)
+    monkeypatch.setitem(FAMILIES, "dept_embed", patched)
+    rows = rows_by(measure_case("dept_embed", SMALL, providers=("torch", "triton"), repeat=2))
+    assert rows["torch", "forward"].correct is False and rows["torch", "forward"].cpu_ms is None
+    assert rows["triton", "forward"].correct is False and rows["triton", "backward"].correct is True
 
 
 def test_folding_row():
@@ -49,49 +81,40 @@ def test_folding_row():
     assert row.folded_bytes < row.unfolded_bytes  # no FFN weights to read
 
 
-def test_report_round_trip(tmp_path):
-    shape = {k: v for k, v in dataclasses.asdict(SMALL).items() if k not in ("batch", "rank")}
-    payload = {
-        "environment": {"cpu": "test", "torch": "t", "triton": "t", "commit": "abc", "date": "today"},
-        "shape": {**shape, "ranks": {"dept_embed": 6}},
-        "rows": [dataclasses.asdict(measure("dept_embed", SMALL, "forward", repeat=2))],
-        "folding": [dataclasses.asdict(measure_folding(SMALL, repeat=2))],
-        "training": [dataclasses.asdict(row) for row in training_rows()],
-        "compile": [{"label": "k", "registers": 10, "spill_bytes": 0, "shared_bytes": 0}],
-    }
-    markdown = render_markdown(payload)
-    assert "| dept_embed | forward | 2 |" in markdown and "| k | 10 | 0 | 0 |" in markdown
-    assert "| lpt | " in markdown and "| prompt_tuning | " in markdown
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{README_START}\nold\n{README_END}\noutro\n")
-    update_readme(markdown, readme)
-    assert readme.read_text() == f"intro\n{README_START}\n{markdown}{README_END}\noutro\n"
-    readme.write_text("no markers")
-    with pytest.raises(ValueError, match="markers"):
-        update_readme(markdown, readme)
-
-
-def tiny_bert():
+def tiny(family: str = "bert"):
     import transformers
 
     torch.manual_seed(0)
+    if family == "gpt2":
+        config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=4, n_head=2)
+        return transformers.GPT2LMHeadModel(config).eval()
     config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
                                      intermediate_size=64, max_position_embeddings=160)  # fmt: skip
     return transformers.BertModel(config).eval()
 
 
-def training_rows():
-    return [
-        measure_train_step(tiny_bert(), "tiny-bert", method, 2, 16, repeat=2) for method in ("prompt_tuning", "lpt")
-    ]
+def end_to_end_rows():
+    model = tiny()
+    return [measure_method(model, "tiny-bert", method, 2, 16, repeat=2) for method in ("prompt_tuning", "lpt")]
 
 
-def test_training_step_rows():
-    """LPT keeps fewer activations than prompt tuning: nothing below layer k is saved, and 5 rows instead of 100."""
-    prompt_tuning, lpt = training_rows()
-    assert prompt_tuning.trainable_params == 100 * 32 and lpt.trainable_params == 32 * 128 + 128 + 128 * 5 * 32 + 5 * 32
-    assert 0 < lpt.activation_mb < prompt_tuning.activation_mb
-    assert lpt.step_ms > 0 and lpt.tokens_per_s > 0
+def test_end_to_end_rows():
+    """LPT keeps fewer activations than prompt tuning: nothing below layer k is saved, and 5 rows instead of 100.
+    The model is left as it was (LPT's hooks removed)."""
+    model = tiny("gpt2")
+    before = model(input_ids=torch.arange(10)[None]).logits
+    rows = {m: measure_method(model, "tiny-gpt2", m, 2, 16, repeat=2) for m in ("prompt_tuning", "dept", "lpt")}
+    assert torch.equal(model(input_ids=torch.arange(10)[None]).logits, before)
+    assert rows["prompt_tuning"].trainable_params == 100 * 32
+    assert rows["lpt"].trainable_params == 32 * 128 + 128 + 128 * 5 * 32 + 5 * 32
+    assert 0 < rows["lpt"].activation_mb < rows["prompt_tuning"].activation_mb
+    assert all(r.step_ms > 0 and r.prefill_ms > 0 and r.decode_ms_per_token > 0 for r in rows.values())
+    encoder = end_to_end_rows()[0]
+    assert encoder.decode_ms_per_token is None and encoder.peak_memory_mb is None
+    with pytest.raises(ValueError, match="method must be one of"):
+        measure_method(model, "tiny-gpt2", "lora", 2, 16)
+    with pytest.raises(ValueError, match="batch must be an int >= 1"):
+        measure_method(model, "tiny-gpt2", "dept", 0, 16)
 
 
 def test_saved_activations_counts_what_autograd_keeps():
@@ -102,3 +125,48 @@ def test_saved_activations_counts_what_autograd_keeps():
         with torch.no_grad():
             torch.relu(hidden @ weight)  # nothing saved without gradients
     assert saved.tensors == 2 and saved.bytes == 2 * 4 * 8 * 4
+
+
+def test_cli_bench_on_a_local_folder(tmp_path, capsys):
+    tiny("gpt2").save_pretrained(tmp_path / "model")
+    out = tmp_path / "rows.json"
+    code = cli_main(["bench", "--model", str(tmp_path / "model"), "--methods", "dept,lpt", "--batch", "2",
+                     "--seq-len", "12", "--repeat", "2", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    rows = json.loads(out.read_text())
+    assert [r["method"] for r in rows] == ["dept", "lpt"] and all(r["decode_ms_per_token"] > 0 for r in rows)
+    assert "B=2, L=12, float32 on cpu" in capsys.readouterr().out  # the table's title
+    with pytest.raises(SystemExit):
+        cli_main(["bench", "--methods", "dept,lora"])
+    with pytest.raises(ValueError, match="preset .* or a folder with a config.json"):
+        cli_main(["bench", "--model", str(tmp_path / "missing"), "--methods", "dept"])
+
+
+def test_report_round_trip(tmp_path):
+    rows = []
+    for op in ("dept_embed", "lpt_insert"):
+        for batch in (1, 2):
+            shape = dataclasses.replace(SMALL, batch=batch)
+            rows += [dataclasses.asdict(r) for r in measure_case(op, shape, providers=COUNTED, repeat=2)]
+    reference = {k: v for k, v in dataclasses.asdict(dataclasses.replace(SMALL, batch=2)).items() if k != "rank"}
+    payload = {
+        "environment": {"cpu": "test", "torch": "t", "triton": "t", "commit": "abc", "date": "today"},
+        "reference_shape": reference,
+        "ranks": {"dept_embed": 6, "lpt_insert": 6},
+        "rows": rows,
+        "folding": [dataclasses.asdict(measure_folding(SMALL, repeat=2))],
+        "end_to_end": [dataclasses.asdict(row) for row in end_to_end_rows()],
+        "compile": [{"label": "k", "registers": 10, "spill_bytes": 0, "shared_bytes": 0}],
+    }
+    markdown = render_readme(payload)
+    assert "| dept_embed | forward |" in markdown and "| lpt_insert | full |" in markdown
+    assert "| k | 10 | 0 | 0 |" in markdown and "| tiny-bert | lpt |" in markdown
+    assert render_full(payload).count("| dept_embed | triton |") == 6  # 3 modes x 2 batches
+    assert {path.name for path in write_plots(payload, tmp_path)} == set(PLOTS.values())
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_START}\nold\n{README_END}\noutro\n")
+    update_readme(markdown, readme)
+    assert readme.read_text() == f"intro\n{README_START}\n{markdown}{README_END}\noutro\n"
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="markers"):
+        update_readme(markdown, readme)

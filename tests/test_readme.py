@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import README_END, README_START, render_markdown
+from bench.report import render_full, render_readme
+from bench.run import README_END, README_START
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -26,5 +27,5 @@ def test_readme_example_runs(index, monkeypatch):
 def test_readme_benchmark_section_is_generated_from_the_results():
     payload = json.loads((ROOT / "bench" / "results" / "ops.json").read_text())
     section = README.split(README_START, 1)[1].split(README_END, 1)[0]
-    assert section == "\n" + render_markdown(payload)
-    assert (ROOT / "bench" / "results" / "ops.md").read_text() == render_markdown(payload)
+    assert section == "\n" + render_readme(payload)
+    assert (ROOT / "bench" / "results" / "ops.md").read_text() == render_full(payload)

@@ -12,7 +12,7 @@ import math
 import torch
 
 from prompt_ops.ops.backend import resolve_check_ids
-from prompt_ops.ops.common import accumulate_dtype
+from prompt_ops.ops.common import accumulate_dtype, custom_op
 from prompt_ops.ops.validation import check_ids_in_range, validate_embed_call
 
 Tensor = torch.Tensor
@@ -80,7 +80,7 @@ def split_ffn_grads(flat: Tensor, hidden_size: int, rank: int) -> tuple[Tensor, 
     return w_down.view(hidden_size, rank), b_down, w_up.view(rank, hidden_size), b_up
 
 
-@torch.library.custom_op("prompt_ops::adept_embed_fwd", mutates_args=())
+@custom_op("prompt_ops::adept_embed_fwd")
 def adept_embed_fwd_op(
     input_ids: Tensor,
     weight: Tensor,
@@ -117,7 +117,7 @@ def _adept_embed_fwd_fake(
     return embeds, input_ids.new_empty((batch, num_prompt + seq_len), dtype=mask_dtype)
 
 
-@torch.library.custom_op("prompt_ops::adept_embed_bwd", mutates_args=())
+@custom_op("prompt_ops::adept_embed_bwd")
 def adept_embed_bwd_op(
     grad_out: Tensor,
     input_ids: Tensor,

@@ -13,7 +13,7 @@ added in fp32 straight into the preallocated output (no ``(B, L, d)`` repeat, on
 import torch
 
 from prompt_ops.ops.backend import resolve_check_ids
-from prompt_ops.ops.common import accumulate_dtype
+from prompt_ops.ops.common import accumulate_dtype, custom_op
 from prompt_ops.ops.validation import check_ids_in_range, check_scale, validate_embed_call
 
 Tensor = torch.Tensor
@@ -77,7 +77,7 @@ def dept_embed_bwd_torch(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("prompt_ops::dept_embed_fwd", mutates_args=())
+@custom_op("prompt_ops::dept_embed_fwd")
 def dept_embed_fwd_op(
     input_ids: Tensor,
     weight: Tensor,
@@ -108,7 +108,7 @@ def _dept_embed_fwd_fake(input_ids, weight, prompt, lora_a, lora_b, attention_ma
     return embeds, input_ids.new_empty((batch, num_prompt + seq_len), dtype=mask_dtype)
 
 
-@torch.library.custom_op("prompt_ops::dept_embed_bwd", mutates_args=())
+@custom_op("prompt_ops::dept_embed_bwd")
 def dept_embed_bwd_op(
     grad_out: Tensor,
     lora_a: Tensor | None,

@@ -17,6 +17,7 @@ import math
 import torch
 
 from prompt_ops.ops.backend import resolve_check_ids
+from prompt_ops.ops.common import custom_op
 from prompt_ops.ops.dept_embed import check_lora_shapes, dept_embed_fwd_op
 from prompt_ops.ops.validation import check_scale, validate_embed_call, validate_params
 
@@ -36,7 +37,7 @@ def build_ept_prompt(prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate, scale
     return torch.addmm(fused, projected, up)
 
 
-@torch.library.custom_op("prompt_ops::ept_prompt_fwd", mutates_args=())
+@custom_op("prompt_ops::ept_prompt_fwd")
 def ept_prompt_fwd_op(
     prompt: Tensor,
     lora_a: Tensor,
@@ -65,7 +66,7 @@ def _ept_prompt_fwd_fake(prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate, s
     )
 
 
-@torch.library.custom_op("prompt_ops::ept_prompt_bwd", mutates_args=())
+@custom_op("prompt_ops::ept_prompt_bwd")
 def ept_prompt_bwd_op(
     grad: Tensor,
     prompt: Tensor,

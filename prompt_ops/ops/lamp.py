@@ -10,7 +10,7 @@ from the factors) and two backward.
 import torch
 
 from prompt_ops.ops.backend import resolve_check_ids
-from prompt_ops.ops.common import accumulate_dtype
+from prompt_ops.ops.common import accumulate_dtype, custom_op
 from prompt_ops.ops.dept_embed import dept_embed_fwd_torch
 from prompt_ops.ops.validation import (
     check_ids_in_range,
@@ -55,7 +55,7 @@ def _factors(u, q, v, pool):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("prompt_ops::lamp_prompt_fwd", mutates_args=())
+@custom_op("prompt_ops::lamp_prompt_fwd")
 def lamp_prompt_fwd_op(u: Tensor, q: Tensor, v: Tensor, pool: int, backend: str) -> Tensor:
     if backend == "triton":
         from prompt_ops.kernels.lamp import lamp_prompt_fwd
@@ -69,7 +69,7 @@ def _lamp_prompt_fwd_fake(u, q, v, pool, backend):
     return v.new_empty((u.shape[0] // pool, v.shape[1]))
 
 
-@torch.library.custom_op("prompt_ops::lamp_prompt_bwd", mutates_args=())
+@custom_op("prompt_ops::lamp_prompt_bwd")
 def lamp_prompt_bwd_op(grad: Tensor, u: Tensor, q: Tensor, v: Tensor, pool: int, backend: str) -> list[Tensor]:
     """``[dU, dq, dV]`` in fp32 (fp64 for fp64 inputs on the torch backend)."""
     if backend == "triton":
@@ -79,7 +79,7 @@ def lamp_prompt_bwd_op(grad: Tensor, u: Tensor, q: Tensor, v: Tensor, pool: int,
     return list(lamp_factor_grads_torch(grad, u, q, v, pool))
 
 
-@torch.library.custom_op("prompt_ops::lamp_embed_fwd", mutates_args=())
+@custom_op("prompt_ops::lamp_embed_fwd")
 def lamp_embed_fwd_op(
     input_ids: Tensor,
     weight: Tensor,
@@ -109,7 +109,7 @@ def _lamp_embed_fwd_fake(input_ids, weight, u, q, v, attention_mask, pool, check
     return weight.new_empty((batch, total, v.shape[1])), input_ids.new_empty((batch, total), dtype=mask_dtype)
 
 
-@torch.library.custom_op("prompt_ops::lamp_embed_bwd", mutates_args=())
+@custom_op("prompt_ops::lamp_embed_bwd")
 def lamp_embed_bwd_op(grad_out: Tensor, u: Tensor, q: Tensor, v: Tensor, pool: int, backend: str) -> list[Tensor]:
     """``[dU, dq, dV]`` from the gradient of the whole model input."""
     if backend == "triton":

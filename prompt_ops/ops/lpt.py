@@ -16,6 +16,7 @@ reproducible from ``seed``.
 import torch
 
 from prompt_ops.ops.adept_embed import check_dropout
+from prompt_ops.ops.common import custom_op
 from prompt_ops.ops.validation import check_tensor, validate_params
 
 Tensor = torch.Tensor
@@ -69,7 +70,7 @@ def _up_projection(pooled, w_up, b_up, dropout_p, seed):
     return out
 
 
-@torch.library.custom_op("prompt_ops::lpt_prompt_fwd", mutates_args=())
+@custom_op("prompt_ops::lpt_prompt_fwd")
 def lpt_prompt_fwd_op(
     hidden: Tensor,
     w_down: Tensor,
@@ -98,7 +99,7 @@ def _lpt_prompt_fwd_fake(hidden, w_down, b_down, w_up, b_up, starts, ends, num_t
     )
 
 
-@torch.library.custom_op("prompt_ops::lpt_insert_fwd", mutates_args=())
+@custom_op("prompt_ops::lpt_insert_fwd")
 def lpt_insert_fwd_op(
     hidden: Tensor,
     attention_mask: Tensor | None,
@@ -134,7 +135,7 @@ def _lpt_insert_fwd_fake(hidden, attention_mask, w_down, b_down, w_up, b_up, sta
     return out, mask_out, hidden.new_empty((starts.shape[0], w_down.shape[1]), dtype=torch.float32)
 
 
-@torch.library.custom_op("prompt_ops::lpt_prompt_bwd", mutates_args=())
+@custom_op("prompt_ops::lpt_prompt_bwd")
 def lpt_prompt_bwd_op(
     grad: Tensor, hidden: Tensor, starts: Tensor, ends: Tensor, pre: Tensor, w_up: Tensor, dropout_p: float, seed: int
 ) -> list[Tensor]:

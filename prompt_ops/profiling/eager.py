@@ -61,8 +61,9 @@ class OpRecord:
 class EagerTraffic(TorchDispatchMode):
     """``with EagerTraffic() as t: fn()`` then ``t.launches``, ``t.read_bytes``, ``t.write_bytes``, ``t.ops``.
 
-    Our own ``prompt_ops::`` custom ops are opaque here (their kernels run inside): measure their launchers with
-    :func:`prompt_ops.profiling.kernel_traffic` instead. Meeting one raises, so that nothing is silently missed.
+    Our own ``prompt_ops::`` custom ops are opened when they run the eager torch backend (their Python body is
+    replayed under this mode); on the Triton backend their kernels run inside, so meeting one raises (count its
+    launchers with :func:`prompt_ops.profiling.kernel_traffic`): nothing is silently missed.
     """
 
     def __init__(self):
@@ -85,12 +86,25 @@ class EagerTraffic(TorchDispatchMode):
     def bytes(self) -> int:
         return self.read_bytes + self.write_bytes
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func.namespace == "prompt_ops":
+    def _replay_eager_body(self, func, args, kwargs):
+        """A ``prompt_ops::`` op called with ``backend="torch"``: run its Python body under this mode, so that its
+        aten ops are counted. Any other call of our ops launches kernels this mode cannot see: refuse it."""
+        from prompt_ops.ops.common import EAGER_BODIES
+
+        names = [argument.name for argument in func._schema.arguments]
+        call = {**dict(zip(names, args, strict=False)), **kwargs}
+        body = EAGER_BODIES.get(func._schema.name)
+        if body is None or call.get("backend") != "torch":
             raise RuntimeError(
                 f"EagerTraffic cannot see inside {func}: count its launcher with prompt_ops.profiling.kernel_traffic"
             )
+        with self:
+            return body(*args, **kwargs)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.namespace == "prompt_ops":
+            return self._replay_eager_body(func, args, kwargs)
         out = func(*args, **kwargs)
         name = func.overloadpacket.__name__
         if func.is_view or name in _NO_KERNEL:

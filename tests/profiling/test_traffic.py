@@ -63,11 +63,21 @@ def test_eager_counter_counts_known_ops():
     assert traffic.read_bytes == 64 * 4
 
 
-def test_eager_counter_refuses_to_look_inside_our_custom_ops():
+def test_eager_counter_opens_torch_backend_ops_and_refuses_triton_ones():
+    """A custom op run with the torch backend is counted op by op (the same aten ops as calling its body); on the
+    Triton backend its kernels are invisible to the mode, so it refuses."""
     import prompt_ops
+    from prompt_ops.ops.common import EAGER_BODIES
 
+    ids, weight, prompt = torch.tensor([[1, 2]]), torch.randn(3, 4), torch.randn(1, 4)
+    with EagerTraffic() as opened:
+        prompt_ops.prompt_embed(ids, weight, prompt, backend="torch")
+    body = EAGER_BODIES["prompt_ops::dept_embed_fwd"]
+    with EagerTraffic() as direct:
+        body(ids, weight, prompt, None, None, None, 0.0, True, "torch")
+    assert opened.launches == direct.launches > 0 and opened.bytes == direct.bytes
     with pytest.raises(RuntimeError, match="count its launcher"), EagerTraffic():
-        prompt_ops.prompt_embed(torch.tensor([[1]]), torch.randn(3, 4), torch.randn(1, 4), backend="torch")
+        prompt_ops.prompt_embed(ids, weight, prompt, backend="triton")
 
 
 def test_bounds_checker_catches_an_unmasked_overread():

@@ -1,0 +1,254 @@
+"""Tables and plots from a bench payload (``bench/results/ops.json``): README's section, the full markdown, PNGs.
+
+Everything here is a pure function of the payload, so README's numbers are exactly the bench's (a test checks it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PLOTS = {
+    "bytes": "ops_bytes_vs_batch.png",
+    "cpu": "ops_cpu_ms_vs_batch.png",
+    "hidden": "ops_h100_projection_vs_hidden.png",
+    "end_to_end": "end_to_end.png",
+}
+COUNTED = ("naive", "torch", "triton")
+TIMED = ("naive", "compiled", "torch")
+
+
+def _mb(value) -> str:
+    return "-" if value is None else f"{value / 1e6:.2f}"
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _pick(rows: list[dict], **where) -> list[dict]:
+    return [r for r in rows if all(r[k] == v for k, v in where.items())]
+
+
+def _one(rows: list[dict], **where) -> dict | None:
+    found = _pick(rows, **where)
+    return found[0] if found else None
+
+
+def _conditions(payload: dict) -> str:
+    env, ref = payload["environment"], payload["reference_shape"]
+    return (
+        f"Device: {env['cpu']} (no GPU; Triton kernels run in the interpreter to be counted, never timed), torch "
+        f"{env['torch']}, triton {env['triton']}, commit {env['commit']}, {env['date']}. fp32 tables and parameters, "
+        f"int64 masks, eval (no dropout). Reference shape: B={ref['batch']}, L={ref['seq_len']}, d={ref['hidden']}, "
+        f"m={ref['num_prompt']}, L_max={ref['max_length']}; ranks {payload['ranks']} (LAMP: l={ref['lamp_tokens']} "
+        f"pooled by {ref['pool']}; LPT: n={ref['lpt_tokens']} NPG rows, its rank is the generator's h)."
+    )
+
+
+_PROVIDERS_TEXT = (
+    "Providers: *naive* is eager PyTorch written as the official code writes it; *compiled* is `torch.compile` of "
+    "naive (inductor, CPU); *torch* is our eager backend; *triton* is our fused kernels. Launches and MB are exact "
+    "counts (eager aten ops with their bytes; distinct addresses the Triton kernels touch); *compiled* is timed, "
+    "not counted. *Ideal* reads every input once and writes every output once. H100 columns are a **projection** "
+    "(max(bytes / 3.35 TB/s, flops / 67 TFLOP/s) + 4 us per launch), not a measurement. CPU columns are real "
+    "wall-clock medians. *full* is forward plus backward. A provider whose outputs or gradients differ from the "
+    "reference is marked and not timed."
+)
+
+
+def render_readme(payload: dict) -> str:
+    """README's benchmark section: the reference shape, end to end, folding, compile stats, plots."""
+    ref = payload["reference_shape"]
+    at_ref = [r for r in payload["rows"] if (r["batch"], r["seq_len"], r["hidden"]) == (ref["batch"], ref["seq_len"],
+                                                                                            ref["hidden"])]  # fmt: skip
+    lines = [
+        _conditions(payload),
+        "",
+        _PROVIDERS_TEXT,
+        "",
+        "| op | mode | launches naive / torch / triton | MB naive / torch / triton / ideal | triton / ideal "
+        "| H100 us naive / triton (proj.) | proj. speedup | CPU ms naive / compiled / torch | correct |",
+        "|---|---|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for op in dict.fromkeys(r["op"] for r in at_ref):
+        for mode in ("forward", "backward", "full"):
+            by = {p: _one(at_ref, op=op, mode=mode, provider=p) for p in ("naive", "compiled", "torch", "triton")}
+            if by["naive"] is None or by["triton"] is None:
+                continue
+            naive, triton = by["naive"], by["triton"]
+            launches = " / ".join(str(by[p]["launches"]) if by[p] else "-" for p in COUNTED)
+            moved = (
+                " / ".join(_mb(by[p]["bytes"]) if by[p] else "-" for p in COUNTED) + f" / {_mb(naive['ideal_bytes'])}"
+            )
+            ratio = "-" if triton["bytes"] is None else f"{triton['bytes'] / triton['ideal_bytes']:.2f}"
+            speedup = "-" if triton["h100_us"] is None else f"{naive['h100_us'] / triton['h100_us']:.2f}x"
+            cpu = " / ".join(_ms(by[p]["cpu_ms"]) if by[p] else "-" for p in TIMED)
+            correct = "yes" if all(by[p]["correct"] is not False for p in by if by[p]) else "**NO**"
+            lines.append(
+                f"| {op} | {mode} | {launches} | {moved} | {ratio} | {naive['h100_us']:.1f} / "
+                f"{_ms(triton['h100_us'])} | {speedup} | {cpu} | {correct} |"
+            )
+    lines += [
+        "",
+        f"Sweeps over batch, length and hidden size (d = 768, 1024, 4096) are in `bench/results/ops.md` and "
+        f"`ops.csv`, and plotted: ![bytes vs batch](bench/results/{PLOTS['bytes']}) "
+        f"![CPU time vs batch](bench/results/{PLOTS['cpu']}) ![H100 projection vs hidden size](bench/results/"
+        f"{PLOTS['hidden']})",
+    ]
+    lines += render_end_to_end(payload.get("end_to_end", []))
+    lines += _folding_table(payload.get("folding", []))
+    lines += _compile_table(payload.get("compile", []))
+    return "\n".join(lines) + "\n"
+
+
+def render_full(payload: dict) -> str:
+    """``ops.md``: the conditions and every op-level row."""
+    lines = [
+        _conditions(payload),
+        "",
+        _PROVIDERS_TEXT,
+        "",
+        "| op | provider | mode | B | L | d | launches | MB | ideal MB | H100 us (proj.) | CPU ms (p20-p80) | correct "
+        "| note |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---|",
+    ]
+    for r in payload["rows"]:
+        cpu = "-" if r["cpu_ms"] is None else f"{r['cpu_ms']:.2f} ({r['cpu_p20_ms']:.2f}-{r['cpu_p80_ms']:.2f})"
+        correct = {True: "yes", False: "**NO**", None: "-"}[r["correct"]]
+        lines.append(
+            f"| {r['op']} | {r['provider']} | {r['mode']} | {r['batch']} | {r['seq_len']} | {r['hidden']} "
+            f"| {'-' if r['launches'] is None else r['launches']} | {_mb(r['bytes'])} | {_mb(r['ideal_bytes'])} "
+            f"| {_ms(r['h100_us'])} | {cpu} | {correct} | {r['note']} |"
+        )
+    lines += render_end_to_end(payload.get("end_to_end", []))
+    return "\n".join(lines) + "\n"
+
+
+def render_end_to_end(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    first = rows[0]
+    lines = [
+        "",
+        f"End to end (`prompt_ops.end_to_end`, the engine of `prompt-ops bench`): one training step (forward, "
+        f"backward, AdamW) and inference, B={first['batch']}, L={first['seq_len']}, {first['dtype']} on "
+        f"{first['device']}, methods on the `{first['backend']}` backend at their papers' settings. Wall-clock "
+        "medians (20/80 percentiles); *activations* are the bytes autograd saves for backward (weights excluded; "
+        "the CPU has no peak-memory counter); decode is per generated token (greedy; LPT recomputes the sequence, "
+        "no KV cache).",
+        "",
+        "| model | method | trainable params | step ms (p20-p80) | tokens/s | activations MB | prefill ms "
+        "| decode ms/token | step, activations vs prompt tuning |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        base = _one(rows, model=r["model"], method="prompt_tuning")
+        versus = "-" if base is None else (
+            f"{r['step_ms'] / base['step_ms']:.2f}x, {r['activation_mb'] / base['activation_mb']:.2f}x"
+        )  # fmt: skip
+        decode = "-" if r["decode_ms_per_token"] is None else f"{r['decode_ms_per_token']:.2f}"
+        lines.append(
+            f"| {r['model']} | {r['method']} | {r['trainable_params']:,d} | {r['step_ms']:.0f} "
+            f"({r['step_p20_ms']:.0f}-{r['step_p80_ms']:.0f}) | {r['tokens_per_s']:.0f} | {r['activation_mb']:.1f} "
+            f"| {r['prefill_ms']:.1f} | {decode} | {versus} |"
+        )
+    lines += ["", f"![end to end](bench/results/{PLOTS['end_to_end']})"]
+    return lines
+
+
+def _folding_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "",
+        "ADePT inference, eval mode: the FFN run per token (`adept_embed`) vs folded into the table once "
+        "(`ADePT.fold()`, then `prompt_embed`). Fused kernels counted, the `torch` backend timed on the CPU.",
+        "",
+        "| B | unfolded launches | folded launches | unfolded MB | folded MB | unfolded H100 us (proj.) "
+        "| folded H100 us (proj.) | CPU unfolded ms | CPU folded ms | outputs match |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['batch']} | {r['unfolded_launches']} | {r['folded_launches']} | {_mb(r['unfolded_bytes'])} "
+            f"| {_mb(r['folded_bytes'])} | {r['unfolded_h100_us']:.1f} | {r['folded_h100_us']:.1f} "
+            f"| {r['cpu_unfolded_ms']:.2f} | {r['cpu_folded_ms']:.2f} | {'yes' if r['outputs_match'] else '**NO**'} |"
+        )
+    return lines
+
+
+def _compile_table(stats: list[dict]) -> list[str]:
+    if not stats:
+        return []
+    lines = [
+        "",
+        "sm_90 compile stats of the shipped kernel configs (`python -m prompt_ops.kernels.compile_check`, no GPU "
+        "needed):",
+        "",
+        "| kernel config | registers / thread | spill bytes | shared memory bytes |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [f"| {s['label']} | {s['registers']} | {s['spill_bytes']} | {s['shared_bytes']} |" for s in stats]
+    return lines
+
+
+def write_plots(payload: dict, folder: Path) -> list[Path]:
+    """The PNGs README links to: bytes and CPU time vs batch, the H100 projection vs hidden size (op level), and
+    the end-to-end step time and activations per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = payload["reference_shape"]
+    rows = payload["rows"]
+    ops = list(dict.fromkeys(r["op"] for r in rows))
+    written = []
+
+    def sweep(mode: str, key: str, providers, value, ylabel: str, name: str, x: str = "batch", fixed=None):
+        fixed = fixed or {"seq_len": ref["seq_len"], "hidden": ref["hidden"]}
+        figure, axes = plt.subplots(1, len(ops), figsize=(3.2 * len(ops), 3.0), squeeze=False)
+        for axis, op in zip(axes[0], ops, strict=True):
+            for provider in providers:
+                points = sorted(
+                    (r[x], value(r)) for r in _pick(rows, op=op, mode=mode, provider=provider, **fixed)
+                    if value(r) is not None
+                )  # fmt: skip
+                if points:
+                    axis.plot(*zip(*points, strict=True), marker="o", label=provider)
+            axis.set_title(f"{op} {mode}", fontsize=9)
+            axis.set_xscale("log", base=2)
+            axis.set_yscale("log")
+            axis.set_xlabel(x)
+        axes[0][0].set_ylabel(ylabel)
+        axes[0][-1].legend(fontsize=8)
+        figure.tight_layout()
+        path = folder / PLOTS[name]
+        figure.savefig(path, dpi=90)
+        plt.close(figure)
+        written.append(path)
+
+    sweep("forward", "bytes", COUNTED, lambda r: None if r["bytes"] is None else r["bytes"] / 1e6, "MB moved (counted)",
+          "bytes")  # fmt: skip
+    sweep("full", "cpu_ms", TIMED, lambda r: r["cpu_ms"], "CPU ms, forward + backward", "cpu")
+    sweep("full", "h100_us", COUNTED, lambda r: r["h100_us"], "H100 us (projection)", "hidden", x="hidden",
+          fixed={"batch": ref["batch"], "seq_len": ref["seq_len"]})  # fmt: skip
+
+    end_to_end = payload.get("end_to_end", [])
+    if end_to_end:
+        models = list(dict.fromkeys(r["model"] for r in end_to_end))
+        figure, axes = plt.subplots(2, len(models), figsize=(4.0 * len(models), 5.5), squeeze=False)
+        for column, model in enumerate(models):
+            mine = _pick(end_to_end, model=model)
+            names = [r["method"] for r in mine]
+            for row, (key, label) in enumerate((("step_ms", "train step ms"), ("activation_mb", "activations MB"))):
+                axis = axes[row][column]
+                axis.bar(names, [r[key] for r in mine])
+                axis.set_title(f"{model}: {label}", fontsize=9)
+                axis.tick_params(axis="x", labelrotation=45, labelsize=8)
+        figure.tight_layout()
+        path = folder / PLOTS["end_to_end"]
+        figure.savefig(path, dpi=90)
+        plt.close(figure)
+        written.append(path)
+    return written

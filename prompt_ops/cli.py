@@ -1,0 +1,100 @@
+"""``prompt-ops``: the command line. ``prompt-ops bench --model <preset or folder> --methods dept,lpt ...`` measures
+prompt-tuning methods end to end on your model (:mod:`prompt_ops.end_to_end`) and prints a table."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+
+def _methods(text: str) -> list[str]:
+    from prompt_ops.end_to_end import METHODS
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(METHODS))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"methods must be a comma-separated subset of {sorted(METHODS)}, got {text!r}")
+    return names
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from prompt_ops.end_to_end import DTYPES, METHODS
+    from prompt_ops.models.presets import PRESETS
+
+    parser = argparse.ArgumentParser(prog="prompt-ops", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    bench = commands.add_parser("bench", help="end-to-end training and inference timings of methods on a model")
+    presets = ", ".join(f"{name} ({about})" for name, about in PRESETS.items())
+    bench.add_argument("--model", default="minilm", help=f"a local Hugging Face folder or a preset: {presets}")
+    bench.add_argument("--methods", type=_methods, default=list(METHODS), help=f"comma-separated, from {list(METHODS)}")
+    bench.add_argument("--batch", type=_positive, default=8)
+    bench.add_argument("--seq-len", type=_positive, default=128)
+    bench.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="the model's dtype")
+    bench.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    bench.add_argument("--backend", choices=["triton", "torch"], default=None,
+                       help="the methods' backend (default: triton on CUDA, torch elsewhere)")  # fmt: skip
+    bench.add_argument("--repeat", type=int, default=5, help="timed training steps per method (>= 2)")
+    bench.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
+    return parser
+
+
+def run_bench(args: argparse.Namespace) -> list[dict]:
+    import torch
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from prompt_ops.end_to_end import DTYPES, measure_method
+    from prompt_ops.models.presets import load_model
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(args.model).to(device=device, dtype=DTYPES[args.dtype])
+    rows = []
+    with Progress(transient=True) as progress:
+        task = progress.add_task("measuring", total=len(args.methods))
+        for method in args.methods:
+            progress.update(task, description=f"{method} on {args.model}")
+            row = measure_method(model, args.model, method, args.batch, args.seq_len, args.repeat, args.backend)
+            rows.append(dataclasses.asdict(row))
+            progress.advance(task)
+    table = Table(title=f"{args.model}: B={args.batch}, L={args.seq_len}, {args.dtype} on {device}")
+    columns = ("method", "trainable", "step ms (p20-p80)", "tokens/s", "activations MB", "peak MB", "prefill ms",
+               "decode ms/token")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for r in rows:
+        table.add_row(
+            r["method"], f"{r['trainable_params']:,d}",
+            f"{r['step_ms']:.1f} ({r['step_p20_ms']:.1f}-{r['step_p80_ms']:.1f})", f"{r['tokens_per_s']:.0f}",
+            f"{r['activation_mb']:.1f}", "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.1f}",
+            f"{r['prefill_ms']:.1f}", "-" if r["decode_ms_per_token"] is None else f"{r['decode_ms_per_token']:.2f}",
+        )  # fmt: skip
+    Console().print(table)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        if args.repeat < 2:
+            print("prompt-ops bench: --repeat must be >= 2", file=sys.stderr)
+            return 2
+        run_bench(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

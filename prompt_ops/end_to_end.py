@@ -1,0 +1,195 @@
+"""End-to-end measurements of a prompt-tuning method on a Hugging Face model: the engine of ``prompt-ops bench``.
+
+Per method: a training step (forward, backward, AdamW) timed as wall-clock median and 20/80 percentiles, tokens per
+second, the memory a step holds (with CUDA: peak allocated; everywhere: the activations autograd saves for backward,
+:mod:`prompt_ops.profiling.memory`), and inference latency: the prefill (one eval forward of the batch) and, for
+models that generate, the time per generated token.
+
+The methods run at their papers' settings (:data:`METHODS`); vanilla prompt tuning with 100 tokens is the baseline
+whose trainable-parameter budget DePT and ADePT match for T5-Base (76,800 at d=768).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from prompt_ops.models import (
+    ADePTConfig,
+    DePTConfig,
+    EPTConfig,
+    LAMPConfig,
+    LPTConfig,
+    MethodConfig,
+    PromptTuningConfig,
+    attach,
+)
+from prompt_ops.profiling import cpu_time
+from prompt_ops.profiling.memory import saved_activations
+
+METHODS: dict[str, MethodConfig] = {
+    "prompt_tuning": PromptTuningConfig(num_tokens=100),
+    "dept": DePTConfig(),  # m=60, r=30, L_max=256
+    "adept": ADePTConfig(),  # m=60, r=19
+    "lamp": LAMPConfig(),  # l=100, r=8, pooled by 2
+    "ept": EPTConfig(),  # m=60, r=30, K=4, h=8
+    "lpt": LPTConfig(),  # NPG after half the layers, n=5, h=128
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DECODE_TOKENS = 8
+
+
+@dataclasses.dataclass
+class EndToEndRow:
+    model: str
+    method: str
+    device: str
+    dtype: str
+    backend: str
+    batch: int
+    seq_len: int
+    trainable_params: int
+    step_ms: float
+    step_p20_ms: float
+    step_p80_ms: float
+    tokens_per_s: float
+    activation_mb: float  # bytes autograd saves for backward, weights excluded
+    peak_memory_mb: float | None  # CUDA peak allocated during a step; None on the CPU
+    prefill_ms: float
+    decode_ms_per_token: float | None  # None for models that do not generate
+
+
+def model_kind(model: nn.Module) -> str:
+    """``"seq2seq"``, ``"causal"`` (a causal LM head) or ``"encoder"`` (anything else: its output is squared)."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        return "seq2seq"
+    if hasattr(model, "generate") and model.__class__.__name__.endswith(("ForCausalLM", "LMHeadModel")):
+        return "causal"
+    return "encoder"
+
+
+def _loss_fn(tuned: nn.Module, kind: str, ids: torch.Tensor, mask: torch.Tensor) -> Callable[[], torch.Tensor]:
+    if kind == "seq2seq":
+        labels = ids[:, : min(16, ids.shape[1])].contiguous()
+        return lambda: tuned(input_ids=ids, attention_mask=mask, labels=labels).loss
+    if kind == "causal":
+        return lambda: tuned(input_ids=ids, attention_mask=mask, labels=ids).loss
+
+    def encoder_loss() -> torch.Tensor:
+        out = tuned(input_ids=ids, attention_mask=mask)
+        hidden = out.last_hidden_state if getattr(out, "last_hidden_state", None) is not None else out.logits
+        return hidden.float().square().mean()
+
+    return encoder_loss
+
+
+def _device_time(fn: Callable[[], object], repeat: int, device: torch.device) -> dict[str, float]:
+    """Median and 20/80 percentiles in seconds: CUDA-synchronised on a GPU, plain wall clock on the CPU."""
+    if device.type != "cuda":
+        return cpu_time(fn, repeat=repeat, warmup=2)
+
+    def synced():
+        fn()
+        torch.cuda.synchronize(device)
+
+    return cpu_time(synced, repeat=repeat, warmup=2)
+
+
+def measure_method(
+    model: nn.Module,
+    model_name: str,
+    method: str,
+    batch: int = 8,
+    seq_len: int = 128,
+    repeat: int = 5,
+    backend: str | None = None,
+) -> EndToEndRow:
+    """Attach ``METHODS[method]`` to ``model`` (its device and dtype as they are) and measure it on random token
+    ids. ``backend=None`` picks Triton on CUDA, the eager torch backend elsewhere. The model is left as it was
+    (LPT's hooks are removed; the other methods never modify it)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    for name, value in (("batch", batch), ("seq_len", seq_len), ("repeat", repeat)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "repeat" else 1):
+            raise ValueError(f"{name} must be an int >= {2 if name == 'repeat' else 1}, got {value!r}")
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    backend = backend or ("triton" if device.type == "cuda" else "torch")
+    kind = model_kind(model)
+    generator = torch.Generator().manual_seed(0)
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.randint(1, vocab, (batch, seq_len), generator=generator).to(device)
+    mask = torch.ones(batch, seq_len, dtype=torch.int64, device=device)
+
+    was_training = model.training
+    tuned = attach(model, METHODS[method], backend=backend).train()
+    try:
+        trainable = [p for p in tuned.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+        loss = _loss_fn(tuned, kind, ids, mask)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss().backward()
+            optimizer.step()
+
+        with saved_activations(exclude=model.parameters()) as saved:
+            loss()
+        peak = None
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            step()
+            peak = torch.cuda.max_memory_allocated(device) / 1e6
+        train = _device_time(step, repeat, device)
+
+        tuned.eval()
+        with torch.no_grad():
+            if kind == "seq2seq":
+                start = torch.zeros(batch, 1, dtype=torch.long, device=device)
+                prefill = _device_time(lambda: tuned(input_ids=ids, attention_mask=mask, decoder_input_ids=start),
+                                       repeat, device)  # fmt: skip
+            else:
+                prefill = _device_time(lambda: tuned(input_ids=ids, attention_mask=mask), repeat, device)
+            decode = _decode_ms_per_token(tuned, kind, ids, mask, device) if kind != "encoder" else None
+    finally:
+        if hasattr(tuned, "unload"):
+            tuned.unload()
+        model.train(was_training)
+    return EndToEndRow(
+        model=model_name,
+        method=method,
+        device=str(device),
+        dtype=str(dtype).removeprefix("torch."),
+        backend=backend,
+        batch=batch,
+        seq_len=seq_len,
+        trainable_params=sum(p.numel() for p in trainable),
+        step_ms=train["median"] * 1e3,
+        step_p20_ms=train["p20"] * 1e3,
+        step_p80_ms=train["p80"] * 1e3,
+        tokens_per_s=batch * seq_len / train["median"],
+        activation_mb=saved.bytes / 1e6,
+        peak_memory_mb=peak,
+        prefill_ms=prefill["median"] * 1e3,
+        decode_ms_per_token=decode,
+    )
+
+
+def _decode_ms_per_token(tuned, kind: str, ids, mask, device) -> float:
+    """``(t(1 + N new tokens) - t(1 new token)) / N``, greedy, exactly N tokens (no early end)."""
+
+    def generate(new_tokens: int) -> float:
+        kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False, "pad_token_id": 0}
+        start = time.perf_counter()
+        tuned.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    generate(2)  # warm-up
+    samples = [generate(1 + DECODE_TOKENS) - generate(1) for _ in range(3)]
+    return sorted(samples)[1] / DECODE_TOKENS * 1e3
