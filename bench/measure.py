@@ -29,9 +29,10 @@ from prompt_ops.kernels import ept as ept_kernels
 from prompt_ops.kernels import lamp as lamp_kernels
 from prompt_ops.kernels import lpt as lpt_kernels
 from prompt_ops.kernels.dept_embed import PromptFactors
+from prompt_ops.kernels.runtime import interpreting
 from prompt_ops.ops import reference
 from prompt_ops.ops.lpt import slot_windows
-from prompt_ops.profiling import EagerTraffic, cpu_time, kernel_traffic, project_h100
+from prompt_ops.profiling import H100, EagerTraffic, cpu_time, kernel_traffic, project_h100
 from prompt_ops.profiling.ideal import (
     adept_embed_backward_bytes,
     adept_embed_forward_bytes,
@@ -388,8 +389,22 @@ class Row:
     note: str = ""
 
 
-def make_inputs(family: Family, shape: EmbedShape, seed: int = 0) -> Inputs:
-    """Random inputs; parameters at a trained-looking scale so that no path is trivially zero."""
+def make_inputs(family: Family, shape: EmbedShape, seed: int = 0, device: str = "cpu") -> Inputs:
+    """Random inputs (drawn on the CPU, then moved to ``device``); parameters at a trained-looking scale so that no
+    path is trivially zero."""
+    inputs = _make_cpu_inputs(family, shape, seed)
+    if device == "cpu":
+        return inputs
+    moved = {name: p.detach().to(device).requires_grad_(True) for name, p in inputs.params.items()}
+    return dataclasses.replace(
+        inputs, input_ids=inputs.input_ids.to(device), weight=inputs.weight.to(device),
+        attention_mask=inputs.attention_mask.to(device), params=moved,
+        hidden_states=None if inputs.hidden_states is None else inputs.hidden_states.to(device),
+        windows=None if inputs.windows is None else tuple(w.to(device) for w in inputs.windows),
+    )  # fmt: skip
+
+
+def _make_cpu_inputs(family: Family, shape: EmbedShape, seed: int) -> Inputs:
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, shape.vocab, (shape.batch, shape.seq_len), generator=generator)
     weight = torch.randn(shape.vocab, shape.hidden, generator=generator)
@@ -442,12 +457,13 @@ def compiled_naive(family: Family) -> Callable:
 class Case:
     """One op at one shape: inputs, the reference outputs and gradients, and each provider's callables."""
 
-    def __init__(self, family: Family, shape: EmbedShape):
-        self.family, self.shape = family, shape
-        self.inputs = make_inputs(family, shape)
+    def __init__(self, family: Family, shape: EmbedShape, device: str = "cpu"):
+        self.family, self.shape, self.device = family, shape, device
+        self.inputs = make_inputs(family, shape, device=device)
         self.params = list(self.inputs.params.values())
         total = family.prompt_rows(shape) + shape.seq_len
-        self.grad = torch.randn(shape.batch, total, shape.hidden, generator=torch.Generator().manual_seed(1))
+        grad = torch.randn(shape.batch, total, shape.hidden, generator=torch.Generator().manual_seed(1))
+        self.grad = grad.to(device)
         self.ref_out, self.ref_mask = family.naive(self.inputs)
         self.ref_grads = torch.autograd.grad(self.ref_out, self.params, self.grad, retain_graph=True)
 
@@ -490,9 +506,10 @@ def provider_counts(case: Case, provider: str) -> dict[str, tuple[int | None, in
         counts = {"forward": (forward.launches, forward.bytes), "backward": (backward.launches, backward.bytes)}
         correct = {"forward": None, "backward": None}
     else:
-        (out, mask), fwd_launches, fwd_bytes, _ = count_fused(lambda: family.fused_forward(x))
+        count = count_fused if interpreting() else _run_uncounted
+        (out, mask), fwd_launches, fwd_bytes, _ = count(lambda: family.fused_forward(x))
         prepared = family.prepare_backward(x)
-        grads, bwd_launches, bwd_bytes, _ = count_fused(lambda: family.fused_backward(x, case.grad, prepared))
+        grads, bwd_launches, bwd_bytes, _ = count(lambda: family.fused_backward(x, case.grad, prepared))
         if family.op == "adept_embed":
             from prompt_ops.ops.adept_embed import split_ffn_grads
 
@@ -504,11 +521,42 @@ def provider_counts(case: Case, provider: str) -> dict[str, tuple[int | None, in
         }
     result = {mode: (*counts[mode], correct[mode]) for mode in ("forward", "backward")}
     full_correct = None if correct["forward"] is None else correct["forward"] and correct["backward"]
-    result["full"] = (counts["forward"][0] + counts["backward"][0], counts["forward"][1] + counts["backward"][1],
-                      full_correct)  # fmt: skip
+    if counts["forward"][0] is None:
+        result["full"] = (None, None, full_correct)
+    else:
+        result["full"] = (counts["forward"][0] + counts["backward"][0], counts["forward"][1] + counts["backward"][1],
+                          full_correct)  # fmt: skip
     return result
 
 
+def _run_uncounted(fn):
+    """On a GPU the kernels run compiled: no interpreter to count them (the CPU bench's counts stand)."""
+    return fn(), None, None, None
+
+
+def gpu_time(fn: Callable, ideal_bytes: int, device: str) -> dict[str, float]:
+    """``triton.testing.do_bench`` median and 20/80 percentiles in ms (after its own warm-up), the effective
+    bandwidth ``ideal_bytes / median`` and its share of the H100's 3.35 TB/s, and peak memory of one call."""
+    import triton.testing
+
+    median, p20, p80 = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    gbps = ideal_bytes / (median * 1e-3) / 1e9
+    return {
+        "gpu_ms": median, "gpu_p20_ms": p20, "gpu_p80_ms": p80, "gbps": gbps,
+        "peak_bandwidth_pct": 100 * gbps * 1e9 / H100.hbm_bytes_per_s,
+        "peak_allocated_mb": torch.cuda.max_memory_allocated(device) / 1e6,
+        "peak_reserved_mb": torch.cuda.max_memory_reserved(device) / 1e6,
+    }  # fmt: skip
+
+
+_GPU_NOTES = {
+    "compiled": "timed, not counted: inductor fuses the naive ops",
+    "triton": "timed with do_bench; launches and bytes come from the CPU bench (the interpreter counts them)",
+}
 _NOTES = {
     "compiled": "timed, not counted: inductor's CPU loops are not kernel launches",
     "triton": "counted in the Triton interpreter; not timed (interpreter time is not kernel speed)",
@@ -526,7 +574,8 @@ def measure_case(
     """Every (provider, mode) row of ``op`` at ``shape``. A provider whose outputs or gradients differ from the
     reference is reported with ``correct=False`` and not timed."""
     family = FAMILIES[op]
-    case = Case(family, shape)
+    case = Case(family, shape, device)
+    on_gpu = device.startswith("cuda")
     rows = []
     for provider in providers:
         correct, note = True, _NOTES.get(provider, "")
@@ -546,7 +595,11 @@ def measure_case(
                 correct=row_correct, launches=launches, bytes=total_bytes, ideal_bytes=_ideal(family, shape, mode),
                 h100_us=None if launches is None else project_h100(total_bytes, flops, launches) * 1e6, note=note,
             )  # fmt: skip
-            if row_correct and provider != "triton":  # the Triton kernels run in the interpreter here: never timed
+            if row_correct and on_gpu:
+                for key, value in gpu_time(case.timed(provider, mode), row.ideal_bytes, device).items():
+                    setattr(row, key, value)
+                row.note = _GPU_NOTES.get(provider, "")
+            elif row_correct and provider != "triton":  # the Triton kernels run in the interpreter here: not timed
                 timing = cpu_time(case.timed(provider, mode), repeat=repeat)
                 row.cpu_ms, row.cpu_p20_ms, row.cpu_p80_ms = (timing[k] * 1e3 for k in ("median", "p20", "p80"))
             rows.append(row)

@@ -36,8 +36,13 @@ def _one(rows: list[dict], **where) -> dict | None:
 
 def _conditions(payload: dict) -> str:
     env, ref = payload["environment"], payload["reference_shape"]
+    where = (
+        f"{env['cpu']} (no GPU; Triton kernels run in the interpreter to be counted, never timed)"
+        if env.get("device", "cpu") == "cpu"
+        else f"{env['device']} (kernels compiled and timed with do_bench), host {env['cpu']}"
+    )
     return (
-        f"Device: {env['cpu']} (no GPU; Triton kernels run in the interpreter to be counted, never timed), torch "
+        f"Device: {where}, torch "
         f"{env['torch']}, triton {env['triton']}, commit {env['commit']}, {env['date']}. fp32 tables and parameters, "
         f"int64 masks, eval (no dropout). Reference shape: B={ref['batch']}, L={ref['seq_len']}, d={ref['hidden']}, "
         f"m={ref['num_prompt']}, L_max={ref['max_length']}; ranks {payload['ranks']} (LAMP: l={ref['lamp_tokens']} "

@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     from prompt_ops.end_to_end import METHODS, measure_method
     from prompt_ops.models.presets import load_model
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # with CUDA the kernels run compiled and are timed
     shapes = op_shapes(args.quick)
     cases = [(op, dataclasses.replace(shape, rank=rank)) for shape in shapes for op, rank in DEFAULT_RANKS.items()]
     models = {} if args.quick else END_TO_END_MODELS
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         task = progress.add_task("measuring", total=total)
         for op, shape in cases:
             progress.update(task, description=f"{op} B={shape.batch} L={shape.seq_len} d={shape.hidden}")
-            rows += [dataclasses.asdict(row) for row in measure_case(op, shape, repeat=args.repeat)]
+            rows += [dataclasses.asdict(row) for row in measure_case(op, shape, repeat=args.repeat, device=device)]
             progress.advance(task)
         for batch in (1, 8, 32):
             progress.update(task, description=f"ADePT folding B={batch}")
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             folding.append(dataclasses.asdict(measure_folding(shape, repeat=args.repeat)))
             progress.advance(task)
         for preset, name in models.items():
-            model = load_model(preset)
+            model = load_model(preset).to(device)
             for method in METHODS:
                 progress.update(task, description=f"end to end: {method} on {name}")
                 end_to_end.append(dataclasses.asdict(measure_method(model, name, method, repeat=args.repeat)))
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = dataclasses.asdict(EmbedShape(batch=8))
     reference.pop("rank")
     payload = {
-        "environment": {**environment(), "device": "cuda" if torch.cuda.is_available() else "cpu"},
+        "environment": {**environment(), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"},
         "reference_shape": reference,
         "ranks": DEFAULT_RANKS,
         "rows": rows,

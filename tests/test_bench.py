@@ -170,3 +170,28 @@ def test_report_round_trip(tmp_path):
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="markers"):
         update_readme(markdown, readme)
+
+
+def test_pytest_bench_runs_a_case_with_counts_in_extra_info(tmp_path):
+    """``pytest bench/`` collects the op cases, gates them on the reference and records the counts. (Its own
+    ``--basetemp``: a nested pytest would otherwise prune the shared temporary folders of this run.)"""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_XDIST_WORKER"}  # benchmarks are off in xdist workers
+    env.update({"PROMPT_OPS_BENCH_BATCH": "2", "PROMPT_OPS_BENCH_SEQ_LEN": "16", "PROMPT_OPS_BENCH_HIDDEN": "64"})
+    report = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "bench/test_ops_bench.py", "-k",
+         "test_op and lpt_insert and forward and (naive or triton)", "--benchmark-min-rounds=2",
+         "--benchmark-max-time=0.01", f"--benchmark-json={report}", f"--basetemp={tmp_path / 'inner'}"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "1 passed, 1 skipped" in result.stdout
+    (bench,) = json.loads(report.read_text())["benchmarks"]
+    assert bench["extra_info"]["triton_launches"] == BUDGETS["lpt_insert"].forward_launches
+    assert bench["extra_info"]["launches"] >= 3 and bench["stats"]["median"] > 0
