@@ -210,7 +210,7 @@ def write_plots(payload: dict, folder: Path) -> list[Path]:
     ops = list(dict.fromkeys(r["op"] for r in rows))
     written = []
 
-    def sweep(mode: str, key: str, providers, value, ylabel: str, name: str, x: str = "batch", fixed=None):
+    def sweep(mode: str, providers, value, ylabel: str, name: str, x: str = "batch", fixed=None, band=None):
         fixed = fixed or {"seq_len": ref["seq_len"], "hidden": ref["hidden"]}
         figure, axes = plt.subplots(1, len(ops), figsize=(3.2 * len(ops), 3.0), squeeze=False)
         for axis, op in zip(axes[0], ops, strict=True):
@@ -221,6 +221,13 @@ def write_plots(payload: dict, folder: Path) -> list[Path]:
                 )  # fmt: skip
                 if points:
                     axis.plot(*zip(*points, strict=True), marker="o", label=provider)
+                spread = sorted(
+                    (r[x], *band(r)) for r in _pick(rows, op=op, mode=mode, provider=provider, **fixed)
+                    if band is not None and value(r) is not None
+                )  # fmt: skip
+                if spread:
+                    xs, low, high = zip(*spread, strict=True)
+                    axis.fill_between(xs, low, high, alpha=0.25)  # the 20-80 percentile band
             axis.set_title(f"{op} {mode}", fontsize=9)
             axis.set_xscale("log", base=2)
             axis.set_yscale("log")
@@ -233,10 +240,11 @@ def write_plots(payload: dict, folder: Path) -> list[Path]:
         plt.close(figure)
         written.append(path)
 
-    sweep("forward", "bytes", COUNTED, lambda r: None if r["bytes"] is None else r["bytes"] / 1e6, "MB moved (counted)",
+    sweep("forward", COUNTED, lambda r: None if r["bytes"] is None else r["bytes"] / 1e6, "MB moved (counted)",
           "bytes")  # fmt: skip
-    sweep("full", "cpu_ms", TIMED, lambda r: r["cpu_ms"], "CPU ms, forward + backward", "cpu")
-    sweep("full", "h100_us", COUNTED, lambda r: r["h100_us"], "H100 us (projection)", "hidden", x="hidden",
+    sweep("full", TIMED, lambda r: r["cpu_ms"], "CPU ms fwd+bwd, p20-p80", "cpu",
+          band=lambda r: (r["cpu_p20_ms"], r["cpu_p80_ms"]))  # fmt: skip
+    sweep("full", COUNTED, lambda r: r["h100_us"], "H100 us (projection)", "hidden", x="hidden",
           fixed={"batch": ref["batch"], "seq_len": ref["seq_len"]})  # fmt: skip
 
     end_to_end = payload.get("end_to_end", [])

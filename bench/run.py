@@ -52,8 +52,13 @@ def environment() -> dict[str, str]:
                 break
     except OSError:
         pass
+    from prompt_ops import __version__
+
+    now = datetime.datetime.now(datetime.timezone.utc)
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+        "date": now.strftime("%Y-%m-%d"),
+        "timestamp": now.isoformat(timespec="seconds"),
+        "prompt_ops": __version__,
         "commit": commit,
         "cpu": f"{cpu}, {os.cpu_count()} cores",
         "torch": torch.__version__,
@@ -151,13 +156,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--update-readme", action="store_true", help="rewrite README's benchmark section")
     parser.add_argument("--quick", action="store_true", help="batch sweep only, no end to end")
-    parser.add_argument("--readme-only", action="store_true", help="re-render README from --out/ops.json, no runs")
+    parser.add_argument("--readme-only", action="store_true",
+                        help="re-render README, ops.md and the plots from --out/ops.json, no runs")  # fmt: skip
     args = parser.parse_args(argv)
     if args.readme_only:
-        from bench.report import render_readme
+        from bench.report import render_full, render_readme, write_plots
 
-        update_readme(render_readme(json.loads((args.out / "ops.json").read_text())))
-        print(f"updated {README} from {args.out / 'ops.json'}")
+        payload = json.loads((args.out / "ops.json").read_text())
+        (args.out / "ops.md").write_text(render_full(payload))
+        write_plots(payload, args.out)
+        update_readme(render_readme(payload))
+        print(f"re-rendered {README}, ops.md and the plots from {args.out / 'ops.json'}")
         return 0
 
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from prompt_ops.models import DePTConfig, attach
+from prompt_ops.models.callbacks import EfficiencyCallback
 from tests.models.test_attach import VOCAB, tiny
 
 transformers = pytest.importorskip("transformers")
@@ -33,9 +34,16 @@ def test_trainer_trains_only_the_adapter(tmp_path):
         output_dir=str(tmp_path), max_steps=15, per_device_train_batch_size=8, learning_rate=0.05,
         report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True, disable_tqdm=True,
     )  # fmt: skip
-    transformers.Trainer(model=tuned, args=args, train_dataset=data).train()
+    efficiency = EfficiencyCallback(tokens_per_step=8 * 10, warmup_steps=3)
+    transformers.Trainer(model=tuned, args=args, train_dataset=data, callbacks=[efficiency]).train()
     tuned.eval()
     assert loss() < before
+    report = efficiency.summary()
+    assert report["steps"] == 12 and report["step_p20_ms"] <= report["step_ms"] <= report["step_p80_ms"]
+    assert report["tokens_per_s"] == pytest.approx(80 / (report["step_ms"] / 1e3))
+    assert report["peak_allocated_mb"] is None  # no GPU here
+    with pytest.raises(ValueError, match="tokens_per_step must be an int >= 1"):
+        EfficiencyCallback(tokens_per_step=0)
     for name, value in tuned.base_model.state_dict().items():
         assert torch.equal(value, base_before[name]), name
     assert all(not torch.equal(v, adapter_before[k]) for k, v in tuned.adapter_state_dict().items())
