@@ -210,7 +210,7 @@ def write_plots(payload: dict, folder: Path) -> list[Path]:
     ops = list(dict.fromkeys(r["op"] for r in rows))
     written = []
 
-    def sweep(mode: str, providers, value, ylabel: str, name: str, x: str = "batch", fixed=None, band=None):
+    def sweep(mode: str, providers, value, ylabel: str, name: str, x="batch", fixed=None, band=None, ideal=False):
         fixed = fixed or {"seq_len": ref["seq_len"], "hidden": ref["hidden"]}
         figure, axes = plt.subplots(1, len(ops), figsize=(3.2 * len(ops), 3.0), squeeze=False)
         for axis, op in zip(axes[0], ops, strict=True):
@@ -228,6 +228,11 @@ def write_plots(payload: dict, folder: Path) -> list[Path]:
                 if spread:
                     xs, low, high = zip(*spread, strict=True)
                     axis.fill_between(xs, low, high, alpha=0.25)  # the 20-80 percentile band
+            if ideal:
+                floor = sorted((r[x], r["ideal_bytes"] / 1e6) for r in _pick(rows, op=op, mode=mode, provider="naive",
+                                                                               **fixed))  # fmt: skip
+                if floor:
+                    axis.plot(*zip(*floor, strict=True), linestyle="--", color="gray", label="ideal")
             axis.set_title(f"{op} {mode}", fontsize=9)
             axis.set_xscale("log", base=2)
             axis.set_yscale("log")
@@ -241,7 +246,7 @@ def write_plots(payload: dict, folder: Path) -> list[Path]:
         written.append(path)
 
     sweep("forward", COUNTED, lambda r: None if r["bytes"] is None else r["bytes"] / 1e6, "MB moved (counted)",
-          "bytes")  # fmt: skip
+          "bytes", ideal=True)  # fmt: skip
     sweep("full", TIMED, lambda r: r["cpu_ms"], "CPU ms fwd+bwd, p20-p80", "cpu",
           band=lambda r: (r["cpu_p20_ms"], r["cpu_p80_ms"]))  # fmt: skip
     sweep("full", COUNTED, lambda r: r["h100_us"], "H100 us (projection)", "hidden", x="hidden",
