@@ -111,7 +111,7 @@ class LatePromptTunedModel(TunedModel):
             raise ValueError(f"LPT needs a 2-D attention_mask of shape {tuple(shape)}, got {tuple(mask.shape)}")
         positions = bound.get("position_ids")
         if positions is None:
-            positions = torch.arange(shape[1], device=device)[None, :]
+            positions = torch.arange(shape[1], device=device)[None, :]  # (B or 1, L), as the models take them
         self._call = _Call(mask, positions, torch.is_grad_enabled())
         torch.set_grad_enabled(False)  # the embeddings and layers 1..k: nothing to train, nothing to record
 

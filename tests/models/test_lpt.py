@@ -238,6 +238,17 @@ def test_heads_and_labels_work_unchanged(family):
     assert tuned.config.layer == LAYERS // 2 and repr(tuned)
 
 
+def test_llama_position_ids_shapes_agree():
+    """Explicit positions as (1, L) or (B, L) give what the default numbering gives (the prompt's rotary positions
+    follow the input's row count)."""
+    tuned = attach(tiny("llama"), LPTConfig(layer=2, num_tokens=3, hidden_size=8))
+    ids, mask = inputs(padded=False)
+    default = tuned(input_ids=ids, attention_mask=mask).last_hidden_state
+    for positions in (torch.arange(9)[None], torch.arange(9).expand(3, 9)):
+        out = tuned(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+        torch.testing.assert_close(out, default, rtol=1e-6, atol=1e-6)
+
+
 def test_adapter_round_trip(tmp_path):
     model = tiny("gpt2", head=True)
     tuned = attach(model, LPTConfig(num_tokens=3, hidden_size=8, mode="pool"))
