@@ -34,6 +34,13 @@ def _one(rows: list[dict], **where) -> dict | None:
     return found[0] if found else None
 
 
+def reference_rows(payload: dict) -> list[dict]:
+    """The op-level rows at the reference shape (README's table and the printed summary)."""
+    ref = payload["reference_shape"]
+    return [r for r in payload["rows"] if (r["batch"], r["seq_len"], r["hidden"]) ==
+            (ref["batch"], ref["seq_len"], ref["hidden"])]  # fmt: skip
+
+
 def _conditions(payload: dict) -> str:
     env, ref = payload["environment"], payload["reference_shape"]
     where = (
@@ -63,9 +70,7 @@ _PROVIDERS_TEXT = (
 
 def render_readme(payload: dict) -> str:
     """README's benchmark section: the reference shape, end to end, folding, compile stats, plots."""
-    ref = payload["reference_shape"]
-    at_ref = [r for r in payload["rows"] if (r["batch"], r["seq_len"], r["hidden"]) == (ref["batch"], ref["seq_len"],
-                                                                                            ref["hidden"])]  # fmt: skip
+    at_ref = reference_rows(payload)
     lines = [
         _conditions(payload),
         "",

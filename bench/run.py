@@ -119,13 +119,14 @@ def print_summary(payload: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from bench.report import reference_rows
+
     ref = payload["reference_shape"]
     table = Table(title=f"op level, forward + backward, B={ref['batch']}, L={ref['seq_len']}, d={ref['hidden']}")
     for column in ("op", "launches naive/triton", "MB naive/triton/ideal", "H100 us naive/triton (proj.)",
                    "CPU ms naive/compiled/torch", "correct"):  # fmt: skip
         table.add_column(column)
-    rows = [r for r in payload["rows"] if r["mode"] == "full" and (r["batch"], r["seq_len"], r["hidden"]) ==
-            (ref["batch"], ref["seq_len"], ref["hidden"])]  # fmt: skip
+    rows = [r for r in reference_rows(payload) if r["mode"] == "full"]
     for op in dict.fromkeys(r["op"] for r in rows):
         by = {r["provider"]: r for r in rows if r["op"] == op}
         naive, triton = by["naive"], by["triton"]

@@ -58,6 +58,19 @@ def _load_slot_rows(ptr, slots, slot_ok, cols, col_ok, slots_per_sample, stride_
 
 
 @triton.jit
+def _prompt_grad_tile(
+    grad_ptr, slots, slot_ok, cols, col_ok, slots_per_sample, stride_b, stride_s, stride_c, width, dropout_p, seed,
+    HAS_DROPOUT: tl.constexpr,
+):  # fmt: skip
+    """``dP * D``: the ``[BLOCK_S, BLOCK_C]`` gradient tile of the prompt with the forward's dropout multipliers, the
+    gradient that reaches ``relu(pre) @ w_up + b_up``."""
+    grad = _load_slot_rows(grad_ptr, slots, slot_ok, cols, col_ok, slots_per_sample, stride_b, stride_s, stride_c)
+    if HAS_DROPOUT:
+        grad = grad * dropout_tile(seed, slots, cols, width, dropout_p)
+    return grad
+
+
+@triton.jit
 def _lpt_pre_kernel(
     pre_ptr,  # (S, h) fp32 out
     hidden_ptr,  # (B, L, d)
@@ -161,11 +174,10 @@ def _lpt_up_bwd_kernel(
     for s0 in range(0, num_slots, BLOCK_S):
         slots = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
         slot_ok = slots < num_slots
-        grad = _load_slot_rows(
-            grad_ptr, slots, slot_ok, cols, col_ok, slots_per_sample, stride_g_b, stride_g_s, stride_g_c
-        )
-        if HAS_DROPOUT:
-            grad = grad * dropout_tile(seed, slots, cols, width, dropout_p)
+        grad = _prompt_grad_tile(
+            grad_ptr, slots, slot_ok, cols, col_ok, slots_per_sample, stride_g_b, stride_g_s, stride_g_c, width,
+            dropout_p, seed, HAS_DROPOUT,
+        )  # fmt: skip
         act = tl.maximum(load_tile(pre_ptr, slots, slot_ok, h, h_ok, gen_rank, 1), 0.0)  # [BLOCK_S, BLOCK_H]
         acc_w += tl.dot(tl.trans(act), grad, input_precision="ieee")
         acc_b += tl.sum(grad, axis=0)
@@ -203,11 +215,10 @@ def _lpt_pre_bwd_kernel(
     for c0 in range(0, width, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
         col_ok = cols < width
-        grad = _load_slot_rows(
-            grad_ptr, slots, slot_ok, cols, col_ok, slots_per_sample, stride_g_b, stride_g_s, stride_g_c
-        )
-        if HAS_DROPOUT:
-            grad = grad * dropout_tile(seed, slots, cols, width, dropout_p)
+        grad = _prompt_grad_tile(
+            grad_ptr, slots, slot_ok, cols, col_ok, slots_per_sample, stride_g_b, stride_g_s, stride_g_c, width,
+            dropout_p, seed, HAS_DROPOUT,
+        )  # fmt: skip
         w_up = load_tile(w_up_ptr, h, h_ok, cols, col_ok, stride_wu_h, stride_wu_c)  # [BLOCK_H, BLOCK_C]
         acc += tl.dot(grad, tl.trans(w_up), input_precision="ieee")
     pre = load_tile(pre_ptr, slots, slot_ok, h, h_ok, gen_rank, 1)

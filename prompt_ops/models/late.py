@@ -73,8 +73,9 @@ class LatePromptTunedModel(TunedModel):
         model.requires_grad_(False)
         self.base_model = model
         self.config = dataclasses.replace(config, layer=layer, read=read)
-        self.prompt_module: LPT = self.config.build(self._embedding(), backend=backend)
-        self.prompt_module.to(self._embedding().weight.device)
+        embedding = self._embedding()
+        self.prompt_module: LPT = self.config.build(embedding, backend=backend)
+        self.prompt_module.to(embedding.weight.device)
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False)) and self.stack.family == "t5"
         self._call: _Call | None = None
         self._handles = self._install_hooks(layer)

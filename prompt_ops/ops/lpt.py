@@ -122,11 +122,16 @@ def lpt_insert_fwd_op(
     return out, mask_out, lpt_insert_fwd(hidden, attention_mask, *generator, out, mask_out)
 
 
+def _mask_buffer(hidden: Tensor, attention_mask: Tensor | None, num_tokens: int) -> Tensor:
+    """The uninitialised ``(B, n+L)`` extended mask, in ``attention_mask``'s dtype (int64 when it is None)."""
+    mask_dtype = attention_mask.dtype if attention_mask is not None else torch.int64
+    return hidden.new_empty((hidden.shape[0], num_tokens + hidden.shape[1]), dtype=mask_dtype)
+
+
 def _insert_buffers(hidden: Tensor, attention_mask: Tensor | None, num_tokens: int) -> tuple[Tensor, Tensor]:
     batch, seq_len, hidden_size = hidden.shape
-    mask_dtype = attention_mask.dtype if attention_mask is not None else torch.int64
     out = hidden.new_empty((batch, num_tokens + seq_len, hidden_size))
-    return out, hidden.new_empty((batch, num_tokens + seq_len), dtype=mask_dtype)
+    return out, _mask_buffer(hidden, attention_mask, num_tokens)
 
 
 @lpt_insert_fwd_op.register_fake
@@ -317,7 +322,7 @@ def lpt_insert(
     # buffer would be two launches, and autograd would clone the whole gradient for it)
     prompt = lpt_prompt_torch(hidden, *generator, num_tokens, dropout_p, seed, mode)
     out = torch.cat([prompt.to(hidden.dtype), hidden], dim=1)
-    _, mask_out = _insert_buffers(hidden, attention_mask, num_tokens)
+    mask_out = _mask_buffer(hidden, attention_mask, num_tokens)
     mask_out[:, :num_tokens] = 1
     mask_out[:, num_tokens:] = 1 if attention_mask is None else attention_mask
     return out, mask_out
