@@ -370,55 +370,6 @@ def dept_embed_fwd(
     )  # fmt: skip
     return out, mask_out
 
-    has_offset = lora_a is not None
-    rank = lora_a.shape[1] if has_offset else 0
-    interpret = interpreting()
-    config = config or default_config(total, hidden, interpret)
-    tiles_t, tiles_d = triton.cdiv(total, config.block_t), triton.cdiv(hidden, config.block_d)
-    per_program = _batches_per_program(config, num_batch, tiles_t * tiles_d, interpret)
-    grid = (tiles_t, tiles_d, triton.cdiv(num_batch, per_program))
-    # Unused pointers get a valid tensor; the constexpr flags keep them untouched.
-    a = lora_a if has_offset else prompt
-    b = lora_b if has_offset else prompt
-    m = attention_mask if attention_mask is not None else input_ids
-    _dept_embed_fwd_kernel[grid](
-        out,
-        mask_out,
-        input_ids,
-        weight,
-        prompt,
-        a,
-        b,
-        m,
-        num_batch,
-        num_prompt,
-        seq_len,
-        hidden,
-        rank,
-        weight.shape[0],
-        float(scale),
-        per_program,
-        input_ids.stride(0),
-        input_ids.stride(1),
-        weight.stride(0),
-        weight.stride(1),
-        prompt.stride(0),
-        prompt.stride(1),
-        a.stride(0),
-        a.stride(1),
-        b.stride(0),
-        b.stride(1),
-        m.stride(0),
-        m.stride(1),
-        HAS_OFFSET=has_offset,
-        HAS_MASK=attention_mask is not None,
-        BLOCK_T=config.block_t,
-        BLOCK_D=config.block_d,
-        BLOCK_R=RANK_CHUNK,
-        num_warps=config.num_warps,
-    )
-    return out, mask_out
-
 
 def dept_embed_bwd(
     grad_out: torch.Tensor,
