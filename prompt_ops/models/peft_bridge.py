@@ -76,9 +76,9 @@ def save_bridge(peft_model: nn.Module, directory: str | os.PathLike) -> Path:
     """Write the offset tensors PEFT does not save into ``directory / prompt_ops_bridge.safetensors``."""
     from safetensors.torch import save_file
 
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in _bridged(peft_model).offset_parameters().items()}
+    folder = Path(directory)  # created only once the model is known to be bridged: a refused call writes nothing
+    folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / BRIDGE_FILE))
     return folder / BRIDGE_FILE
 

@@ -60,7 +60,7 @@ def test_extra_tensors_save_and_load(tmp_path):
         load_bridge(wrong, tmp_path)
 
 
-def test_bad_bridge_arguments():
+def test_bad_bridge_arguments(tmp_path):
     from prompt_ops.models import LAMPConfig
 
     with pytest.raises(TypeError, match="DePTConfig or ADePTConfig"):
@@ -71,4 +71,5 @@ def test_bad_bridge_arguments():
     with pytest.raises(ValueError, match="already bridged"):
         bridge_peft(bridged, DePTConfig())
     with pytest.raises(ValueError, match="not bridged"):
-        save_bridge(peft_prompt_tuning(), "unused")
+        save_bridge(peft_prompt_tuning(), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()  # a refused save writes nothing
