@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from prompt_ops.methods.base import SoftPromptModule, check_positive_int
+from prompt_ops.methods.base import SoftPromptModule, check_positive_int, check_probability, check_sizes, prompt_width
 from prompt_ops.methods.prompt_tuning import PromptTuning
 from prompt_ops.ops.adept_embed import adept_embed
 
@@ -41,12 +41,11 @@ class ADePT(SoftPromptModule):
         init_token_ids=None,
         backend: str | None = None,
     ):
+        hidden = prompt_width(embedding, num_tokens)
+        rank, dropout = check_positive_int("rank", rank), check_probability("dropout", dropout)
+        check_sizes(w_down={"embedding width": hidden, "rank": rank}, w_up={"rank": rank, "embedding width": hidden})
         super().__init__(embedding, num_tokens, init_token_ids, backend)
-        self.rank = check_positive_int("rank", rank)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
-        self.dropout = float(dropout)
-        device, hidden = embedding.weight.device, self.hidden_size
+        self.rank, self.dropout, device = rank, dropout, embedding.weight.device
         self.w_down = nn.Parameter(torch.empty(hidden, rank, device=device))
         nn.init.kaiming_uniform_(self.w_down, a=math.sqrt(5))  # fan_in = size(1) = rank: U(-1/sqrt(r), 1/sqrt(r))
         self.b_down = nn.Parameter(torch.zeros(rank, device=device))

@@ -20,9 +20,13 @@ from torch import nn
 
 from prompt_ops.methods.base import (
     SoftPromptModule,
+    check_embedding,
     check_lora_alpha,
     check_positive_int,
+    check_sizes,
     low_rank_pair,
+    low_rank_sizes,
+    prompt_width,
     shifted_rows,
 )
 from prompt_ops.methods.official import read_official_dept
@@ -46,12 +50,14 @@ class DePT(SoftPromptModule):
         init_token_ids=None,
         backend: str | None = None,
     ):
+        hidden = prompt_width(embedding, num_tokens)
+        rank, max_length = check_positive_int("rank", rank), check_positive_int("max_length", max_length)
+        lora_alpha = check_lora_alpha(lora_alpha)
+        check_sizes(**low_rank_sizes(max_length, rank, hidden))
         super().__init__(embedding, num_tokens, init_token_ids, backend)
-        self.rank = check_positive_int("rank", rank)
-        self.max_length = check_positive_int("max_length", max_length)
-        self.lora_alpha = check_lora_alpha(lora_alpha)
-        self.scale = self.lora_alpha / math.sqrt(rank)
-        self.lora_a, self.lora_b = low_rank_pair(max_length, rank, self.hidden_size, embedding.weight.device)
+        self.rank, self.max_length, self.lora_alpha = rank, max_length, lora_alpha
+        self.scale = lora_alpha / math.sqrt(rank)
+        self.lora_a, self.lora_b = low_rank_pair(max_length, rank, hidden, embedding.weight.device)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -69,7 +75,7 @@ class DePT(SoftPromptModule):
 
     def embed_tokens(self, input_ids: torch.Tensor, start: int) -> torch.Tensor:
         """Tokens at positions ``start ..``: their rows of ``A`` (zero past ``max_length``) times ``B``."""
-        lora_a = shifted_rows(self.lora_a, start, input_ids.shape[1])
+        lora_a = shifted_rows(self.lora_a, input_ids, start)
         no_prompt = self.prompt[:0]
         return dept_embed(
             input_ids, self.embedding.weight, no_prompt, lora_a, self.lora_b, scale=self.scale, backend=self.backend
@@ -83,6 +89,7 @@ class DePT(SoftPromptModule):
         ``model.shared``); its width must equal the adapter's ``token_dim``. The result computes exactly the
         official formula ``cat(P, W[ids] + lora_alpha / sqrt(r) * A[:L] @ B)``.
         """
+        check_embedding(embedding)
         adapter = read_official_dept(path)
         if embedding.embedding_dim != adapter.token_dim:
             raise ValueError(

@@ -25,7 +25,10 @@ from prompt_ops.methods.base import (
     SoftPromptModule,
     check_lora_alpha,
     check_positive_int,
+    check_sizes,
     low_rank_pair,
+    low_rank_sizes,
+    prompt_width,
     shifted_rows,
 )
 from prompt_ops.ops.dept_embed import dept_embed
@@ -52,14 +55,18 @@ class EPT(SoftPromptModule):
         init_token_ids=None,
         backend: str | None = None,
     ):
+        hidden = prompt_width(embedding, num_tokens)
+        rank, max_length = check_positive_int("rank", rank), check_positive_int("max_length", max_length)
+        num_subspaces = check_positive_int("num_subspaces", num_subspaces)
+        subspace_rank = check_positive_int("subspace_rank", subspace_rank)
+        lora_alpha = check_lora_alpha(lora_alpha)
+        projection = {"num_subspaces": num_subspaces, "embedding width": hidden, "subspace_rank": subspace_rank}
+        check_sizes(**low_rank_sizes(max_length, rank, hidden), w_down=projection)  # w_up and w_gate: no larger
         super().__init__(embedding, num_tokens, init_token_ids, backend)
-        self.rank = check_positive_int("rank", rank)
-        self.max_length = check_positive_int("max_length", max_length)
-        self.num_subspaces = check_positive_int("num_subspaces", num_subspaces)
-        self.subspace_rank = check_positive_int("subspace_rank", subspace_rank)
-        self.lora_alpha = check_lora_alpha(lora_alpha)
-        self.scale = self.lora_alpha / math.sqrt(rank)
-        device, hidden = embedding.weight.device, self.hidden_size
+        self.rank, self.max_length, self.lora_alpha = rank, max_length, lora_alpha
+        self.num_subspaces, self.subspace_rank = num_subspaces, subspace_rank
+        self.scale = lora_alpha / math.sqrt(rank)
+        device = embedding.weight.device
         self.lora_a, self.lora_b = low_rank_pair(max_length, rank, hidden, device)  # as DePT
         self.w_down = nn.Parameter(torch.randn(num_subspaces, hidden, subspace_rank, device=device) / math.sqrt(hidden))
         self.w_up = nn.Parameter(torch.zeros(num_subspaces, subspace_rank, hidden, device=device))
@@ -87,7 +94,7 @@ class EPT(SoftPromptModule):
 
     def embed_tokens(self, input_ids: torch.Tensor, start: int) -> torch.Tensor:
         """Tokens at positions ``start ..`` get DePT's offset: their rows of ``A`` (zero past ``max_length``)."""
-        lora_a = shifted_rows(self.lora_a, start, input_ids.shape[1])
+        lora_a = shifted_rows(self.lora_a, input_ids, start)
         return dept_embed(
             input_ids, self.embedding.weight, self.prompt[:0], lora_a, self.lora_b, scale=self.scale,
             backend=self.backend,

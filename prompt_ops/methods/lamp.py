@@ -20,7 +20,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prompt_ops.methods.base import PromptModule, check_positive_int, initial_prompt
+from prompt_ops.methods.base import (
+    PromptModule,
+    check_positive_int,
+    check_token_ids,
+    initial_prompt,
+    prompt_width,
+)
 from prompt_ops.ops.lamp import lamp_embed, lamp_prompt
 
 
@@ -40,17 +46,19 @@ class LAMP(PromptModule):
         init_token_ids=None,
         backend: str | None = None,
     ):
-        super().__init__(embedding, num_tokens, backend)
-        self.rank = check_positive_int("rank", rank)
-        self.pool = check_positive_int("pool", pool)
+        hidden = prompt_width(embedding, num_tokens)
+        rank, pool = check_positive_int("rank", rank), check_positive_int("pool", pool)
         if num_tokens % pool:
             raise ValueError(f"pool = {pool} must divide num_tokens = {num_tokens}")
-        if rank > min(num_tokens, self.hidden_size):
+        if rank > min(num_tokens, hidden):
             raise ValueError(
-                f"rank must be <= min(num_tokens, hidden size) = {min(num_tokens, self.hidden_size)} for a truncated "
-                f"SVD of the ({num_tokens}, {self.hidden_size}) initial prompt, got {rank}"
-            )
-        initial = initial_prompt(embedding.weight, num_tokens, init_token_ids)
+                f"rank must be <= min(num_tokens, hidden size) = {min(num_tokens, hidden)} for a truncated SVD of "
+                f"the ({num_tokens}, {hidden}) initial prompt, got {rank}"
+            )  # so u (l, r) and v (r, d) are no larger than the (l, d) prompt prompt_width checked
+        ids = check_token_ids(init_token_ids, embedding.num_embeddings)
+        super().__init__(embedding, num_tokens, backend)
+        self.rank, self.pool = rank, pool
+        initial = initial_prompt(embedding.weight, self.num_tokens, ids)
         left, singular, right = torch.linalg.svd(initial, full_matrices=False)
         self.u = nn.Parameter(left[:, :rank].contiguous())  # (l, r)
         self.q = nn.Parameter(singular[:rank].clone())  # (r,)

@@ -21,8 +21,7 @@ import math
 import torch
 from torch import nn
 
-from prompt_ops.methods.base import check_positive_int
-from prompt_ops.ops.adept_embed import check_dropout
+from prompt_ops.methods.base import check_backend, check_positive_int, check_probability, check_sizes
 from prompt_ops.ops.lpt import MODES, lpt_insert, lpt_prompt
 
 
@@ -48,15 +47,20 @@ class LPT(nn.Module):
         dropout: float = 0.1,
         backend: str | None = None,
     ):
-        super().__init__()
-        self.model_dim = check_positive_int("model_dim", model_dim)
-        self.num_tokens = check_positive_int("num_tokens", num_tokens)
-        self.hidden_size = check_positive_int("hidden_size", hidden_size)
-        if mode not in MODES:
+        model_dim, num_tokens = check_positive_int("model_dim", model_dim), check_positive_int("num_tokens", num_tokens)
+        hidden_size = check_positive_int("hidden_size", hidden_size)
+        if not isinstance(mode, str) or mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        check_dropout(dropout, training=False, seed=0)
-        self.mode, self.dropout, self.backend = mode, float(dropout), backend
+        dropout, backend = check_probability("dropout", dropout), check_backend(backend)
         width = num_tokens * model_dim if mode == "naive" else model_dim
+        check_sizes(
+            prompt={"num_tokens": num_tokens, "model_dim": model_dim},  # generated per sample, whatever the mode
+            w_down={"model_dim": model_dim, "hidden_size": hidden_size},
+            w_up={"hidden_size": hidden_size, "num_tokens * model_dim" if mode == "naive" else "model_dim": width},
+        )
+        super().__init__()
+        self.model_dim, self.num_tokens, self.hidden_size = model_dim, num_tokens, hidden_size
+        self.mode, self.dropout, self.backend = mode, dropout, backend
         self.w_down = _uniform((model_dim, hidden_size), fan_in=model_dim)
         self.b_down = _uniform((hidden_size,), fan_in=model_dim)
         self.w_up = _uniform((hidden_size, width), fan_in=hidden_size)

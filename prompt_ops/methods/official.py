@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 from pathlib import Path
 
@@ -35,13 +37,24 @@ class OfficialDePT:
     lora_b: torch.Tensor  # (r, d)
 
 
+INT_FIELDS = ("num_virtual_tokens", "r", "max_length", "token_dim")
+
+
+def folder_path(name: str, value: object) -> Path:
+    """An adapter folder argument (``str`` or ``os.PathLike``) as a ``Path``; a ``TypeError`` naming ``name``
+    otherwise."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a str or os.PathLike folder, got {type(value).__name__}")
+    return Path(value)
+
+
 def read_json_config(path: Path) -> dict:
     """An adapter folder's JSON config as a dict, or a ``ValueError`` naming the file and the problem."""
     try:
         config = json.loads(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"{path}: not found; an adapter folder holds {path.name}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError, as are bad numbers
         raise ValueError(f"{path}: not a readable JSON adapter config ({err})") from None
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
@@ -54,10 +67,13 @@ def _read_config(path: Path) -> dict:
         raise ValueError(
             f"{path}: peft_type is {config.get('peft_type')!r}, but a DePT adapter has 'PROMPT_TUNING_LORA'"
         )
-    for key in ("num_virtual_tokens", "r", "max_length", "lora_alpha", "token_dim"):
+    for key in INT_FIELDS:
         value = config.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError(f"{path}: field {key!r} must be a positive number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{path}: field {key!r} must be a positive integer, got {value!r}")
+    alpha = config.get("lora_alpha")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"{path}: field 'lora_alpha' must be a positive finite number, got {alpha!r}")
     return config
 
 
@@ -75,11 +91,11 @@ def _read_weights(path: Path) -> dict:
 
 def read_official_dept(folder: str | os.PathLike) -> OfficialDePT:
     """Read and check an official DePT adapter folder (e.g. the authors' ``checkpoints/sst2``)."""
-    folder = Path(folder)
+    folder = folder_path("path", folder)
     config = _read_config(folder / CONFIG_FILE)
     weights_path = folder / WEIGHTS_FILE
     state = _read_weights(weights_path)
-    m, r, max_length, d = (int(config[k]) for k in ("num_virtual_tokens", "r", "max_length", "token_dim"))
+    m, r, max_length, d = (config[k] for k in INT_FIELDS)
     expected = {PROMPT_KEY: (m, d), LORA_A_KEY: (max_length, r), LORA_B_KEY: (r, d)}
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
