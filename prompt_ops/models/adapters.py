@@ -10,49 +10,36 @@ the same entry (the pickle is read with ``weights_only=True``).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from prompt_ops.methods.official import read_json_config, read_official_dept
+from prompt_ops.methods.base import check_backend
+from prompt_ops.methods.official import WEIGHTS_FILE as OFFICIAL_WEIGHTS_FILE
+from prompt_ops.methods.official import folder_path, read_json_config, read_official_dept
+from prompt_ops.models.adapter_files import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE
 from prompt_ops.models.attach import attach
-from prompt_ops.models.configs import DePTConfig, MethodConfig, config_from_dict
-from prompt_ops.models.tuned import TunedModel, input_embedding
+from prompt_ops.models.configs import DePTConfig, LPTConfig, MethodConfig, config_from_dict
+from prompt_ops.models.late import lpt_stack
+from prompt_ops.models.tuned import TunedModel, model_embedding
 
-WEIGHTS_FILE = "adapter.safetensors"
-CONFIG_FILE = "adapter_config.json"
-FORMAT = "prompt_ops-adapter"
-FORMAT_VERSION = 1
+__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "load_adapter", "save_adapter"]
 
 
 def save_adapter(tuned: TunedModel, directory: str | os.PathLike) -> Path:
-    """Write the adapter of ``tuned`` into ``directory`` (created if needed); returns the folder."""
-    from safetensors.torch import save_file
-
-    from prompt_ops import __version__
-
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {name: param.detach().contiguous().cpu() for name, param in tuned.adapter_state_dict().items()}
-    save_file(tensors, str(folder / WEIGHTS_FILE))
-    embedding = input_embedding(tuned.base_model)
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "prompt_ops_version": __version__,
-        "config": tuned.config.to_dict(),
-        "hidden_size": embedding.embedding_dim,
-        "vocab_size": embedding.num_embeddings,
-    }
-    (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    return folder
+    """Write the adapter of ``tuned`` (a model returned by :func:`attach`) into ``directory`` (created if needed);
+    returns the folder. Files already there are replaced only once both new ones are written."""
+    if not isinstance(tuned, TunedModel):
+        raise TypeError(
+            f"tuned must be a model returned by prompt_ops.models.attach (a PromptTunedModel or "
+            f"LatePromptTunedModel), got {type(tuned).__name__}"
+        )
+    return tuned.save_adapter(directory)
 
 
-def _read_ours(folder: Path, data: dict) -> tuple[MethodConfig, dict[str, torch.Tensor], int | None]:
+def _read_ours(folder: Path, data: dict) -> tuple[MethodConfig, dict[str, torch.Tensor], object]:
     config_path = folder / CONFIG_FILE
     if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
         raise ValueError(
@@ -82,13 +69,22 @@ def _read_official(folder: Path) -> tuple[MethodConfig, dict[str, torch.Tensor],
     return config, {"prompt": adapter.prompt, "lora_a": adapter.lora_a, "lora_b": adapter.lora_b}, adapter.token_dim
 
 
-def _check_tensors(source: Path, config: MethodConfig, tensors: dict, embedding: nn.Embedding) -> None:
-    """Names, shapes and dtypes against the module ``config`` builds, built on the meta device (no memory)."""
-    init_free = {"init_token_ids": None} if hasattr(config, "init_token_ids") else {}
-    shapes_only = dataclasses.replace(config, **init_free)  # the init does not change any shape
-    with torch.device("meta"):
-        probe = shapes_only.build(nn.Embedding(embedding.num_embeddings, embedding.embedding_dim))
-    expected = {name: p for name, p in probe.named_parameters() if not name.startswith("embedding.")}
+def _resolve(config: MethodConfig, model: nn.Module, embedding: nn.Embedding, config_path: Path):
+    """The config as ``attach`` will use it, and the adapter parameters it implies, built on the meta device (no
+    memory): every field is checked against ``model`` here, and a bad one is a ``ValueError`` naming the file."""
+    stack = lpt_stack(model) if isinstance(config, LPTConfig) else None  # a model LPT cannot take: the model's error
+    try:
+        if stack is not None:
+            config = config.resolved(len(stack.layers), stack.causal)
+        with torch.device("meta"):
+            probe = config.build(nn.Embedding(embedding.num_embeddings, embedding.embedding_dim))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{config_path}: bad field in 'config': {err}") from None
+    return config, {name: p for name, p in probe.named_parameters() if not name.startswith("embedding.")}
+
+
+def _check_tensors(source: Path, expected: dict[str, torch.Tensor], tensors: dict) -> None:
+    """Names, shapes and dtypes of the file's tensors against the parameters the config implies."""
     missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or extra:
         raise ValueError(f"{source}: expected tensors {sorted(expected)}; missing {missing}, unexpected {extra}")
@@ -103,19 +99,23 @@ def _check_tensors(source: Path, config: MethodConfig, tensors: dict, embedding:
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike, backend: str | None = None) -> TunedModel:
-    """Rebuild the prompt-tuned model from a saved (or an official DePT) adapter folder."""
-    folder = Path(directory)
-    data = read_json_config(folder / CONFIG_FILE)
+    """Rebuild the prompt-tuned model from a saved (or an official DePT) adapter folder. Everything is checked
+    before ``model`` is touched; a bad file is a ``ValueError`` naming it."""
+    folder = folder_path("directory", directory)
+    check_backend(backend)
+    embedding = model_embedding(model)
+    config_path = folder / CONFIG_FILE
+    data = read_json_config(config_path)
     official = data.get("peft_type") == "PROMPT_TUNING_LORA"
     config, tensors, hidden = _read_official(folder) if official else _read_ours(folder, data)
-    source = folder / ("adapter_model.bin" if official else WEIGHTS_FILE)
-    embedding = input_embedding(model)
+    source = folder / (OFFICIAL_WEIGHTS_FILE if official else WEIGHTS_FILE)
     if hidden is not None and hidden != embedding.embedding_dim:
         raise ValueError(
-            f"{folder / CONFIG_FILE}: the adapter was trained for hidden size {hidden}, the model's input embedding "
+            f"{config_path}: the adapter was trained for hidden size {hidden!r}, the model's input embedding "
             f"has {embedding.embedding_dim}"
         )
-    _check_tensors(source, config, tensors, embedding)
+    config, expected = _resolve(config, model, embedding, config_path)
+    _check_tensors(source, expected, tensors)
     tuned = attach(model, config, backend=backend)
     with torch.no_grad():
         for name, param in tuned.adapter_state_dict().items():

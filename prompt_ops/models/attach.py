@@ -21,8 +21,15 @@ import torch
 from torch import nn
 
 from prompt_ops.methods.base import PromptModule
-from prompt_ops.models.configs import LPTConfig, MethodConfig
-from prompt_ops.models.tuned import TunedModel, input_embedding
+from prompt_ops.models.configs import CONFIGS, LPTConfig, MethodConfig, check_config
+from prompt_ops.models.inputs import (
+    check_generate_kwargs,
+    check_ids,
+    check_labels,
+    check_position_ids,
+    check_token_type_ids,
+)
+from prompt_ops.models.tuned import TunedModel, model_embedding
 
 
 class _DecodeEmbedding(nn.Module):
@@ -46,19 +53,20 @@ class _DecodeEmbedding(nn.Module):
 
 
 class PromptTunedModel(TunedModel):
-    """A frozen Hugging Face model behind a prompt-tuning method. Only ``prompt_module``'s parameters train."""
+    """A frozen Hugging Face model behind a prompt-tuning method. Only ``prompt_module``'s parameters train.
+
+    The config is checked and the module built before the model is touched: a refused config leaves it as it was.
+    """
 
     def __init__(self, model: nn.Module, config: MethodConfig, backend: str | None = None):
         super().__init__()
-        if not isinstance(config, MethodConfig):
-            raise TypeError(f"config must be a prompt_ops.models config (e.g. DePTConfig), got {type(config).__name__}")
-        embedding = input_embedding(model)
+        config = check_config(config, PROMPT_CONFIGS)
+        embedding = model_embedding(model)
+        self.prompt_module: PromptModule = config.build(embedding, backend=backend)  # checks every field first
+        self.config = config.snapshot()
         model.requires_grad_(False)
         self.base_model = model
-        self.config = config
-        self.prompt_module: PromptModule = config.build(embedding, backend=backend)
-        self.prompt_module.to(embedding.weight.device)
-        self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        self.is_encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
         self.train(model.training)  # the method's dropout follows the model's mode
 
     @property
@@ -81,9 +89,14 @@ class PromptTunedModel(TunedModel):
                 "PromptTunedModel needs input_ids (the methods' offsets are computed from the token ids); "
                 "inputs_embeds is not supported"
             )
+        shape = tuple(check_ids(input_ids).shape)
+        check_token_type_ids(token_type_ids, shape)
+        check_position_ids(position_ids, shape)
+        token_labels = False if self.is_encoder_decoder else check_labels(labels, shape)
+        self._embedding()  # refuses a sharded table (FSDP2) with how to shard instead
         embeds, mask = self.prompt_module(input_ids, attention_mask)
         num_prompt = self.num_prompt_rows
-        batch = input_ids.shape[0]
+        batch = shape[0]
         if self.is_encoder_decoder:
             return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
         if position_ids is not None:
@@ -94,7 +107,7 @@ class PromptTunedModel(TunedModel):
         if token_type_ids is not None:
             zeros = token_type_ids.new_zeros((batch, num_prompt))
             kwargs["token_type_ids"] = torch.cat([zeros, token_type_ids], dim=1)
-        if labels is not None and labels.dim() == 2 and labels.shape == input_ids.shape:
+        if token_labels:
             labels = torch.cat([labels.new_full((batch, num_prompt), -100), labels], dim=1)
         return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
 
@@ -106,8 +119,13 @@ class PromptTunedModel(TunedModel):
         later get the same per-token treatment a full forward pass gives them (DePT/EPT position offsets while the
         position is below ``max_length``, none after; ADePT's FFN offset), so cached generation matches a loop of
         full forward passes. The official DePT/ADePT code skips the offsets after prefill. Encoder-decoder models:
-        the prompt goes to the encoder; returns what the base ``generate`` returns (the decoder's tokens).
+        the prompt goes to the encoder; returns what the base ``generate`` returns (the decoder's tokens). The input
+        embedding swapped in for decoding is put back however ``generate`` ends.
         """
+        if "inputs_embeds" in kwargs:
+            raise ValueError("PromptTunedModel.generate builds inputs_embeds from input_ids; do not pass inputs_embeds")
+        check_ids(input_ids)
+        check_generate_kwargs(kwargs)
         if self.training:
             warnings.warn("generate() in training mode: ADePT's dropout acts at prefill; call .eval()", stacklevel=2)
         embeds, mask = self.prompt_module(input_ids, attention_mask)
@@ -125,10 +143,14 @@ class PromptTunedModel(TunedModel):
         return f"method={self.config.method}, prompt_rows={self.num_prompt_rows}"
 
 
+PROMPT_CONFIGS = tuple(cls for cls in CONFIGS.values() if cls is not LPTConfig)
+
+
 def attach(model: nn.Module, config: MethodConfig, backend: str | None = None) -> TunedModel:
     """Freeze ``model`` and add the method of ``config``: a :class:`PromptTunedModel` for the methods that build the
-    model input, a :class:`~prompt_ops.models.late.LatePromptTunedModel` for LPT (inside the layer stack)."""
-    if isinstance(config, LPTConfig):
+    model input, a :class:`~prompt_ops.models.late.LatePromptTunedModel` for LPT (inside the layer stack). Every
+    argument is checked before the model is touched."""
+    if isinstance(check_config(config), LPTConfig):
         from prompt_ops.models.late import LatePromptTunedModel
 
         return LatePromptTunedModel(model, config, backend=backend)

@@ -12,7 +12,7 @@ from typing import ClassVar
 from torch import nn
 
 from prompt_ops.methods.adept import ADePT
-from prompt_ops.methods.base import PromptModule
+from prompt_ops.methods.base import PromptModule, token_ids
 from prompt_ops.methods.dept import DePT
 from prompt_ops.methods.ept import EPT
 from prompt_ops.methods.lamp import LAMP
@@ -28,10 +28,19 @@ class MethodConfig:
     module_class: ClassVar[type[PromptModule]]
 
     def build(self, embedding: nn.Embedding, backend: str | None = None) -> PromptModule:
+        """The method's module over ``embedding``; the module checks every field (by its name) first."""
         return self.module_class(embedding, backend=backend, **dataclasses.asdict(self))
 
+    def snapshot(self) -> MethodConfig:
+        """A copy that later edits of this object do not reach, with ``init_token_ids`` (where the method has it)
+        as a list of ints, as it is saved."""
+        if not hasattr(self, "init_token_ids"):
+            return dataclasses.replace(self)
+        return dataclasses.replace(self, init_token_ids=token_ids(self.init_token_ids))
+
     def to_dict(self) -> dict:
-        return {"method": self.method, **dataclasses.asdict(self)}
+        """The JSON-ready fields and the method's name (:func:`config_from_dict` reads it back)."""
+        return {"method": self.method, **dataclasses.asdict(self.snapshot())}
 
 
 @dataclasses.dataclass
@@ -105,10 +114,37 @@ class LPTConfig(MethodConfig):
         generator = {name: getattr(self, name) for name in ("num_tokens", "hidden_size", "mode", "dropout")}
         return LPT(embedding.embedding_dim, backend=backend, **generator)
 
+    def resolved(self, num_layers: int, causal: bool) -> LPTConfig:
+        """A copy with ``layer`` and ``read`` checked and filled in for a stack of ``num_layers`` layers."""
+        if num_layers < 2:
+            raise ValueError(
+                f"LPT needs a model with at least 2 layers (it inserts the prompt between layer k and k+1, "
+                f"1 <= k < N), the model has {num_layers}"
+            )
+        layer = self.layer if self.layer is not None else num_layers // 2
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= num_layers - 1:
+            raise ValueError(
+                f"layer must be an int in [1, {num_layers - 1}] for a model with {num_layers} layers, got {layer!r}"
+            )
+        read = self.read if self.read is not None else ("last" if causal else "first")
+        if read not in ("first", "last"):
+            raise ValueError(f"read must be 'first', 'last' or None, got {read!r}")
+        return dataclasses.replace(self, layer=layer, read=read)
+
 
 CONFIGS: dict[str, type[MethodConfig]] = {
     cls.method: cls for cls in (PromptTuningConfig, DePTConfig, ADePTConfig, LAMPConfig, EPTConfig, LPTConfig)
 }
+
+
+def check_config(config: object, allowed: tuple[type[MethodConfig], ...] = tuple(CONFIGS.values())) -> MethodConfig:
+    """``config`` must be an instance of one of ``allowed``; a ``TypeError`` naming ``config`` otherwise."""
+    if isinstance(config, allowed):
+        return config
+    names = [cls.__name__ for cls in allowed]
+    names = " or ".join(names) if len(names) <= 2 else f"{', '.join(names[:-1])} or {names[-1]}"
+    got = f"the class {config.__name__} (pass an instance)" if isinstance(config, type) else type(config).__name__
+    raise TypeError(f"config must be a prompt_ops.models config ({names}), got {got}")
 
 
 def config_from_dict(data: dict, source: str) -> MethodConfig:

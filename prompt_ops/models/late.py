@@ -18,6 +18,7 @@ models) or the last non-padding token (``read="last"``, the official GPT-2 choic
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 
@@ -25,9 +26,18 @@ import torch
 from torch import nn
 
 from prompt_ops.methods.lpt import LPT
-from prompt_ops.models.configs import LPTConfig
+from prompt_ops.models.configs import LPTConfig, check_config
+from prompt_ops.models.inputs import (
+    check_generate_kwargs,
+    check_ids,
+    check_labels,
+    check_position_ids,
+    check_token_type_ids,
+)
 from prompt_ops.models.stacks import LayerStack, bind, find_stack
-from prompt_ops.models.tuned import TunedModel
+from prompt_ops.models.tuned import TunedModel, model_embedding
+from prompt_ops.ops.backend import resolve_check_ids
+from prompt_ops.ops.validation import check_ids_in_range
 
 
 @dataclasses.dataclass
@@ -48,37 +58,42 @@ def _replace_hidden(output, hidden):
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
+def lpt_stack(model: nn.Module) -> LayerStack:
+    """The layer stack LPT hooks into, for a supported model without gradient checkpointing and without an LPT
+    already attached."""
+    stack = find_stack(model)
+    flag = (
+        "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else "is_gradient_checkpointing"
+    )
+    if getattr(model, flag, False):
+        raise ValueError("LPT does not support gradient checkpointing: layers above k re-run without their hooks")
+    if any(
+        isinstance(getattr(hook, "__self__", None), LatePromptTunedModel)
+        for hook in stack.entry._forward_pre_hooks.values()
+    ):
+        raise ValueError(
+            "model already has an LPT attached (a LatePromptTunedModel hooks its layer stack): call unload() on it "
+            "first, or attach to a fresh copy of the model"
+        )
+    return stack
+
+
 class LatePromptTunedModel(TunedModel):
     """A frozen Hugging Face model with LPT's generator inside its stack. Only ``prompt_module`` trains."""
 
     def __init__(self, model: nn.Module, config: LPTConfig, backend: str | None = None):
         super().__init__()
-        self.stack: LayerStack = find_stack(model)
-        flag = (
-            "is_activation_checkpointing"
-            if hasattr(model, "is_activation_checkpointing")
-            else "is_gradient_checkpointing"
-        )
-        if getattr(model, flag, False):
-            raise ValueError("LPT does not support gradient checkpointing: layers above k re-run without their hooks")
-        num_layers = len(self.stack.layers)
-        layer = config.layer if config.layer is not None else num_layers // 2
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= num_layers - 1:
-            raise ValueError(
-                f"layer must be an int in [1, {num_layers - 1}] for a model with {num_layers} layers, got {layer!r}"
-            )
-        read = config.read if config.read is not None else ("last" if self.stack.causal else "first")
-        if read not in ("first", "last"):
-            raise ValueError(f"read must be 'first', 'last' or None, got {read!r}")
+        config = check_config(config, (LPTConfig,))
+        embedding = model_embedding(model)
+        self.stack: LayerStack = lpt_stack(model)
+        self.config = config.resolved(len(self.stack.layers), self.stack.causal)
+        self.prompt_module: LPT = self.config.build(embedding, backend=backend)  # checks every field first
+        self.prompt_module.to(embedding.weight.device)
         model.requires_grad_(False)
         self.base_model = model
-        self.config = dataclasses.replace(config, layer=layer, read=read)
-        embedding = self._embedding()
-        self.prompt_module: LPT = self.config.build(embedding, backend=backend)
-        self.prompt_module.to(embedding.weight.device)
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False)) and self.stack.family == "t5"
         self._call: _Call | None = None
-        self._handles = self._install_hooks(layer)
+        self._handles = self._install_hooks(self.config.layer)
         self.train(model.training)  # the generator's dropout follows the model's mode
 
     @property
@@ -102,21 +117,32 @@ class LatePromptTunedModel(TunedModel):
 
     def _enter(self, entry, args, kwargs):
         bound = bind(entry, args, kwargs).arguments
-        tokens = bound.get("input_ids")
-        shape = tokens.shape if tokens is not None else bound["inputs_embeds"].shape[:2]
-        device = tokens.device if tokens is not None else bound["inputs_embeds"].device
+        tokens, embeds = bound.get("input_ids"), bound.get("inputs_embeds")
+        if tokens is None and embeds is None:
+            return  # the model itself refuses the call; nothing recorded, nothing to restore
+        if tokens is not None:
+            check_ids(tokens)
+            if resolve_check_ids(None):
+                check_ids_in_range(tokens, self._embedding().num_embeddings)
+            shape, device = tuple(tokens.shape), tokens.device
+        else:
+            shape, device = tuple(embeds.shape[:2]), embeds.device
         mask = bound.get("attention_mask")
         if mask is None:
             mask = torch.ones(shape, dtype=torch.int64, device=device)
-        elif mask.dim() != 2 or tuple(mask.shape) != tuple(shape):
-            raise ValueError(f"LPT needs a 2-D attention_mask of shape {tuple(shape)}, got {tuple(mask.shape)}")
+        elif not isinstance(mask, torch.Tensor) or mask.dim() != 2 or tuple(mask.shape) != shape:
+            got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"LPT needs a 2-D attention_mask of shape {shape}, got {got}")
+        check_token_type_ids(bound.get("token_type_ids"), shape)
         positions = bound.get("position_ids")
+        check_position_ids(positions, shape)
         if positions is None:
             positions = torch.arange(shape[1], device=device)[None, :]  # (B or 1, L), as the models take them
         self._call = _Call(mask, positions, torch.is_grad_enabled())
         torch.set_grad_enabled(False)  # the embeddings and layers 1..k: nothing to train, nothing to record
 
     def _leave(self, entry, args, output):
+        """Registered with ``always_call=True``: runs however the pass ends, an exception included."""
         if self._call is not None:
             torch.set_grad_enabled(self._call.grad_enabled)
             self._call = None
@@ -173,10 +199,26 @@ class LatePromptTunedModel(TunedModel):
             )
         kwargs["use_cache"] = False
 
+    @contextlib.contextmanager
+    def _restoring(self):
+        """However the call ends, the caller's grad mode is back and no pass is left half-recorded (the hooks
+        restore it too; this also covers interrupts that skip them)."""
+        grad_enabled = torch.is_grad_enabled()
+        try:
+            yield
+        finally:
+            torch.set_grad_enabled(grad_enabled)
+            self._call = None
+
     def forward(self, *args, **kwargs):
         """The base model's forward, with LPT inside its stack. Outputs have the input's length."""
         self._check_no_cache(kwargs)
-        return self.base_model(*args, **kwargs)
+        if not self.is_encoder_decoder and kwargs.get("labels") is not None:
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if ids is not None:
+                check_labels(kwargs["labels"], tuple(check_ids(ids).shape))
+        with self._restoring():
+            return self.base_model(*args, **kwargs)
 
     @torch.no_grad()
     def generate(self, *args, **kwargs) -> torch.Tensor:
@@ -186,7 +228,9 @@ class LatePromptTunedModel(TunedModel):
         if self.training:
             warnings.warn("generate() in training mode: LPT's dropout acts on the prompt; call .eval()", stacklevel=2)
         self._check_no_cache(kwargs)
-        return self.base_model.generate(*args, **kwargs)
+        check_generate_kwargs(kwargs)
+        with self._restoring():
+            return self.base_model.generate(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"method=lpt, layer={self.config.layer}, family={self.stack.family}, read={self.config.read!r}"

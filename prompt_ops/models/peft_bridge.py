@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from prompt_ops.methods.base import PromptModule
-from prompt_ops.models.configs import ADePTConfig, DePTConfig
+from prompt_ops.methods.official import folder_path
+from prompt_ops.models.adapter_files import output_folder, write_files
+from prompt_ops.models.configs import ADePTConfig, DePTConfig, check_config
 
 BRIDGE_FILE = "prompt_ops_bridge.safetensors"
 
@@ -50,8 +52,7 @@ class BridgedWordEmbeddings(nn.Module):
 
 def bridge_peft(peft_model: nn.Module, config: DePTConfig | ADePTConfig, backend: str | None = None) -> nn.Module:
     """Put DePT's or ADePT's fused offset under a PEFT prompt-tuning model (in place); returns ``peft_model``."""
-    if not isinstance(config, (DePTConfig, ADePTConfig)):
-        raise TypeError(f"bridge_peft takes DePTConfig or ADePTConfig (offset methods), got {type(config).__name__}")
+    config = check_config(config, (DePTConfig, ADePTConfig))  # offset methods only
     embedding = getattr(peft_model, "word_embeddings", None)
     if isinstance(embedding, BridgedWordEmbeddings):
         raise ValueError("peft_model is already bridged")
@@ -77,9 +78,10 @@ def save_bridge(peft_model: nn.Module, directory: str | os.PathLike) -> Path:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in _bridged(peft_model).offset_parameters().items()}
-    folder = Path(directory)  # created only once the model is known to be bridged: a refused call writes nothing
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(folder / BRIDGE_FILE))
+    # The folder is created only once the model is known to be bridged (a refused call writes nothing), and the file
+    # is replaced only once the new one is complete.
+    folder = output_folder(directory)
+    write_files(folder, {BRIDGE_FILE: lambda path: save_file(tensors, str(path))})
     return folder / BRIDGE_FILE
 
 
@@ -87,7 +89,7 @@ def load_bridge(peft_model: nn.Module, directory: str | os.PathLike) -> None:
     """Load the offset tensors saved by :func:`save_bridge` into a bridged model (checked before any copy)."""
     from safetensors.torch import load_file
 
-    path = Path(directory) / BRIDGE_FILE
+    path = folder_path("directory", directory) / BRIDGE_FILE
     params = _bridged(peft_model).offset_parameters()
     try:
         tensors = load_file(str(path))

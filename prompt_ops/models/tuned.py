@@ -3,18 +3,53 @@ method config, and the adapter (the method's own parameters) it saves."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import torch
 from torch import nn
 
+from prompt_ops.models.adapter_files import (
+    CONFIG_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    output_folder,
+    write_files,
+)
+from prompt_ops.models.configs import MethodConfig
+
 
 def input_embedding(model: nn.Module) -> nn.Embedding:
-    """The model's input ``nn.Embedding``, or a ``TypeError`` saying what was expected."""
+    """The model's input ``nn.Embedding``, or a ``TypeError`` saying what was expected.
+
+    The fused ops read the table whole, so a sharded table (a ``DTensor``, e.g. from FSDP2's ``fully_shard``) is
+    refused with a ``ValueError`` that says how to shard instead: the tuned model as the FSDP root, so that the
+    table is gathered with the root's parameters before each forward."""
     if not hasattr(model, "get_input_embeddings"):
         raise TypeError(f"model must be a Hugging Face PreTrainedModel, got {type(model).__name__}")
     embedding = model.get_input_embeddings()
     if not isinstance(embedding, nn.Embedding):
         raise TypeError(f"the model's input embedding must be an nn.Embedding, got {type(embedding).__name__}")
+    if torch.distributed.is_available():
+        from torch.distributed.tensor import DTensor
+
+        if isinstance(embedding.weight, DTensor):
+            raise ValueError(
+                f"the model's input embedding weight is sharded (a DTensor, {embedding.weight.placements}), but "
+                "prompt_ops reads the whole table: attach() the method before sharding, then fully_shard the layers "
+                "and last the tuned model itself, never the base model or a module holding the input embedding, so "
+                "the table is gathered before each forward; outside a forward (e.g. to save) call tuned.unshard() first"
+            )
     return embedding
+
+
+def model_embedding(model: object) -> nn.Embedding:
+    """The input embedding of ``model``, which must be an ``nn.Module`` (a ``TypeError`` naming ``model``)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a Hugging Face PreTrainedModel (a torch.nn.Module), got {type(model).__name__}")
+    return input_embedding(model)
 
 
 class TunedModel(nn.Module):
@@ -23,6 +58,7 @@ class TunedModel(nn.Module):
 
     base_model: nn.Module
     prompt_module: nn.Module
+    config: MethodConfig
 
     def _embedding(self) -> nn.Embedding:
         return input_embedding(self.base_model)
@@ -41,8 +77,27 @@ class TunedModel(nn.Module):
             f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
         )
 
-    def save_adapter(self, directory):
-        """Write ``adapter.safetensors`` + ``adapter_config.json`` (see :func:`prompt_ops.models.save_adapter`)."""
-        from prompt_ops.models.adapters import save_adapter
+    def save_adapter(self, directory: str | os.PathLike) -> Path:
+        """Write ``adapter.safetensors`` + ``adapter_config.json`` into ``directory`` (created if needed); returns
+        the folder. Files already there are replaced only once both new ones are written."""
+        from safetensors.torch import save_file
 
-        return save_adapter(self, directory)
+        from prompt_ops import __version__
+
+        folder = output_folder(directory)
+        tensors = {name: param.detach().contiguous().cpu() for name, param in self.adapter_state_dict().items()}
+        embedding = self._embedding()
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "prompt_ops_version": __version__,
+            "config": self.config.to_dict(),
+            "hidden_size": embedding.embedding_dim,
+            "vocab_size": embedding.num_embeddings,
+        }
+        text = json.dumps(meta, indent=2) + "\n"
+        write_files(
+            folder,
+            {WEIGHTS_FILE: lambda path: save_file(tensors, str(path)), CONFIG_FILE: lambda path: path.write_text(text)},
+        )
+        return folder
