@@ -1,10 +1,12 @@
-"""PromptTuning and DePT modules: defaults, the official init, forward contract, official-checkpoint import."""
+"""PromptTuning and DePT modules: defaults, the official init, forward contract, official-checkpoint import; the
+argument checks every module constructor shares."""
 
 import json
 import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -148,3 +150,169 @@ def test_from_official_refuses_bad_folders(tmp_path):
 def test_from_official_refuses_another_base_model():
     with pytest.raises(ValueError, match=r"token_dim 768 but embedding has width 512"):
         prompt_ops.DePT.from_official(FIXTURE, nn.Embedding(100, 512))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Argument checks shared by every module constructor (regressions of the bad-input campaign)
+# ------------------------------------------------------------------------------------------------------------------
+
+MODULES = {
+    "PromptTuning": {},
+    "DePT": {"rank": 2, "max_length": 6},
+    "ADePT": {"rank": 2},
+    "LAMP": {"num_tokens": 4, "rank": 2, "pool": 2},
+    "EPT": {"rank": 2, "max_length": 6, "num_subspaces": 2, "subspace_rank": 2},
+}
+
+
+def _build(cls: str, embedding: nn.Embedding, **kwargs):
+    return getattr(prompt_ops, cls)(embedding, **{"num_tokens": 4, **MODULES[cls], **kwargs})
+
+
+@pytest.mark.parametrize("cls", sorted(MODULES))
+@pytest.mark.parametrize(
+    "init_token_ids, error, pattern",
+    [
+        ([1.7], TypeError, r"init_token_ids must be a 1-D sequence of integer token ids.*holds a float \(1.7\)"),
+        ("ab", TypeError, "init_token_ids must be a 1-D sequence of integer token ids.*got str"),
+        ([[1, 2], [3]], TypeError, r"init_token_ids must be .* holds a list"),
+        ([True, 2], TypeError, r"init_token_ids must be .* holds a bool"),
+        (5, TypeError, "init_token_ids must be a 1-D sequence.*got int"),
+        (torch.tensor([1.0, 2.0]), TypeError, "init_token_ids must be .* holds a float"),
+        (torch.tensor([[1, 2]]), ValueError, "init_token_ids must be a 1-D sequence.*got 2-D"),
+        (np.array([1.5]), TypeError, "init_token_ids must be .* holds a float"),
+        ([2**70], ValueError, r"init_token_ids must be in \[0, 40\)"),
+        ([-1], ValueError, r"init_token_ids must be in \[0, 40\)"),
+        ([], ValueError, "init_token_ids must hold at least one token id"),
+    ],
+)
+def test_init_token_ids_must_be_integers_in_range(cls, init_token_ids, error, pattern):
+    embedding = nn.Embedding(40, 8)
+    with pytest.raises(error, match=pattern):
+        _build(cls, embedding, init_token_ids=init_token_ids)
+    assert embedding.weight.requires_grad  # refused before the embedding is frozen
+
+
+@pytest.mark.parametrize("cls", sorted(MODULES))
+@pytest.mark.parametrize("ids", [[3, 7], (3, 7), torch.tensor([3, 7], dtype=torch.int32), np.array([3, 7])])
+def test_init_token_ids_accept_integer_sequences_tensors_and_arrays(cls, ids):
+    embedding = nn.Embedding(40, 8)
+    module = _build(cls, embedding, init_token_ids=ids)
+    if cls != "LAMP":  # LAMP keeps the SVD of the initial prompt, not the prompt
+        assert torch.equal(module.prompt.detach(), embedding.weight.detach()[[3, 7, 3, 7]])
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, pattern",
+    [
+        ("PromptTuning", {"num_tokens": 2**40}, r"prompt \(num_tokens=1099511627776, embedding width=8\).*num_tokens"),
+        ("DePT", {"max_length": 2**40}, r"lora_a \(max_length=1099511627776, rank=2\).*lower max_length or rank"),
+        ("DePT", {"rank": 2**40}, r"lora_a \(max_length=6, rank=1099511627776\)"),
+        ("ADePT", {"rank": 2**40}, r"w_down \(embedding width=8, rank=1099511627776\).*lower rank"),
+        ("EPT", {"subspace_rank": 2**40}, r"w_down \(.*subspace_rank=1099511627776\)"),
+        ("EPT", {"num_subspaces": 2**40}, r"w_down \(num_subspaces=1099511627776"),
+        ("LAMP", {"num_tokens": 2**40}, r"prompt \(num_tokens=1099511627776"),
+    ],
+)
+def test_sizes_no_memory_holds_are_refused_before_allocation(cls, kwargs, pattern):
+    embedding = nn.Embedding(40, 8)
+    with pytest.raises(ValueError, match=pattern):
+        _build(cls, embedding, **kwargs)
+    assert embedding.weight.requires_grad
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        ({"model_dim": 2**40}, r"prompt \(num_tokens=5, model_dim=1099511627776\)"),
+        ({"hidden_size": 2**40}, r"w_down \(model_dim=8, hidden_size=1099511627776\)"),
+        ({"num_tokens": 2**40, "mode": "pool"}, r"prompt \(num_tokens=1099511627776, model_dim=8\)"),  # APPG too
+        ({"num_tokens": 2**30}, r"num_tokens"),
+    ],
+)
+def test_lpt_sizes_no_memory_holds_are_refused(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        prompt_ops.LPT(**{"model_dim": 8, **kwargs})
+
+
+@pytest.mark.parametrize("cls", ["DePT", "EPT"])
+@pytest.mark.parametrize("alpha", [math.inf, -math.inf, math.nan])
+def test_lora_alpha_must_be_finite_at_construction(cls, alpha):
+    with pytest.raises(ValueError, match="lora_alpha must be a positive number and finite"):
+        _build(cls, nn.Embedding(40, 8), lora_alpha=alpha)
+    with pytest.raises(TypeError, match="lora_alpha must be a positive number, got str"):
+        _build(cls, nn.Embedding(40, 8), lora_alpha="8")
+
+
+def test_lpt_names_its_own_arguments():
+    with pytest.raises(ValueError, match=r"^dropout must be a float in \[0, 1\), got 1.0$"):
+        prompt_ops.LPT(8, dropout=1.0)
+    with pytest.raises(TypeError, match="dropout must be a float"):
+        prompt_ops.LPT(8, dropout="0.1")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        prompt_ops.LPT(8, mode=["naive"])
+    with pytest.raises(ValueError, match="backend must be one of"):
+        prompt_ops.LPT(8, backend="cuda")
+
+
+REFUSED = [
+    ({"backend": "cuda"}, ValueError, r"backend must be one of \('auto', 'triton', 'torch'\) or None"),
+    ({"rank": True}, TypeError, "rank must be an int, got bool"),
+    ({"num_tokens": 4.0}, TypeError, "num_tokens must be an int, got float"),
+]
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, error, pattern",
+    [(cls, *case) for cls in sorted(MODULES) for case in REFUSED if cls != "PromptTuning" or "rank" not in case[0]],
+)
+def test_refused_arguments_leave_the_embedding_trainable(cls, kwargs, error, pattern):
+    embedding = nn.Embedding(40, 8)
+    with pytest.raises(error, match=pattern):
+        _build(cls, embedding, **kwargs)
+    assert embedding.weight.requires_grad
+
+
+def test_embedding_must_be_a_float_table():
+    with pytest.raises(TypeError, match="embedding must be a torch.nn.Embedding, got Linear"):
+        prompt_ops.DePT(nn.Linear(4, 4))
+    table = nn.Embedding(10, 4)
+    table.weight = nn.Parameter(torch.zeros(10, 4, dtype=torch.long), requires_grad=False)
+    with pytest.raises(TypeError, match="embedding must have floating-point weights, got torch.int64"):
+        prompt_ops.PromptTuning(table)
+    with pytest.raises(ValueError, match=r"embedding must have a \(V, d\) weight with V, d >= 1, got \(0, 4\)"):
+        prompt_ops.PromptTuning(nn.Embedding(0, 4))
+
+
+def test_embed_tokens_checks_its_arguments():
+    module = prompt_ops.DePT(nn.Embedding(40, 8), num_tokens=2, rank=2, max_length=6)
+    with pytest.raises(ValueError, match="start must be an int >= 0"):
+        module.embed_tokens(torch.zeros(1, 2, dtype=torch.long), -1)
+    with pytest.raises(TypeError, match="input_ids must be a torch.Tensor"):
+        module.embed_tokens([[1, 2]], 0)
+
+
+def test_from_official_refuses_a_non_embedding_table():
+    with pytest.raises(TypeError, match="embedding must be a torch.nn.Embedding, got Linear"):
+        prompt_ops.DePT.from_official(FIXTURE, nn.Linear(768, 768))
+    with pytest.raises(TypeError, match="path must be a str or os.PathLike folder, got NoneType"):
+        prompt_ops.DePT.from_official(None, nn.Embedding(100, 768))
+
+
+@pytest.mark.parametrize(
+    "field, value, pattern",
+    [
+        ("r", 2.5, r"field 'r' must be a positive integer, got 2.5"),
+        ("r", 30.0, r"field 'r' must be a positive integer, got 30.0"),
+        ("num_virtual_tokens", "60", r"field 'num_virtual_tokens' must be a positive integer"),
+        ("max_length", True, r"field 'max_length' must be a positive integer, got True"),
+        ("lora_alpha", math.inf, r"field 'lora_alpha' must be a positive finite number, got inf"),
+        ("lora_alpha", None, r"field 'lora_alpha' must be a positive finite number, got None"),
+    ],
+)
+def test_from_official_integer_fields_must_be_integers(tmp_path, field, value, pattern):
+    folder = _copy_fixture(tmp_path)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, field: value}))
+    with pytest.raises(ValueError, match=r"adapter_config.json: " + pattern):
+        prompt_ops.DePT.from_official(folder, nn.Embedding(100, 768))
