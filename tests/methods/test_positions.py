@@ -1,0 +1,96 @@
+"""``embed_tokens(ids, start)``: what a full forward gives tokens at input positions ``start ..`` (used for the
+tokens generated after the prefill), checked for windows that lie inside, straddle and lie past ``max_length``
+against a per-position expectation written here: DePT's and EPT's offset ``scale * A[p] @ B`` while ``p <
+max_length``, none after; ADePT's FFN offset whatever the position; a plain lookup for prompt tuning."""
+
+import pytest
+import torch
+from torch import nn
+
+import prompt_ops
+
+BACKENDS = ["torch", "triton"]
+MAX_LENGTH = 6
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def module_off_init(cls: str, backend: str) -> nn.Module:
+    embedding = nn.Embedding(30, 10)
+    kwargs = {"rank": 3, "max_length": MAX_LENGTH}
+    if cls == "EPT":
+        kwargs.update(num_subspaces=2, subspace_rank=2)
+    module = getattr(prompt_ops, cls)(embedding, num_tokens=2, backend=backend, **kwargs)
+    with torch.no_grad():
+        module.lora_b.normal_()
+    return module
+
+
+def expected_rows(module: nn.Module, ids: torch.Tensor, start: int) -> torch.Tensor:
+    """Token ``i`` at position ``p = start + i``: ``W[id] + scale * A[p] @ B`` if ``p < max_length``, else ``W[id]``."""
+    rows = []
+    for i in range(ids.shape[1]):
+        position = start + i
+        offset = module.scale * (module.lora_a[position] @ module.lora_b) if position < MAX_LENGTH else 0.0
+        rows.append(module.embedding.weight[ids[:, i]] + offset)
+    return torch.stack(rows, dim=1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cls", ["DePT", "EPT"])
+@pytest.mark.parametrize("start, count", [(0, 6), (2, 3), (4, 4), (5, 1), (6, 1), (6, 3), (9, 2)])
+def test_position_offsets_stop_at_max_length(cls, backend, start, count):
+    module = module_off_init(cls, backend)
+    ids = torch.randint(0, 30, (3, count))
+    got = module.embed_tokens(ids, start)
+    expected = expected_rows(module, ids, start)
+    assert got.shape == (3, count, 10)
+    torch.testing.assert_close(got, expected, **TOL)
+    grad = torch.randn(got.shape)
+    params = [module.lora_a, module.lora_b]
+
+    def grads_of(out):  # zeros for parameters the rows do not depend on (past max_length: none of them)
+        if not out.requires_grad:
+            return [torch.zeros_like(p) for p in params]
+        return torch.autograd.grad(out, params, grad, allow_unused=True, materialize_grads=True)
+
+    got_grads, want_grads = grads_of(got), grads_of(expected)
+    for name, actual, want in zip(("lora_a", "lora_b"), got_grads, want_grads, strict=True):
+        torch.testing.assert_close(actual, want, rtol=1e-4, atol=1e-4, msg=f"grad of {name}")
+    outside = torch.ones(MAX_LENGTH, dtype=torch.bool)
+    outside[start : start + count] = False
+    assert torch.equal(got_grads[0][outside], torch.zeros_like(got_grads[0][outside]))  # rows of other positions
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cls", ["DePT", "EPT"])
+def test_full_forward_agrees_with_embed_tokens_up_to_max_length(cls, backend):
+    """The prefill (a full forward of ``max_length`` tokens) and token-by-token embedding agree position by
+    position, so cached decoding sees what the full forward saw."""
+    module = module_off_init(cls, backend)
+    ids = torch.randint(0, 30, (2, MAX_LENGTH))
+    full, _ = module(ids)
+    for position in range(MAX_LENGTH):
+        one = module.embed_tokens(ids[:, position : position + 1], position)
+        torch.testing.assert_close(one[:, 0], full[:, 2 + position], **TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adept_offset_ignores_the_position(backend):
+    embedding = nn.Embedding(30, 10)
+    module = prompt_ops.ADePT(embedding, num_tokens=2, rank=3, backend=backend)
+    with torch.no_grad():
+        for param in (module.b_down, module.w_up, module.b_up):
+            param.normal_()
+    module.train()  # embed_tokens never drops: generated tokens are embedded as in eval
+    ids = torch.randint(0, 30, (2, 4))
+    emb = embedding.weight[ids]
+    expected = emb + torch.relu(emb @ module.w_down + module.b_down) @ module.w_up + module.b_up
+    for start in (0, 3, 1000):
+        torch.testing.assert_close(module.embed_tokens(ids, start), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_prompt_tuning_embeds_tokens_by_lookup():
+    embedding = nn.Embedding(30, 10)
+    module = prompt_ops.PromptTuning(embedding, num_tokens=2)
+    ids = torch.randint(0, 30, (2, 4))
+    assert torch.equal(module.embed_tokens(ids, 500), embedding.weight[ids])
