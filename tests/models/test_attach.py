@@ -1,12 +1,24 @@
 """attach() on tiny random Hugging Face models of each family, against a hand-written reference forward."""
 
+import math
 import warnings
 
 import pytest
 import torch
 
-from prompt_ops.models import ADePTConfig, DePTConfig, EPTConfig, LAMPConfig, PromptTuningConfig, attach
+from prompt_ops.models import (
+    ADePTConfig,
+    DePTConfig,
+    EPTConfig,
+    LAMPConfig,
+    LPTConfig,
+    MethodConfig,
+    PromptTunedModel,
+    PromptTuningConfig,
+    attach,
+)
 from prompt_ops.ops import reference
+from tests.models.model_state import ModelState
 
 transformers = pytest.importorskip("transformers")
 
@@ -145,3 +157,121 @@ def test_bad_arguments():
     tuned = attach(tiny("gpt2"), PromptTuningConfig(num_tokens=2))
     with pytest.raises(ValueError, match="needs input_ids"):
         tuned(inputs_embeds=torch.randn(1, 3, HIDDEN))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Refused calls leave the model as it was (regressions of the bad-input campaign)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config, backend, error, pattern",
+    [
+        (DePTConfig(rank=0), None, ValueError, "rank must be >= 1"),
+        (DePTConfig(num_tokens=2, init_token_ids=[VOCAB]), None, ValueError, r"init_token_ids must be in \[0, 64\)"),
+        (DePTConfig(num_tokens=2, init_token_ids=[1.7]), None, TypeError, "init_token_ids must be .* float"),
+        (DePTConfig(num_tokens=2, lora_alpha=math.inf), None, ValueError, "lora_alpha must be a positive number"),
+        (ADePTConfig(num_tokens=2, dropout=1.0), None, ValueError, r"dropout must be a float in \[0, 1\)"),
+        (LAMPConfig(num_tokens=5, pool=2), None, ValueError, "pool = 2 must divide num_tokens = 5"),
+        (EPTConfig(num_tokens=2, max_length=2**40), None, ValueError, "lora_a .*lower max_length or rank"),
+        (PromptTuningConfig(num_tokens=2**40), None, ValueError, r"prompt \(num_tokens=1099511627776"),
+        (PromptTuningConfig(num_tokens="4"), None, TypeError, "num_tokens must be an int, got str"),
+        (PromptTuningConfig(num_tokens=2), "cuda", ValueError, "backend must be one of"),
+    ],
+)
+def test_a_refused_attach_leaves_the_model_as_it_was(config, backend, error, pattern):
+    model = tiny("gpt2")
+    before = ModelState.of(model)
+    with pytest.raises(error, match=pattern):
+        attach(model, config, backend=backend)
+    before.assert_unchanged(model)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_config_must_be_an_instance_of_a_method_config():
+    model = tiny("gpt2")
+    with pytest.raises(TypeError, match="config must be .*got the class DePTConfig \\(pass an instance\\)"):
+        attach(model, DePTConfig)
+    with pytest.raises(TypeError, match="config must be .*got MethodConfig"):
+        attach(model, MethodConfig())
+    with pytest.raises(TypeError, match=r"config must be .*or EPTConfig\), got LPTConfig"):
+        PromptTunedModel(model, LPTConfig())
+    with pytest.raises(TypeError, match="model must be a Hugging Face PreTrainedModel .*got str"):
+        attach("gpt2", DePTConfig())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "family, argument, value, pattern",
+    [
+        ("bert", "token_type_ids", torch.zeros(2, 3, dtype=torch.long), r"token_type_ids must have the shape of input"),
+        ("bert", "token_type_ids", torch.zeros(2, 7), r"token_type_ids must be an integer tensor"),
+        ("bert", "position_ids", torch.arange(5)[None], r"position_ids must have shape \(2, 7\) or \(1, 7\)"),
+        ("bert", "labels", torch.tensor([0, 1, 2]), r"labels must have shape \(2,\) \(sequence-level\)"),
+        ("gpt2", "labels", torch.zeros(2, 4, dtype=torch.long), r"labels must have shape .*got torch.int64 of shape"),
+        ("gpt2", "labels", [[1, 2]], "labels must be a torch.Tensor, got list"),
+        ("gpt2", "attention_mask", torch.ones(2, 6), r"attention_mask must have .*got \(2, 6\)"),
+        ("gpt2", "input_ids", torch.zeros(2, 7), r"input_ids must be an integer tensor of shape \(B, L\)"),
+    ],
+)
+def test_wrapper_checks_input_shapes_against_input_ids(family, argument, value, pattern):
+    tuned = attach(tiny(family), DePTConfig(num_tokens=2, rank=2, max_length=12))
+    inputs = {"input_ids": torch.randint(1, VOCAB, (2, 7)), argument: value}
+    before = ModelState.of(tuned)
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        tuned(**inputs)
+    before.assert_unchanged(tuned)
+
+
+def test_multi_label_float_labels_pass_through():
+    model = tiny("bert")
+    model.config.problem_type = "multi_label_classification"
+    tuned = attach(model, PromptTuningConfig(num_tokens=2))
+    out = tuned(input_ids=torch.randint(1, VOCAB, (2, 7)), labels=torch.ones(2, 3))
+    assert out.loss.isfinite()
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+def _raise(*_):
+    raise _Boom("a layer failed")
+
+
+@pytest.mark.parametrize("where", ["prefill", "decoding"])
+def test_generate_puts_the_input_embedding_back_whatever_fails(where):
+    """An exception inside the base model's generate (here from a layer, at the first or a later step) leaves the
+    input embedding, the hooks and the grad mode as they were."""
+    tuned = attach(tiny("gpt2"), DePTConfig(num_tokens=2, rank=2, max_length=12)).eval()
+    calls = []
+
+    def fail(module, args, output):
+        calls.append(1)
+        if where == "prefill" or len(calls) > 1:
+            _raise()
+
+    before = ModelState.of(tuned)
+    handle = tuned.base_model.transformer.h[0].register_forward_hook(fail)
+    with pytest.raises(_Boom):
+        tuned.generate(torch.randint(1, VOCAB, (1, 4)), max_new_tokens=3, pad_token_id=0, eos_token_id=None)
+    handle.remove()
+    before.assert_unchanged(tuned)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, pattern",
+    [
+        ({"max_new_tokens": "3"}, TypeError, "max_new_tokens must be an int or None, got str"),
+        ({"max_length": 2.5}, TypeError, "max_length must be an int or None, got float"),
+        ({"max_new_tokens": -1}, ValueError, "max_new_tokens"),
+        ({"max_new_tokens": 2, "colour": 3}, ValueError, "colour"),
+        ({"inputs_embeds": torch.zeros(1, 4, HIDDEN)}, ValueError, "do not pass inputs_embeds"),
+    ],
+)
+def test_generate_refuses_bad_arguments_and_restores_the_embedding(kwargs, error, pattern):
+    tuned = attach(tiny("gpt2"), PromptTuningConfig(num_tokens=2)).eval()
+    before = ModelState.of(tuned)
+    with pytest.raises(error, match=pattern):
+        tuned.generate(torch.randint(1, VOCAB, (1, 4)), pad_token_id=0, **kwargs)
+    before.assert_unchanged(tuned)
