@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from prompt_ops.models import DePTConfig, EPTConfig, LAMPConfig, attach, load_adapter
+from prompt_ops.models import DePTConfig, EPTConfig, LAMPConfig, PromptTuningConfig, attach, load_adapter, save_adapter
 from prompt_ops.models.adapters import CONFIG_FILE, WEIGHTS_FILE
+from tests.models.model_state import ModelState
 from tests.models.test_attach import CONFIGS, VOCAB, move_off_init, tiny
 
 pytest.importorskip("safetensors")
@@ -126,3 +127,109 @@ def test_official_dept_adapter_loads_through_the_same_entry(tmp_path):
     ids = torch.randint(1, 32128, (1, 9))
     out = tuned(input_ids=ids, labels=torch.randint(1, 32128, (1, 3)))
     assert out.logits.shape == (1, 3, 32128)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Regressions of the bad-input campaign: errors name the file and the field, the model stays as it was, and a save
+# never loses what was saved before
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _gpt2(vocab: int):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=vocab, n_embd=16, n_layer=1, n_head=2, n_positions=64)
+    return transformers.GPT2LMHeadModel(config)
+
+
+def test_init_token_ids_outside_the_new_vocabulary_name_the_file(tmp_path):
+    folder = _saved(tmp_path, DePTConfig(num_tokens=2, rank=2, max_length=12, init_token_ids=[60]))
+    model = _gpt2(vocab=32)  # same width, smaller vocabulary
+    before = ModelState.of(model)
+    with pytest.raises(ValueError, match=r"adapter_config.json: bad field in 'config': init_token_ids must be in"):
+        load_adapter(model, folder)
+    before.assert_unchanged(model)
+
+
+@pytest.mark.parametrize(
+    "field, value, pattern",
+    [
+        ("rank", "3", "rank must be an int, got str"),
+        ("rank", 2.5, "rank must be an int, got float"),
+        ("num_tokens", 2**40, r"prompt \(num_tokens=1099511627776"),
+        ("lora_alpha", None, "lora_alpha must be a positive number, got NoneType"),
+        ("init_token_ids", [1.5], "init_token_ids must be .* float"),
+        ("init_token_ids", "abc", "init_token_ids must be .* got str"),
+    ],
+)
+def test_a_wrong_config_field_names_the_file_and_the_field(tmp_path, field, value, pattern):
+    folder = _saved(tmp_path)
+    meta = json.loads((folder / CONFIG_FILE).read_text())
+    meta["config"][field] = value
+    (folder / CONFIG_FILE).write_text(json.dumps(meta))
+    model = tiny("gpt2")
+    before = ModelState.of(model)
+    with pytest.raises(ValueError, match=r"adapter_config.json: bad field in 'config': " + pattern):
+        load_adapter(model, folder)
+    before.assert_unchanged(model)
+
+
+def test_official_integer_fields_must_be_integers(tmp_path):
+    folder = tmp_path / "official"
+    shutil.copytree(FIXTURE, folder)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    (folder / CONFIG_FILE).write_text(json.dumps({**config, "r": 2.5}))
+    model = tiny("t5")
+    before = ModelState.of(model)
+    with pytest.raises(ValueError, match=r"adapter_config.json: field 'r' must be a positive integer, got 2.5"):
+        load_adapter(model, folder)
+    before.assert_unchanged(model)
+
+
+def test_save_and_load_name_their_arguments(tmp_path):
+    with pytest.raises(TypeError, match="tuned must be a model returned by prompt_ops.models.attach .*GPT2LMHeadModel"):
+        save_adapter(tiny("gpt2"), tmp_path)
+    tuned = attach(tiny("gpt2"), PromptTuningConfig(num_tokens=2))
+    with pytest.raises(TypeError, match="directory must be a str or os.PathLike folder, got NoneType"):
+        tuned.save_adapter(None)
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(ValueError, match="directory must be a folder, but .*file is a file"):
+        tuned.save_adapter(tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "mine"
+    model = tiny("gpt2")
+    with pytest.raises(TypeError, match="directory must be a str or os.PathLike folder, got NoneType"):
+        load_adapter(model, None)
+    with pytest.raises(TypeError, match="model must be a Hugging Face PreTrainedModel .*got dict"):
+        load_adapter({}, tmp_path)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        load_adapter(model, tmp_path, backend="gpu")
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_a_failed_save_keeps_the_earlier_adapter(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    first = attach(tiny("gpt2"), DePTConfig(num_tokens=2, rank=2, max_length=12))
+    first.save_adapter(tmp_path)
+    saved = {name: (tmp_path / name).read_bytes() for name in (CONFIG_FILE, WEIGHTS_FILE)}
+    second = attach(tiny("gpt2"), LAMPConfig(num_tokens=4, rank=2))
+
+    def disk_full(tensors, path):
+        Path(path).write_bytes(b"partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        second.save_adapter(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(saved)  # no temporary files left behind
+    assert {name: (tmp_path / name).read_bytes() for name in saved} == saved
+
+
+def test_a_saved_config_is_a_snapshot(tmp_path):
+    """Edits of the user's config object after attach do not reach the adapter; tensor ids are saved as ints."""
+    config = DePTConfig(num_tokens=2, rank=2, max_length=12, init_token_ids=torch.tensor([5, 6]))
+    tuned = attach(tiny("gpt2"), config)
+    config.rank = 9
+    tuned.save_adapter(tmp_path)
+    reloaded = load_adapter(tiny("gpt2"), tmp_path)
+    assert reloaded.config == DePTConfig(num_tokens=2, rank=2, max_length=12, init_token_ids=[5, 6])
