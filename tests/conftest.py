@@ -1,4 +1,10 @@
-"""Test set-up. The first lines switch the Triton interpreter on before anything can import triton (DESIGN.md §4)."""
+"""Test set-up. The first lines switch the Triton interpreter on before anything can import triton (DESIGN.md §4).
+
+Where the tests run: with the interpreter (the default here) every tensor lives on the CPU. With
+``TRITON_INTERPRET=0`` on a machine with CUDA (``make gpu-check``), torch's default device becomes the GPU, so the
+builders in ``tests/helpers.py`` and every tensor a test makes without naming a device land there and the Triton
+backend runs the compiled kernels natively. Tests that must stay on the CPU name ``device="cpu"``.
+"""
 
 import os
 
@@ -11,12 +17,16 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 INTERPRET = os.environ["TRITON_INTERPRET"] not in ("", "0")
+DEVICE = "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"
 
 if INTERPRET:
     import triton.runtime.interpreter as interpreter
 
     # Debug mode makes tl.device_assert fire and checks int32 overflow in index arithmetic.
     interpreter.interpreter_builder.options = dataclasses.replace(interpreter.interpreter_builder.options, debug=True)
+
+if DEVICE != "cpu":
+    torch.set_default_device(DEVICE)
 
 
 @pytest.fixture(autouse=True)
@@ -27,4 +37,4 @@ def _seed():
 @pytest.fixture
 def device() -> str:
     """Where Triton kernels run: the CPU under the interpreter, else the GPU."""
-    return "cpu" if INTERPRET else "cuda"
+    return DEVICE

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from prompt_ops.kernels import adept_embed as kernels
 from prompt_ops.ops.adept_embed import split_ffn_grads
-from tests.helpers import assert_close, assert_deterministic, make_adept_case
+from tests.helpers import assert_close, assert_deterministic, assert_grads_close, make_adept_case
 
 # (B, L, m, d, r): batch 1, odd d and L, ranks 1, 5, 19 (the paper's) and 30, a 64-wide rank.
 RAGGED = [(1, 1, 1, 3, 1), (3, 7, 5, 37, 19), (2, 13, 3, 200, 5), (1, 33, 17, 65, 30), (2, 5, 2, 16, 64)]
@@ -24,9 +24,8 @@ def check(case, dtype, out, mask, grads, grad, dropout_scale=None):
     assert torch.equal(mask, ref_mask) and mask.dtype == ref_mask.dtype
     ref_grads = torch.autograd.grad(ref_out, ref_params, grad.float())
     assert len(grads) == len(ref_grads) == 5
-    for name, got, want in zip(NAMES, grads, ref_grads, strict=True):
-        assert got.dtype == torch.float32
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=f"grad of {name}")
+    assert all(got.dtype == torch.float32 for got in grads)
+    assert_grads_close(grads, ref_grads, NAMES)
 
 
 @pytest.mark.parametrize("shape", RAGGED, ids=lambda s: "x".join(map(str, s)))

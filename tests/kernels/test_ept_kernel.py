@@ -7,7 +7,7 @@ import prompt_ops
 from prompt_ops.kernels import ept as kernels
 from prompt_ops.ops import ept as ops
 from prompt_ops.ops import reference
-from tests.helpers import EPT_NAMES, make_ept_case
+from tests.helpers import EPT_NAMES, assert_close, assert_grads_close, make_ept_case
 
 # (s, d, r, K, h) with L_max = 7: one row, odd widths, r = 30 (two rank chunks), K * h = 64 (the widest).
 SHAPES = [(1, 3, 1, 1, 1), (6, 40, 5, 3, 7), (17, 70, 30, 2, 5), (5, 33, 4, 8, 8)]
@@ -16,10 +16,9 @@ SHAPES = [(1, 3, 1, 1, 1), (6, 40, 5, 3, 7), (17, 70, 30, 2, 5), (5, 33, 4, 8, 8
 def check_builder(case, prompt, grads):
     params = [p.detach().clone().requires_grad_(True) for p in case.params]
     expected = reference.ept_prompt(*params, case.scale)
-    torch.testing.assert_close(prompt, expected, rtol=1e-4, atol=1e-4)
-    grad = torch.randn(prompt.shape, generator=torch.Generator().manual_seed(3))
-    for name, got, want in zip(EPT_NAMES, grads(grad), torch.autograd.grad(expected, params, grad), strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=f"grad of {name}")
+    assert_close(prompt, expected, torch.float32, dot=True)
+    grad = torch.randn(prompt.shape, generator=torch.Generator(prompt.device).manual_seed(3), device=prompt.device)
+    assert_grads_close(grads(grad), torch.autograd.grad(expected, params, grad), EPT_NAMES)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))

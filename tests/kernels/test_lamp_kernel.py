@@ -9,7 +9,7 @@ import prompt_ops
 from prompt_ops.kernels import lamp as kernels
 from prompt_ops.kernels.dept_embed import PromptFactors
 from prompt_ops.ops import reference
-from tests.helpers import assert_close, assert_deterministic, make_lamp_case
+from tests.helpers import assert_close, assert_deterministic, assert_grads_close, make_lamp_case
 
 # (B, L, l, d, r, pool): pool 1 (no pooling), 2, 3 (odd), l = pool; odd d; ranks 1, 5, 8, 19.
 RAGGED = [(1, 1, 2, 3, 1, 2), (3, 7, 9, 37, 5, 3), (2, 13, 100, 200, 8, 2), (1, 5, 16, 65, 19, 1), (2, 4, 6, 16, 5, 6)]
@@ -23,9 +23,8 @@ def check(case, dtype, out, mask, grads, grad):
     assert torch.equal(mask, ref_mask) and mask.dtype == ref_mask.dtype
     ref_grads = torch.autograd.grad(ref_out, ref_params, grad.float())
     assert len(grads) == len(ref_grads) == 3
-    for name, got, want in zip(("u", "q", "v"), grads, ref_grads, strict=True):
-        assert got.dtype == torch.float32
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=f"grad of {name}")
+    assert all(got.dtype == torch.float32 for got in grads)
+    assert_grads_close(grads, ref_grads, ("u", "q", "v"))
 
 
 @pytest.mark.parametrize("shape", RAGGED, ids=lambda s: "x".join(map(str, s)))
@@ -45,12 +44,10 @@ def test_lamp_prompt_matches_reference(shape, device):
     params = [p.detach().clone().requires_grad_(True) for p in case.params]
     expected = reference.lamp_prompt(*params, pool)
     assert prompt.shape == (rows // pool, hidden) and prompt.dtype == torch.float32
-    torch.testing.assert_close(prompt, expected, rtol=1e-4, atol=1e-4)
+    assert_close(prompt, expected, torch.float32, dot=True)
     grad = torch.randn(prompt.shape, device=device)
-    for got, want in zip(
-        torch.autograd.grad(prompt, case.params, grad), torch.autograd.grad(expected, params, grad), strict=True
-    ):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    got = torch.autograd.grad(prompt, case.params, grad)
+    assert_grads_close(got, torch.autograd.grad(expected, params, grad), ("u", "q", "v"))
 
 
 def test_gpu_tiles_on_ragged_shapes(device):
@@ -84,8 +81,7 @@ def test_empty_batch_and_empty_sequence(device):
         assert out.shape == ref_out.shape and torch.equal(mask, ref_mask)
         torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
         grads = torch.autograd.grad(out.sum(), case.params)
-        for got, want in zip(grads, torch.autograd.grad(ref_out.sum(), ref_params), strict=True):
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert_grads_close(grads, torch.autograd.grad(ref_out.sum(), ref_params), ("u", "q", "v"), rtol=1e-5, atol=1e-5)
 
 
 def test_deterministic(device):

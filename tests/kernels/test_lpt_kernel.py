@@ -8,15 +8,16 @@ import prompt_ops
 from prompt_ops.kernels import lpt as kernels
 from prompt_ops.ops import lpt as ops
 from prompt_ops.ops import reference
-from tests.helpers import tolerances
+from tests.helpers import assert_close, assert_grads_close, tolerances
 
 BACKENDS = ["torch", "triton"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # (B, L, d, h, n): batch 1 with one row, odd widths, h not a power of two, windows longer and shorter than 1 row.
 SHAPES = [(1, 1, 8, 3, 1), (3, 9, 20, 6, 4), (2, 13, 37, 19, 5), (2, 5, 33, 16, 7)]
+NAMES = ("w_down", "b_down", "w_up", "b_up")
 
 
-def make(batch, seq_len, hidden_size, gen_rank, num_tokens, mode, dtype=torch.float32, device="cpu"):
+def make(batch, seq_len, hidden_size, gen_rank, num_tokens, mode, dtype=torch.float32, device=None):
     width = num_tokens * hidden_size if mode == "naive" else hidden_size
     hidden = torch.randn(batch, seq_len, hidden_size, device=device).to(dtype)
     params = [
@@ -36,11 +37,10 @@ def check(out, hidden, params, mask, index, num_tokens, mode, dropout_scale=None
     fresh = [p.detach().clone().requires_grad_(True) for p in params]
     expected = reference.lpt_prompt(hidden.float(), *fresh, num_tokens, index, mask, mode, dropout_scale)
     assert out.shape == expected.shape and out.dtype == torch.float32
-    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    assert_close(out, expected, torch.float32, dot=True)
     grad = torch.randn(out.shape, device=out.device)
     got, want = torch.autograd.grad(out, params, grad), torch.autograd.grad(expected, fresh, grad)
-    for name, g, w in zip(("w_down", "b_down", "w_up", "b_up"), got, want, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4, msg=f"grad of {name}")
+    assert_grads_close(got, want, NAMES)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -73,7 +73,7 @@ def test_dropout_uses_one_mask(mode):
     again = prompt_ops.lpt_prompt(hidden, *params, dropout_p=0.3, training=True, seed=11, **kwargs)
     assert torch.equal(out, again)
     rows, width = (3, 80) if mode == "naive" else (12, 20)
-    scale = kernels.dropout_multipliers(rows, width, 0.3, 11, "cpu")
+    scale = kernels.dropout_multipliers(rows, width, 0.3, 11, hidden.device)
     check(out, hidden, params, mask, index, 4, mode, dropout_scale=scale)
 
 
@@ -145,13 +145,12 @@ def check_insert(out, mask_out, hidden, params, mask, index, num_tokens, mode, g
     assert out.dtype == hidden.dtype and mask_out.dtype == expected_mask.dtype
     assert torch.equal(mask_out, expected_mask)
     assert torch.equal(out[:, num_tokens:], hidden)
-    torch.testing.assert_close(out, expected, **tolerances(hidden.dtype, dot=True))
+    assert_close(out, expected, hidden.dtype, dot=True)
     grad = torch.randn(out.shape).to(out.dtype)
     if grad_rows is not None:
         grad = grad_rows(grad)
     got, want = torch.autograd.grad(out, params, grad), torch.autograd.grad(expected, fresh, grad)
-    for name, g, w in zip(("w_down", "b_down", "w_up", "b_up"), got, want, strict=True):
-        torch.testing.assert_close(g, w, **tolerances(hidden.dtype, dot=True), msg=f"grad of {name}")
+    assert_grads_close(got, want, NAMES, **tolerances(hidden.dtype, dot=True))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -10,7 +10,7 @@ import torch
 import prompt_ops
 from prompt_ops.ops import dept_embed as ops
 from prompt_ops.ops import reference
-from tests.helpers import assert_close, make_case, run_public
+from tests.helpers import assert_close, assert_grads_close, make_case, run_public
 
 BACKENDS = ["torch", "triton"]
 
@@ -25,12 +25,8 @@ def test_torch_backend_matches_reference(dtype, rank):
     assert_close(out, ref_out, dtype, dot=bool(rank))
     assert torch.equal(mask, ref_mask)
     grad = torch.randn(out.shape).to(dtype)
-    for got, want in zip(
-        torch.autograd.grad(out, case.params, grad),
-        torch.autograd.grad(ref_out, ref_params, grad.float()),
-        strict=True,
-    ):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    grads = torch.autograd.grad(out, case.params, grad)
+    assert_grads_close(grads, torch.autograd.grad(ref_out, ref_params, grad.float()), ("prompt", "lora_a", "lora_b"))
 
 
 @pytest.mark.parametrize("rank", [0, 3], ids=["prompt", "dept"])
@@ -54,24 +50,29 @@ def test_gradcheck_fp64_torch_backend(rank):
 def test_opcheck(backend, rank, device):
     dtypes = [torch.float32] + ([torch.float64] if backend == "torch" else [])
     for dtype in dtypes:
-        dev = "cpu" if backend == "torch" else device
-        case = make_case(2, 6, 3, 20, rank, dtype=dtype, param_dtype=dtype, device=dev)
+        case = make_case(2, 6, 3, 20, rank, dtype=dtype, param_dtype=dtype, device=device)
         args = (
             case.input_ids, case.weight, case.prompt, case.lora_a, case.lora_b,
             case.attention_mask, case.scale, True, backend,
         )  # fmt: skip
         torch.library.opcheck(ops.dept_embed_fwd_op, args)
-        grad = torch.randn(2, 9, 20, dtype=dtype, device=dev)
+        grad = torch.randn(2, 9, 20, dtype=dtype, device=device)
         lora = [t.detach() if t is not None else None for t in (case.lora_a, case.lora_b)]
         torch.library.opcheck(ops.dept_embed_bwd_op, (grad, *lora, 3, case.scale, backend))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("rank", [0, 5], ids=["prompt", "dept"])
-def test_compile_fullgraph(backend, rank, device):
-    dev = "cpu" if backend == "torch" else device
-    case = make_case(2, 7, 3, 20, rank, device=dev)
-    compiler = "inductor" if (backend, rank) == ("torch", 5) else "aot_eager"
+@pytest.mark.parametrize(
+    "backend, rank, compiler",
+    [
+        pytest.param("torch", 0, "aot_eager", id="prompt-torch"),
+        pytest.param("torch", 5, "inductor", id="dept-torch", marks=pytest.mark.inductor),
+        pytest.param("triton", 0, "aot_eager", id="prompt-triton"),
+        pytest.param("triton", 5, "aot_eager", id="dept-triton"),
+    ],
+)
+def test_compile_fullgraph(backend, rank, compiler, device):
+    """Inductor compiles the torch backend's DePT (the Triton kernels stay opaque custom ops either way)."""
+    case = make_case(2, 7, 3, 20, rank, device=device)
 
     @torch.compile(fullgraph=True, backend=compiler)
     def step(input_ids, weight, attention_mask, *params):
@@ -92,8 +93,7 @@ def test_compile_fullgraph(backend, rank, device):
     ref_loss = (ref_out * ref_out).sum()
     torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-4)
     assert torch.equal(mask, ref_mask)
-    for got, want in zip(grads, torch.autograd.grad(ref_loss, ref_params), strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert_grads_close(grads, torch.autograd.grad(ref_loss, ref_params))
 
 
 def test_auto_backend_and_environment_override(monkeypatch):

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import prompt_ops
 from prompt_ops.ops import reference
-from tests.helpers import EPT_NAMES, assert_close, assert_deterministic, make_ept_case
+from tests.helpers import EPT_NAMES, assert_close, assert_deterministic, assert_grads_close, make_ept_case
 
 BACKENDS = ["torch", "triton"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -21,8 +21,7 @@ def check(case, dtype, out, mask, grads, grad):
     assert_close(out, ref_out, dtype, dot=True)
     assert torch.equal(mask, ref_mask)
     ref_grads = torch.autograd.grad(ref_out, ref_params, grad.float())
-    for name, got, want in zip(EPT_NAMES, grads, ref_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=f"grad of {name}")
+    assert_grads_close(grads, ref_grads, EPT_NAMES)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -48,15 +47,10 @@ def test_ept_prompt_matches_reference():
     prompt = prompt_ops.ept_prompt(*case.params, scale=case.scale)
     params = [p.detach().clone().requires_grad_(True) for p in case.params]
     expected = reference.ept_prompt(*params, case.scale)
-    torch.testing.assert_close(prompt, expected, rtol=1e-5, atol=1e-5)
+    assert_close(prompt, expected, torch.float32, dot=True)
     grad = torch.randn(prompt.shape)
-    for name, got, want in zip(
-        EPT_NAMES,
-        torch.autograd.grad(prompt, case.params, grad),
-        torch.autograd.grad(expected, params, grad),
-        strict=True,
-    ):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"grad of {name}")
+    grads = torch.autograd.grad(prompt, case.params, grad)
+    assert_grads_close(grads, torch.autograd.grad(expected, params, grad), EPT_NAMES)
 
 
 def test_gradcheck_fp64():
@@ -86,8 +80,7 @@ def test_compile_fullgraph(backend):
     ref_loss = (ref_out * ref_out).sum()
     torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-4)
     assert torch.equal(mask, ref_mask)
-    for got, want in zip(grads, torch.autograd.grad(ref_loss, ref_params), strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert_grads_close(grads, torch.autograd.grad(ref_loss, ref_params))
 
 
 def test_deterministic():
