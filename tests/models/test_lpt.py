@@ -2,6 +2,7 @@
 and concatenates (the official code's way), written here independently of the hooks."""
 
 import copy
+import json
 import warnings
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from prompt_ops.models import LatePromptTunedModel, LPTConfig, attach, load_adapter
 from prompt_ops.models.stacks import find_stack
 from prompt_ops.ops import reference
+from tests.models.model_state import ModelState
 
 transformers = pytest.importorskip("transformers")
 
@@ -296,3 +298,113 @@ def test_bad_input():
     with pytest.raises(ValueError, match="right-padded"):
         tuned(input_ids=ids, attention_mask=mask.flip(1))
     assert torch.is_grad_enabled()  # an error inside the stack leaves the grad mode as it was
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Regressions of the bad-input campaign: refused calls and failures anywhere in a pass leave the model, its hooks
+# and torch's grad mode as they were
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_a_second_attach_is_refused_and_the_first_keeps_working():
+    model = tiny("gpt2", head=True)
+    tuned = attach(model, LPTConfig(layer=2, num_tokens=3, hidden_size=8))
+    ids, mask = inputs()
+    expected = tuned(input_ids=ids, attention_mask=mask).logits
+    before = ModelState.of(model)
+    with pytest.raises(ValueError, match="model already has an LPT attached .*call unload\\(\\) on it first"):
+        attach(model, LPTConfig(layer=1, num_tokens=2, hidden_size=8))
+    before.assert_unchanged(model)
+    assert torch.equal(tuned(input_ids=ids, attention_mask=mask).logits, expected)
+    again = attach(tuned.unload(), LPTConfig(layer=1, num_tokens=2, hidden_size=8))  # after unload: allowed
+    assert again(input_ids=ids, attention_mask=mask).logits.shape == expected.shape
+
+
+def test_a_one_layer_model_is_refused_by_name():
+    model = transformers.GPT2Model(transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=1, n_head=2))
+    with pytest.raises(ValueError, match="LPT needs a model with at least 2 layers .* the model has 1$"):
+        attach(model, LPTConfig())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+def _boom(*_, **__):
+    raise _Boom("failed inside the model")
+
+
+def _failure(tuned, stage: str):
+    """Make one stage of a pass raise; returns what undoes it."""
+    layers, k = tuned.stack.layers, tuned.config.layer
+    if stage == "generator":
+        tuned.prompt_module.forward = _boom
+        return lambda: delattr(tuned.prompt_module, "forward")
+    module, kind = {
+        "embeddings": (tuned.base_model.get_input_embeddings(), "hook"),
+        "below k": (layers[0], "hook"),
+        "layer k": (layers[k - 1], "hook"),
+        "above k": (layers[k], "pre-hook"),
+        "last layer": (layers[-1], "hook"),
+    }[stage]
+    handle = module.register_forward_pre_hook(_boom) if kind == "pre-hook" else module.register_forward_hook(_boom)
+    return handle.remove
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+@pytest.mark.parametrize("stage", ["embeddings", "below k", "layer k", "generator", "above k", "last layer"])
+def test_an_exception_at_any_stage_leaves_global_state_as_it_was(family, stage):
+    """Through the tuned model or the base model directly, with gradients on or off."""
+    tuned = attach(tiny(family), LPTConfig(layer=2, num_tokens=3, hidden_size=8))
+    ids, mask = inputs()
+    expected = tuned(input_ids=ids, attention_mask=mask).last_hidden_state
+    undo = _failure(tuned, stage)
+    for call in (tuned, tuned.base_model):
+        for grad_enabled in (True, False):
+            with torch.set_grad_enabled(grad_enabled):
+                before = ModelState.of(tuned)
+                with pytest.raises(_Boom):
+                    call(input_ids=ids, attention_mask=mask)
+                before.assert_unchanged(tuned, f"a failure at {stage} (grad mode {grad_enabled})")
+                assert tuned._call is None
+            assert torch.is_grad_enabled()
+    undo()
+    torch.testing.assert_close(tuned(input_ids=ids, attention_mask=mask).last_hidden_state, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "family, kwargs, error, pattern",
+    [
+        ("bert", {"token_type_ids": torch.zeros(3, 4, dtype=torch.long)}, ValueError, "token_type_ids must have"),
+        ("gpt2", {"position_ids": torch.arange(4)[None]}, ValueError, r"position_ids must have shape \(3, 9\)"),
+        ("gpt2", {"input_ids": torch.full((3, 9), VOCAB)}, ValueError, r"input_ids must be in \[0, 64\)"),
+        ("gpt2", {"input_ids": torch.zeros(3, 9)}, ValueError, "input_ids must be an integer tensor"),
+        ("gpt2", {"attention_mask": [[1] * 9] * 3}, ValueError, r"2-D attention_mask of shape \(3, 9\), got list"),
+        ("gpt2", {"labels": torch.zeros(3, 4, dtype=torch.long)}, ValueError, "labels must have shape"),
+    ],
+)
+def test_inputs_are_checked_before_the_model_sees_them(family, kwargs, error, pattern):
+    tuned = attach(tiny(family, head=True), LPTConfig(layer=2, num_tokens=3, hidden_size=8))
+    ids, mask = inputs()
+    before = ModelState.of(tuned)
+    with pytest.raises(error, match=pattern):
+        tuned(**{"input_ids": ids, "attention_mask": mask, **kwargs})
+    before.assert_unchanged(tuned)
+
+
+def test_a_bad_layer_in_a_saved_adapter_names_the_file(tmp_path):
+    tuned = attach(tiny("gpt2", head=True), LPTConfig(num_tokens=3, hidden_size=8))
+    tuned.save_adapter(tmp_path)
+    meta = json.loads((tmp_path / "adapter_config.json").read_text())
+    meta["config"]["layer"] = LAYERS
+    (tmp_path / "adapter_config.json").write_text(json.dumps(meta))
+    model = tiny("gpt2", head=True)
+    before = ModelState.of(model)
+    with pytest.raises(
+        ValueError, match=r"adapter_config.json: bad field in 'config': layer must be an int in \[1, 3\]"
+    ):
+        load_adapter(model, tmp_path)
+    before.assert_unchanged(model)
+    with pytest.raises(ValueError, match="already has an LPT attached"):  # about the model: not the file's fault
+        load_adapter(tuned.base_model, tmp_path)
