@@ -19,6 +19,7 @@ from prompt_ops.ops.validation import check_tensor
 
 MAX_PARAMETER_ELEMENTS = 2**31 - 1
 """The most elements one parameter of a method may hold (8 GiB in fp32; real adapters hold kilobytes)."""
+FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 def check_positive_int(name: str, value: object) -> int:
@@ -43,8 +44,8 @@ def check_lora_alpha(lora_alpha: object) -> float:
     """DePT's ``lora_alpha``: a finite positive number."""
     if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, numbers.Real):
         raise TypeError(f"lora_alpha must be a positive number, got {type(lora_alpha).__name__}")
-    if not (math.isfinite(lora_alpha) and lora_alpha > 0):
-        raise ValueError(f"lora_alpha must be a positive number and finite, got {lora_alpha!r}")
+    if not (math.isfinite(lora_alpha) and 0 < lora_alpha <= FLOAT32_MAX):  # the kernels scale in fp32
+        raise ValueError(f"lora_alpha must be a positive number and finite in float32, got {lora_alpha!r}")
     return float(lora_alpha)
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from prompt_ops.methods.base import (
     SoftPromptModule,
+    check_backend,
     check_embedding,
     check_lora_alpha,
     check_positive_int,
@@ -90,6 +91,7 @@ class DePT(SoftPromptModule):
         official formula ``cat(P, W[ids] + lora_alpha / sqrt(r) * A[:L] @ B)``.
         """
         check_embedding(embedding)
+        check_backend(backend)
         adapter = read_official_dept(path)
         if embedding.embedding_dim != adapter.token_dim:
             raise ValueError(

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import numbers
 import os
 from pathlib import Path
 
 import torch
+
+from prompt_ops.methods.base import FLOAT32_MAX
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.bin"
@@ -72,8 +73,8 @@ def _read_config(path: Path) -> dict:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{path}: field {key!r} must be a positive integer, got {value!r}")
     alpha = config.get("lora_alpha")
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"{path}: field 'lora_alpha' must be a positive finite number, got {alpha!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha <= FLOAT32_MAX:  # NaN fails
+        raise ValueError(f"{path}: field 'lora_alpha' must be a positive number, finite in float32, got {alpha!r}")
     return config
 
 

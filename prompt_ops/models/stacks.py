@@ -69,7 +69,7 @@ def find_stack(model: nn.Module) -> LayerStack:
     config = getattr(model, "config", None)
     family = getattr(config, "model_type", None)
     if family not in FAMILIES:
-        raise TypeError(f"LPT supports the model families {FAMILIES}, got {type(model).__name__} ({family!r})")
+        raise TypeError(f"LPT supports the model families {FAMILIES}; model is a {type(model).__name__} ({family!r})")
     attention = getattr(config, "_attn_implementation", None) or "eager"
     if attention not in ATTENTION:
         raise ValueError(f"LPT supports attn_implementation in {ATTENTION}, the model uses {attention!r}")

@@ -236,7 +236,7 @@ def test_lpt_sizes_no_memory_holds_are_refused(kwargs, pattern):
 
 
 @pytest.mark.parametrize("cls", ["DePT", "EPT"])
-@pytest.mark.parametrize("alpha", [math.inf, -math.inf, math.nan])
+@pytest.mark.parametrize("alpha", [math.inf, -math.inf, math.nan, 1e300])  # 1e300: fp32 overflow
 def test_lora_alpha_must_be_finite_at_construction(cls, alpha):
     with pytest.raises(ValueError, match="lora_alpha must be a positive number and finite"):
         _build(cls, nn.Embedding(40, 8), lora_alpha=alpha)
@@ -306,8 +306,8 @@ def test_from_official_refuses_a_non_embedding_table():
         ("r", 30.0, r"field 'r' must be a positive integer, got 30.0"),
         ("num_virtual_tokens", "60", r"field 'num_virtual_tokens' must be a positive integer"),
         ("max_length", True, r"field 'max_length' must be a positive integer, got True"),
-        ("lora_alpha", math.inf, r"field 'lora_alpha' must be a positive finite number, got inf"),
-        ("lora_alpha", None, r"field 'lora_alpha' must be a positive finite number, got None"),
+        ("lora_alpha", math.inf, r"field 'lora_alpha' must be a positive number, finite in float32, got inf"),
+        ("lora_alpha", None, r"field 'lora_alpha' must be a positive number, finite in float32, got None"),
     ],
 )
 def test_from_official_integer_fields_must_be_integers(tmp_path, field, value, pattern):
