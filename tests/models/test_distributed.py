@@ -121,6 +121,14 @@ def _fsdp_rank(rank: int, world: int, out_dir: str) -> None:
     with pytest.raises(ValueError, match=SHARDED):
         tuned(input_ids=ids, labels=ids)
 
+    # The embedding module sharded on its own, then the root: FSDP2 refuses at its lazy init in the first forward
+    # (the table is shared with the method).
+    tuned = _tuned()
+    fully_shard(tuned.base_model.transformer.wte, mesh=mesh)
+    fully_shard(tuned, mesh=mesh)
+    with pytest.raises(ValueError, match="shared with a parameter already managed by another FSDP group"):
+        tuned(input_ids=ids, labels=ids)
+
     # The supported layout: the blocks sharded, then the tuned model as the root (the table sits in its group).
     tuned = _tuned()
     for block in tuned.base_model.transformer.h:
