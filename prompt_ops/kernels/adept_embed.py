@@ -363,7 +363,9 @@ MAX_RANK = 64
 def block_rank(rank: int) -> int:
     """``BLOCK_R``: the whole rank padded to a power of two >= 16 (``tl.dot`` needs K, N >= 16 on GPU)."""
     if rank > MAX_RANK:
-        raise ValueError(f"the Triton ADePT kernels take rank <= {MAX_RANK}, got {rank}; use backend='torch'")
+        raise ValueError(
+            f"w_down (d, r): the Triton ADePT kernels take rank <= {MAX_RANK}, got {rank}; use backend='torch'"
+        )
     return max(16, triton.next_power_of_2(rank))
 
 
@@ -414,6 +416,7 @@ def adept_embed_fwd(
     num_prompt, hidden = prompt.shape
     rank = w_down.shape[1]
     total = num_prompt + seq_len
+    b_down, b_up = b_down.contiguous(), b_up.contiguous()  # the kernels read the biases at unit stride
     mask_dtype = attention_mask.dtype if attention_mask is not None else torch.int64
     out = torch.empty((num_batch, total, hidden), dtype=weight.dtype, device=weight.device)
     mask_out = torch.empty((num_batch, total), dtype=mask_dtype, device=weight.device)
@@ -452,6 +455,7 @@ def adept_embed_bwd(
     num_batch, seq_len = input_ids.shape
     hidden, rank = w_down.shape
     device = grad_out.device
+    b_down = b_down.contiguous()  # the kernel reads the bias at unit stride
     num_tokens = num_batch * seq_len
     interpret = interpreting()
     config = config or default_config(num_tokens, hidden, interpret)

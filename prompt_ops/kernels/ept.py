@@ -593,8 +593,8 @@ def block_width(num_subspaces: int, sub_rank: int) -> int:
     width = num_subspaces * sub_rank
     if width > MAX_SUBSPACE_WIDTH:
         raise ValueError(
-            f"the Triton EPT builder takes num_subspaces * subspace_rank <= {MAX_SUBSPACE_WIDTH}, got "
-            f"{num_subspaces} * {sub_rank} = {width}; use backend='torch'"
+            f"w_down (K, d, h): the Triton EPT builder takes num_subspaces * subspace_rank <= {MAX_SUBSPACE_WIDTH}, "
+            f"got {num_subspaces} * {sub_rank} = {width}; use backend='torch'"
         )
     return max(16, triton.next_power_of_2(width))
 

@@ -89,8 +89,8 @@ def block_sizes(num_rows: int, rank: int) -> tuple[int, int, int]:
     block_m, block_r = max(16, triton.next_power_of_2(num_rows)), max(16, triton.next_power_of_2(rank))
     if block_m * block_r > MAX_TILE:
         raise ValueError(
-            f"the Triton LAMP kernels take (pooled prompt rows, rank) up to {MAX_TILE} padded elements, got "
-            f"({num_rows}, {rank}); use backend='torch'"
+            f"u (l, r) and pool: the Triton LAMP kernels take (pooled prompt rows, rank) up to {MAX_TILE} padded "
+            f"elements, got ({num_rows}, {rank}); use backend='torch'"
         )
     if interpreting():
         return block_m, block_r, 256

@@ -31,14 +31,18 @@ from prompt_ops.kernels.runtime import interpreting
 
 @triton.jit
 def _window_sum(
-    hidden_ptr, b, start, end, cols, col_ok, stride_h_b, stride_h_t, stride_h_d,
+    hidden_ptr, b, start, end, seq_len, cols, col_ok, stride_h_b, stride_h_t, stride_h_d,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """``sum_{t in [start, end)} hidden[b, t, cols]`` as ``[BLOCK_D]`` fp32."""
+    """``sum_{t in [start, end)} hidden[b, t, cols]`` as ``[BLOCK_D]`` fp32. Rows are masked by both ends of the
+    window and by ``[0, seq_len)``, so a window the host got wrong can never read outside the sample."""
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for t0 in range(start, end, BLOCK_T):
+    low = tl.maximum(start, 0)
+    high = tl.minimum(end, seq_len)
+    for t0 in range(low, high, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T).to(tl.int64)
-        tile = load_tile(hidden_ptr + b * stride_h_b, rows, rows < end, cols, col_ok, stride_h_t, stride_h_d)
+        row_ok = (rows >= low) & (rows < high)
+        tile = load_tile(hidden_ptr + b * stride_h_b, rows, row_ok, cols, col_ok, stride_h_t, stride_h_d)
         acc += tl.sum(tile, axis=0)
     return acc
 
@@ -79,6 +83,7 @@ def _lpt_pre_kernel(
     w_down_ptr,  # (d, h)
     b_down_ptr,  # (h,)
     slots_per_sample,
+    seq_len,
     hidden_size,
     gen_rank,
     stride_h_b,
@@ -101,7 +106,7 @@ def _lpt_pre_kernel(
         cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
         col_ok = cols < hidden_size
         summed = _window_sum(
-            hidden_ptr, b, start, end, cols, col_ok, stride_h_b, stride_h_t, stride_h_d, BLOCK_T, BLOCK_D
+            hidden_ptr, b, start, end, seq_len, cols, col_ok, stride_h_b, stride_h_t, stride_h_d, BLOCK_T, BLOCK_D
         )  # [BLOCK_D]
         w_down = load_tile(w_down_ptr, cols, col_ok, h, h_ok, stride_wd_d, stride_wd_h)  # [BLOCK_D, BLOCK_H]
         acc += tl.sum(summed[:, None] * w_down, axis=0)
@@ -236,6 +241,7 @@ def _lpt_down_bwd_kernel(
     ends_ptr,
     num_slots,
     slots_per_sample,
+    seq_len,
     hidden_size,
     gen_rank,
     stride_h_b,
@@ -256,8 +262,8 @@ def _lpt_down_bwd_kernel(
         start = tl.load(starts_ptr + slot)
         end = tl.load(ends_ptr + slot)
         summed = _window_sum(
-            hidden_ptr, slot // slots_per_sample, start, end, cols, col_ok, stride_h_b, stride_h_t, stride_h_d,
-            BLOCK_T, BLOCK_D,
+            hidden_ptr, slot // slots_per_sample, start, end, seq_len, cols, col_ok, stride_h_b, stride_h_t,
+            stride_h_d, BLOCK_T, BLOCK_D,
         )  # fmt: skip
         grad_pre = tl.load(grad_pre_ptr + slot * gen_rank + h, mask=h_ok, other=0.0)  # [BLOCK_H]
         acc_w += summed[:, None] * (grad_pre / (end - start).to(tl.float32))[None, :]
@@ -351,15 +357,16 @@ def lpt_generate_fwd(hidden, starts, ends, w_down, b_down, w_up, b_up, dropout_p
     batch = hidden.shape[0]
     hidden_size, gen_rank = w_down.shape
     width = w_up.shape[1]
+    b_down, b_up = b_down.contiguous(), b_up.contiguous()  # the kernels read the biases at unit stride
     blocks = _blocks(gen_rank)
     pre = torch.empty((num_slots, gen_rank), dtype=torch.float32, device=hidden.device)
     if num_slots == 0:
         return pre
     slots_per_sample = num_slots // batch
     _lpt_pre_kernel[(num_slots,)](
-        pre, hidden, starts, ends, w_down, b_down, slots_per_sample, hidden_size, gen_rank, *hidden.stride(),
-        w_down.stride(0), w_down.stride(1), BLOCK_T=16, BLOCK_D=blocks["BLOCK_C"], BLOCK_H=blocks["BLOCK_H"],
-        num_warps=NUM_WARPS,
+        pre, hidden, starts, ends, w_down, b_down, slots_per_sample, hidden.shape[1], hidden_size, gen_rank,
+        *hidden.stride(), w_down.stride(0), w_down.stride(1), BLOCK_T=16, BLOCK_D=blocks["BLOCK_C"],
+        BLOCK_H=blocks["BLOCK_H"], num_warps=NUM_WARPS,
     )  # fmt: skip
     if out.stride(2) != 1 or (slots_per_sample == 1 and out.stride(1) != hidden_size):
         raise ValueError(f"out must have packed rows of width {width}, got strides {out.stride()}")
@@ -426,8 +433,8 @@ def lpt_generate_bwd(grad, hidden, starts, ends, pre, w_up, dropout_p: float, se
         *grad_strides, w_up.stride(0), w_up.stride(1), **common,
     )  # fmt: skip
     _lpt_down_bwd_kernel[(triton.cdiv(hidden_size, blocks["BLOCK_C"]),)](
-        grad_w_down, grad_b_down, grad_pre, hidden, starts, ends, num_slots, slots_per_sample, hidden_size,
-        gen_rank, *hidden.stride(), BLOCK_T=16, BLOCK_D=blocks["BLOCK_C"], BLOCK_H=blocks["BLOCK_H"],
+        grad_w_down, grad_b_down, grad_pre, hidden, starts, ends, num_slots, slots_per_sample, hidden.shape[1],
+        hidden_size, gen_rank, *hidden.stride(), BLOCK_T=16, BLOCK_D=blocks["BLOCK_C"], BLOCK_H=blocks["BLOCK_H"],
         num_warps=NUM_WARPS,
     )  # fmt: skip
     return grad_w_down, grad_b_down, grad_w_up, grad_b_up

@@ -77,6 +77,26 @@ def test_dropout_uses_one_mask(mode):
     check(out, hidden, params, mask, index, 4, mode, dropout_scale=scale)
 
 
+@pytest.mark.parametrize("seq_len", [0, 3])
+def test_window_sum_stays_inside_the_sample(seq_len):
+    """Windows that reach outside ``[0, L)`` (an empty sequence, a negative start, an end past L) read nothing
+    there: the kernels mask rows by both ends of the window and by L (the autouse bounds checker fails on any
+    out-of-bounds access). The public entries refuse such windows; this is the kernels' own safety."""
+    _, params, _, _ = make(2, 1, 8, 3, 2, "pool")
+    w_down, b_down, w_up, b_up = (p.detach() for p in params)
+    hidden = torch.randn(2, seq_len, 8)
+    starts = torch.tensor([0, -4, 0, 1])
+    ends = torch.tensor([1, 2, seq_len + 5, seq_len + 2])
+    out = torch.empty(2, 2, 8)
+    pre = kernels.lpt_generate_fwd(hidden, starts, ends, w_down, b_down, w_up, b_up, 0.0, 0, out)
+    rows = [(0, max(0, min(1, seq_len))), (0, min(2, seq_len)), (0, seq_len), (min(1, seq_len), seq_len)]
+    sums = torch.stack([hidden[i // 2, lo:hi].sum(0) for i, (lo, hi) in enumerate(rows)])
+    expected = (sums @ w_down) / (ends - starts)[:, None].float() + b_down
+    assert_close(pre, expected, torch.float32, dot=True)
+    grads = kernels.lpt_generate_bwd(torch.randn(2, 2, 8), hidden, starts, ends, pre, w_up, 0.0, 0)
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
 def test_no_gradient_reaches_the_hidden_states():
     hidden, params, mask, index = make(2, 6, 16, 4, 3, "pool")
     hidden.requires_grad_(True)
