@@ -127,15 +127,23 @@ def test_saved_activations_counts_what_autograd_keeps():
     assert saved.tensors == 2 and saved.bytes == 2 * 4 * 8 * 4
 
 
-def test_cli_bench_on_a_local_folder(tmp_path, capsys):
-    tiny("gpt2").save_pretrained(tmp_path / "model")
+def test_cli_bench_on_a_local_folder(tmp_path, capsys, monkeypatch):
+    """The rows come from the JSON output; the rendered title is checked with its line breaks folded, so neither the
+    temporary path's length nor the console's width matters (rich wraps a title to the table's width)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "240")
+    tiny("gpt2").save_pretrained(tmp_path / "tiny-folder")
     out = tmp_path / "rows.json"
-    code = cli_main(["bench", "--model", str(tmp_path / "model"), "--methods", "dept,lpt", "--batch", "2",
+    code = cli_main(["bench", "--model", "tiny-folder", "--methods", "dept,lpt", "--batch", "2",
                      "--seq-len", "12", "--repeat", "2", "--out", str(out)])  # fmt: skip
     assert code == 0
     rows = json.loads(out.read_text())
     assert [r["method"] for r in rows] == ["dept", "lpt"] and all(r["decode_ms_per_token"] > 0 for r in rows)
-    assert "B=2, L=12, float32 on cpu" in capsys.readouterr().out  # the table's title
+    assert {(r["model"], r["batch"], r["seq_len"], r["dtype"], r["device"]) for r in rows} == {
+        ("tiny-folder", 2, 12, "float32", "cpu")
+    }
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "tiny-folder: B=2, L=12, float32 on cpu" in printed  # the table's title
     with pytest.raises(SystemExit):
         cli_main(["bench", "--methods", "dept,lora"])
     with pytest.raises(ValueError, match="preset .* or a folder with a config.json"):
