@@ -7,13 +7,13 @@ a counter-based philox stream; the torch backend a ``torch.Generator`` seeded wi
 each is reproducible.
 """
 
-import math
+import numbers
 
 import torch
 
 from prompt_ops.ops.backend import resolve_check_ids
 from prompt_ops.ops.common import accumulate_dtype, custom_op
-from prompt_ops.ops.validation import check_ids_in_range, validate_embed_call
+from prompt_ops.ops.validation import check_embed_sizes, check_int32_index, check_token_data, validate_embed_call
 
 Tensor = torch.Tensor
 SEED_BOUND = 2**31 - 1
@@ -97,7 +97,7 @@ def adept_embed_fwd_op(
 ) -> tuple[Tensor, Tensor]:
     """Forward custom op; ``dropout_p = 0`` is eval (no mask drawn)."""
     if check_ids:
-        check_ids_in_range(input_ids, weight.shape[0])
+        check_token_data(input_ids, weight.shape[0], attention_mask)
     args = (input_ids, weight, prompt, w_down, b_down, w_up, b_up, attention_mask, dropout_p, seed)
     if backend == "triton":
         from prompt_ops.kernels.adept_embed import adept_embed_fwd
@@ -184,16 +184,21 @@ def _check_ffn_shapes(w_down: Tensor, b_down: Tensor, w_up: Tensor, b_up: Tensor
             )
 
 
-def check_dropout(dropout_p: object, training: object, seed: object) -> tuple[float, int]:
-    """Returns the effective probability (0 unless training) and the seed (drawn when needed and missing)."""
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or math.isnan(dropout_p):
-        raise TypeError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+def check_dropout(dropout_p: object, training: object, seed: object, *, name: str = "dropout_p") -> tuple[float, int]:
+    """Returns the effective probability (0 unless training) and the seed (drawn when needed and missing).
+    ``name`` is the probability's name in the messages (a module may call it ``dropout``)."""
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
+        raise TypeError(f"{name} must be a float in [0, 1), got {type(dropout_p).__name__}")
+    if not 0.0 <= dropout_p < 1.0:  # also refuses NaN
+        raise ValueError(f"{name} must be in [0, 1), got {dropout_p}")
     if not isinstance(training, bool):
         raise TypeError(f"training must be a bool, got {type(training).__name__}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_BOUND):
-        raise ValueError(f"seed must be an int in [0, {SEED_BOUND}) or None, got {seed!r}")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be an int in [0, {SEED_BOUND}) or None, got {type(seed).__name__}")
+        if not 0 <= seed < SEED_BOUND:
+            raise ValueError(f"seed must be an int in [0, {SEED_BOUND}) or None, got {seed}")
+        seed = int(seed)
     effective = float(dropout_p) if training else 0.0
     if effective > 0.0 and seed is None:
         seed = int(torch.randint(SEED_BOUND, ()).item())  # drawn from torch's global generator
@@ -226,18 +231,23 @@ def adept_embed(
     takes ``r <= 64``. Other arguments and the outputs as in :func:`prompt_ops.prompt_embed`.
     """
     params = {
+        "prompt": (prompt, 2, "(m, d)"),
         "w_down": (w_down, 2, "(d, r)"),
         "b_down": (b_down, 1, "(r,)"),
         "w_up": (w_up, 2, "(r, d)"),
         "b_up": (b_up, 1, "(d,)"),
     }
-    backend = validate_embed_call(input_ids, weight, prompt, attention_mask, backend, params)
+    backend = validate_embed_call(input_ids, weight, attention_mask, backend, params)
     _check_ffn_shapes(w_down, b_down, w_up, b_up, weight.shape[1])
+    effective_p, seed = check_dropout(dropout_p, training, seed)
+    check_embed_sizes(input_ids, weight, prompt.shape[0], f"prompt (m, d) = {tuple(prompt.shape)}", attention_mask)
     if backend == "triton":
         from prompt_ops.kernels.adept_embed import block_rank
 
         block_rank(w_down.shape[1])  # refuses ranks the kernels do not take, before any launch
-    effective_p, seed = check_dropout(dropout_p, training, seed)
+        if effective_p > 0.0:
+            sources = f"input_ids (B, L) = {tuple(input_ids.shape)} and w_down (d, r) = {tuple(w_down.shape)}"
+            check_int32_index("B * L * r dropout multipliers", input_ids.numel() * w_down.shape[1], sources)
     return adept_embed_fwd_op(
         input_ids, weight, prompt, w_down, b_down, w_up, b_up, attention_mask, effective_p, seed,
         resolve_check_ids(check_ids), backend,

@@ -14,7 +14,7 @@ import torch
 
 from prompt_ops.ops.backend import resolve_check_ids
 from prompt_ops.ops.common import accumulate_dtype, custom_op
-from prompt_ops.ops.validation import check_ids_in_range, check_scale, validate_embed_call
+from prompt_ops.ops.validation import check_embed_sizes, check_scale, check_token_data, validate_embed_call
 
 Tensor = torch.Tensor
 
@@ -89,9 +89,9 @@ def dept_embed_fwd_op(
     check_ids: bool,
     backend: str,
 ) -> tuple[Tensor, Tensor]:
-    """Forward custom op; ``check_ids`` runs here so that it also guards compiled graphs."""
+    """Forward custom op; the data checks (``check_ids``) run here so that they also guard compiled graphs."""
     if check_ids:
-        check_ids_in_range(input_ids, weight.shape[0])
+        check_token_data(input_ids, weight.shape[0], attention_mask)
     if backend == "triton":
         from prompt_ops.kernels.dept_embed import dept_embed_fwd
 
@@ -168,31 +168,35 @@ dept_embed_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def check_lora_shapes(lora_a: Tensor, lora_b: Tensor, seq_len: int, hidden: int) -> None:
-    """``lora_a (L_max, r)`` with ``r >= 1`` and ``L_max >= seq_len``, ``lora_b (r, d)``: DePT's and EPT's pair."""
+def check_lora_shapes(
+    lora_a: Tensor, lora_b: Tensor, seq_len: int, hidden: int, *, method: str, width_source: str = "weight (V, d)"
+) -> None:
+    """``lora_a (L_max, r)`` with ``r >= 1`` and ``L_max >= seq_len``, ``lora_b (r, d)``: DePT's and EPT's pair.
+    ``method`` names the caller's method in the messages; ``width_source`` the argument that gives ``d``."""
     if lora_a.shape[1] == 0:
         raise ValueError(f"lora_a must have shape (L_max, r) with r >= 1, got {tuple(lora_a.shape)}")
     if lora_b.shape != (lora_a.shape[1], hidden):
         raise ValueError(
             f"lora_b must have shape (r, d) = ({lora_a.shape[1]}, {hidden}) to match lora_a (L_max, r) = "
-            f"{tuple(lora_a.shape)} and weight (V, d), got {tuple(lora_b.shape)}"
+            f"{tuple(lora_a.shape)} and {width_source}, got {tuple(lora_b.shape)}"
         )
     if seq_len > lora_a.shape[0]:
         raise ValueError(
             f"input_ids has L = {seq_len} tokens but lora_a has L_max = {lora_a.shape[0]} rows: the sequence is "
-            f"longer than DePT's max_length; truncate the input or build DePT with max_length >= {seq_len}"
+            f"longer than {method}'s max_length; truncate the input or build {method} with max_length >= {seq_len}"
         )
 
 
 def _run(input_ids, weight, prompt, lora, attention_mask, scale, backend, check_ids):
     """Validate, pick the backend, call the forward op. ``lora`` is ``(lora_a, lora_b)`` or None."""
-    params = {}
+    params = {"prompt": (prompt, 2, "(m, d)")}
     if lora is not None:
-        params = {"lora_a": (lora[0], 2, "(L_max, r)"), "lora_b": (lora[1], 2, "(r, d)")}
-    backend = validate_embed_call(input_ids, weight, prompt, attention_mask, backend, params)
+        params.update({"lora_a": (lora[0], 2, "(L_max, r)"), "lora_b": (lora[1], 2, "(r, d)")})
+    backend = validate_embed_call(input_ids, weight, attention_mask, backend, params)
     lora_a, lora_b = lora if lora is not None else (None, None)
     if lora is not None:
-        check_lora_shapes(lora_a, lora_b, input_ids.shape[1], weight.shape[1])
+        check_lora_shapes(lora_a, lora_b, input_ids.shape[1], weight.shape[1], method="DePT")
+    check_embed_sizes(input_ids, weight, prompt.shape[0], f"prompt (m, d) = {tuple(prompt.shape)}", attention_mask)
     return dept_embed_fwd_op(
         input_ids, weight, prompt, lora_a, lora_b, attention_mask, scale, resolve_check_ids(check_ids), backend
     )
@@ -212,12 +216,14 @@ def prompt_embed(
     Args:
         input_ids: ``(B, L)`` int64 or int32 token ids in ``[0, V)``.
         weight: ``(V, d)`` frozen word-embedding table (fp32, fp16 or bf16; must not require grad).
-        prompt: ``(m, d)`` trainable soft prompt (usually fp32).
-        attention_mask: optional ``(B, L)`` mask of any bool/int/float dtype.
+        prompt: ``(m, d)`` trainable soft prompt (usually fp32). The parameters of every method (here the prompt,
+            elsewhere also its factors) share one floating dtype: a mix raises TypeError on both backends.
+        attention_mask: optional ``(B, L)`` mask of any bool/int/float dtype (finite values).
         backend: ``"auto"`` (default, or ``$PROMPT_OPS_BACKEND``), ``"triton"`` or ``"torch"``.
-        check_ids: validate that ids are in range (default, or ``$PROMPT_OPS_CHECK_IDS``). The check reads the ids
-            on the host (one sync); pass ``False`` when capturing CUDA graphs. Unchecked out-of-range ids give zero
-            rows in the Triton kernel instead of an illegal memory access.
+        check_ids: validate that ids are in range and that a float ``attention_mask`` is finite (default, or
+            ``$PROMPT_OPS_CHECK_IDS``). The check reads the ids on the host (one sync); pass ``False`` when
+            capturing CUDA graphs. Unchecked out-of-range ids give zero rows in the Triton kernel instead of an
+            illegal memory access (the torch backend raises torch's own IndexError).
 
     Returns:
         ``inputs_embeds (B, m+L, d)`` in ``weight.dtype`` (rows ``0..m-1`` the prompt) and the mask ``(B, m+L)``:

@@ -19,7 +19,13 @@ import torch
 from prompt_ops.ops.backend import resolve_check_ids
 from prompt_ops.ops.common import custom_op
 from prompt_ops.ops.dept_embed import check_lora_shapes, dept_embed_fwd_op
-from prompt_ops.ops.validation import check_scale, validate_embed_call, validate_params
+from prompt_ops.ops.validation import (
+    check_embed_sizes,
+    check_output_sizes,
+    check_scale,
+    validate_embed_call,
+    validate_params,
+)
 
 Tensor = torch.Tensor
 
@@ -118,6 +124,31 @@ def _build(params: tuple[Tensor, ...], scale: float, backend: str) -> Tensor:
     return build_ept_prompt(*params, scale)
 
 
+def _check_builder(params: tuple[Tensor, ...], seq_len: int, width_source: str) -> None:
+    """Shapes of the seven builder parameters (``prompt``'s width is ``d``, checked by the caller), and sizes: the
+    prompt needs a row (the gate averages them) and the attention a key (``L_max >= 1``)."""
+    prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate = params
+    if prompt.shape[0] == 0 or prompt.shape[1] == 0:
+        raise ValueError(
+            f"prompt must have shape (s, d) with s, d >= 1 (EPT's gate averages its rows), got {tuple(prompt.shape)}"
+        )
+    if lora_a.shape[0] == 0:
+        raise ValueError(
+            f"lora_a must have shape (L_max, r) with L_max >= 1 (the prompt attends over its rows), "
+            f"got {tuple(lora_a.shape)}"
+        )
+    check_lora_shapes(lora_a, lora_b, seq_len, prompt.shape[1], method="EPT", width_source=width_source)
+    _check_subspaces(w_down, w_up, w_gate, b_gate, prompt.shape[1])
+    sources = f"prompt (s, d) = {tuple(prompt.shape)} and lora_a (L_max, r) = {tuple(lora_a.shape)}"
+    num_rows, hidden = prompt.shape
+    outputs = {  # the prompt and the largest intermediates of either backend: Q and the attention
+        "the prompt (s, d)": ((num_rows, hidden), torch.float32),
+        "Q (L_max, d)": ((lora_a.shape[0], hidden), torch.float32),
+        "the attention (s, L_max)": ((num_rows, lora_a.shape[0]), torch.float32),
+    }
+    check_output_sizes(sources, prompt.device, outputs)
+
+
 def _check_subspaces(w_down: Tensor, w_up: Tensor, w_gate: Tensor, b_gate: Tensor, hidden: int) -> None:
     num_subspaces, down_width, sub_rank = w_down.shape
     if down_width != hidden or num_subspaces == 0 or sub_rank == 0:
@@ -165,15 +196,15 @@ def ept_prompt(
     ``Pf + sum_k g[k] P_k``.
 
     Shapes: ``prompt (s, d)``, ``lora_a (L_max, r)``, ``lora_b (r, d)``, ``w_down (K, d, h)``, ``w_up (K, h, d)``,
-    ``w_gate (d, K)``, ``b_gate (K,)``. Gradients reach all seven. The result is fp32. The Triton backend takes
-    ``K * h <= 64``.
+    ``w_gate (d, K)``, ``b_gate (K,)``, all of one dtype, with ``s, L_max, r, K, h, d >= 1``. Gradients reach all
+    seven. The result is fp32. The Triton backend takes ``K * h <= 64``.
     """
     scale = check_scale(scale)
     params = {"prompt": (prompt, 2, "(s, d)"), "lora_a": (lora_a, 2, "(L_max, r)"), "lora_b": (lora_b, 2, "(r, d)")}
     backend = validate_params({**params, **_subspace_params(w_down, w_up, w_gate, b_gate)}, backend)
-    check_lora_shapes(lora_a, lora_b, 0, prompt.shape[1])
-    _check_subspaces(w_down, w_up, w_gate, b_gate, prompt.shape[1])
-    return _build((prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate), scale, backend)
+    builder = (prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate)
+    _check_builder(builder, 0, "prompt (s, d)")
+    return _build(builder, scale, backend)
 
 
 def ept_embed(
@@ -196,12 +227,13 @@ def ept_embed(
     token ``t`` (``L <= L_max``), through DePT's fused op. Outputs as :func:`prompt_ops.dept_embed`; ``lora_a`` and
     ``lora_b`` get the sum of both paths' gradients."""
     scale = check_scale(scale)
-    params = {"lora_a": (lora_a, 2, "(L_max, r)"), "lora_b": (lora_b, 2, "(r, d)")}
+    params = {"prompt": (prompt, 2, "(s, d)"), "lora_a": (lora_a, 2, "(L_max, r)"), "lora_b": (lora_b, 2, "(r, d)")}
     params.update(_subspace_params(w_down, w_up, w_gate, b_gate))
-    backend = validate_embed_call(input_ids, weight, prompt, attention_mask, backend, params)
-    check_lora_shapes(lora_a, lora_b, input_ids.shape[1], weight.shape[1])
-    _check_subspaces(w_down, w_up, w_gate, b_gate, weight.shape[1])
-    full_prompt = _build((prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate), scale, backend)
+    backend = validate_embed_call(input_ids, weight, attention_mask, backend, params)
+    builder = (prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate)
+    _check_builder(builder, input_ids.shape[1], "weight (V, d)")
+    check_embed_sizes(input_ids, weight, prompt.shape[0], f"prompt (s, d) = {tuple(prompt.shape)}", attention_mask)
+    full_prompt = _build(builder, scale, backend)
     return dept_embed_fwd_op(
         input_ids, weight, full_prompt, lora_a, lora_b, attention_mask, scale, resolve_check_ids(check_ids), backend
     )

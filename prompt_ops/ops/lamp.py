@@ -13,7 +13,11 @@ from prompt_ops.ops.backend import resolve_check_ids
 from prompt_ops.ops.common import accumulate_dtype, custom_op
 from prompt_ops.ops.dept_embed import dept_embed_fwd_torch
 from prompt_ops.ops.validation import (
-    check_ids_in_range,
+    check_embed_sizes,
+    check_int,
+    check_output_sizes,
+    check_token_data,
+    check_width,
     validate_embed_call,
     validate_params,
 )
@@ -92,7 +96,7 @@ def lamp_embed_fwd_op(
     backend: str,
 ) -> tuple[Tensor, Tensor]:
     if check_ids:
-        check_ids_in_range(input_ids, weight.shape[0])
+        check_token_data(input_ids, weight.shape[0], attention_mask)
     if backend == "triton":
         from prompt_ops.kernels.dept_embed import dept_embed_fwd
 
@@ -160,12 +164,9 @@ def _factor_params(u, q, v) -> dict:
     return {"u": (u, 2, "(l, r)"), "q": (q, 1, "(r,)"), "v": (v, 2, "(r, d)")}
 
 
-def _check_factors(u: Tensor, q: Tensor, v: Tensor, pool: object, backend: str) -> int:
-    """Shapes and ``pool`` (the dtypes are checked with the other parameters)."""
-    if isinstance(pool, bool) or not isinstance(pool, int):
-        raise TypeError(f"pool must be an int, got {type(pool).__name__}")
-    if pool < 1:
-        raise ValueError(f"pool must be >= 1, got {pool}")
+def _check_factors(u: Tensor, q: Tensor, v: Tensor, pool: object) -> int:
+    """Shapes and ``pool`` (the dtypes are checked with the other parameters); returns ``pool``."""
+    pool = check_int("pool", pool, 1)
     rows, rank = u.shape
     if rank == 0 or rows == 0:
         raise ValueError(f"u must have shape (l, r) with l, r >= 1, got {tuple(u.shape)}")
@@ -175,13 +176,17 @@ def _check_factors(u: Tensor, q: Tensor, v: Tensor, pool: object, backend: str) 
         raise ValueError(
             f"q must have shape (r,) = ({rank},) to match u (l, r) = {tuple(u.shape)}, got {tuple(q.shape)}"
         )
-    if v.shape[0] != rank:
-        raise ValueError(f"v must have shape (r, d) with r = {rank} to match u, got {tuple(v.shape)}")
+    if v.shape[0] != rank or v.shape[1] == 0:
+        raise ValueError(f"v must have shape (r, d) with r = {rank} to match u and d >= 1, got {tuple(v.shape)}")
+    return pool
+
+
+def _check_triton_factors(u: Tensor, pool: int, backend: str) -> None:
+    """Refuses shapes the Triton gradient kernel does not take, before any launch."""
     if backend == "triton":
         from prompt_ops.kernels.lamp import block_sizes
 
-        block_sizes(rows // pool, rank)  # refuses shapes the gradient kernel does not take, before any launch
-    return pool
+        block_sizes(u.shape[0] // pool, u.shape[1])
 
 
 def lamp_prompt(u: Tensor, q: Tensor, v: Tensor, *, pool: int, backend: str | None = None) -> Tensor:
@@ -192,7 +197,10 @@ def lamp_prompt(u: Tensor, q: Tensor, v: Tensor, *, pool: int, backend: str | No
     backend takes (``l // pool``, ``r``) up to 4096 elements once each is padded to a power of two >= 16.
     """
     backend = validate_params(_factor_params(u, q, v), backend)
-    _check_factors(u, q, v, pool, backend)
+    pool = _check_factors(u, q, v, pool)
+    sources = f"u (l, r) = {tuple(u.shape)}, pool = {pool} and v (r, d) = {tuple(v.shape)}"
+    check_output_sizes(sources, u.device, {"the prompt (l // pool, d)": ((u.shape[0] // pool, v.shape[1]), v.dtype)})
+    _check_triton_factors(u, pool, backend)
     return lamp_prompt_fwd_op(u, q, v, pool, backend)
 
 
@@ -213,8 +221,11 @@ def lamp_embed(
     Outputs as :func:`prompt_ops.prompt_embed` with ``m = l // pool`` prompt rows, computed in fp32 from the factors
     and rounded once to ``weight.dtype``. ``v``'s width must equal the table's.
     """
-    backend = validate_embed_call(input_ids, weight, None, attention_mask, backend, _factor_params(u, q, v))
-    if v.shape[1] != weight.shape[1]:
-        raise ValueError(f"v must have shape (r, d) with d = weight.shape[1] = {weight.shape[1]}, got {tuple(v.shape)}")
-    _check_factors(u, q, v, pool, backend)
+    backend = validate_embed_call(input_ids, weight, attention_mask, backend, _factor_params(u, q, v))
+    check_width("v", v, "(r, d)", weight.shape[1], "weight.shape[1]")
+    pool = _check_factors(u, q, v, pool)
+    check_embed_sizes(
+        input_ids, weight, u.shape[0] // pool, f"u (l, r) = {tuple(u.shape)}, pool = {pool}", attention_mask
+    )
+    _check_triton_factors(u, pool, backend)
     return lamp_embed_fwd_op(input_ids, weight, u, q, v, attention_mask, pool, resolve_check_ids(check_ids), backend)

@@ -17,7 +17,17 @@ import torch
 
 from prompt_ops.ops.adept_embed import check_dropout
 from prompt_ops.ops.common import custom_op
-from prompt_ops.ops.validation import check_tensor, validate_params
+from prompt_ops.ops.validation import (
+    TOKEN_ID_DTYPES,
+    check_float,
+    check_int,
+    check_int32_index,
+    check_mask,
+    check_mask_values,
+    check_output_sizes,
+    check_tensor,
+    validate_params,
+)
 
 Tensor = torch.Tensor
 MODES = ("naive", "pool")
@@ -30,7 +40,10 @@ def slot_windows(
     adaptive-pooling windows per sample for APPG."""
     device = index.device if index is not None else (attention_mask.device if attention_mask is not None else None)
     if mode == "naive":
-        starts = index.to(torch.int64) if index is not None else torch.zeros(batch, dtype=torch.int64, device=device)
+        if index is None:
+            starts = torch.zeros(batch, dtype=torch.int64, device=device)
+        else:  # packed: the kernels read the windows at unit stride
+            starts = index.to(torch.int64).contiguous()
         return starts, starts + 1
     if attention_mask is not None:
         lengths = attention_mask.to(torch.int64).sum(1)
@@ -192,67 +205,114 @@ lpt_prompt_fwd_op.register_autograd(_backward_prompt, setup_context=_setup_promp
 lpt_insert_fwd_op.register_autograd(_backward_insert, setup_context=_setup_insert)
 
 
-def _check_generator(hidden, w_down, b_down, w_up, b_up, num_tokens, mode, index, attention_mask) -> None:
-    batch, seq_len, hidden_size = hidden.shape
-    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 1:
-        raise ValueError(f"num_tokens must be an int >= 1, got {num_tokens!r}")
-    if mode not in MODES:
+def _check_generator(hidden, w_down, b_down, w_up, b_up, num_tokens, mode) -> int:
+    """Shapes of ``hidden`` and the generator, ``num_tokens`` (returned as an int) and ``mode``."""
+    _, seq_len, hidden_size = hidden.shape
+    if seq_len == 0 or hidden_size == 0:
+        raise ValueError(
+            f"hidden must have shape (B, L, d) with L, d >= 1 (each sample's prompt is generated from its rows), "
+            f"got {tuple(hidden.shape)}"
+        )
+    num_tokens = check_int("num_tokens", num_tokens, 1)
+    if not isinstance(mode, str) or mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     gen_rank = w_down.shape[1]
+    if w_down.shape[0] != hidden_size or gen_rank == 0:
+        raise ValueError(
+            f"w_down must have shape (d, h) with d = hidden.shape[2] = {hidden_size} and h >= 1, "
+            f"got {tuple(w_down.shape)}"
+        )
     width = num_tokens * hidden_size if mode == "naive" else hidden_size
-    expected = {"w_down": (w_down, (hidden_size, gen_rank)), "b_down": (b_down, (gen_rank,)),
-                "w_up": (w_up, (gen_rank, width)), "b_up": (b_up, (width,))}  # fmt: skip
+    expected = {"b_down": (b_down, (gen_rank,)), "w_up": (w_up, (gen_rank, width)), "b_up": (b_up, (width,))}
     for name, (value, shape) in expected.items():
-        if tuple(value.shape) != shape or gen_rank == 0:
+        if tuple(value.shape) != shape:
             raise ValueError(
                 f"{name} must have shape {shape} for mode={mode!r}, num_tokens={num_tokens}, d={hidden_size} and "
                 f"w_down (d, h) = {tuple(w_down.shape)}, got {tuple(value.shape)}"
             )
+    return num_tokens
+
+
+def _check_rows(hidden: Tensor, mode: str, index: object, attention_mask: object) -> None:
+    """``index`` and ``attention_mask``: types, shapes, then values (a sync for each given)."""
+    batch, seq_len, _ = hidden.shape
     if index is not None:
-        check_tensor("index", index, 1, "(B,)")
-        if index.shape[0] != batch or index.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"index must be an int64 or int32 tensor of shape ({batch},), got {tuple(index.shape)}")
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= seq_len):
-            raise ValueError(f"index must be in [0, {seq_len}) (rows of hidden), got {index.tolist()}")
-    if attention_mask is not None:
-        check_tensor("attention_mask", attention_mask, 2, "(B, L)")
-        if attention_mask.shape != (batch, seq_len):
-            raise ValueError(f"attention_mask must have shape {(batch, seq_len)}, got {tuple(attention_mask.shape)}")
-    if mode == "pool":
-        lengths = attention_mask.sum(1) if attention_mask is not None else torch.full((batch,), seq_len)
-        if batch and int(lengths.min()) < 1:
+        _check_index(index, batch, seq_len)
+    check_mask("attention_mask", attention_mask, (batch, seq_len), "(B, L) like hidden")
+    check_mask_values("attention_mask", attention_mask, binary=mode == "pool")
+    if mode == "pool" and attention_mask is not None and batch:
+        lengths = attention_mask.to(torch.int64).sum(1)
+        if int(lengths.min()) < 1:
             raise ValueError("attention_mask has an all-padding row: APPG pools over at least one valid token")
-        if attention_mask is not None:
-            positions = torch.arange(seq_len, device=attention_mask.device)
-            right_padded = (positions[None, :] < lengths.to(attention_mask.device)[:, None]).to(attention_mask.dtype)
-            if not torch.equal(attention_mask, right_padded):
-                raise ValueError("attention_mask must be right-padded (ones, then zeros) in mode='pool'")
+        positions = torch.arange(seq_len, device=attention_mask.device)
+        right_padded = (positions[None, :] < lengths[:, None]).to(attention_mask.dtype)
+        if not torch.equal(attention_mask, right_padded):
+            raise ValueError("attention_mask must be right-padded (ones, then zeros) in mode='pool'")
+
+
+def _check_index(index: object, batch: int, seq_len: int) -> None:
+    """NPG's ``(B,)`` row index: int64 or int32, each in ``[0, L)``."""
+    check_tensor("index", index, 1, "(B,)")
+    if index.dtype not in TOKEN_ID_DTYPES:
+        raise TypeError(f"index must be an int64 or int32 tensor, got {index.dtype}")
+    if index.shape[0] != batch:
+        raise ValueError(f"index must have shape (B,) = ({batch},), got {tuple(index.shape)}")
+    if index.numel():
+        low, high = (int(x) for x in torch.aminmax(index))
+        if low < 0 or high >= seq_len:
+            raise ValueError(f"index must be in [0, {seq_len}) (rows of hidden), found {low if low < 0 else high}")
+
+
+def _check_sizes(hidden, num_tokens: int, attention_mask, insert: bool, dropout_p: float, backend: str) -> None:
+    """The prompt ``(B, n, d)``, the slot windows and, for the insertion, its ``(B, n+L, d)`` buffer and mask fit
+    in memory; the Triton dropout's int32 element index covers the prompt."""
+    batch, seq_len, hidden_size = hidden.shape
+    num_slots = batch * num_tokens
+    sources = f"num_tokens = {num_tokens} and hidden (B, L, d) = {tuple(hidden.shape)}"
+    outputs = {
+        "the prompt (B, n, d)": ((batch, num_tokens, hidden_size), torch.float32),
+        "the slot windows (2, B*n)": ((2, num_slots), torch.int64),
+        "the window numbers (n,)": ((num_tokens,), torch.int64),  # built even for an empty batch
+    }
+    if insert:
+        mask_dtype = attention_mask.dtype if isinstance(attention_mask, Tensor) else torch.int64
+        outputs["the buffer (B, n+L, d)"] = ((batch, num_tokens + seq_len, hidden_size), hidden.dtype)
+        outputs["the mask (B, n+L)"] = ((batch, num_tokens + seq_len), mask_dtype)
+    check_output_sizes(sources, hidden.device, outputs)
+    if backend == "triton" and dropout_p > 0.0:
+        check_int32_index("B * n * d prompt elements", num_slots * hidden_size, sources)
 
 
 _GENERATOR_ARGS = """``w_down (d, h)``, ``b_down (h,)`` and, for NPG (``mode="naive"``), ``w_up (h, n*d)``,
     ``b_up (n*d,)``, for APPG (``mode="pool"``) ``w_up (h, d)``, ``b_up (d,)``. NPG reads row ``index[b]``
     (default 0) of each sample; APPG pools each sample's valid rows (``attention_mask``, right padding). Dropout
     on the prompt in training, keyed by ``seed`` as in :func:`prompt_ops.adept_embed`. Gradients reach the four
-    generator tensors only: ``hidden`` comes from the frozen layers below ``k``."""
+    generator tensors only: ``hidden`` comes from the frozen layers below ``k``. The four share one floating dtype
+    (``hidden``'s may differ); ``hidden`` needs ``L, d >= 1`` (``B = 0`` gives empty outputs) and ``h >= 1``."""
 
 
 def _prepare(hidden, w_down, b_down, w_up, b_up, num_tokens, index, attention_mask, mode, dropout_p, training, seed,
-             backend):  # fmt: skip
-    """Validate a generator call; return ``(backend, hidden detached, starts, ends, dropout_p, seed)``."""
+             backend, insert):  # fmt: skip
+    """Validate a generator call; return ``(backend, hidden detached, num_tokens, starts, ends, dropout_p, seed)``."""
+    check_tensor("hidden", hidden, 3, "(B, L, d)")
     params = {
-        "hidden": (hidden, 3, "(B, L, d)"),
         "w_down": (w_down, 2, "(d, h)"),
         "b_down": (b_down, 1, "(h,)"),
         "w_up": (w_up, 2, "(h, n*d) or (h, d)"),
         "b_up": (b_up, 1, "(n*d,) or (d,)"),
     }
     extras = {"index": index, "attention_mask": attention_mask}  # rank and dtype checked with the generator
-    backend = validate_params(params, backend, **{k: v for k, v in extras.items() if isinstance(v, Tensor)})
-    _check_generator(hidden, w_down, b_down, w_up, b_up, num_tokens, mode, index, attention_mask)
+    extras = {name: value for name, value in extras.items() if isinstance(value, Tensor)}
+    backend = validate_params(params, backend, hidden=hidden, **extras)
+    check_float("hidden", hidden, backend)  # hidden may differ in dtype from the generator's parameters
+    num_tokens = _check_generator(hidden, w_down, b_down, w_up, b_up, num_tokens, mode)
     dropout_p, seed = check_dropout(dropout_p, training, seed)
+    _check_sizes(hidden, num_tokens, attention_mask, insert, dropout_p, backend)
+    _check_rows(hidden, mode, index, attention_mask)
     batch, seq_len, _ = hidden.shape
     starts, ends = slot_windows(batch, seq_len, num_tokens, mode, index, attention_mask)
-    return backend, hidden.detach(), starts.to(hidden.device), ends.to(hidden.device), dropout_p, seed
+    hidden = hidden.detach()
+    return backend, hidden, num_tokens, starts.to(hidden.device), ends.to(hidden.device), dropout_p, seed
 
 
 def lpt_prompt(
@@ -275,9 +335,10 @@ def lpt_prompt(
 
     {generator_args}
     """
-    backend, hidden, starts, ends, dropout_p, seed = _prepare(
-        hidden, w_down, b_down, w_up, b_up, num_tokens, index, attention_mask, mode, dropout_p, training, seed, backend
-    )
+    backend, hidden, num_tokens, starts, ends, dropout_p, seed = _prepare(
+        hidden, w_down, b_down, w_up, b_up, num_tokens, index, attention_mask, mode, dropout_p, training, seed, backend,
+        insert=False,
+    )  # fmt: skip
     generator = (hidden, w_down, b_down, w_up, b_up, starts, ends)
     if backend == "triton":
         return lpt_prompt_fwd_op(*generator, num_tokens, dropout_p, seed)[0]
@@ -311,9 +372,10 @@ def lpt_insert(
 
     {generator_args}
     """
-    backend, hidden, starts, ends, dropout_p, seed = _prepare(
-        hidden, w_down, b_down, w_up, b_up, num_tokens, index, attention_mask, mode, dropout_p, training, seed, backend
-    )
+    backend, hidden, num_tokens, starts, ends, dropout_p, seed = _prepare(
+        hidden, w_down, b_down, w_up, b_up, num_tokens, index, attention_mask, mode, dropout_p, training, seed, backend,
+        insert=True,
+    )  # fmt: skip
     generator = (w_down, b_down, w_up, b_up, starts, ends)
     if backend == "triton":
         out, mask_out, _ = lpt_insert_fwd_op(hidden, attention_mask, *generator, num_tokens, dropout_p, seed)

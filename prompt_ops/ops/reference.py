@@ -177,7 +177,8 @@ def lpt_prompt(
                 for i in range(num_tokens)
             ]
             pooled.append(torch.stack(windows))
-        out = torch.relu(torch.stack(pooled)) @ w_up + b_up  # (B, n, d)
+        pooled = torch.stack(pooled) if pooled else projected.new_empty((0, num_tokens, projected.shape[2]))
+        out = torch.relu(pooled) @ w_up + b_up  # (B, n, d)
     out = out.reshape(batch, num_tokens, hidden_size)
     if dropout_scale is not None:
         out = out * dropout_scale.view(batch, num_tokens, hidden_size)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+import os
 
 import torch
 
@@ -11,6 +13,17 @@ from prompt_ops.ops.backend import resolve_backend
 
 TOKEN_ID_DTYPES = (torch.int64, torch.int32)
 TRITON_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64) + (
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+)
+MAX_NUMEL = 2**63 - 1
+"""Largest element count int64 indexing can address."""
+
+Params = dict[str, tuple[object, int, str]]
+"""Method parameters: ``name -> (value, ndim, layout)``."""
 
 
 def check_tensor(name: str, value: object, ndim: int, layout: str) -> torch.Tensor:
@@ -39,52 +52,76 @@ def check_scale(scale: object) -> float:
     return float(scale)
 
 
+def check_int(name: str, value: object, minimum: int) -> int:
+    """An integer (Python or NumPy, not bool) ``>= minimum``; returned as ``int``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def _groups(values: dict[str, object]) -> str:
+    """``"lora_b on meta; prompt, lora_a on cpu"``: the names grouped by value, smallest group first, so that the
+    odd argument leads."""
+    by_value: dict[object, list[str]] = {}
+    for name, value in values.items():
+        by_value.setdefault(value, []).append(name)
+    groups = sorted(by_value.items(), key=lambda item: len(item[1]))
+    return "; ".join(f"{', '.join(names)} {value}" for value, names in groups)
+
+
 def check_same_device(**tensors: torch.Tensor | None) -> torch.device:
-    """All given tensors on one device; returns it."""
+    """All given tensors on one device, which holds data (not ``meta``); returns it."""
     present = {name: t for name, t in tensors.items() if t is not None}
-    devices = {t.device for t in present.values()}
-    if len(devices) > 1:
-        where = ", ".join(f"{name} on {t.device}" for name, t in present.items())
+    devices = {name: t.device for name, t in present.items()}
+    if len(set(devices.values())) > 1:
+        where = _groups({name: f"on {device}" for name, device in devices.items()})
         raise ValueError(f"all tensors must be on one device, got {where}")
-    return next(iter(present.values())).device
+    device = next(iter(devices.values()))
+    if device.type == "meta":
+        raise ValueError(f"{', '.join(present)} are on the meta device, which holds no data: the op needs real tensors")
+    return device
 
 
-def check_embed_inputs(
-    input_ids: object,
-    weight: object,
-    prompt: object,
-    attention_mask: object,
-    backend: str,
-) -> None:
-    """The arguments every prompt-embedding op shares: ids ``(B, L)``, a frozen table ``(V, d)``, a dense prompt
-    ``(m, d)`` (None for methods that build it from factors) and an optional mask ``(B, L)``."""
-    ids = check_tensor("input_ids", input_ids, 2, "(B, L)")
-    if ids.dtype not in TOKEN_ID_DTYPES:
-        raise TypeError(f"input_ids must hold int64 or int32 token ids, got {ids.dtype}")
-    table = check_tensor("weight", weight, 2, "(V, d)")
-    check_float("weight", table, backend)
-    if table.shape[1] == 0:
-        raise ValueError(f"weight must have shape (V, d) with d >= 1, got {tuple(table.shape)}")
-    if table.requires_grad:
-        raise ValueError(
-            "weight (the word-embedding table) requires grad, but it is frozen in prompt tuning and gets no "
-            "gradient: call weight.requires_grad_(False) (or freeze the model) first"
+def check_same_dtype(tensors: dict[str, torch.Tensor]) -> None:
+    """The trainable parameters of one method share one dtype (no silent promotion on either backend)."""
+    dtypes = {name: t.dtype for name, t in tensors.items()}
+    if len(set(dtypes.values())) > 1:
+        raise TypeError(
+            f"the method's parameters must share one dtype, got {_groups(dtypes)}; cast them to one dtype "
+            "(usually float32) first"
         )
-    if prompt is not None:
-        soft = check_tensor("prompt", prompt, 2, "(m, d)")
-        check_float("prompt", soft, backend)
-        if soft.shape[1] != table.shape[1]:
-            raise ValueError(
-                f"prompt must have shape (m, d) with d = weight.shape[1] = {table.shape[1]}, got {tuple(soft.shape)}"
-            )
-    if attention_mask is not None:
-        mask = check_tensor("attention_mask", attention_mask, 2, "(B, L)")
-        if mask.shape != ids.shape:
-            raise ValueError(
-                f"attention_mask must have the shape of input_ids {tuple(ids.shape)}, got {tuple(mask.shape)}"
-            )
-        if mask.is_complex():
-            raise TypeError(f"attention_mask must be bool, integer or float, got {mask.dtype}")
+
+
+def check_mask(name: str, mask: object, shape: tuple[int, ...], layout: str) -> torch.Tensor | None:
+    """Optional mask: None, or a bool, integer or floating tensor of ``shape``."""
+    if mask is None:
+        return None
+    mask = check_tensor(name, mask, len(shape), layout)
+    if mask.dtype not in MASK_DTYPES:
+        raise TypeError(f"{name} must be bool, integer or float (not complex), got {mask.dtype}")
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {layout} = {tuple(shape)}, got {tuple(mask.shape)}")
+    return mask
+
+
+def check_mask_values(name: str, mask: torch.Tensor | None, binary: bool = False) -> None:
+    """Data-dependent (one device sync): a float mask holds no NaN or infinity; ``binary`` masks hold only 0 and
+    1."""
+    if mask is None or mask.numel() == 0 or mask.dtype == torch.bool:
+        return
+    if mask.is_floating_point() and not bool(torch.isfinite(mask).all()):
+        raise ValueError(f"{name} must hold finite values, found NaN or infinity")
+    if binary and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"{name} must hold only 0 and 1")
+
+
+def check_token_data(input_ids: torch.Tensor, vocab_size: int, attention_mask: torch.Tensor | None) -> None:
+    """The data-dependent checks of the embedding ops (one device sync; ``check_ids=False`` skips them): every id in
+    ``[0, vocab_size)`` and a float ``attention_mask`` finite."""
+    check_ids_in_range(input_ids, vocab_size)
+    check_mask_values("attention_mask", attention_mask)
 
 
 def check_ids_in_range(input_ids: torch.Tensor, vocab_size: int) -> None:
@@ -98,41 +135,127 @@ def check_ids_in_range(input_ids: torch.Tensor, vocab_size: int) -> None:
         raise ValueError(f"input_ids must be in [0, {vocab_size}) (the rows of weight), found token id {bad}")
 
 
-def validate_params(
-    params: dict[str, tuple[object, int, str]], backend: str | None, **others: torch.Tensor | None
-) -> str:
+@functools.cache
+def device_memory(device: torch.device) -> int | None:
+    """Bytes of memory on ``device`` (host RAM for the CPU), or None where it cannot be known."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+def _bytes(count: int) -> str:
+    """``count`` bytes in a readable unit, e.g. ``"70 TiB"``."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    power = min(len(units) - 1, max(0, (count.bit_length() - 1) // 10))
+    return f"{count / 1024**power:.3g} {units[power]}"
+
+
+def check_output_sizes(
+    sources: str, device: torch.device, outputs: dict[str, tuple[tuple[int, ...], torch.dtype]]
+) -> None:
+    """Refuse a call whose outputs (``name -> (shape, dtype)``) cannot be allocated: one holding more elements than
+    int64 indexing addresses, or all together more bytes than ``device`` has memory. ``sources`` names the
+    arguments whose sizes give the shapes (the message leads with it). Skipped while ``torch.compile`` traces (the
+    shapes may be symbolic)."""
+    if torch.compiler.is_compiling():
+        return
+    total = 0
+    for name, (shape, dtype) in outputs.items():
+        numel = math.prod(shape)
+        if numel > MAX_NUMEL:
+            raise ValueError(f"{sources} give {name} the shape {tuple(shape)}: more than 2**63 - 1 elements")
+        total += numel * dtype.itemsize
+    memory = device_memory(device)
+    if memory is not None and total > memory:
+        listing = ", ".join(f"{name} {tuple(shape)}" for name, (shape, _) in outputs.items())
+        raise ValueError(
+            f"{sources} ask for outputs of {_bytes(total)} ({listing}), more than the {_bytes(memory)} of memory "
+            f"on {device}"
+        )
+
+
+def check_int32_index(what: str, numel: int, sources: str) -> None:
+    """Refuse more than 2**31 - 1 elements where a Triton kernel keys something (dropout) by an int32 index."""
+    if numel >= 2**31:
+        raise ValueError(
+            f"{sources} give {numel} {what}, but the Triton kernels key dropout by an int32 element index "
+            "(at most 2**31 - 1); use backend='torch' or split the batch"
+        )
+
+
+def validate_params(params: Params, backend: str | None, **others: torch.Tensor | None) -> str:
     """Method parameters: each ``name -> (value, ndim, layout)`` must be a tensor of that rank, on one device with
-    them and with ``others`` (already checked tensors, or None), and floating point for the resolved backend, which
-    is returned."""
+    them and with ``others`` (already checked tensors, or None), floating point for the resolved backend, which is
+    returned, and all of one dtype."""
     for name, (value, ndim, layout) in params.items():
         check_tensor(name, value, ndim, layout)
-    device = check_same_device(**others, **{name: value for name, (value, _, _) in params.items()})
+    tensors = {name: value for name, (value, _, _) in params.items()}
+    device = check_same_device(**others, **tensors)
     backend = resolve_backend(backend, device)
-    for name, (value, _, _) in params.items():
+    for name, value in tensors.items():
         check_float(name, value, backend)
+    check_same_dtype(tensors)
     return backend
+
+
+def check_width(name: str, value: torch.Tensor, layout: str, hidden: int, source: str) -> None:
+    """The last dimension of ``value`` equals ``hidden``, the width that ``source`` gives."""
+    if value.shape[-1] != hidden:
+        raise ValueError(f"{name} must have shape {layout} with d = {source} = {hidden}, got {tuple(value.shape)}")
+
+
+def check_embed_inputs(input_ids: object, weight: object, attention_mask: object, backend: str) -> None:
+    """The arguments every prompt-embedding op shares: ids ``(B, L)``, a frozen table ``(V, d)`` and an optional
+    mask ``(B, L)``."""
+    ids = check_tensor("input_ids", input_ids, 2, "(B, L)")
+    if ids.dtype not in TOKEN_ID_DTYPES:
+        raise TypeError(f"input_ids must hold int64 or int32 token ids, got {ids.dtype}")
+    table = check_tensor("weight", weight, 2, "(V, d)")
+    check_float("weight", table, backend)
+    if table.shape[1] == 0:
+        raise ValueError(f"weight must have shape (V, d) with d >= 1, got {tuple(table.shape)}")
+    if table.requires_grad:
+        raise ValueError(
+            "weight (the word-embedding table) requires grad, but it is frozen in prompt tuning and gets no "
+            "gradient: call weight.requires_grad_(False) (or freeze the model) first"
+        )
+    check_mask("attention_mask", attention_mask, tuple(ids.shape), "(B, L) like input_ids")
 
 
 def validate_embed_call(
-    input_ids: object,
-    weight: object,
-    prompt: object,
-    attention_mask: object,
-    backend: str | None,
-    params: dict[str, tuple[object, int, str]],
+    input_ids: object, weight: object, attention_mask: object, backend: str | None, params: Params
 ) -> str:
     """The front half of every prompt-embedding entry: tensors and ranks, one device, the backend, then dtypes and
-    the shared shape rules. ``params`` maps each method parameter's name to ``(value, ndim, layout)``; each must be a
-    floating tensor. ``prompt`` is None for methods that build the prompt from their parameters. Returns the resolved
-    backend."""
+    the shared shape rules. ``params`` maps each method parameter's name to ``(value, ndim, layout)``, the dense
+    ``prompt (m, d)`` included where the method has one (it must then match the table's width). Returns the
+    resolved backend."""
     check_tensor("input_ids", input_ids, 2, "(B, L)")
     check_tensor("weight", weight, 2, "(V, d)")
-    if prompt is not None:
-        check_tensor("prompt", prompt, 2, "(m, d)")
     if attention_mask is not None:
         check_tensor("attention_mask", attention_mask, 2, "(B, L)")
-    backend = validate_params(
-        params, backend, input_ids=input_ids, weight=weight, prompt=prompt, attention_mask=attention_mask
-    )
-    check_embed_inputs(input_ids, weight, prompt, attention_mask, backend)
+    backend = validate_params(params, backend, input_ids=input_ids, weight=weight, attention_mask=attention_mask)
+    check_embed_inputs(input_ids, weight, attention_mask, backend)
+    if "prompt" in params:
+        prompt, _, layout = params["prompt"]
+        check_width("prompt", prompt, layout, weight.shape[1], "weight.shape[1]")
     return backend
+
+
+def check_embed_sizes(input_ids: torch.Tensor, weight: torch.Tensor, num_prompt: int, prompt_source: str,
+                      attention_mask: torch.Tensor | None) -> None:  # fmt: skip
+    """The outputs of a prompt-embedding op, ``(B, m+L, d)`` embeddings and the ``(B, m+L)`` mask, fit in memory;
+    ``prompt_source`` names the argument that gives ``m``."""
+    batch, seq_len = input_ids.shape
+    total = num_prompt + seq_len
+    mask_dtype = attention_mask.dtype if attention_mask is not None else torch.int64
+    sources = f"input_ids (B, L) = {tuple(input_ids.shape)}, {prompt_source} and weight (V, d) = {tuple(weight.shape)}"
+    outputs = {
+        "inputs_embeds (B, m+L, d)": ((batch, total, weight.shape[1]), weight.dtype),
+        "the mask (B, m+L)": ((batch, total), mask_dtype),
+    }
+    check_output_sizes(sources, weight.device, outputs)

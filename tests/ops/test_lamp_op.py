@@ -71,8 +71,8 @@ def test_compile_fullgraph(backend):
 
 
 FACTOR_ERRORS = [
-    ({"pool": 0}, ValueError, r"pool must be >= 1, got 0"),
-    ({"pool": -2}, ValueError, r"pool must be >= 1"),
+    ({"pool": 0}, ValueError, r"pool must be an int >= 1, got 0"),
+    ({"pool": -2}, ValueError, r"pool must be an int >= 1, got -2"),
     ({"pool": 2.0}, TypeError, r"pool must be an int"),
     ({"pool": 4}, ValueError, r"pool = 4 must divide the prompt length l = u.shape\[0\] = 6"),
     ({"q": torch.randn(4)}, ValueError, r"q must have shape \(r,\) = \(3,\)"),
