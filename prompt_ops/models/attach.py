@@ -28,6 +28,7 @@ from prompt_ops.models.inputs import (
     check_labels,
     check_position_ids,
     check_token_type_ids,
+    label_level,
 )
 from prompt_ops.models.tuned import TunedModel, model_embedding
 
@@ -92,7 +93,7 @@ class PromptTunedModel(TunedModel):
         shape = tuple(check_ids(input_ids).shape)
         check_token_type_ids(token_type_ids, shape)
         check_position_ids(position_ids, shape)
-        token_labels = False if self.is_encoder_decoder else check_labels(labels, shape)
+        token_labels = False if self.is_encoder_decoder else check_labels(labels, shape, label_level(self.base_model))
         self._embedding()  # refuses a sharded table (FSDP2) with how to shard instead
         embeds, mask = self.prompt_module(input_ids, attention_mask)
         num_prompt = self.num_prompt_rows

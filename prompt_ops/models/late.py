@@ -28,11 +28,13 @@ from torch import nn
 from prompt_ops.methods.lpt import LPT
 from prompt_ops.models.configs import LPTConfig, check_config
 from prompt_ops.models.inputs import (
+    check_generate_inputs,
     check_generate_kwargs,
     check_ids,
     check_labels,
     check_position_ids,
     check_token_type_ids,
+    label_level,
 )
 from prompt_ops.models.stacks import LayerStack, bind, find_stack
 from prompt_ops.models.tuned import TunedModel, model_embedding
@@ -216,7 +218,7 @@ class LatePromptTunedModel(TunedModel):
         if not self.is_encoder_decoder and kwargs.get("labels") is not None:
             ids = kwargs.get("input_ids", args[0] if args else None)
             if ids is not None:
-                check_labels(kwargs["labels"], tuple(check_ids(ids).shape))
+                check_labels(kwargs["labels"], tuple(check_ids(ids).shape), label_level(self.base_model))
         with self._restoring():
             return self.base_model(*args, **kwargs)
 
@@ -229,6 +231,9 @@ class LatePromptTunedModel(TunedModel):
             warnings.warn("generate() in training mode: LPT's dropout acts on the prompt; call .eval()", stacklevel=2)
         self._check_no_cache(kwargs)
         check_generate_kwargs(kwargs)
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None:
+            check_generate_inputs(ids, kwargs.get("attention_mask"))
         with self._restoring():
             return self.base_model.generate(*args, **kwargs)
 
