@@ -4,7 +4,12 @@ Every ``tl.load``/``tl.store``/atomic goes through the interpreter builder's ``c
 ``create_masked_store``, ``create_atomic_rmw`` and ``create_atomic_cas``. Wrapping them gives, per launch:
 
 - ``requested`` bytes: active lanes x element size (a value re-read by several programs counts each time);
-- ``unique`` bytes: distinct addresses x element size, about the HBM traffic when re-reads hit in L2;
+- ``unique`` bytes: distinct elements touched x element size, about the HBM traffic when re-reads hit in L2. An
+  element is a (tensor storage, offset) pair, not a raw address: every storage a launch receives stays referenced
+  until the counting ends, and each access is attributed to its storage when it happens. Counting raw addresses made
+  the figure depend on the allocator: a buffer freed between two launches (EPT's intermediates) and a later output
+  placed over it were merged or, when the ranges overlapped partly, counted twice, so one shape gave different
+  counts from one process to the next;
 - a bounds check: every active address must lie inside the storage of one of the kernel's tensor arguments. The
   interpreter itself reads garbage or corrupts memory silently on an unmasked out-of-bounds access.
 
@@ -51,27 +56,24 @@ class KernelTraffic:
 _BITMAP_LIMIT = 1 << 27  # elements; larger storages (lazily allocated giant tables) fall back to np.unique
 
 
-def _count_distinct(addresses: np.ndarray, size: int, storages: set[tuple[int, int]]) -> int:
-    """Distinct addresses, counted storage by storage with a bitmap (sorting tens of millions is slow)."""
-    distinct, counted = 0, 0
-    for low, high in storages:
-        inside = addresses[(addresses >= low) & (addresses < high)]
-        if not inside.size:
-            continue
-        counted += inside.size
-        span = (high - low) // size + 1
-        if span > _BITMAP_LIMIT:
-            distinct += np.unique(inside).size
-            continue
-        seen = np.zeros(span, dtype=bool)
-        seen[(inside - np.uint64(low)) // np.uint64(size)] = True
-        distinct += int(seen.sum())
-    if counted != addresses.size:  # addresses outside every storage (bounds checking off): count them as they are
-        outside = np.ones(addresses.shape, dtype=bool)
-        for low, high in storages:
-            outside &= (addresses < low) | (addresses >= high)
-        distinct += np.unique(addresses[outside]).size
-    return distinct
+def _count_distinct(offsets: np.ndarray, span: int) -> int:
+    """Distinct values among ``offsets`` in ``[0, span)``, with a bitmap (sorting tens of millions is slow)."""
+    if span > _BITMAP_LIMIT:
+        return int(np.unique(offsets).size)
+    seen = np.zeros(span, dtype=bool)
+    seen[offsets] = True
+    return int(seen.sum())
+
+
+@dataclasses.dataclass(frozen=True)
+class _Storage:
+    """One tensor storage a launch received: its identity while counting, its address range, and a reference that
+    keeps it alive (so that no later allocation can take its addresses while the counting lasts)."""
+
+    key: int
+    low: int
+    high: int
+    storage: torch.UntypedStorage
 
 
 @contextlib.contextmanager
@@ -90,21 +92,25 @@ def kernel_traffic(check_bounds: bool = True):
     original = {name: getattr(builder, name) for name in _HOOKED}
     original_init, original_restore = executor._init_args_hst, executor._restore_args_dev
     stats = KernelTraffic()
-    addresses: dict[tuple[str, int], list[np.ndarray]] = collections.defaultdict(list)
-    ranges: list[tuple[int, int]] = []  # the current launch's tensor storages
-    all_ranges: set[tuple[int, int]] = set()
+    # (kind, element size, storage key or None for an address outside every storage) -> offsets (or addresses)
+    touched: dict[tuple[str, int, int | None], list[np.ndarray]] = collections.defaultdict(list)
+    storages: dict[int, _Storage] = {}  # every storage seen while counting, by key: kept alive until the end
+    current: list[_Storage] = []  # the current launch's storages, in argument order
 
     def init_args(self, args, kwargs):
         with _disable_current_modes():  # the interpreter's host copies are not kernel traffic
             host_args, host_kwargs = original_init(self, args, kwargs)
         stats.launches += 1
-        ranges.clear()
+        current.clear()
         for arg in [*host_args, *host_kwargs.values()]:
             arg = getattr(arg, "base", arg)  # a TensorDescriptor's tensor
             if isinstance(arg, torch.Tensor):
                 storage = arg.untyped_storage()
-                ranges.append((storage.data_ptr(), storage.data_ptr() + storage.nbytes()))
-        all_ranges.update(ranges)
+                key = storage._cdata  # the storage's identity; unique while it is referenced here
+                if key not in storages:
+                    low = storage.data_ptr()
+                    storages[key] = _Storage(key, low, low + storage.nbytes(), storage)
+                current.append(storages[key])
         return host_args, host_kwargs
 
     def account(kind, ptrs, mask):
@@ -115,13 +121,16 @@ def kernel_traffic(check_bounds: bool = True):
         else:
             active = flat.ravel()
         setattr(stats, f"{kind}_bytes", getattr(stats, f"{kind}_bytes") + active.size * size)
-        addresses[(kind, size)].append(active.copy())
-        if check_bounds and active.size and ranges:
-            inside = np.zeros(active.shape, dtype=bool)
-            for low, high in ranges:
-                inside |= (active >= low) & (active + size <= high)
-            if not inside.all():
-                raise OutOfBoundsError(f"out-of-bounds {kind}: {(~inside).sum()} of {active.size} active lanes")
+        unclaimed = np.ones(active.shape, dtype=bool)
+        for storage in current:  # an address two arguments share belongs to the first of them
+            inside = unclaimed & (active >= storage.low) & (active + size <= storage.high)
+            if inside.any():
+                touched[(kind, size, storage.key)].append((active[inside] - np.uint64(storage.low)) // np.uint64(size))
+                unclaimed &= ~inside
+        if unclaimed.any():
+            if check_bounds and current:
+                raise OutOfBoundsError(f"out-of-bounds {kind}: {unclaimed.sum()} of {active.size} active lanes")
+            touched[(kind, size, None)].append(active[unclaimed])
 
     def load(ptrs, mask, *args, **kwargs):
         account("load", ptrs, mask)
@@ -148,8 +157,13 @@ def kernel_traffic(check_bounds: bool = True):
     executor._init_args_hst, executor._restore_args_dev = init_args, restore_args
     try:
         yield stats
-        for (kind, size), chunks in addresses.items():
-            distinct = _count_distinct(np.concatenate(chunks), size, all_ranges) if chunks else 0
+        for (kind, size, key), chunks in touched.items():
+            values = np.concatenate(chunks)
+            if key is None:  # outside every storage (bounds checking off): distinct raw addresses
+                distinct = int(np.unique(values).size)
+            else:
+                storage = storages[key]
+                distinct = _count_distinct(values, (storage.high - storage.low) // size + 1)
             setattr(stats, f"{kind}_unique_bytes", getattr(stats, f"{kind}_unique_bytes") + distinct * size)
     finally:
         for name, fn in original.items():
