@@ -162,10 +162,11 @@ def _adept_family() -> Family:
     def fused_backward(x: Inputs, grad: torch.Tensor, _):
         prompt, w_down, b_down, w_up, _ = x.detached()
         config = adept_kernels.GPU_CONFIG
-        splits = adept_kernels.weight_splits(x.input_ids.numel(), w_down.shape[0], config)
-        counting = dataclasses.replace(config, block_n=128, splits=splits)  # same traffic, fewer programs
+        if interpreting():  # counted: the same traffic with fewer programs; on a GPU the shipped tile runs
+            splits = adept_kernels.weight_splits(x.input_ids.numel(), w_down.shape[0], config)
+            config = dataclasses.replace(config, block_n=128, splits=splits)
         return adept_kernels.adept_embed_bwd(
-            grad, x.input_ids, x.weight, w_down, b_down, w_up, prompt.shape[0], 0.0, 0, counting
+            grad, x.input_ids, x.weight, w_down, b_down, w_up, prompt.shape[0], 0.0, 0, config
         )
 
     return Family(
