@@ -29,7 +29,13 @@ def input_embedding(model: nn.Module) -> nn.Embedding:
     table is gathered with the root's parameters before each forward."""
     if not hasattr(model, "get_input_embeddings"):
         raise TypeError(f"model must be a Hugging Face PreTrainedModel, got {type(model).__name__}")
-    embedding = model.get_input_embeddings()
+    try:
+        embedding = model.get_input_embeddings()
+    except NotImplementedError:  # transformers' default for models without a token embedding
+        raise TypeError(
+            f"model ({type(model).__name__}) has no input embedding (get_input_embeddings is not implemented); "
+            "prompt tuning needs a model that reads token ids through an nn.Embedding"
+        ) from None
     if not isinstance(embedding, nn.Embedding):
         raise TypeError(f"the model's input embedding must be an nn.Embedding, got {type(embedding).__name__}")
     if torch.distributed.is_available():

@@ -159,6 +159,17 @@ def test_bad_arguments():
         tuned(inputs_embeds=torch.randn(1, 3, HIDDEN))
 
 
+def test_a_model_without_an_input_embedding_is_refused_by_name():
+    """transformers' default ``get_input_embeddings`` raises NotImplementedError: a TypeError names the model."""
+
+    class NoEmbedding(torch.nn.Module):
+        def get_input_embeddings(self):
+            raise NotImplementedError
+
+    with pytest.raises(TypeError, match=r"model \(NoEmbedding\) has no input embedding"):
+        attach(NoEmbedding(), DePTConfig())
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Refused calls leave the model as it was (regressions of the bad-input campaign)
 # ------------------------------------------------------------------------------------------------------------------
