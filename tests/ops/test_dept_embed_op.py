@@ -26,7 +26,8 @@ def test_torch_backend_matches_reference(dtype, rank):
     assert torch.equal(mask, ref_mask)
     grad = torch.randn(out.shape).to(dtype)
     grads = torch.autograd.grad(out, case.params, grad)
-    assert_grads_close(grads, torch.autograd.grad(ref_out, ref_params, grad.float()), ("prompt", "lora_a", "lora_b"))
+    names = ("prompt", "lora_a", "lora_b")[: len(case.params)]
+    assert_grads_close(grads, torch.autograd.grad(ref_out, ref_params, grad.float()), names)
 
 
 @pytest.mark.parametrize("rank", [0, 3], ids=["prompt", "dept"])
