@@ -17,7 +17,7 @@ STAMP := $(VENV)/.prompt-ops-installed
 INTERPRET ?= $(shell $(PYTHON) -c "import shutil; print(0 if shutil.which('nvidia-smi') else 1)" 2>/dev/null || echo 1)
 export TRITON_DEFAULT_FP_FUSION := 1
 
-.PHONY: test bench lint format clean
+.PHONY: test bench gpu-check lint format clean
 
 $(STAMP): pyproject.toml setup.py Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	TRITON_INTERPRET=$(INTERPRET) $(PY) -m bench.run --update-readme
+
+# The first run on a CUDA machine (bench/gpu_check.py): the kernel and op tests on the GPU, the token-id check's cost,
+# the op bench timed; results in bench/results/gpu/. DRY_RUN=1 lists what it would run, without CUDA.
+gpu-check: $(STAMP)
+	$(PY) -m bench.gpu_check$(if $(DRY_RUN), --dry-run)
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

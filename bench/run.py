@@ -78,13 +78,14 @@ def compile_stats() -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
-def update_readme(markdown: str, readme: Path = README) -> None:
+def update_readme(markdown: str, readme: Path = README, start: str = README_START, end: str = README_END) -> None:
+    """Replace the text between the markers ``start`` and ``end`` in ``readme`` with ``markdown``."""
     text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{readme}: the markers {README_START!r} and {README_END!r} are missing")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    readme.write_text(f"{head}{README_START}\n{markdown}{README_END}{tail}")
+    if start not in text or end not in text:
+        raise ValueError(f"{readme}: the markers {start!r} and {end!r} are missing")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{markdown}{end}{tail}")
 
 
 def op_shapes(quick: bool = False):
