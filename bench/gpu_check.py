@@ -10,6 +10,9 @@
    bandwidth, next to the CPU bench's H100 projection for the same rows (``bench/results/ops.json``). The cases run
    in that order until the budget is spent; the rest are listed as not reached.
 
+Sized to fit 8 minutes on one H100-class GPU with the set-up: 120 s for the tests, about half a minute for the id
+check, 120 s for the bench (a case begun within the budget finishes), the rest for imports and compiles.
+
 Writes ``bench/results/gpu/``: ``gpu_check.json``, ``gpu_check.md``, ``pytest.log``, ``junit.xml``, and rewrites
 README's GPU-check paragraph from the JSON (:mod:`bench.gpu_report`). ``--dry-run`` lists all of it without CUDA;
 without a CUDA device the check stops at once with a message that says so. Exit status: 0 when the tests passed and
@@ -220,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="list what would run; needs no CUDA")
     parser.add_argument("--readme-only", action="store_true", help="rewrite README's paragraph from --out, no runs")
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--test-budget-s", type=int, default=150)
-    parser.add_argument("--bench-budget-s", type=int, default=150)
+    parser.add_argument("--test-budget-s", type=int, default=120)
+    parser.add_argument("--bench-budget-s", type=int, default=120)
     parser.add_argument("--workers", type=int, default=8, help="pytest-xdist workers for the tests")
     args = parser.parse_args(argv)
     out = args.out.resolve()
