@@ -90,9 +90,8 @@ class TunedModel(nn.Module):
 
         from prompt_ops import __version__
 
-        folder = output_folder(directory)
         tensors = {name: param.detach().contiguous().cpu() for name, param in self.adapter_state_dict().items()}
-        embedding = self._embedding()
+        embedding = self._embedding()  # refuses a sharded table before anything is created on disk
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -102,6 +101,7 @@ class TunedModel(nn.Module):
             "vocab_size": embedding.num_embeddings,
         }
         text = json.dumps(meta, indent=2) + "\n"
+        folder = output_folder(directory)
         write_files(
             folder,
             {WEIGHTS_FILE: lambda path: save_file(tensors, str(path)), CONFIG_FILE: lambda path: path.write_text(text)},
