@@ -11,6 +11,7 @@ import torch
 from prompt_ops.models import LatePromptTunedModel, LPTConfig, attach, load_adapter
 from prompt_ops.models.stacks import find_stack
 from prompt_ops.ops import reference
+from tests.helpers import assert_grads_close
 from tests.models.model_state import ModelState
 
 transformers = pytest.importorskip("transformers")
@@ -137,8 +138,7 @@ def test_attached_model_matches_the_loop_and_concat_reference(family, attention,
     grad = torch.randn_like(out)
     params = list(tuned.prompt_module.parameters())
     got_grads, want_grads = torch.autograd.grad(out, params, grad), torch.autograd.grad(expected, params, grad)
-    for got, want in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert_grads_close(got_grads, want_grads, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -154,8 +154,7 @@ def test_triton_backend_matches_torch_backend(family):
         outs.append(out)
         grads.append(torch.autograd.grad(out.square().sum(), list(tuned.prompt_module.parameters())))
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
-    for got, want in zip(*grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert_grads_close(*grads, rtol=1e-4, atol=1e-5)
 
 
 def test_bfloat16_model_gets_the_prompt_in_its_dtype():
