@@ -11,10 +11,14 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
+import atexit  # noqa: E402
 import dataclasses  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis.configuration import set_hypothesis_home_dir  # noqa: E402
 
 INTERPRET = os.environ["TRITON_INTERPRET"] not in ("", "0")
 DEVICE = "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"
@@ -27,6 +31,12 @@ if INTERPRET:
 
 if DEVICE != "cpu":
     torch.set_default_device(DEVICE)
+
+# Hypothesis keeps its example database and the constants it reads from test modules (at collection) under its home
+# directory, ``.hypothesis`` in the working directory by default: tests write nothing into the checkout.
+HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="prompt-ops-hypothesis-")
+atexit.register(shutil.rmtree, HYPOTHESIS_HOME, ignore_errors=True)
+set_hypothesis_home_dir(HYPOTHESIS_HOME)
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.configuration import set_hypothesis_home_dir
 
 import prompt_ops
 from prompt_ops.ops import reference
@@ -35,15 +34,6 @@ SETTINGS = settings(
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _hypothesis_home(tmp_path_factory):
-    """Hypothesis caches what it learns from the source files under its home directory (``.hypothesis`` in the
-    working directory by default): keep it under pytest's temporary directory."""
-    set_hypothesis_home_dir(tmp_path_factory.mktemp("hypothesis"))
-    yield
-    set_hypothesis_home_dir(None)
 
 
 @dataclasses.dataclass
