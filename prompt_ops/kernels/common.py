@@ -14,6 +14,22 @@ REDUCE_BLOCK = 1024
 REDUCE_BLOCK_INTERPRET = 16384
 """The same under the interpreter, where fewer, larger programs are cheaper."""
 
+MAX_GRID = (2**31 - 1, 65535, 65535)
+"""CUDA's limit on the programs along each axis of one launch."""
+
+
+def launch_grid(*dims: int, sizes: str) -> tuple[int, ...]:
+    """``dims`` as a launch grid, or a ``ValueError`` naming ``sizes`` (the arguments that set the grid) when an axis
+    exceeds CUDA's limit (:data:`MAX_GRID`): a clear error instead of a failed launch on the GPU. The interpreter
+    has no such limit but is held to it too (with its own, larger tiles, so it refuses only larger sizes)."""
+    for axis, (count, limit) in enumerate(zip(dims, MAX_GRID, strict=False)):
+        if count > limit:
+            raise ValueError(
+                f"{sizes} is too large for one launch: it needs {count:,} programs along grid axis {axis}, above "
+                f"CUDA's limit of {limit:,}"
+            )
+    return dims
+
 
 @triton.jit
 def load_tile(ptr, rows, row_ok, cols, col_ok, stride_r, stride_c):

@@ -38,6 +38,7 @@ import triton.language as tl
 from prompt_ops.kernels.common import (
     REDUCE_BLOCK,
     interpreting,
+    launch_grid,
     load_tile,
     low_rank_tile,
     pooled_low_rank_tile,
@@ -352,7 +353,7 @@ def dept_embed_fwd(
     config = config or default_config(total, hidden, interpret)
     tiles_t, tiles_d = triton.cdiv(total, config.block_t), triton.cdiv(hidden, config.block_d)
     per_program = _batches_per_program(config, num_batch, tiles_t * tiles_d, interpret)
-    grid = (tiles_t, tiles_d, triton.cdiv(num_batch, per_program))
+    grid = launch_grid(tiles_t, tiles_d, triton.cdiv(num_batch, per_program), sizes=f"weight's width d = {hidden}")
     # Unused pointers get a valid tensor; the constexpr flags keep them untouched.
     dense = prompt.u if factored else prompt
     q, v = (prompt.q, prompt.v) if factored else (dense, dense)
@@ -408,7 +409,7 @@ def dept_embed_bwd(
     grad_b_part = torch.empty((tiles_t, rank, hidden), dtype=torch.float32, device=device)
     a = lora_a if has_offset else grad_prompt
     b = lora_b if has_offset else grad_prompt
-    _dept_embed_bwd_kernel[(tiles_t, tiles_d)](
+    _dept_embed_bwd_kernel[launch_grid(tiles_t, tiles_d, sizes=f"the width d = {hidden}")](
         grad_prompt,
         grad_a_part,
         grad_b_part,

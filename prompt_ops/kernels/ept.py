@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from prompt_ops.kernels.common import load_tile, low_rank_tile, reduce_block
+from prompt_ops.kernels.common import launch_grid, load_tile, low_rank_tile, reduce_block
 from prompt_ops.kernels.dept_embed import _dept_embed_bwd_reduce_kernel
 from prompt_ops.kernels.runtime import interpreting
 
@@ -617,7 +617,7 @@ def ept_prompt_fwd(prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate, scale: 
         probs, prompt, lora_a, lora_b, num_rows, num_keys, hidden, rank, scale / math.sqrt(hidden),
         prompt.stride(0), prompt.stride(1), *low_rank, num_warps=config.num_warps, **block,
     )  # fmt: skip
-    _ept_mix_kernel[(tiles_s, triton.cdiv(hidden, config.block_d))](
+    _ept_mix_kernel[launch_grid(tiles_s, triton.cdiv(hidden, config.block_d), sizes=f"prompt's width d = {hidden}")](
         fused, prompt, probs, lora_a, lora_b, num_rows, num_keys, hidden, rank, scale,
         prompt.stride(0), prompt.stride(1), *low_rank, num_warps=config.num_warps, **block,
     )  # fmt: skip

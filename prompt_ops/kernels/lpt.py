@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from prompt_ops.kernels.common import dropout_tile, load_tile
+from prompt_ops.kernels.common import dropout_tile, launch_grid, load_tile
 from prompt_ops.kernels.runtime import interpreting
 
 
@@ -370,7 +370,9 @@ def lpt_generate_fwd(hidden, starts, ends, w_down, b_down, w_up, b_up, dropout_p
     )  # fmt: skip
     if out.stride(2) != 1 or (slots_per_sample == 1 and out.stride(1) != hidden_size):
         raise ValueError(f"out must have packed rows of width {width}, got strides {out.stride()}")
-    grid = (triton.cdiv(num_slots, blocks["BLOCK_S"]), triton.cdiv(width, blocks["BLOCK_C"]))
+    grid = launch_grid(
+        triton.cdiv(num_slots, blocks["BLOCK_S"]), triton.cdiv(width, blocks["BLOCK_C"]), sizes=f"w_up's width {width}"
+    )
     _lpt_up_kernel[grid](
         out, pre, w_up, b_up, num_slots, slots_per_sample, width, gen_rank, float(dropout_p), int(seed),
         out.stride(0), out.stride(1), w_up.stride(0), w_up.stride(1), HAS_DROPOUT=dropout_p > 0.0,
@@ -387,7 +389,8 @@ def lpt_shift_rows(hidden, attention_mask, out, mask_out, num_tokens: int) -> No
     block_t = 16
     has_mask = attention_mask is not None
     mask = attention_mask if has_mask else mask_out
-    _lpt_shift_kernel[(batch, max(1, triton.cdiv(seq_len, block_t)))](
+    grid = launch_grid(batch, max(1, triton.cdiv(seq_len, block_t)), sizes=f"hidden's length L = {seq_len}")
+    _lpt_shift_kernel[grid](
         out, mask_out, hidden, mask, num_tokens, seq_len, hidden_size, *hidden.stride(), mask.stride(0),
         mask.stride(1), HAS_MASK=has_mask, BLOCK_T=block_t, BLOCK_D=512 if interpreting() else 64,
     )  # fmt: skip
