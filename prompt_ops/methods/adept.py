@@ -64,7 +64,7 @@ class ADePT(SoftPromptModule):
             self.w_up,
             self.b_up,
             attention_mask=attention_mask,
-            dropout_p=self.dropout,
+            dropout_p=check_probability("dropout", self.dropout),  # named as the module calls it
             training=self.training,
             seed=seed,
             backend=self.backend,

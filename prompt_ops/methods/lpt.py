@@ -72,7 +72,7 @@ class LPT(nn.Module):
             "index": index,
             "attention_mask": attention_mask,
             "mode": self.mode,
-            "dropout_p": self.dropout,
+            "dropout_p": check_probability("dropout", self.dropout),  # named as the module calls it
             "training": self.training,
             "seed": seed,
             "backend": self.backend,

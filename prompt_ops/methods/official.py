@@ -49,6 +49,14 @@ def folder_path(name: str, value: object) -> Path:
     return Path(value)
 
 
+def check_finite(source: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Every floating tensor read from ``source`` holds only finite values: a NaN or infinity in an adapter is a
+    corrupted file (its outputs would be NaN), refused with a ``ValueError`` naming the file and the tensor."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{source}: {name} holds NaN or infinity; the adapter file is corrupted")
+
+
 def read_json_config(path: Path) -> dict:
     """An adapter folder's JSON config as a dict, or a ``ValueError`` naming the file and the problem."""
     try:
@@ -108,6 +116,7 @@ def read_official_dept(folder: str | os.PathLike) -> OfficialDePT:
             raise ValueError(f"{weights_path}: {key} has shape {tuple(tensor.shape)} but {CONFIG_FILE} implies {shape}")
         if not tensor.is_floating_point():
             raise ValueError(f"{weights_path}: {key} must be floating point, got {tensor.dtype}")
+    check_finite(weights_path, {key: state[key] for key in expected})
     return OfficialDePT(
         num_tokens=m,
         rank=r,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -14,6 +15,9 @@ WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter_config.json"
 FORMAT = "prompt_ops-adapter"
 FORMAT_VERSION = 1
+UNUSABLE_FOLDER = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST)
+"""The ``errno`` of a write that fails because of the ``directory`` argument (no permission, a read-only file
+system, a file where a folder goes): a ``ValueError`` naming the folder. Other ``OSError`` (a full disk) propagate."""
 
 
 def output_folder(directory: object) -> Path:
@@ -22,7 +26,12 @@ def output_folder(directory: object) -> Path:
     folder = folder_path("directory", directory)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"directory must be a folder, but {folder} is a file")
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        if err.errno not in UNUSABLE_FOLDER:
+            raise
+        raise ValueError(f"directory {folder} cannot be created ({err})") from None
     return folder
 
 
@@ -39,6 +48,10 @@ def write_files(folder: Path, writers: dict[str, Callable[[Path], None]]) -> Non
             write(temporary[name])
         for name, path in temporary.items():
             os.replace(path, folder / name)
+    except OSError as err:
+        if err.errno not in UNUSABLE_FOLDER:  # a full disk, an I/O error: the machine's problem, not the argument's
+            raise
+        raise ValueError(f"directory {folder} cannot be written ({err}); what it held is unchanged") from None
     finally:
         for path in temporary.values():
             path.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from torch import nn
 
 from prompt_ops.methods.base import check_backend
 from prompt_ops.methods.official import WEIGHTS_FILE as OFFICIAL_WEIGHTS_FILE
-from prompt_ops.methods.official import folder_path, read_json_config, read_official_dept
+from prompt_ops.methods.official import check_finite, folder_path, read_json_config, read_official_dept
 from prompt_ops.models.adapter_files import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE
 from prompt_ops.models.attach import attach
 from prompt_ops.models.configs import DePTConfig, LPTConfig, MethodConfig, config_from_dict
@@ -26,6 +26,9 @@ from prompt_ops.models.late import lpt_stack
 from prompt_ops.models.tuned import TunedModel, model_embedding
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "load_adapter", "save_adapter"]
+
+MODEL_SIZES = {"hidden_size": "hidden size", "vocab_size": "vocabulary size"}
+"""The base model's sizes an adapter's config records (``key -> what it is``), checked against the model's."""
 
 
 def save_adapter(tuned: TunedModel, directory: str | os.PathLike) -> Path:
@@ -39,7 +42,7 @@ def save_adapter(tuned: TunedModel, directory: str | os.PathLike) -> Path:
     return tuned.save_adapter(directory)
 
 
-def _read_ours(folder: Path, data: dict) -> tuple[MethodConfig, dict[str, torch.Tensor], object]:
+def _read_ours(folder: Path, data: dict) -> tuple[MethodConfig, dict[str, torch.Tensor], dict[str, object]]:
     config_path = folder / CONFIG_FILE
     if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
         raise ValueError(
@@ -58,15 +61,28 @@ def _read_ours(folder: Path, data: dict) -> tuple[MethodConfig, dict[str, torch.
         raise ValueError(f"{weights_path}: not found; an adapter folder holds {WEIGHTS_FILE}") from None
     except Exception as err:  # truncated or corrupted files: safetensors raises its own error types
         raise ValueError(f"{weights_path}: cannot be read as safetensors ({err})") from None
-    return config, tensors, data.get("hidden_size")
+    return config, tensors, {key: data[key] for key in MODEL_SIZES if key in data}
 
 
-def _read_official(folder: Path) -> tuple[MethodConfig, dict[str, torch.Tensor], int]:
+def _read_official(folder: Path) -> tuple[MethodConfig, dict[str, torch.Tensor], dict[str, object]]:
     adapter = read_official_dept(folder)
     config = DePTConfig(
         num_tokens=adapter.num_tokens, rank=adapter.rank, max_length=adapter.max_length, lora_alpha=adapter.lora_alpha
     )
-    return config, {"prompt": adapter.prompt, "lora_a": adapter.lora_a, "lora_b": adapter.lora_b}, adapter.token_dim
+    tensors = {"prompt": adapter.prompt, "lora_a": adapter.lora_a, "lora_b": adapter.lora_b}
+    return config, tensors, {"hidden_size": adapter.token_dim}
+
+
+def _check_model_sizes(config_path: Path, sizes: dict[str, object], embedding: nn.Embedding) -> None:
+    """The base model the adapter was saved from (its width and vocabulary, where the file records them) is the
+    model's: an adapter of another model is a ``ValueError`` naming the file."""
+    actual = {"hidden_size": embedding.embedding_dim, "vocab_size": embedding.num_embeddings}
+    for key, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value != actual[key]:
+            raise ValueError(
+                f"{config_path}: the adapter was saved from a model with {MODEL_SIZES[key]} {value!r}, but the "
+                f"model's input embedding has {actual[key]}: it belongs to another base model"
+            )
 
 
 def _resolve(config: MethodConfig, model: nn.Module, embedding: nn.Embedding, config_path: Path):
@@ -96,6 +112,7 @@ def _check_tensors(source: Path, expected: dict[str, torch.Tensor], tensors: dic
             )
         if tensor.dtype != param.dtype:
             raise ValueError(f"{source}: {name} has dtype {tensor.dtype}, expected {param.dtype}")
+    check_finite(source, tensors)
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike, backend: str | None = None) -> TunedModel:
@@ -107,13 +124,9 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, backend: str | 
     config_path = folder / CONFIG_FILE
     data = read_json_config(config_path)
     official = data.get("peft_type") == "PROMPT_TUNING_LORA"
-    config, tensors, hidden = _read_official(folder) if official else _read_ours(folder, data)
+    config, tensors, sizes = _read_official(folder) if official else _read_ours(folder, data)
     source = folder / (OFFICIAL_WEIGHTS_FILE if official else WEIGHTS_FILE)
-    if hidden is not None and hidden != embedding.embedding_dim:
-        raise ValueError(
-            f"{config_path}: the adapter was trained for hidden size {hidden!r}, the model's input embedding "
-            f"has {embedding.embedding_dim}"
-        )
+    _check_model_sizes(config_path, sizes, embedding)
     config, expected = _resolve(config, model, embedding, config_path)
     _check_tensors(source, expected, tensors)
     tuned = attach(model, config, backend=backend)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from prompt_ops.methods.base import PromptModule
-from prompt_ops.methods.official import folder_path
+from prompt_ops.methods.official import check_finite, folder_path
 from prompt_ops.models.adapter_files import output_folder, write_files
 from prompt_ops.models.configs import ADePTConfig, DePTConfig, check_config
 
@@ -105,6 +105,7 @@ def load_bridge(peft_model: nn.Module, directory: str | os.PathLike) -> None:
                 f"{path}: {name} is {tuple(tensors[name].shape)} {tensors[name].dtype}, "
                 f"expected {tuple(param.shape)} {param.dtype}"
             )
+    check_finite(path, tensors)
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(tensors[name])

@@ -316,3 +316,25 @@ def test_from_official_integer_fields_must_be_integers(tmp_path, field, value, p
     (folder / "adapter_config.json").write_text(json.dumps({**config, field: value}))
     with pytest.raises(ValueError, match=r"adapter_config.json: " + pattern):
         prompt_ops.DePT.from_official(folder, nn.Embedding(100, 768))
+
+
+def test_from_official_refuses_non_finite_tensors(tmp_path):
+    folder = tmp_path / "nan"
+    shutil.copytree(FIXTURE, folder)
+    state = torch.load(FIXTURE / "adapter_model.bin", map_location="cpu", weights_only=True)
+    state["prompt_embeddings"][0, 0] = float("nan")
+    torch.save(state, folder / "adapter_model.bin")
+    with pytest.raises(ValueError, match=r"adapter_model.bin: prompt_embeddings holds NaN or infinity"):
+        prompt_ops.DePT.from_official(folder, nn.Embedding(10, 768))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_a_dropout_set_out_of_range_after_construction_is_named_as_the_module_calls_it(backend):
+    """Not the functional entries' ``dropout_p``, which the user of a module never wrote."""
+    adept = prompt_ops.ADePT(nn.Embedding(10, 8), num_tokens=2, rank=2, backend=backend).train()
+    lpt = prompt_ops.LPT(8, num_tokens=2, hidden_size=3, backend=backend).train()
+    adept.dropout = lpt.dropout = 1.5
+    with pytest.raises(ValueError, match=r"^dropout must be a float in \[0, 1\), got 1.5"):
+        adept(torch.zeros(1, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"^dropout must be a float in \[0, 1\), got 1.5"):
+        lpt(torch.randn(1, 3, 8))

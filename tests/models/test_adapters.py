@@ -108,7 +108,48 @@ def test_refuses_a_model_of_another_width(tmp_path):
     meta = json.loads((folder / CONFIG_FILE).read_text())
     meta["hidden_size"] = 32
     (folder / CONFIG_FILE).write_text(json.dumps(meta))
-    _expect_refusal(folder, r"trained for hidden size 32, the model's input embedding has 16")
+    _expect_refusal(folder, r"saved from a model with hidden size 32, but the model's input embedding has 16")
+
+
+@pytest.mark.parametrize("key, value", [("vocab_size", 2 * VOCAB), ("vocab_size", "64"), ("hidden_size", "16")])
+def test_refuses_a_model_of_another_vocabulary_or_a_size_of_another_type(tmp_path, key, value):
+    folder = _saved(tmp_path)
+    meta = json.loads((folder / CONFIG_FILE).read_text())
+    meta[key] = value
+    (folder / CONFIG_FILE).write_text(json.dumps(meta))
+    _expect_refusal(folder, rf"adapter_config.json: the adapter was saved from a model with .* {value!r}, but")
+
+
+def test_refuses_non_finite_tensors(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _saved(tmp_path)
+    tensors = load_file(str(folder / WEIGHTS_FILE))
+    save_file({**tensors, "lora_b": torch.full_like(tensors["lora_b"], float("inf"))}, str(folder / WEIGHTS_FILE))
+    _expect_refusal(folder, r"adapter.safetensors: lora_b holds NaN or infinity")
+
+
+def test_save_into_a_folder_that_cannot_be_created_names_it(tmp_path):
+    tuned = attach(tiny("gpt2"), DePTConfig(num_tokens=2, rank=2, max_length=8))
+    (tmp_path / "a_file").write_text("kept")
+    with pytest.raises(ValueError, match=r"directory .*a_file/sub cannot be created"):
+        tuned.save_adapter(tmp_path / "a_file" / "sub")
+    assert (tmp_path / "a_file").read_text() == "kept"
+
+
+def test_save_into_a_folder_without_write_permission_names_it(tmp_path, monkeypatch):
+    """A read-only folder (simulated: the tests may run as root, who writes anywhere) is the argument's fault."""
+    import tempfile
+
+    tuned = attach(tiny("gpt2"), DePTConfig(num_tokens=2, rank=2, max_length=8))
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(ValueError, match=r"directory .* cannot be written .*Permission denied"):
+        tuned.save_adapter(tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_official_dept_adapter_loads_through_the_same_entry(tmp_path):
@@ -144,6 +185,9 @@ def _gpt2(vocab: int):
 
 def test_init_token_ids_outside_the_new_vocabulary_name_the_file(tmp_path):
     folder = _saved(tmp_path, DePTConfig(num_tokens=2, rank=2, max_length=12, init_token_ids=[60]))
+    meta = json.loads((folder / CONFIG_FILE).read_text())
+    del meta["vocab_size"]  # a file that does not record the vocabulary (otherwise refused by it first)
+    (folder / CONFIG_FILE).write_text(json.dumps(meta))
     model = _gpt2(vocab=32)  # same width, smaller vocabulary
     before = ModelState.of(model)
     with pytest.raises(ValueError, match=r"adapter_config.json: bad field in 'config': init_token_ids must be in"):
