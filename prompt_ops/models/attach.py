@@ -24,11 +24,12 @@ from prompt_ops.methods.base import PromptModule
 from prompt_ops.models.configs import CONFIGS, LPTConfig, MethodConfig, check_config
 from prompt_ops.models.inputs import (
     check_generate_kwargs,
+    check_generated_length,
     check_ids,
-    check_labels,
+    check_length,
+    check_model_labels,
     check_position_ids,
     check_token_type_ids,
-    label_level,
 )
 from prompt_ops.models.tuned import TunedModel, model_embedding
 
@@ -85,6 +86,7 @@ class PromptTunedModel(TunedModel):
         inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ):
+        self._check_loaded()
         if inputs_embeds is not None or input_ids is None:
             raise ValueError(
                 "PromptTunedModel needs input_ids (the methods' offsets are computed from the token ids); "
@@ -93,10 +95,13 @@ class PromptTunedModel(TunedModel):
         shape = tuple(check_ids(input_ids).shape)
         check_token_type_ids(token_type_ids, shape)
         check_position_ids(position_ids, shape)
-        token_labels = False if self.is_encoder_decoder else check_labels(labels, shape, label_level(self.base_model))
+        token_labels = check_model_labels(labels, shape, self.base_model)
+        num_prompt = self.num_prompt_rows
+        check_length(
+            self.base_model, num_prompt + shape[1], f"the {num_prompt} prompt rows and input_ids' {shape[1]} tokens"
+        )
         self._embedding()  # refuses a sharded table (FSDP2) with how to shard instead
         embeds, mask = self.prompt_module(input_ids, attention_mask)
-        num_prompt = self.num_prompt_rows
         batch = shape[0]
         if self.is_encoder_decoder:
             return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
@@ -123,10 +128,16 @@ class PromptTunedModel(TunedModel):
         the prompt goes to the encoder; returns what the base ``generate`` returns (the decoder's tokens). The input
         embedding swapped in for decoding is put back however ``generate`` ends.
         """
+        self._check_loaded()
         if "inputs_embeds" in kwargs:
             raise ValueError("PromptTunedModel.generate builds inputs_embeds from input_ids; do not pass inputs_embeds")
-        check_ids(input_ids)
+        seq_len = check_ids(input_ids).shape[1]
         check_generate_kwargs(kwargs)
+        rows = self.num_prompt_rows
+        if self.is_encoder_decoder:
+            check_length(self.base_model, rows + seq_len, f"the {rows} prompt rows and input_ids' {seq_len} tokens")
+        else:
+            check_generated_length(self.base_model, rows, seq_len, kwargs)
         if self.training:
             warnings.warn("generate() in training mode: ADePT's dropout acts at prefill; call .eval()", stacklevel=2)
         embeds, mask = self.prompt_module(input_ids, attention_mask)

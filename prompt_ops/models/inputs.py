@@ -3,9 +3,16 @@ argument and the expected shape, instead of deep inside the base model (or, wors
 
 from __future__ import annotations
 
-import torch
+import numbers
 
-GENERATE_INT_ARGUMENTS = ("max_new_tokens", "min_new_tokens", "max_length", "min_length", "num_beams")
+import torch
+from torch import nn
+
+GENERATE_INT_ARGUMENTS = {"max_new_tokens": 1, "min_new_tokens": 0, "max_length": 1, "min_length": 0, "num_beams": 1}
+"""The integer arguments of ``generate`` we check, with their least value (transformers fails on some, e.g.
+``num_beams=0`` divides by zero)."""
+POSITION_TABLES = ("wpe", "position_embeddings")
+"""Names of learned absolute position tables (GPT-2; BERT, RoBERTa, DistilBERT): they bound a sequence's length."""
 TOKEN_LEVEL_HEADS = ("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForTokenClassification")
 SEQUENCE_LEVEL_HEADS = ("ForSequenceClassification",)
 
@@ -20,7 +27,38 @@ def check_ids(input_ids: object) -> torch.Tensor:
             f"input_ids must be an integer tensor of shape (B, L) with B, L >= 1, got {input_ids.dtype} of shape "
             f"{tuple(input_ids.shape)}"
         )
+    if input_ids.is_meta:
+        raise ValueError("input_ids are on the meta device, which holds no data: pass real token ids")
     return input_ids
+
+
+def position_limit(model: nn.Module) -> tuple[str, int] | None:
+    """``(name, count)`` of the learned absolute position table of ``model`` and the positions it numbers (RoBERTa's
+    start after its padding index), or None for models without one (rotary, relative positions)."""
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in POSITION_TABLES and isinstance(module, nn.Embedding):
+            first = module.padding_idx + 1 if module.padding_idx is not None else 0
+            return name, module.num_embeddings - first
+    return None
+
+
+def check_length(model: nn.Module, length: int, what: str) -> None:
+    """A sequence of ``length`` positions (``what`` says how it adds up, naming the arguments) fits the model's
+    position table, which would otherwise fail with an ``IndexError`` inside torch."""
+    limit = position_limit(model)
+    if limit is not None and length > limit[1]:
+        raise ValueError(
+            f"{what} make {length} positions, but the model's position embeddings ({limit[0]}) number {limit[1]}: "
+            "shorten the input, the generation or the prompt"
+        )
+
+
+def check_generated_length(model: nn.Module, rows: int, seq_len: int, kwargs: dict) -> None:
+    """A decoder-only ``generate`` numbers ``rows`` prompt rows, the ``seq_len`` input tokens and all but the last of
+    ``max_new_tokens`` (when given; otherwise the length is transformers' to check)."""
+    new = kwargs.get("max_new_tokens") or 1
+    what = f"{rows} prompt rows, input_ids' {seq_len} tokens and max_new_tokens = {new} (all but the last read back)"
+    check_length(model, rows + seq_len + new - 1, what)
 
 
 def _integer_tensor(name: str, value: object, expected: str) -> torch.Tensor:
@@ -54,8 +92,11 @@ def check_position_ids(position_ids: object, shape: tuple[int, int]) -> None:
 
 
 def label_level(model: object) -> str | None:
-    """``"token"`` for heads whose labels follow the input (causal and masked LM, token classification),
-    ``"sequence"`` for sequence classification, None when the class name says neither."""
+    """``"decoder"`` for encoder-decoder models (labels are the decoder's targets), ``"token"`` for heads whose
+    labels follow the input (causal and masked LM, token classification), ``"sequence"`` for sequence
+    classification, None when the class name says neither."""
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        return "decoder"
     name = type(model).__name__
     if name.endswith(TOKEN_LEVEL_HEADS):
         return "token"
@@ -64,29 +105,45 @@ def label_level(model: object) -> str | None:
     return None
 
 
-def check_labels(labels: object, shape: tuple[int, int], level: str | None) -> bool:
-    """Labels for an input of ``shape (B, L)`` and a head of ``level`` (:func:`label_level`): token-level labels are
-    integers of the input's shape; sequence-level ones are ``(B,)`` or, floating, ``(B, num_labels)``
-    (multi-label); an unknown head takes either. Returns whether they are token-level."""
+def check_labels(labels: object, shape: tuple[int, int], level: str | None, num_labels: int | None = None) -> bool:
+    """Labels for an input of ``shape (B, L)`` and a head of ``level`` (:func:`label_level`): decoder targets are
+    integers ``(B, T)``; token-level labels are integers of the input's shape; sequence-level ones are ``(B,)`` or,
+    floating, ``(B, num_labels)`` (multi-label; ``num_labels`` the head's, where known); an unknown head takes
+    either. Returns whether they are token-level."""
     if labels is None:
         return False
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     batch, _ = shape
+    if level == "decoder":
+        if labels.dim() != 2 or labels.shape[0] != batch or labels.shape[1] < 1 or labels.is_floating_point():
+            raise ValueError(
+                f"labels must be the decoder's integer targets of shape ({batch}, T) with T >= 1; got {labels.dtype} "
+                f"of shape {tuple(labels.shape)}"
+            )
+        return False
     token_shaped = not labels.is_floating_point() and tuple(labels.shape) == tuple(shape)
-    sequence_shaped = (
-        labels.dim() >= 1 and labels.shape[0] == batch and (labels.dim() == 1 or labels.is_floating_point())
+    multi_label = (
+        labels.dim() == 2 and labels.is_floating_point() and labels.shape[1] == (num_labels or labels.shape[1])
     )
+    sequence_shaped = labels.dim() >= 1 and labels.shape[0] == batch and (labels.dim() == 1 or multi_label)
     token_level = token_shaped if level != "sequence" else False
     if token_level or (level != "token" and sequence_shaped):
         return token_level
+    known = f" = ({batch}, {num_labels})" if num_labels else ""
     expected = {
         "token": f"{tuple(shape)}, the shape of input_ids, with integer labels (the model's head is token-level)",
-        "sequence": f"({batch},) or, floating, ({batch}, num_labels) (the model's head is sequence-level)",
+        "sequence": f"({batch},) or, floating, ({batch}, num_labels){known} (the model's head is sequence-level)",
         None: f"({batch},) (sequence-level), {tuple(shape)} (token-level, the shape of input_ids) or, floating, "
         f"({batch}, num_labels) (multi-label)",
     }[level]
     raise ValueError(f"labels must have shape {expected}; got {labels.dtype} of shape {tuple(labels.shape)}")
+
+
+def check_model_labels(labels: object, shape: tuple[int, int], model: nn.Module) -> bool:
+    """:func:`check_labels` for ``model``'s head (its level and, for sequence classification, its ``num_labels``)."""
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    return check_labels(labels, shape, label_level(model), num_labels if isinstance(num_labels, int) else None)
 
 
 def check_generate_inputs(input_ids: object, attention_mask: object) -> None:
@@ -100,8 +157,14 @@ def check_generate_inputs(input_ids: object, attention_mask: object) -> None:
 
 
 def check_generate_kwargs(kwargs: dict) -> None:
-    """The length arguments of ``generate`` are ints (or None); transformers checks their values."""
-    for name in GENERATE_INT_ARGUMENTS:
+    """The length and beam arguments of ``generate`` are ints (or None) of at least their least value, and
+    ``top_p`` is in ``(0, 1]``; transformers checks the rest."""
+    for name, least in GENERATE_INT_ARGUMENTS.items():
         value = kwargs.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
+            raise TypeError(f"{name} must be an int >= {least} or None, got {type(value).__name__}")
+        if value is not None and value < least:
+            raise ValueError(f"{name} must be an int >= {least} or None, got {value}")
+    top_p = kwargs.get("top_p")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be a number in (0, 1] or None, got {top_p!r}")

@@ -30,16 +30,17 @@ from prompt_ops.models.configs import LPTConfig, check_config
 from prompt_ops.models.inputs import (
     check_generate_inputs,
     check_generate_kwargs,
+    check_generated_length,
     check_ids,
-    check_labels,
+    check_length,
+    check_model_labels,
     check_position_ids,
     check_token_type_ids,
-    label_level,
 )
 from prompt_ops.models.stacks import LayerStack, bind, find_stack
 from prompt_ops.models.tuned import TunedModel, model_embedding
 from prompt_ops.ops.backend import resolve_check_ids
-from prompt_ops.ops.validation import check_ids_in_range
+from prompt_ops.ops.validation import check_ids_in_range, check_same_device
 
 
 @dataclasses.dataclass
@@ -135,6 +136,8 @@ class LatePromptTunedModel(TunedModel):
         elif not isinstance(mask, torch.Tensor) or mask.dim() != 2 or tuple(mask.shape) != shape:
             got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
             raise ValueError(f"LPT needs a 2-D attention_mask of shape {shape}, got {got}")
+        inputs = {"input_ids": tokens} if tokens is not None else {"inputs_embeds": embeds}
+        check_same_device(**inputs, attention_mask=mask, **{"the model's input embedding": self._embedding().weight})
         check_token_type_ids(bound.get("token_type_ids"), shape)
         positions = bound.get("position_ids")
         check_position_ids(positions, shape)
@@ -185,7 +188,7 @@ class LatePromptTunedModel(TunedModel):
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        return self.base_model
+        return super().unload()
 
     # ------------------------------------------------------------------------------------------------------------
     # Calls
@@ -214,11 +217,13 @@ class LatePromptTunedModel(TunedModel):
 
     def forward(self, *args, **kwargs):
         """The base model's forward, with LPT inside its stack. Outputs have the input's length."""
+        self._check_loaded()
         self._check_no_cache(kwargs)
-        if not self.is_encoder_decoder and kwargs.get("labels") is not None:
-            ids = kwargs.get("input_ids", args[0] if args else None)
-            if ids is not None:
-                check_labels(kwargs["labels"], tuple(check_ids(ids).shape), label_level(self.base_model))
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None:
+            shape = tuple(check_ids(ids).shape)
+            check_length(self.base_model, shape[1], f"input_ids' {shape[1]} tokens")
+            check_model_labels(kwargs.get("labels"), shape, self.base_model)
         with self._restoring():
             return self.base_model(*args, **kwargs)
 
@@ -227,13 +232,18 @@ class LatePromptTunedModel(TunedModel):
         """The base model's ``generate``. Decoder-only models: without a KV cache (``use_cache=False``; each step
         recomputes the whole sequence, because each new token changes the prompt), so the tokens equal a greedy
         loop of full forward passes. T5: the prompt acts in the encoder, which runs once; the decoder caches."""
+        self._check_loaded()
         if self.training:
             warnings.warn("generate() in training mode: LPT's dropout acts on the prompt; call .eval()", stacklevel=2)
         self._check_no_cache(kwargs)
         check_generate_kwargs(kwargs)
         ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None and not self.is_encoder_decoder:
+            raise ValueError("LatePromptTunedModel.generate needs input_ids (LPT regenerates the prompt from them)")
         if ids is not None:
             check_generate_inputs(ids, kwargs.get("attention_mask"))
+            if not self.is_encoder_decoder:
+                check_generated_length(self.base_model, 0, ids.shape[1], kwargs)
         with self._restoring():
             return self.base_model.generate(*args, **kwargs)
 

@@ -66,8 +66,25 @@ class TunedModel(nn.Module):
     prompt_module: nn.Module
     config: MethodConfig
 
+    _unloaded = False
+
     def _embedding(self) -> nn.Embedding:
         return input_embedding(self.base_model)
+
+    def unload(self) -> nn.Module:
+        """Return the base model (still frozen) without the method; this wrapper then refuses to run. Calling it
+        again returns the same model."""
+        self._unloaded = True
+        return self.base_model
+
+    def _check_loaded(self) -> None:
+        """A ``ValueError`` once :meth:`unload` has run: the wrapper would run the bare base model, without the
+        method, and say nothing."""
+        if self._unloaded:
+            raise ValueError(
+                f"this {type(self).__name__} was unloaded (unload() returned its base model): attach the method "
+                "again (prompt_ops.models.attach or load_adapter) to run it"
+            )
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """The method's own parameters (not the frozen embedding): what an adapter file holds."""

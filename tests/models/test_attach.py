@@ -278,9 +278,12 @@ def test_generate_puts_the_input_embedding_back_whatever_fails(where):
 @pytest.mark.parametrize(
     "kwargs, error, pattern",
     [
-        ({"max_new_tokens": "3"}, TypeError, "max_new_tokens must be an int or None, got str"),
-        ({"max_length": 2.5}, TypeError, "max_length must be an int or None, got float"),
-        ({"max_new_tokens": -1}, ValueError, "max_new_tokens"),
+        ({"max_new_tokens": "3"}, TypeError, "max_new_tokens must be an int >= 1 or None, got str"),
+        ({"max_length": 2.5}, TypeError, "max_length must be an int >= 1 or None, got float"),
+        ({"max_new_tokens": -1}, ValueError, "max_new_tokens must be an int >= 1 or None, got -1"),
+        ({"num_beams": 0}, ValueError, "num_beams must be an int >= 1 or None, got 0"),  # transformers divided by 0
+        ({"do_sample": True, "top_p": 2.0}, ValueError, r"top_p must be a number in \(0, 1\]"),
+        ({"max_new_tokens": 2**62}, ValueError, r"max_new_tokens = 4611686018427387904 .* position embeddings"),
         ({"max_new_tokens": 2, "colour": 3}, ValueError, "colour"),
         ({"inputs_embeds": torch.zeros(1, 4, HIDDEN)}, ValueError, "do not pass inputs_embeds"),
     ],
@@ -290,4 +293,47 @@ def test_generate_refuses_bad_arguments_and_restores_the_embedding(kwargs, error
     before = ModelState.of(tuned)
     with pytest.raises(error, match=pattern):
         tuned.generate(torch.randint(1, VOCAB, (1, 4)), pad_token_id=0, **kwargs)
+    before.assert_unchanged(tuned)
+
+
+def test_inputs_longer_than_the_position_table_with_the_prompt_are_refused_by_name():
+    """GPT-2's learned positions number 64: 60 tokens fit the model, not after 5 prompt rows (an IndexError inside
+    torch before)."""
+    tuned = attach(tiny("gpt2"), PromptTuningConfig(num_tokens=5)).eval()
+    before = ModelState.of(tuned)
+    ids = torch.randint(1, VOCAB, (1, 60))
+    with pytest.raises(ValueError, match=r"the 5 prompt rows and input_ids' 60 tokens make 65 positions, .* 64"):
+        tuned(input_ids=ids)
+    with pytest.raises(ValueError, match=r"5 prompt rows, input_ids' 58 tokens and max_new_tokens = 3 .* 65"):
+        tuned.generate(ids[:, :58], max_new_tokens=3, pad_token_id=0)
+    before.assert_unchanged(tuned)
+    assert tuned.generate(ids[:, :58], max_new_tokens=2, pad_token_id=0).shape == (1, 60)  # the last is not read back
+
+
+def test_an_unloaded_wrapper_refuses_to_run_instead_of_running_the_bare_model():
+    model = tiny("gpt2")
+    tuned = attach(model, PromptTuningConfig(num_tokens=2))
+    assert tuned.unload() is model and tuned.unload() is model
+    ids = torch.randint(1, VOCAB, (1, 4))
+    with pytest.raises(ValueError, match="was unloaded"):
+        tuned(input_ids=ids)
+    with pytest.raises(ValueError, match="was unloaded"):
+        tuned.generate(ids, max_new_tokens=1, pad_token_id=0)
+
+
+@pytest.mark.parametrize(
+    "family, labels, pattern",
+    [
+        ("bert", torch.zeros(2, 7), r"\(2,\) or, floating, \(2, num_labels\) = \(2, 3\)"),  # not 7 labels
+        ("t5", "x", "labels must be a torch.Tensor, got str"),
+        ("t5", torch.zeros(3, 2, dtype=torch.long), r"decoder's integer targets of shape \(2, T\)"),
+    ],
+)
+def test_labels_the_head_cannot_take_are_refused_by_name(family, labels, pattern):
+    """Before: transformers' "Expected input batch_size (2) to match target batch_size (14)", T5's AttributeError
+    or a size mismatch inside attention."""
+    tuned = attach(tiny(family), PromptTuningConfig(num_tokens=2))
+    before = ModelState.of(tuned)
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        tuned(input_ids=torch.randint(1, VOCAB, (2, 7)), labels=labels)
     before.assert_unchanged(tuned)

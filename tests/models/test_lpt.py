@@ -407,3 +407,46 @@ def test_a_bad_layer_in_a_saved_adapter_names_the_file(tmp_path):
     before.assert_unchanged(model)
     with pytest.raises(ValueError, match="already has an LPT attached"):  # about the model: not the file's fault
         load_adapter(tuned.base_model, tmp_path)
+
+
+def test_unload_then_forward_or_generate_is_refused():
+    model = tiny("gpt2", head=True)
+    tuned = attach(model, LPTConfig(num_tokens=2, hidden_size=4))
+    tuned.unload()
+    tuned.unload()  # a second call is harmless
+    ids = torch.randint(1, VOCAB, (1, 4))
+    for call in (lambda: tuned(input_ids=ids), lambda: tuned.generate(ids, max_new_tokens=1, pad_token_id=0)):
+        with pytest.raises(ValueError, match="was unloaded"):
+            call()
+    attach(model, LPTConfig(num_tokens=2, hidden_size=4))  # the model takes a new LPT
+
+
+@pytest.mark.parametrize("where", ["input_ids", "attention_mask", "model"])
+def test_meta_tensors_are_refused_by_name(where):
+    """``aminmax`` of meta ids, transformers' mask copy or a meta model failed inside torch before."""
+    model = tiny("gpt2", head=True)
+    if where == "model":
+        model.to("meta")
+    tuned = attach(model, LPTConfig(num_tokens=2, hidden_size=4))
+    before = ModelState.of(tuned)
+    ids, mask = torch.randint(1, VOCAB, (1, 4)), torch.ones(1, 4, dtype=torch.long)
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if where != "model":
+        inputs[where] = inputs[where].to("meta")
+    pattern = (
+        "input_ids are on the meta device"
+        if where == "input_ids"
+        else f"{'attention_mask' if where == 'attention_mask' else 'input embedding'} on meta"
+    )
+    with pytest.raises(ValueError, match=pattern):
+        tuned(**inputs)
+    if where == "model":  # meta values cannot be compared: the grad mode and the hooks are what a pass changes
+        assert torch.is_grad_enabled() == before.grad_enabled and ModelState.of(tuned).hooks == before.hooks
+    else:
+        before.assert_unchanged(tuned)
+
+
+def test_generate_refuses_inputs_embeds_on_a_decoder():
+    tuned = attach(tiny("gpt2", head=True), LPTConfig(num_tokens=2, hidden_size=4))
+    with pytest.raises(ValueError, match="generate needs input_ids"):
+        tuned.generate(inputs_embeds=torch.randn(1, 4, HIDDEN), max_new_tokens=1, pad_token_id=0)
