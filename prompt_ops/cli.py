@@ -86,13 +86,33 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def _check_bench_args(args: argparse.Namespace) -> None:
+    """What argparse cannot check alone: the device exists and ``--out`` can be a file."""
+    import torch
+
+    try:
+        device = torch.device(args.device) if args.device is not None else None
+    except RuntimeError:
+        raise ValueError(f"--device must be cpu, cuda, cuda:N, ...; got {args.device!r}") from None
+    if device is not None and device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    if args.out is not None and (args.out.is_dir() or any(p.exists() and not p.is_dir() for p in args.out.parents)):
+        raise ValueError(f"--out {args.out}: must be a file path whose folders are folders")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; a bad argument or input prints ``prompt-ops <command>: <why>`` and returns 2."""
     args = build_parser().parse_args(argv)
     if args.command == "bench":
         if args.repeat < 2:
             print("prompt-ops bench: --repeat must be >= 2", file=sys.stderr)
             return 2
-        run_bench(args)
+        try:
+            _check_bench_args(args)
+            run_bench(args)
+        except (ValueError, TypeError) as err:
+            print(f"prompt-ops bench: {err}", file=sys.stderr)
+            return 2
     return 0
 
 

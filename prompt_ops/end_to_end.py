@@ -28,6 +28,9 @@ from prompt_ops.models import (
     PromptTuningConfig,
     attach,
 )
+from prompt_ops.models.inputs import check_length
+from prompt_ops.models.tuned import model_embedding
+from prompt_ops.ops.validation import check_int, check_output_sizes
 from prompt_ops.profiling import cpu_time
 from prompt_ops.profiling.memory import saved_activations
 
@@ -72,6 +75,25 @@ def model_kind(model: nn.Module) -> str:
     return "encoder"
 
 
+def _check_fits(model: nn.Module, embedding: nn.Embedding, method: str, kind: str, batch: int, seq_len: int) -> None:
+    """``batch`` and ``seq_len`` fit the model before anything runs: the sequence with the method's prompt rows (and,
+    for a causal LM, the decoded tokens) in its position table, and one ``(batch, rows + seq_len, d)`` activation in
+    memory."""
+    config = METHODS[method]
+    rows = 0 if isinstance(config, LPTConfig) else config.num_tokens // getattr(config, "pool", 1)
+    decoded = DECODE_TOKENS if kind == "causal" else 0
+    check_length(
+        model,
+        rows + seq_len + decoded,
+        f"seq_len = {seq_len}, {method}'s {rows} prompt rows and {decoded} decoded tokens",
+    )
+    shape = (batch, rows + seq_len, embedding.embedding_dim)
+    sources = f"batch = {batch} and seq_len = {seq_len}"
+    check_output_sizes(
+        sources, embedding.weight.device, {"one activation (batch, rows + seq_len, d)": (shape, embedding.weight.dtype)}
+    )
+
+
 def _loss_fn(tuned: nn.Module, kind: str, ids: torch.Tensor, mask: torch.Tensor) -> Callable[[], torch.Tensor]:
     if kind == "seq2seq":
         labels = ids[:, : min(16, ids.shape[1])].contiguous()
@@ -111,21 +133,28 @@ def measure_method(
     """Attach ``METHODS[method]`` to ``model`` (its device and dtype as they are) and measure it on random token
     ids. ``backend=None`` picks Triton on CUDA, the eager torch backend elsewhere. The model is left as it was
     (LPT's hooks are removed; the other methods never modify it)."""
-    if method not in METHODS:
+    embedding = model_embedding(model)
+    if not isinstance(model_name, str):
+        raise TypeError(f"model_name must be a str (the rows' label), got {type(model_name).__name__}")
+    if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    for name, value in (("batch", batch), ("seq_len", seq_len), ("repeat", repeat)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "repeat" else 1):
-            raise ValueError(f"{name} must be an int >= {2 if name == 'repeat' else 1}, got {value!r}")
+    batch, seq_len, repeat = (
+        check_int("batch", batch, 1),
+        check_int("seq_len", seq_len, 1),
+        check_int("repeat", repeat, 2),
+    )
+    kind = model_kind(model)
+    _check_fits(model, embedding, method, kind, batch, seq_len)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     backend = backend or ("triton" if device.type == "cuda" else "torch")
-    kind = model_kind(model)
     generator = torch.Generator().manual_seed(0)
     vocab = model.get_input_embeddings().num_embeddings
     ids = torch.randint(1, vocab, (batch, seq_len), generator=generator).to(device)
     mask = torch.ones(batch, seq_len, dtype=torch.int64, device=device)
 
     was_training = model.training
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
     tuned = attach(model, METHODS[method], backend=backend).train()
     try:
         trainable = [p for p in tuned.parameters() if p.requires_grad]
@@ -156,9 +185,10 @@ def measure_method(
                 prefill = _device_time(lambda: tuned(input_ids=ids, attention_mask=mask), repeat, device)
             decode = _decode_ms_per_token(tuned, kind, ids, mask, device) if kind != "encoder" else None
     finally:
-        if hasattr(tuned, "unload"):
-            tuned.unload()
+        tuned.unload()
         model.train(was_training)
+        for name, p in model.named_parameters():  # attach froze the model
+            p.requires_grad_(flags[name])
     return EndToEndRow(
         model=model_name,
         method=method,

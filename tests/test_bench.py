@@ -3,6 +3,7 @@ regression guard on the fused kernels' launch and byte budgets, the report and p
 
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -117,6 +118,48 @@ def test_end_to_end_rows():
         measure_method(model, "tiny-gpt2", "dept", 0, 16)
 
 
+@pytest.mark.parametrize(
+    "args, error, pattern",
+    [
+        ((None, "x", "dept"), TypeError, "model must be a Hugging Face PreTrainedModel"),
+        ((torch.nn.Linear(2, 2), "x", "dept"), TypeError, "model must be a Hugging Face PreTrainedModel"),
+        (("gpt2", 3, "dept"), TypeError, "model_name must be a str"),
+        (
+            ("gpt2", "x", "dept", 2, 1000),
+            ValueError,
+            r"seq_len = 1000, dept.s 60 prompt rows and 8 decoded tokens make 1068",
+        ),
+        (("gpt2", "x", "prompt_tuning", 2**40, 4), ValueError, r"batch = 1099511627776 and seq_len = 4 ask for"),
+    ],
+)
+def test_measure_method_refuses_bad_input_before_touching_the_model(args, error, pattern):
+    """The model's position table and the memory are checked up front (an IndexError or the allocator's error
+    before), and the model keeps its requires_grad flags."""
+    model = tiny("gpt2")
+    args = (model, *args[1:]) if args[0] == "gpt2" else args
+    flags = [p.requires_grad for p in model.parameters()]
+    with pytest.raises(error, match=pattern):
+        measure_method(*args)
+    assert [p.requires_grad for p in model.parameters()] == flags
+
+
+@pytest.mark.parametrize(
+    "argv, pattern",
+    [
+        (["--device", "tpu"], "--device must be cpu, cuda"),
+        (["--out", "."], "--out .: must be a file path"),
+        (["--model", "folder-without-weights"], "model folder folder-without-weights cannot be loaded"),
+    ],
+)
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys, monkeypatch, argv, pattern):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder-without-weights").mkdir()
+    (tmp_path / "folder-without-weights" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    assert cli_main(["bench", "--methods", "dept", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prompt-ops bench: ") and pattern in err and "Traceback" not in err
+
+
 def test_saved_activations_counts_what_autograd_keeps():
     weight = torch.randn(8, 8, requires_grad=True)
     x = torch.randn(4, 8)
@@ -146,8 +189,12 @@ def test_cli_bench_on_a_local_folder(tmp_path, capsys, monkeypatch):
     assert "tiny-folder: B=2, L=12, float32 on cpu" in printed  # the table's title
     with pytest.raises(SystemExit):
         cli_main(["bench", "--methods", "dept,lora"])
-    with pytest.raises(ValueError, match="preset .* or a folder with a config.json"):
-        cli_main(["bench", "--model", str(tmp_path / "missing"), "--methods", "dept"])
+    assert cli_main(["bench", "--model", str(tmp_path / "missing"), "--methods", "dept"]) == 2
+    assert re.search(
+        r"^prompt-ops bench: model must be a preset .* or a folder with a config.json",
+        capsys.readouterr().err,
+        re.MULTILINE,  # after the usage argparse printed for the call above
+    )
 
 
 def test_report_round_trip(tmp_path):

@@ -17,14 +17,13 @@ import time
 import torch
 from transformers import TrainerCallback
 
+from prompt_ops.ops.validation import check_int
+
 
 class EfficiencyCallback(TrainerCallback):
     def __init__(self, tokens_per_step: int, warmup_steps: int = 2):
-        if isinstance(tokens_per_step, bool) or not isinstance(tokens_per_step, int) or tokens_per_step < 1:
-            raise ValueError(f"tokens_per_step must be an int >= 1, got {tokens_per_step!r}")
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
-        self.tokens_per_step, self.warmup_steps = tokens_per_step, warmup_steps
+        self.tokens_per_step = check_int("tokens_per_step", tokens_per_step, 1)
+        self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
         self.step_seconds: list[float] = []
         self._seen = 0
         self._start = 0.0

@@ -65,6 +65,11 @@ PRESETS = {
 def load_model(name_or_path: str) -> nn.Module:
     """A preset (:data:`PRESETS`) or a local Hugging Face model folder, in eval mode. Folders load as a
     sequence-to-sequence LM, a causal LM or a bare encoder, from their config."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(
+            f"model must be a preset name or a folder (str or os.PathLike), got {type(name_or_path).__name__}"
+        )
+    name_or_path = os.fspath(name_or_path)
     if name_or_path == "minilm":
         return load_minilm()[1]
     if name_or_path in PRESETS:
@@ -76,12 +81,15 @@ def load_model(name_or_path: str) -> nn.Module:
         )
     import transformers
 
-    config = transformers.AutoConfig.from_pretrained(folder)
-    architectures = " ".join(config.architectures or [])
-    if config.is_encoder_decoder:
-        cls = transformers.AutoModelForSeq2SeqLM
-    elif "CausalLM" in architectures or "LMHead" in architectures:
-        cls = transformers.AutoModelForCausalLM
-    else:
-        cls = transformers.AutoModel
-    return cls.from_pretrained(folder).eval()
+    try:  # transformers reports a broken folder (bad JSON, unknown model type, no weights) as OSError/ValueError
+        config = transformers.AutoConfig.from_pretrained(folder)
+        architectures = " ".join(config.architectures or [])
+        if config.is_encoder_decoder:
+            cls = transformers.AutoModelForSeq2SeqLM
+        elif "CausalLM" in architectures or "LMHead" in architectures:
+            cls = transformers.AutoModelForCausalLM
+        else:
+            cls = transformers.AutoModel
+        return cls.from_pretrained(folder).eval()
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"model folder {folder} cannot be loaded as a Hugging Face model: {err}") from None

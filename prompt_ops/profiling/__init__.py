@@ -17,6 +17,8 @@ from prompt_ops.profiling.timer import cpu_time
 
 def kernel_traffic(check_bounds: bool = True):
     """See :func:`prompt_ops.profiling.kernel.kernel_traffic` (imported lazily: it needs triton)."""
+    if not isinstance(check_bounds, bool):
+        raise TypeError(f"check_bounds must be a bool, got {type(check_bounds).__name__}")
     from prompt_ops.profiling.kernel import kernel_traffic as _kernel_traffic
 
     return _kernel_traffic(check_bounds=check_bounds)

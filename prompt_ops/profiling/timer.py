@@ -6,11 +6,14 @@ import statistics
 import time
 from collections.abc import Callable
 
+from prompt_ops.ops.validation import check_int
+
 
 def cpu_time(fn: Callable[[], object], repeat: int = 20, warmup: int = 3) -> dict[str, float]:
     """Median and 20/80 percentiles of ``fn()`` in seconds, after ``warmup`` untimed calls."""
-    if repeat < 2:
-        raise ValueError(f"repeat must be >= 2, got {repeat}")
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable taking no arguments, got {type(fn).__name__}")
+    repeat, warmup = check_int("repeat", repeat, 2), check_int("warmup", warmup, 0)
     for _ in range(warmup):
         fn()
     samples = []

@@ -1,5 +1,6 @@
 """Training the attached model with transformers.Trainer, unchanged (DDP, FSDP2, Accelerate: test_distributed.py)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,6 +39,9 @@ def test_trainer_trains_only_the_adapter(tmp_path):
     assert report["peak_allocated_mb"] is None  # no GPU here
     with pytest.raises(ValueError, match="tokens_per_step must be an int >= 1"):
         EfficiencyCallback(tokens_per_step=0)
+    with pytest.raises(TypeError, match="warmup_steps must be an int >= 0, got float"):
+        EfficiencyCallback(tokens_per_step=8, warmup_steps=1.5)
+    assert EfficiencyCallback(tokens_per_step=np.int64(8)).tokens_per_step == 8  # NumPy integers are ints
     for name, value in tuned.base_model.state_dict().items():
         assert torch.equal(value, base_before[name]), name
     assert all(not torch.equal(v, adapter_before[k]) for k, v in tuned.adapter_state_dict().items())

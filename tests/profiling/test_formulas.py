@@ -5,7 +5,7 @@ int64 ids and masks, B=2, L=3, m=n=4, d=5, r=h=2, max_length=7)."""
 import pytest
 import torch
 
-from prompt_ops.profiling import project_h100
+from prompt_ops.profiling import kernel_traffic, project_h100
 from prompt_ops.profiling import timer as timer_module
 from prompt_ops.profiling.ideal import (
     dept_embed_backward_bytes,
@@ -27,7 +27,7 @@ def test_cpu_time_reports_median_and_inclusive_20_80_percentiles(monkeypatch):
     stats = timer_module.cpu_time(lambda: calls.append(1), repeat=5, warmup=2)
     assert len(calls) == 7  # warm-up calls are made but not timed
     assert stats == pytest.approx({"median": 3.0, "p20": 1.8, "p80": 23.2})  # p80: 4 + 0.2 * (100 - 4)
-    with pytest.raises(ValueError, match="repeat must be >= 2"):
+    with pytest.raises(ValueError, match="repeat must be an int >= 2"):
         timer_module.cpu_time(lambda: None, repeat=1)
 
 
@@ -47,3 +47,22 @@ def test_lpt_byte_floors():
     # backward: prompt-row gradient 160 + rows read (NPG 2, APPG 6) + w_up in; the four gradients out
     assert lpt_insert_backward_bytes(2, 3, 4, 5, 2, "naive") == 160 + 40 + 160 + 288
     assert lpt_insert_backward_bytes(2, 3, 4, 5, 2, "pool") == 160 + 120 + 40 + 108
+
+
+@pytest.mark.parametrize(
+    "call, error, pattern",
+    [
+        (lambda: timer_module.cpu_time(None), TypeError, "fn must be a callable"),
+        (lambda: timer_module.cpu_time(lambda: None, repeat="5"), TypeError, "repeat must be an int >= 2, got str"),
+        (lambda: timer_module.cpu_time(lambda: None, warmup=-1), ValueError, "warmup must be an int >= 0, got -1"),
+        (lambda: project_h100(-1, 0, 0), ValueError, "bytes_moved must be a finite number >= 0, got -1"),
+        (lambda: project_h100(0, "x", 0), TypeError, "flops must be a number >= 0, got str"),
+        (lambda: project_h100(0, 0, float("nan")), ValueError, "launches must be a finite number >= 0, got nan"),
+        (lambda: project_h100(0, 0, 0, device=None), TypeError, "device must be a prompt_ops.profiling"),
+        (lambda: kernel_traffic(check_bounds="no"), TypeError, "check_bounds must be a bool, got str"),
+    ],
+)
+def test_measurement_helpers_refuse_bad_arguments_by_name(call, error, pattern):
+    """Not Python's own "'NoneType' object is not callable" or a projection of negative bytes."""
+    with pytest.raises(error, match=pattern):
+        call()
