@@ -23,6 +23,7 @@ from torch import nn
 from prompt_ops.methods.base import PromptModule
 from prompt_ops.models.configs import CONFIGS, LPTConfig, MethodConfig, check_config
 from prompt_ops.models.inputs import (
+    check_decoder_inputs,
     check_generate_kwargs,
     check_generated_length,
     check_ids,
@@ -100,6 +101,8 @@ class PromptTunedModel(TunedModel):
         check_length(
             self.base_model, num_prompt + shape[1], f"the {num_prompt} prompt rows and input_ids' {shape[1]} tokens"
         )
+        if self.is_encoder_decoder:
+            check_decoder_inputs(self.base_model, labels, kwargs)
         self._embedding()  # refuses a sharded table (FSDP2) with how to shard instead
         embeds, mask = self.prompt_module(input_ids, attention_mask)
         batch = shape[0]

@@ -146,6 +146,17 @@ def check_model_labels(labels: object, shape: tuple[int, int], model: nn.Module)
     return check_labels(labels, shape, label_level(model), num_labels if isinstance(num_labels, int) else None)
 
 
+def check_decoder_inputs(model: nn.Module, labels: object, kwargs: dict) -> None:
+    """An encoder-decoder forward needs the decoder's input: ``decoder_input_ids`` (or ``decoder_inputs_embeds``), or
+    ``labels`` that the model shifts into them. Without either, transformers complains about ``input_ids`` and
+    ``inputs_embeds``, which the caller did give."""
+    if labels is None and kwargs.get("decoder_input_ids") is None and kwargs.get("decoder_inputs_embeds") is None:
+        raise ValueError(
+            f"{type(model).__name__} is an encoder-decoder model: pass decoder_input_ids (or decoder_inputs_embeds) "
+            "or labels to forward, or use generate()"
+        )
+
+
 def check_generate_inputs(input_ids: object, attention_mask: object) -> None:
     """What ``generate`` reads before any hook can: integer ids ``(B, L)`` and a mask of their shape."""
     shape = tuple(check_ids(input_ids).shape)

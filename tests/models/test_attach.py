@@ -147,6 +147,14 @@ def test_t5_prompt_goes_on_the_encoder_only():
     assert out.logits.shape == (2, 5, VOCAB)
     torch.testing.assert_close(out.logits, expected.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.loss, expected.loss, rtol=1e-5, atol=1e-5)
+    decoder_ids = torch.randint(1, VOCAB, (2, 3))
+    out = tuned(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids)
+    expected = model(inputs_embeds=embeds, attention_mask=ext_mask, decoder_input_ids=decoder_ids)
+    torch.testing.assert_close(out.logits, expected.logits, rtol=1e-5, atol=1e-5)
+    with pytest.raises(
+        ValueError, match="T5ForConditionalGeneration is an encoder-decoder model: pass decoder_input_ids"
+    ):
+        tuned(input_ids=ids, attention_mask=mask)
 
 
 def test_bad_arguments():
