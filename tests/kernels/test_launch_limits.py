@@ -6,6 +6,8 @@ import torch
 import prompt_ops
 from prompt_ops.kernels.common import MAX_GRID, launch_grid
 
+pytestmark = pytest.mark.order_independent
+
 
 def test_launch_grid_passes_sizes_within_the_limit():
     assert launch_grid(MAX_GRID[0], MAX_GRID[1], MAX_GRID[2], sizes="x") == MAX_GRID

@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from prompt_ops.kernels.compile_check import SHARED_MEMORY_LIMIT
+
+pytestmark = pytest.mark.order_independent
 
 ROOT = Path(__file__).resolve().parents[2]
 

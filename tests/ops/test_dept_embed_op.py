@@ -121,6 +121,7 @@ def _run_python(code: str, **env) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, cwd=root)
 
 
+@pytest.mark.order_independent
 def test_import_without_triton():
     code = """
 import sys
@@ -140,6 +141,7 @@ except RuntimeError as err:
     assert "clear error" in result.stdout
 
 
+@pytest.mark.order_independent
 def test_triton_backend_on_cpu_without_interpreter_is_refused():
     code = """
 import torch, prompt_ops
