@@ -26,6 +26,7 @@ from prompt_ops.models.inputs import (
     check_decoder_inputs,
     check_generate_kwargs,
     check_generated_length,
+    check_generation_fits,
     check_ids,
     check_length,
     check_model_labels,
@@ -134,13 +135,14 @@ class PromptTunedModel(TunedModel):
         self._check_loaded()
         if "inputs_embeds" in kwargs:
             raise ValueError("PromptTunedModel.generate builds inputs_embeds from input_ids; do not pass inputs_embeds")
-        seq_len = check_ids(input_ids).shape[1]
+        batch, seq_len = check_ids(input_ids).shape
         check_generate_kwargs(kwargs)
         rows = self.num_prompt_rows
         if self.is_encoder_decoder:
             check_length(self.base_model, rows + seq_len, f"the {rows} prompt rows and input_ids' {seq_len} tokens")
         else:
             check_generated_length(self.base_model, rows, seq_len, kwargs)
+        check_generation_fits(self.base_model, batch, kwargs)
         if self.training:
             warnings.warn("generate() in training mode: ADePT's dropout acts at prefill; call .eval()", stacklevel=2)
         embeds, mask = self.prompt_module(input_ids, attention_mask)

@@ -8,6 +8,8 @@ import numbers
 import torch
 from torch import nn
 
+from prompt_ops.ops.validation import device_memory
+
 GENERATE_INT_ARGUMENTS = {"max_new_tokens": 1, "min_new_tokens": 0, "max_length": 1, "min_length": 0, "num_beams": 1}
 """The integer arguments of ``generate`` we check, with their least value (transformers fails on some, e.g.
 ``num_beams=0`` divides by zero)."""
@@ -155,6 +157,30 @@ def check_decoder_inputs(model: nn.Module, labels: object, kwargs: dict) -> None
             f"{type(model).__name__} is an encoder-decoder model: pass decoder_input_ids (or decoder_inputs_embeds) "
             "or labels to forward, or use generate()"
         )
+
+
+def check_generation_fits(model: nn.Module, batch: int, kwargs: dict) -> None:
+    """``generate`` with ``max_new_tokens`` / ``max_length`` so large that the hidden states of the positions alone
+    (``batch x beams x positions x width`` values in the model's dtype, a lower bound of what any cache or
+    recomputation holds) exceed the device's memory is refused, naming the argument. Without this, a model with no
+    position table (rotary, relative) takes ``max_new_tokens=2**62`` and generates until it runs out of memory."""
+    config = getattr(model, "config", None)
+    width = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
+    param = next(model.parameters(), None)
+    if not isinstance(width, int) or param is None:
+        return
+    memory = device_memory(param.device)
+    beams = kwargs.get("num_beams") or 1
+    for name in ("max_new_tokens", "max_length"):
+        positions = kwargs.get(name)
+        if positions is None or memory is None:
+            continue
+        needed = batch * beams * positions * width * param.element_size()
+        if needed > memory:
+            raise ValueError(
+                f"{name} = {positions} asks for {positions} positions of width {width} for {batch * beams} "
+                f"sequences, more than the {memory} bytes of memory on {param.device} hold: lower {name}"
+            )
 
 
 def check_generate_inputs(input_ids: object, attention_mask: object) -> None:

@@ -31,6 +31,7 @@ from prompt_ops.models.inputs import (
     check_generate_inputs,
     check_generate_kwargs,
     check_generated_length,
+    check_generation_fits,
     check_ids,
     check_length,
     check_model_labels,
@@ -244,6 +245,7 @@ class LatePromptTunedModel(TunedModel):
             check_generate_inputs(ids, kwargs.get("attention_mask"))
             if not self.is_encoder_decoder:
                 check_generated_length(self.base_model, 0, ids.shape[1], kwargs)
+        check_generation_fits(self.base_model, ids.shape[0] if ids is not None else 1, kwargs)
         with self._restoring():
             return self.base_model.generate(*args, **kwargs)
 

@@ -304,6 +304,19 @@ def test_generate_refuses_bad_arguments_and_restores_the_embedding(kwargs, error
     before.assert_unchanged(tuned)
 
 
+@pytest.mark.parametrize("family", ["llama", "t5"])
+@pytest.mark.parametrize("length", ["max_new_tokens", "max_length"])
+def test_generation_longer_than_memory_holds_is_refused_without_a_position_table(family, length):
+    """Rotary (LLaMA) and relative (T5) positions set no length limit: 2**62 new tokens would generate until memory
+    runs out. Their hidden states alone exceed any device, so the call is refused naming the argument, and the model
+    is left as it was (LPT: tests/models/test_lpt.py)."""
+    tuned = attach(tiny(family), PromptTuningConfig(num_tokens=2)).eval()
+    before = ModelState.of(tuned)
+    with pytest.raises(ValueError, match=rf"{length} = {2**62} asks for .* more than the \d+ bytes of memory"):
+        tuned.generate(torch.randint(1, VOCAB, (2, 4)), pad_token_id=0, **{length: 2**62})
+    before.assert_unchanged(tuned)
+
+
 def test_inputs_longer_than_the_position_table_with_the_prompt_are_refused_by_name():
     """GPT-2's learned positions number 64: 60 tokens fit the model, not after 5 prompt rows (an IndexError inside
     torch before)."""

@@ -215,6 +215,19 @@ def test_causal_lm_generation_matches_full_recomputation(family):
         tuned.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, use_cache=True)
 
 
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_generation_longer_than_memory_holds_is_refused(family):
+    """No position table bounds rotary or relative positions: 2**62 new tokens are refused by name (they would
+    generate until memory ran out), and the model is left as it was."""
+    tuned = attach(tiny(family, head=True), LPTConfig(layer=1, num_tokens=2, hidden_size=4)).eval()
+    ids, mask = inputs()
+    before = ModelState.of(tuned)
+    kwargs = {"use_cache": False} if family == "llama" else {}
+    with pytest.raises(ValueError, match=rf"max_new_tokens = {2**62} asks for .* more than the \d+ bytes of memory"):
+        tuned.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2**62, pad_token_id=0, **kwargs)
+    before.assert_unchanged(tuned)
+
+
 def test_t5_generation_matches_full_recomputation():
     tuned = attach(tiny("t5", head=True), LPTConfig(layer=2, num_tokens=3, hidden_size=8)).eval()
     ids, mask = inputs()
