@@ -20,9 +20,10 @@ import math
 import torch
 from torch import nn
 
-from prompt_ops.methods.base import SoftPromptModule, check_positive_int, check_probability, check_sizes, prompt_width
+from prompt_ops.methods.base import SoftPromptModule, check_positive_int, check_sizes, prompt_width
 from prompt_ops.methods.prompt_tuning import PromptTuning
 from prompt_ops.ops.adept_embed import adept_embed
+from prompt_ops.ops.validation import check_probability
 
 
 class ADePT(SoftPromptModule):

@@ -31,15 +31,6 @@ def check_positive_int(name: str, value: object) -> int:
     return int(value)
 
 
-def check_probability(name: str, value: object) -> float:
-    """A dropout probability: a real number in ``[0, 1)``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a float in [0, 1), got {type(value).__name__}")
-    if not 0.0 <= value < 1.0:  # NaN fails too
-        raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
-    return float(value)
-
-
 def check_lora_alpha(lora_alpha: object) -> float:
     """DePT's ``lora_alpha``: a finite positive number."""
     if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, numbers.Real):

@@ -21,8 +21,9 @@ import math
 import torch
 from torch import nn
 
-from prompt_ops.methods.base import check_backend, check_positive_int, check_probability, check_sizes
+from prompt_ops.methods.base import check_backend, check_positive_int, check_sizes
 from prompt_ops.ops.lpt import MODES, lpt_insert, lpt_prompt
+from prompt_ops.ops.validation import check_probability
 
 
 def _uniform(shape: tuple[int, ...], fan_in: int) -> nn.Parameter:

@@ -13,7 +13,13 @@ import torch
 
 from prompt_ops.ops.backend import resolve_check_ids
 from prompt_ops.ops.common import accumulate_dtype, custom_op
-from prompt_ops.ops.validation import check_embed_sizes, check_int32_index, check_token_data, validate_embed_call
+from prompt_ops.ops.validation import (
+    check_embed_sizes,
+    check_int32_index,
+    check_probability,
+    check_token_data,
+    validate_embed_call,
+)
 
 Tensor = torch.Tensor
 SEED_BOUND = 2**31 - 1
@@ -184,13 +190,9 @@ def _check_ffn_shapes(w_down: Tensor, b_down: Tensor, w_up: Tensor, b_up: Tensor
             )
 
 
-def check_dropout(dropout_p: object, training: object, seed: object, *, name: str = "dropout_p") -> tuple[float, int]:
-    """Returns the effective probability (0 unless training) and the seed (drawn when needed and missing).
-    ``name`` is the probability's name in the messages (a module may call it ``dropout``)."""
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
-        raise TypeError(f"{name} must be a float in [0, 1), got {type(dropout_p).__name__}")
-    if not 0.0 <= dropout_p < 1.0:  # also refuses NaN
-        raise ValueError(f"{name} must be in [0, 1), got {dropout_p}")
+def check_dropout(dropout_p: object, training: object, seed: object) -> tuple[float, int]:
+    """Returns the effective probability (0 unless training) and the seed (drawn when needed and missing)."""
+    dropout_p = check_probability("dropout_p", dropout_p)
     if not isinstance(training, bool):
         raise TypeError(f"training must be a bool, got {type(training).__name__}")
     if seed is not None:
@@ -199,7 +201,7 @@ def check_dropout(dropout_p: object, training: object, seed: object, *, name: st
         if not 0 <= seed < SEED_BOUND:
             raise ValueError(f"seed must be an int in [0, {SEED_BOUND}) or None, got {seed}")
         seed = int(seed)
-    effective = float(dropout_p) if training else 0.0
+    effective = dropout_p if training else 0.0
     if effective > 0.0 and seed is None:
         seed = int(torch.randint(SEED_BOUND, ()).item())  # drawn from torch's global generator
     return effective, seed if seed is not None else 0

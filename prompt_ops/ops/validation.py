@@ -61,6 +61,15 @@ def check_int(name: str, value: object, minimum: int) -> int:
     return int(value)
 
 
+def check_probability(name: str, value: object) -> float:
+    """A dropout probability: a real number in ``[0, 1)``, as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float in [0, 1), got {type(value).__name__}")
+    if not 0.0 <= value < 1.0:  # NaN fails too
+        raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
+    return float(value)
+
+
 def _groups(values: dict[str, object]) -> str:
     """``"lora_b on meta; prompt, lora_a on cpu"``: the names grouped by value, smallest group first, so that the
     odd argument leads."""

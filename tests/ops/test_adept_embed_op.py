@@ -96,8 +96,8 @@ def test_missing_seed_is_drawn_from_torch_generator(backend):
 @pytest.mark.parametrize(
     "overrides, error, pattern",
     [
-        ({"dropout_p": 1.0}, ValueError, r"dropout_p must be in \[0, 1\), got 1.0"),
-        ({"dropout_p": -0.1}, ValueError, r"dropout_p must be in \[0, 1\)"),
+        ({"dropout_p": 1.0}, ValueError, r"dropout_p must be a float in \[0, 1\), got 1.0"),
+        ({"dropout_p": -0.1}, ValueError, r"dropout_p must be a float in \[0, 1\)"),
         ({"dropout_p": "0.1"}, TypeError, r"dropout_p must be a float"),
         ({"training": 1}, TypeError, r"training must be a bool"),
         ({"seed": -5}, ValueError, r"seed must be an int in \[0, 2147483647\)"),

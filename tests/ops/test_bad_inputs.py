@@ -10,6 +10,7 @@ import torch
 import prompt_ops
 from prompt_ops.ops import reference
 from prompt_ops.ops.adept_embed import check_dropout
+from prompt_ops.ops.validation import check_probability
 from tests.helpers import make_case
 
 BACKENDS = ["torch", "triton"]
@@ -323,12 +324,12 @@ def test_strided_and_expanded_small_tensors(backend):
     torch.testing.assert_close(out, reference.lpt_prompt(hidden, *params, 2, index), rtol=1e-4, atol=1e-4)
 
 
-def test_integer_scalars_may_be_numpy_and_dropout_may_be_renamed():
+def test_integer_scalars_may_be_numpy_and_dropout_is_named_as_the_caller_calls_it():
     hidden, params = lpt_args(mode="pool")
     out = prompt_ops.lpt_prompt(hidden, *params, num_tokens=np.int64(2), mode="pool", seed=np.int32(3),
                                 backend="torch")  # fmt: skip
     assert out.shape == (2, 2, 8)
-    with pytest.raises(ValueError, match=r"^dropout must be in \[0, 1\), got 1.5"):
-        check_dropout(1.5, training=True, seed=None, name="dropout")
-    with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\), got nan"):
+    with pytest.raises(ValueError, match=r"^dropout must be a float in \[0, 1\), got 1.5"):
+        check_probability("dropout", 1.5)
+    with pytest.raises(ValueError, match=r"dropout_p must be a float in \[0, 1\), got nan"):
         check_dropout(float("nan"), training=True, seed=None)
