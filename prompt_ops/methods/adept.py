@@ -27,7 +27,7 @@ from prompt_ops.ops.validation import check_probability
 
 
 class ADePT(SoftPromptModule):
-    """``ADePT(embedding, num_tokens=60, rank=19, dropout=0.1, init_token_ids=None, backend=None)``.
+    """``ADePT(embedding, num_tokens=60, rank=19, dropout=0.1, init_token_ids=None, backend=None, positions="tokens")``.
 
     Trainable parameters (fp32): ``prompt (m, d)``, ``w_down (d, r)``, ``b_down (r,)``, ``w_up (r, d)``,
     ``b_up (d,)``. Dropout acts in training mode only; ``forward(..., seed=)`` fixes its mask.
@@ -41,11 +41,12 @@ class ADePT(SoftPromptModule):
         dropout: float = 0.1,
         init_token_ids=None,
         backend: str | None = None,
+        positions: str = "tokens",
     ):
         hidden = prompt_width(embedding, num_tokens)
         rank, dropout = check_positive_int("rank", rank), check_probability("dropout", dropout)
         check_sizes(w_down={"embedding width": hidden, "rank": rank}, w_up={"rank": rank, "embedding width": hidden})
-        super().__init__(embedding, num_tokens, init_token_ids, backend)
+        super().__init__(embedding, num_tokens, init_token_ids, backend, positions)
         self.rank, self.dropout, device = rank, dropout, embedding.weight.device
         self.w_down = nn.Parameter(torch.empty(hidden, rank, device=device))
         nn.init.kaiming_uniform_(self.w_down, a=math.sqrt(5))  # fan_in = size(1) = rank: U(-1/sqrt(r), 1/sqrt(r))

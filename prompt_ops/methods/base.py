@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from prompt_ops.ops.backend import BACKENDS
+from prompt_ops.ops.positions import check_positions
 from prompt_ops.ops.validation import check_tensor
 
 MAX_PARAMETER_ELEMENTS = 2**31 - 1
@@ -135,10 +136,11 @@ class PromptModule(nn.Module):
     calling this constructor, which freezes the embedding after its own checks.
     """
 
-    def __init__(self, embedding: nn.Embedding, num_tokens: int, backend: str | None = None):
+    def __init__(self, embedding: nn.Embedding, num_tokens: int, backend: str | None = None, positions: str = "tokens"):
         super().__init__()
         prompt_width(embedding, num_tokens)
         self.backend = check_backend(backend)
+        self.positions = check_positions(positions)
         self.num_tokens = int(num_tokens)
         embedding.weight.requires_grad_(False)  # the word-embedding table is frozen in prompt tuning
         self.embedding = embedding
@@ -154,7 +156,10 @@ class PromptModule(nn.Module):
         return self.embedding(input_ids)
 
     def extra_repr(self) -> str:
-        return f"num_tokens={self.num_tokens}, hidden_size={self.hidden_size}, backend={self.backend!r}"
+        return (
+            f"num_tokens={self.num_tokens}, hidden_size={self.hidden_size}, backend={self.backend!r}, "
+            f"positions={self.positions!r}"
+        )
 
 
 class SoftPromptModule(PromptModule):
@@ -166,9 +171,10 @@ class SoftPromptModule(PromptModule):
         num_tokens: int,
         init_token_ids: Sequence[int] | torch.Tensor | None = None,
         backend: str | None = None,
+        positions: str = "tokens",
     ):
         ids = check_token_ids(init_token_ids, check_embedding(embedding).num_embeddings)
-        super().__init__(embedding, num_tokens, backend)
+        super().__init__(embedding, num_tokens, backend, positions)
         self.prompt = nn.Parameter(initial_prompt(embedding.weight, self.num_tokens, ids))
 
 

@@ -35,7 +35,8 @@ from prompt_ops.ops.dept_embed import dept_embed
 
 
 class DePT(SoftPromptModule):
-    """``DePT(embedding, num_tokens=60, rank=30, max_length=256, lora_alpha=8.0, init_token_ids=None, backend=None)``.
+    """``DePT(embedding, num_tokens=60, rank=30, max_length=256, lora_alpha=8.0, init_token_ids=None, backend=None,
+    positions="tokens")``.
 
     Trainable parameters (fp32): ``prompt (m, d)``, ``lora_a (max_length, rank)``, ``lora_b (rank, d)``.
     ``scale = lora_alpha / sqrt(rank)`` (not ``alpha / r``). Inputs longer than ``max_length`` raise.
@@ -50,12 +51,13 @@ class DePT(SoftPromptModule):
         lora_alpha: float = 8.0,
         init_token_ids=None,
         backend: str | None = None,
+        positions: str = "tokens",
     ):
         hidden = prompt_width(embedding, num_tokens)
         rank, max_length = check_positive_int("rank", rank), check_positive_int("max_length", max_length)
         lora_alpha = check_lora_alpha(lora_alpha)
         check_sizes(**low_rank_sizes(max_length, rank, hidden))
-        super().__init__(embedding, num_tokens, init_token_ids, backend)
+        super().__init__(embedding, num_tokens, init_token_ids, backend, positions)
         self.rank, self.max_length, self.lora_alpha = rank, max_length, lora_alpha
         self.scale = lora_alpha / math.sqrt(rank)
         self.lora_a, self.lora_b = low_rank_pair(max_length, rank, hidden, embedding.weight.device)

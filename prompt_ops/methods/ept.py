@@ -37,7 +37,7 @@ from prompt_ops.ops.ept import ept_embed, ept_prompt
 
 class EPT(SoftPromptModule):
     """``EPT(embedding, num_tokens=60, rank=30, max_length=256, num_subspaces=4, subspace_rank=8, lora_alpha=8.0,
-    init_token_ids=None, backend=None)``.
+    init_token_ids=None, backend=None, positions="tokens")``.
 
     Trainable parameters (fp32): ``prompt (s, d)``, ``lora_a (max_length, rank)``, ``lora_b (rank, d)``,
     ``w_down (K, d, h)``, ``w_up (K, h, d)``, ``w_gate (d, K)``, ``b_gate (K,)``.
@@ -54,6 +54,7 @@ class EPT(SoftPromptModule):
         lora_alpha: float = 8.0,
         init_token_ids=None,
         backend: str | None = None,
+        positions: str = "tokens",
     ):
         hidden = prompt_width(embedding, num_tokens)
         rank, max_length = check_positive_int("rank", rank), check_positive_int("max_length", max_length)
@@ -62,7 +63,7 @@ class EPT(SoftPromptModule):
         lora_alpha = check_lora_alpha(lora_alpha)
         projection = {"num_subspaces": num_subspaces, "embedding width": hidden, "subspace_rank": subspace_rank}
         check_sizes(**low_rank_sizes(max_length, rank, hidden), w_down=projection)  # w_up and w_gate: no larger
-        super().__init__(embedding, num_tokens, init_token_ids, backend)
+        super().__init__(embedding, num_tokens, init_token_ids, backend, positions)
         self.rank, self.max_length, self.lora_alpha = rank, max_length, lora_alpha
         self.num_subspaces, self.subspace_rank = num_subspaces, subspace_rank
         self.scale = lora_alpha / math.sqrt(rank)

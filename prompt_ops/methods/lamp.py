@@ -31,7 +31,7 @@ from prompt_ops.ops.lamp import lamp_embed, lamp_prompt
 
 
 class LAMP(PromptModule):
-    """``LAMP(embedding, num_tokens=100, rank=8, pool=2, init_token_ids=None, backend=None)``.
+    """``LAMP(embedding, num_tokens=100, rank=8, pool=2, init_token_ids=None, backend=None, positions="tokens")``.
 
     ``num_tokens`` is the prompt length ``l`` before pooling; the model sees ``num_tokens // pool`` prompt rows.
     Trainable parameters (fp32): ``u (l, r)``, ``q (r,)``, ``v (r, d)``.
@@ -45,6 +45,7 @@ class LAMP(PromptModule):
         pool: int = 2,
         init_token_ids=None,
         backend: str | None = None,
+        positions: str = "tokens",
     ):
         hidden = prompt_width(embedding, num_tokens)
         rank, pool = check_positive_int("rank", rank), check_positive_int("pool", pool)
@@ -56,7 +57,7 @@ class LAMP(PromptModule):
                 f"the ({num_tokens}, {hidden}) initial prompt, got {rank}"
             )  # so u (l, r) and v (r, d) are no larger than the (l, d) prompt prompt_width checked
         ids = check_token_ids(init_token_ids, embedding.num_embeddings)
-        super().__init__(embedding, num_tokens, backend)
+        super().__init__(embedding, num_tokens, backend, positions)
         self.rank, self.pool = rank, pool
         initial = initial_prompt(embedding.weight, self.num_tokens, ids)
         left, singular, right = torch.linalg.svd(initial, full_matrices=False)

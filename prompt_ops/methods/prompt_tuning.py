@@ -9,14 +9,21 @@ from prompt_ops.ops.dept_embed import prompt_embed
 
 
 class PromptTuning(SoftPromptModule):
-    """``PromptTuning(embedding, num_tokens=100, init_token_ids=None, backend=None)``.
+    """``PromptTuning(embedding, num_tokens=100, init_token_ids=None, backend=None, positions="tokens")``.
 
     Trainable parameters: ``prompt (num_tokens, d)``, fp32, initialised as PEFT does (vocabulary rows of
     ``init_token_ids`` repeated cyclically, else N(0, 1)). ``embedding`` is frozen.
     """
 
-    def __init__(self, embedding, num_tokens: int = 100, init_token_ids=None, backend: str | None = None):
-        super().__init__(embedding, num_tokens, init_token_ids, backend)
+    def __init__(
+        self,
+        embedding,
+        num_tokens: int = 100,
+        init_token_ids=None,
+        backend: str | None = None,
+        positions: str = "tokens",
+    ):
+        super().__init__(embedding, num_tokens, init_token_ids, backend, positions)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None

@@ -26,6 +26,7 @@ class MethodConfig:
 
     method: ClassVar[str]
     module_class: ClassVar[type[PromptModule]]
+    positions: str = "tokens"  # "tokens" or "absolute": see prompt_ops.ops.positions
 
     def build(self, embedding: nn.Embedding, backend: str | None = None) -> PromptModule:
         """The method's module over ``embedding``; the module checks every field (by its name) first."""

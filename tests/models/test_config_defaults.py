@@ -31,7 +31,7 @@ DOCUMENTED = {
 @pytest.mark.parametrize("config_class", list(DOCUMENTED), ids=lambda c: c.__name__)
 def test_defaults_are_the_documented_ones(config_class):
     defaults = {field.name: field.default for field in dataclasses.fields(config_class)}
-    assert defaults == DOCUMENTED[config_class]
+    assert defaults == {"positions": "tokens", **DOCUMENTED[config_class]}  # positions: every config, batch-invariant
 
 
 @pytest.mark.parametrize("config_class", list(DOCUMENTED), ids=lambda c: c.__name__)
@@ -44,7 +44,17 @@ def test_a_default_config_builds_the_default_module(config_class):
         plain = config_class.module_class(nn.Embedding(120, 32))
     shapes = {name: tuple(p.shape) for name, p in plain.named_parameters()}
     assert {name: tuple(p.shape) for name, p in built.named_parameters()} == shapes
-    for attribute in ("num_tokens", "rank", "max_length", "scale", "dropout", "pool", "hidden_size", "mode"):
+    for attribute in (
+        "positions",
+        "num_tokens",
+        "rank",
+        "max_length",
+        "scale",
+        "dropout",
+        "pool",
+        "hidden_size",
+        "mode",
+    ):
         if hasattr(plain, attribute):
             assert getattr(built, attribute) == getattr(plain, attribute), attribute
     assert all(p.dtype == torch.float32 for p in built.parameters())

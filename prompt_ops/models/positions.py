@@ -1,0 +1,39 @@
+"""Model position ids for a prompted input: the prompt's ``0 .. m-1``, then the input's positions shifted by ``m``.
+
+The input's positions follow the tuned model's ``positions`` option (:mod:`prompt_ops.ops.positions`): the user's
+``position_ids`` when given (always honoured), else ``start[b] + t`` (``"tokens"``: counting real tokens) or ``t``
+(``"absolute"``). Positions a shift would make negative (leading pads, whose outputs nobody reads) are clamped to
+0 so that every position table lookup stays in range.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prompt_ops.ops.positions import row_starts
+
+Tensor = torch.Tensor
+
+
+def input_positions(
+    attention_mask: Tensor | None,
+    positions: str,
+    shape: tuple[int, int],
+    device: torch.device,
+    position_ids: Tensor | None = None,
+) -> Tensor:
+    """``(B, L)`` (or the user's ``(1, L)``) int64 positions of the input tokens, the prompt excluded."""
+    if position_ids is not None:
+        return position_ids.to(torch.int64)
+    columns = torch.arange(shape[1], dtype=torch.int64, device=device)[None, :]  # (1, L)
+    starts = row_starts(attention_mask, positions)
+    if starts is None:
+        return columns.expand(shape[0], shape[1])
+    return (columns + starts[:, None]).clamp_(min=0)  # (B, L)
+
+
+def prompted_positions(input_position_ids: Tensor, num_prompt: int) -> Tensor:
+    """``(B, m + L)``: ``0 .. m-1`` for the prompt, then ``input_position_ids + m``."""
+    batch = input_position_ids.shape[0]
+    prompt = torch.arange(num_prompt, dtype=torch.int64, device=input_position_ids.device)
+    return torch.cat([prompt.expand(batch, num_prompt), input_position_ids + num_prompt], dim=1)
