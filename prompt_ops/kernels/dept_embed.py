@@ -48,6 +48,21 @@ from prompt_ops.kernels.common import (
 
 
 @triton.jit
+def _shifted_low_rank_tile(
+    lora_a_ptr, lora_b_ptr, start, tok, is_token, max_length, cols, col_ok, rank, stride_a_l, stride_a_r,
+    stride_b_r, stride_b_d, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """``A[start + tok] @ B[:, cols]`` as ``[BLOCK_T, BLOCK_D]`` fp32: token column ``tok`` of a row starting at
+    ``start`` reads row ``start + tok`` of ``A``, and zeros where that row is outside ``[0, L_max)``."""
+    position = start.to(tl.int64) + tok  # [BLOCK_T]
+    inside = is_token & (position >= 0) & (position < max_length)  # [BLOCK_T]
+    return low_rank_tile(
+        lora_a_ptr, lora_b_ptr, tl.where(inside, position, 0), inside, cols, col_ok, rank, stride_a_l, stride_a_r,
+        stride_b_r, stride_b_d, BLOCK_T, BLOCK_D, BLOCK_R,
+    )  # fmt: skip
+
+
+@triton.jit
 def _dept_embed_fwd_kernel(
     out_ptr,  # (B, T, d) contiguous, weight dtype
     mask_out_ptr,  # (B, T) contiguous, mask dtype
@@ -59,6 +74,7 @@ def _dept_embed_fwd_kernel(
     lora_a_ptr,  # (L_max, r)
     lora_b_ptr,  # (r, d)
     mask_ptr,  # (B, L) or unused
+    starts_ptr,  # (B,) int64 row starts, or unused
     num_batch,
     num_prompt,
     seq_len,
@@ -67,6 +83,7 @@ def _dept_embed_fwd_kernel(
     prompt_rank,
     pool,
     vocab,
+    max_length,  # L_max: rows of lora_a
     scale,
     batches_per_program,
     stride_ids_b,
@@ -86,6 +103,7 @@ def _dept_embed_fwd_kernel(
     stride_mask_t,
     HAS_OFFSET: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    HAS_STARTS: tl.constexpr,
     FACTORED_PROMPT: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -114,7 +132,7 @@ def _dept_embed_fwd_kernel(
 
     # Offset slice s * A[rows] @ B[:, cols]; computed once, reused for every batch row.
     offset = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
-    if HAS_OFFSET:
+    if HAS_OFFSET and not HAS_STARTS:
         offset = scale * low_rank_tile(
             lora_a_ptr, lora_b_ptr, tok, is_token, cols, col_ok, rank, stride_a_l, stride_a_r, stride_b_r, stride_b_d,
             BLOCK_T, BLOCK_D, BLOCK_R,
@@ -128,7 +146,23 @@ def _dept_embed_fwd_kernel(
     mask_base = mask_ptr + first * stride_mask_b
     out_base = out_ptr + first * total * hidden
     mask_out_base = mask_out_ptr + first * total
+    if HAS_OFFSET and HAS_STARTS:  # the first row's shifted slice; later rows recompute it only for a new start
+        start_ptr = starts_ptr + first
+        last_start = tl.load(start_ptr)
+        offset = scale * _shifted_low_rank_tile(
+            lora_a_ptr, lora_b_ptr, last_start, tok, is_token, max_length, cols, col_ok, rank, stride_a_l,
+            stride_a_r, stride_b_r, stride_b_d, BLOCK_T, BLOCK_D, BLOCK_R,
+        )  # fmt: skip
     for _ in range(0, count):
+        if HAS_OFFSET and HAS_STARTS:
+            start = tl.load(start_ptr)
+            if start != last_start:
+                offset = scale * _shifted_low_rank_tile(
+                    lora_a_ptr, lora_b_ptr, start, tok, is_token, max_length, cols, col_ok, rank, stride_a_l,
+                    stride_a_r, stride_b_r, stride_b_d, BLOCK_T, BLOCK_D, BLOCK_R,
+                )  # fmt: skip
+                last_start = start
+            start_ptr += 1
         ids = tl.load(ids_base + tok * stride_ids_t, mask=is_token, other=0).to(tl.int64)  # [BLOCK_T]
         # Out-of-range ids (possible only when the host check is switched off) read nothing and give zeros.
         id_ok = is_token & (ids >= 0) & (ids < vocab)  # [BLOCK_T]
@@ -152,14 +186,16 @@ def _dept_embed_fwd_kernel(
 @triton.jit
 def _dept_embed_bwd_kernel(
     grad_prompt_ptr,  # (m, d) fp32 contiguous
-    grad_a_part_ptr,  # (n_col_tiles, L, r) fp32 contiguous
+    grad_a_part_ptr,  # (n_col_tiles, num_rows, r) fp32 contiguous
     grad_b_part_ptr,  # (n_row_tiles, r, d) fp32 contiguous
     grad_out_ptr,  # (B, T, d) any strides
     lora_a_ptr,
     lora_b_ptr,
+    starts_ptr,  # (B,) int64 row starts, or unused
     num_batch,
     num_prompt,
     seq_len,
+    num_rows,  # A rows covered: L, or with starts J (L or L_max)
     hidden,
     rank,
     scale,
@@ -171,28 +207,42 @@ def _dept_embed_bwd_kernel(
     stride_b_r,
     stride_b_d,
     HAS_OFFSET: tl.constexpr,
+    HAS_STARTS: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_R: tl.constexpr,
 ):
     pid_t = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1).to(tl.int64)
-    total = num_prompt + seq_len
+    total = num_prompt + num_rows  # program rows: the prompt's, then one per A row j (row m + j)
 
     rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)  # [BLOCK_T]
     cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)  # [BLOCK_D]
     col_ok = cols < hidden
     is_prompt = rows < num_prompt
-    is_token = (rows >= num_prompt) & (rows < total)
-    tok = tl.where(is_token, rows - num_prompt, 0)
+    is_token = (rows >= num_prompt) & (rows < total)  # [BLOCK_T] rows of G (or G') in this tile
+    tok = tl.where(is_token, rows - num_prompt, 0)  # [BLOCK_T] A row j
     in_ok = (rows < total)[:, None] & col_ok[None, :]  # [BLOCK_T, BLOCK_D]
 
     # Batch reduction first, in fp32 registers.
     acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
-    grad_ptrs = grad_out_ptr + rows[:, None] * stride_g_t + cols[None, :] * stride_g_d  # [BLOCK_T, BLOCK_D]
-    for _ in range(0, num_batch):
-        acc += tl.load(grad_ptrs, mask=in_ok, other=0.0).to(tl.float32)
-        grad_ptrs += stride_g_b
+    if HAS_STARTS:  # G'[j] = sum_b dX[b, m + j - starts[b]], a gather of each row's shifted columns
+        grad_base = grad_out_ptr + cols[None, :] * stride_g_d  # [1, BLOCK_D]
+        start_ptr = starts_ptr
+        for _ in range(0, num_batch):
+            column = tok - tl.load(start_ptr).to(tl.int64)  # [BLOCK_T] token column at A row j
+            source_ok = is_prompt | (is_token & (column >= 0) & (column < seq_len))  # [BLOCK_T]
+            source = tl.where(is_prompt, rows, num_prompt + tl.where(source_ok, column, 0))  # [BLOCK_T]
+            acc += tl.load(
+                grad_base + source[:, None] * stride_g_t, mask=source_ok[:, None] & col_ok[None, :], other=0.0
+            ).to(tl.float32)  # [BLOCK_T, BLOCK_D]
+            grad_base += stride_g_b
+            start_ptr += 1
+    else:
+        grad_ptrs = grad_out_ptr + rows[:, None] * stride_g_t + cols[None, :] * stride_g_d  # [BLOCK_T, BLOCK_D]
+        for _ in range(0, num_batch):
+            acc += tl.load(grad_ptrs, mask=in_ok, other=0.0).to(tl.float32)
+            grad_ptrs += stride_g_b
 
     tl.store(grad_prompt_ptr + rows[:, None] * hidden + cols[None, :], acc, mask=is_prompt[:, None] & col_ok[None, :])
 
@@ -219,7 +269,7 @@ def _dept_embed_bwd_kernel(
             )
             grad_a = tl.dot(g_tok, tl.trans(b_mat), input_precision="ieee") * scale  # [BLOCK_T, BLOCK_R]
             tl.store(
-                grad_a_part_ptr + (pid_d * seq_len + tok[:, None]) * rank + r[None, :],
+                grad_a_part_ptr + (pid_d * num_rows + tok[:, None]) * rank + r[None, :],
                 grad_a,
                 mask=is_token[:, None] & rank_ok[None, :],
             )
@@ -331,11 +381,14 @@ def dept_embed_fwd(
     attention_mask: torch.Tensor | None,
     scale: float,
     config: EmbedConfig | None = None,
+    starts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the fused forward. Arguments are assumed validated (see ``prompt_ops.dept_embed``).
 
-    ``prompt`` is a dense ``(m, d)`` tensor or LAMP's :class:`PromptFactors`. Returns ``inputs_embeds (B, m+L, d)``
-    in ``weight.dtype`` and the extended mask ``(B, m+L)`` in the dtype of ``attention_mask`` (int64 when None).
+    ``prompt`` is a dense ``(m, d)`` tensor or LAMP's :class:`PromptFactors`. ``starts``: ``(B,)`` int64 row starts
+    (column ``t`` of row ``b`` gets ``A[starts[b] + t]``, none outside ``[0, L_max)``), or None for all zero (the
+    unshifted kernel). Returns ``inputs_embeds (B, m+L, d)`` in ``weight.dtype`` and the extended mask ``(B, m+L)``
+    in the dtype of ``attention_mask`` (int64 when None).
     """
     factored = isinstance(prompt, PromptFactors)
     num_batch, seq_len = input_ids.shape
@@ -359,14 +412,15 @@ def dept_embed_fwd(
     q, v = (prompt.q, prompt.v) if factored else (dense, dense)
     a, b = (lora_a, lora_b) if has_offset else (dense, dense)
     m = attention_mask if attention_mask is not None else input_ids
+    shifted = has_offset and starts is not None
     _dept_embed_fwd_kernel[grid](
-        out, mask_out, input_ids, weight, dense, q, v, a, b, m,
+        out, mask_out, input_ids, weight, dense, q, v, a, b, m, starts if shifted else input_ids,
         num_batch, num_prompt, seq_len, hidden, rank, prompt.u.shape[1] if factored else 0,
-        prompt.pool if factored else 1, weight.shape[0], float(scale), per_program,
+        prompt.pool if factored else 1, weight.shape[0], a.shape[0], float(scale), per_program,
         input_ids.stride(0), input_ids.stride(1), weight.stride(0), weight.stride(1),
         dense.stride(0), dense.stride(1), q.stride(0), v.stride(0), v.stride(1),
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), m.stride(0), m.stride(1),
-        HAS_OFFSET=has_offset, HAS_MASK=attention_mask is not None, FACTORED_PROMPT=factored,
+        HAS_OFFSET=has_offset, HAS_MASK=attention_mask is not None, HAS_STARTS=shifted, FACTORED_PROMPT=factored,
         BLOCK_T=config.block_t, BLOCK_D=config.block_d, BLOCK_R=RANK_CHUNK, num_warps=config.num_warps,
     )  # fmt: skip
     return out, mask_out
@@ -379,18 +433,24 @@ def dept_embed_bwd(
     num_prompt: int,
     scale: float,
     config: EmbedConfig | None = None,
+    starts: torch.Tensor | None = None,
+    offset_rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Launch the fused backward. Returns fp32 ``(d_prompt (m, d), d_lora_a (L_max, r), d_lora_b (r, d))``.
 
-    ``d_lora_a`` and ``d_lora_b`` are None without an offset. Rows of ``d_lora_a`` at positions ``>= L`` are zero.
+    ``d_lora_a`` and ``d_lora_b`` are None without an offset. ``starts`` as in :func:`dept_embed_fwd`; with them
+    the batch sum is the shifted gather-sum over the first ``offset_rows`` rows of ``A`` (default all ``L_max``;
+    ``L`` suffices when no start is positive). Rows of ``d_lora_a`` no token reaches are zero.
     """
     num_batch, total, hidden = grad_out.shape
     seq_len = total - num_prompt
     has_offset = lora_a is not None
+    shifted = has_offset and starts is not None
     rank = lora_a.shape[1] if has_offset else 0
+    num_rows = (lora_a.shape[0] if offset_rows is None else offset_rows) if shifted else seq_len
     device = grad_out.device
     interpret = interpreting()
-    rows = total if has_offset else num_prompt
+    rows = num_prompt + num_rows if has_offset else num_prompt
     config = config or default_config(rows, hidden, interpret, backward=True)
     tiles_t, tiles_d = triton.cdiv(rows, config.block_t), triton.cdiv(hidden, config.block_d)
 
@@ -405,7 +465,7 @@ def dept_embed_bwd(
         )
 
     grad_prompt = torch.empty((num_prompt, hidden), dtype=torch.float32, device=device)
-    grad_a_part = torch.empty((tiles_d, seq_len, rank), dtype=torch.float32, device=device)
+    grad_a_part = torch.empty((tiles_d, num_rows, rank), dtype=torch.float32, device=device)
     grad_b_part = torch.empty((tiles_t, rank, hidden), dtype=torch.float32, device=device)
     a = lora_a if has_offset else grad_prompt
     b = lora_b if has_offset else grad_prompt
@@ -416,9 +476,11 @@ def dept_embed_bwd(
         grad_out,
         a,
         b,
+        starts if shifted else grad_prompt,
         num_batch,
         num_prompt,
         seq_len,
+        num_rows,
         hidden,
         rank,
         float(scale),
@@ -430,6 +492,7 @@ def dept_embed_bwd(
         b.stride(0),
         b.stride(1),
         HAS_OFFSET=has_offset,
+        HAS_STARTS=shifted,
         BLOCK_T=config.block_t,
         BLOCK_D=config.block_d,
         BLOCK_R=RANK_CHUNK,
@@ -448,7 +511,7 @@ def dept_embed_bwd(
         grad_b,
         grad_b_part,
         tiles_d,
-        seq_len * rank,
+        num_rows * rank,
         grad_a.numel(),
         tiles_t,
         grad_b.numel(),

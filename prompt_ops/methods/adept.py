@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from prompt_ops.methods.base import SoftPromptModule, check_positive_int, check_sizes, prompt_width
+from prompt_ops.methods.base import SoftPromptModule, check_positive_int, check_sizes, check_start, prompt_width
 from prompt_ops.methods.prompt_tuning import PromptTuning
 from prompt_ops.ops.adept_embed import adept_embed
 from prompt_ops.ops.validation import check_probability
@@ -72,8 +72,10 @@ class ADePT(SoftPromptModule):
             backend=self.backend,
         )
 
-    def embed_tokens(self, input_ids: torch.Tensor, start: int) -> torch.Tensor:
-        """The FFN offset depends on the token only (no dropout outside training)."""
+    def embed_tokens(self, input_ids: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
+        """The FFN offset depends on the token only, not on ``start`` (checked as in the base class); no dropout
+        outside training."""
+        check_start(input_ids, start)
         ffn = (self.w_down, self.b_down, self.w_up, self.b_up)
         return adept_embed(input_ids, self.embedding.weight, self.prompt[:0], *ffn, backend=self.backend)[0]
 

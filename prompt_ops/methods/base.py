@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from prompt_ops.ops.backend import BACKENDS
+from prompt_ops.ops.dept_embed import dept_embed
 from prompt_ops.ops.positions import check_positions
 from prompt_ops.ops.validation import check_tensor
 
@@ -149,10 +150,12 @@ class PromptModule(nn.Module):
     def hidden_size(self) -> int:
         return self.embedding.embedding_dim
 
-    def embed_tokens(self, input_ids: torch.Tensor, start: int) -> torch.Tensor:
+    def embed_tokens(self, input_ids: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
         """Embeddings ``(B, n, d)`` of tokens at input positions ``start .. start+n-1``, with the method's per-token
         treatment and no prompt: what a full forward gives those tokens. Used for tokens generated after the
-        prefill. Plain lookup here; methods with per-token offsets override it."""
+        prefill. ``start`` is an int >= 0 shared by every row, or a ``(B,)`` int64/int32 tensor of per-row
+        positions of column 0 (:func:`check_start`). Plain lookup here; methods with per-token offsets override it."""
+        check_start(input_ids, start)
         return self.embedding(input_ids)
 
     def extra_repr(self) -> str:
@@ -191,13 +194,30 @@ def low_rank_sizes(max_length: int, rank: int, hidden: int) -> dict[str, dict[st
     return {"lora_a": {"max_length": max_length, "rank": rank}, "lora_b": {"rank": rank, "embedding width": hidden}}
 
 
-def shifted_rows(lora_a: torch.Tensor, input_ids: torch.Tensor, start: int) -> torch.Tensor:
-    """The rows of ``lora_a`` for tokens ``input_ids (B, n)`` at input positions ``start .. start+n-1``, zeros past
-    its end (positions ``>= max_length`` get no offset)."""
-    count = check_tensor("input_ids", input_ids, 2, "(B, L)").shape[1]
+def check_start(input_ids: object, start: object) -> torch.Tensor:
+    """``embed_tokens``' arguments: ``input_ids (B, n)`` and ``start``, an int >= 0 (the input position of the
+    first token in every row) or a ``(B,)`` int64/int32 tensor on the ids' device (each row's position of column
+    0, any values). Returns the per-row starts as a ``(B,)`` int64 tensor."""
+    ids = check_tensor("input_ids", input_ids, 2, "(B, L)")
+    if isinstance(start, torch.Tensor):
+        if start.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"start must be an int >= 0 or a (B,) int64/int32 tensor, got a {start.dtype} tensor")
+        if tuple(start.shape) != (ids.shape[0],) or start.device != ids.device:
+            raise ValueError(
+                f"start must have shape (B,) = ({ids.shape[0]},) on input_ids' device {ids.device}, got shape "
+                f"{tuple(start.shape)} on {start.device}"
+            )
+        return start.to(torch.int64)
     if isinstance(start, bool) or not isinstance(start, numbers.Integral) or start < 0:
         raise ValueError(f"start must be an int >= 0 (the input position of the first token), got {start!r}")
-    rows = lora_a[start : start + count]
-    if rows.shape[0] < count:
-        rows = torch.cat([rows, rows.new_zeros((count - rows.shape[0], lora_a.shape[1]))])
-    return rows
+    return torch.full((ids.shape[0],), int(start), dtype=torch.int64, device=ids.device)
+
+
+def token_offsets(module: PromptModule, input_ids: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
+    """DePT's and EPT's ``embed_tokens``: the tokens with their offset rows ``module.scale * A[p] @ B`` for their
+    positions ``p`` (none outside ``[0, max_length)``), no prompt; the op's explicit-starts form, one launch."""
+    starts = check_start(input_ids, start)
+    return dept_embed(
+        input_ids, module.embedding.weight, module.prompt[:0], module.lora_a, module.lora_b, scale=module.scale,
+        backend=module.backend, positions=starts,
+    )[0]  # fmt: skip

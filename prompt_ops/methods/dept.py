@@ -28,7 +28,7 @@ from prompt_ops.methods.base import (
     low_rank_pair,
     low_rank_sizes,
     prompt_width,
-    shifted_rows,
+    token_offsets,
 )
 from prompt_ops.methods.official import read_official_dept
 from prompt_ops.ops.dept_embed import dept_embed
@@ -74,15 +74,13 @@ class DePT(SoftPromptModule):
             scale=self.scale,
             attention_mask=attention_mask,
             backend=self.backend,
+            positions=self.positions,
         )
 
-    def embed_tokens(self, input_ids: torch.Tensor, start: int) -> torch.Tensor:
-        """Tokens at positions ``start ..``: their rows of ``A`` (zero past ``max_length``) times ``B``."""
-        lora_a = shifted_rows(self.lora_a, input_ids, start)
-        no_prompt = self.prompt[:0]
-        return dept_embed(
-            input_ids, self.embedding.weight, no_prompt, lora_a, self.lora_b, scale=self.scale, backend=self.backend
-        )[0]
+    def embed_tokens(self, input_ids: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
+        """Tokens at positions ``start ..`` (an int, or a ``(B,)`` tensor of per-row starts) get DePT's offset:
+        their rows of ``A`` (none outside ``[0, max_length)``) times ``B``, through the op's explicit starts."""
+        return token_offsets(self, input_ids, start)
 
     @classmethod
     def from_official(cls, path: str | os.PathLike, embedding: nn.Embedding, backend: str | None = None) -> DePT:

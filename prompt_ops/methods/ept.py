@@ -29,9 +29,8 @@ from prompt_ops.methods.base import (
     low_rank_pair,
     low_rank_sizes,
     prompt_width,
-    shifted_rows,
+    token_offsets,
 )
-from prompt_ops.ops.dept_embed import dept_embed
 from prompt_ops.ops.ept import ept_embed, ept_prompt
 
 
@@ -91,15 +90,13 @@ class EPT(SoftPromptModule):
             scale=self.scale,
             attention_mask=attention_mask,
             backend=self.backend,
+            positions=self.positions,
         )
 
-    def embed_tokens(self, input_ids: torch.Tensor, start: int) -> torch.Tensor:
-        """Tokens at positions ``start ..`` get DePT's offset: their rows of ``A`` (zero past ``max_length``)."""
-        lora_a = shifted_rows(self.lora_a, input_ids, start)
-        return dept_embed(
-            input_ids, self.embedding.weight, self.prompt[:0], lora_a, self.lora_b, scale=self.scale,
-            backend=self.backend,
-        )[0]  # fmt: skip
+    def embed_tokens(self, input_ids: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
+        """Tokens at positions ``start ..`` (an int, or a ``(B,)`` tensor of per-row starts) get DePT's offset:
+        their rows of ``A`` (none outside ``[0, max_length)``) times ``B``, through the op's explicit starts."""
+        return token_offsets(self, input_ids, start)
 
     def extra_repr(self) -> str:
         return (

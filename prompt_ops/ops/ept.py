@@ -18,7 +18,7 @@ import torch
 
 from prompt_ops.ops.backend import resolve_check_ids
 from prompt_ops.ops.common import custom_op
-from prompt_ops.ops.dept_embed import check_lora_shapes, dept_embed_fwd_op
+from prompt_ops.ops.dept_embed import check_lora_shapes, dept_embed_fwd_op, resolve_positions
 from prompt_ops.ops.validation import (
     check_embed_sizes,
     check_output_sizes,
@@ -124,9 +124,10 @@ def _build(params: tuple[Tensor, ...], scale: float, backend: str) -> Tensor:
     return build_ept_prompt(*params, scale)
 
 
-def _check_builder(params: tuple[Tensor, ...], seq_len: int, width_source: str) -> None:
+def _check_builder(params: tuple[Tensor, ...], seq_len: int | None, width_source: str) -> None:
     """Shapes of the seven builder parameters (``prompt``'s width is ``d``, checked by the caller), and sizes: the
-    prompt needs a row (the gate averages them) and the attention a key (``L_max >= 1``)."""
+    prompt needs a row (the gate averages them) and the attention a key (``L_max >= 1``). ``seq_len``: the input
+    length ``lora_a`` must cover, or None for no limit."""
     prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate = params
     if prompt.shape[0] == 0 or prompt.shape[1] == 0:
         raise ValueError(
@@ -222,18 +223,23 @@ def ept_embed(
     attention_mask: Tensor | None = None,
     backend: str | None = None,
     check_ids: bool | None = None,
+    positions: str | Tensor = "tokens",
 ) -> tuple[Tensor, Tensor]:
-    """EPT input: :func:`ept_prompt` prepended, and DePT's offset ``scale * lora_a[t] @ lora_b`` added to input
-    token ``t`` (``L <= L_max``), through DePT's fused op. Outputs as :func:`prompt_ops.dept_embed`; ``lora_a`` and
-    ``lora_b`` get the sum of both paths' gradients."""
+    """EPT input: :func:`ept_prompt` prepended, and DePT's offset ``scale * lora_a[p] @ lora_b`` added to the input
+    token at position ``p``, through DePT's fused op. ``positions`` (``"tokens"``, the default: positions count
+    real tokens, so outputs do not depend on padding or batch mates; ``"absolute"``: the column in the padded
+    batch; or a ``(B,)`` tensor of row starts) and the length limit as in :func:`prompt_ops.dept_embed`. Outputs as
+    :func:`prompt_ops.dept_embed`; ``lora_a`` and ``lora_b`` get the sum of both paths' gradients."""
     scale = check_scale(scale)
     params = {"prompt": (prompt, 2, "(s, d)"), "lora_a": (lora_a, 2, "(L_max, r)"), "lora_b": (lora_b, 2, "(r, d)")}
     params.update(_subspace_params(w_down, w_up, w_gate, b_gate))
     backend = validate_embed_call(input_ids, weight, attention_mask, backend, params)
+    starts, nonpositive, limited = resolve_positions(positions, input_ids, attention_mask)
     builder = (prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate)
-    _check_builder(builder, input_ids.shape[1], "weight (V, d)")
+    _check_builder(builder, input_ids.shape[1] if limited else None, "weight (V, d)")
     check_embed_sizes(input_ids, weight, prompt.shape[0], f"prompt (s, d) = {tuple(prompt.shape)}", attention_mask)
     full_prompt = _build(builder, scale, backend)
     return dept_embed_fwd_op(
-        input_ids, weight, full_prompt, lora_a, lora_b, attention_mask, scale, resolve_check_ids(check_ids), backend
-    )
+        input_ids, weight, full_prompt, lora_a, lora_b, attention_mask, scale, resolve_check_ids(check_ids), backend,
+        starts, nonpositive,
+    )  # fmt: skip

@@ -20,6 +20,23 @@ def extend_mask(attention_mask: torch.Tensor | None, batch: int, seq_len: int, n
     return torch.cat([ones, attention_mask], dim=1)
 
 
+def row_starts(attention_mask: torch.Tensor | None, positions: str | torch.Tensor) -> list[int] | None:
+    """The position of column 0 of each row, counted naively: ``"tokens"`` gives minus the zeros before the row's
+    first non-zero mask entry (0 for a row of zeros), ``"absolute"`` or no mask None (every row at 0), a tensor its
+    own values."""
+    if isinstance(positions, torch.Tensor):
+        return [int(start) for start in positions.tolist()]
+    if positions == "absolute" or attention_mask is None:
+        return None
+    starts = []
+    for row in attention_mask.tolist():
+        pads = 0
+        while pads < len(row) and row[pads] == 0:
+            pads += 1
+        starts.append(-pads if pads < len(row) else 0)
+    return starts
+
+
 def dept_embed(
     input_ids: torch.Tensor,
     weight: torch.Tensor,
@@ -28,14 +45,24 @@ def dept_embed(
     lora_b: torch.Tensor | None,
     scale: float,
     attention_mask: torch.Tensor | None = None,
+    positions: str | torch.Tensor = "tokens",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DePT input: ``cat(prompt, W[ids] + scale * (A @ B)[:L])`` and the extended mask. No offset when
-    ``lora_a`` is None (vanilla prompt tuning)."""
+    ``lora_a`` is None (vanilla prompt tuning). Rows that start elsewhere (:func:`row_starts`) take the rows of
+    ``A @ B`` at their tokens' positions ``start + t``, and no offset where a position is outside ``[0, L_max)``."""
     batch, seq_len = input_ids.shape
     inputs_embeds = weight[input_ids]  # (B, L, d)
     if lora_a is not None:
         lora_embedding = scale * (lora_a @ lora_b)  # (L_max, d)
-        offset = lora_embedding[:seq_len].repeat(batch, 1, 1)  # (B, L, d), as the official code materialises it
+        starts = row_starts(attention_mask, positions)
+        if starts is None:
+            offset = lora_embedding[:seq_len].repeat(batch, 1, 1)  # (B, L, d), as the official code materialises it
+        else:
+            max_length = lora_embedding.shape[0]
+            start = torch.tensor(starts, dtype=torch.int64, device=input_ids.device)  # (B,)
+            position = start[:, None] + torch.arange(seq_len, device=input_ids.device)  # (B, L)
+            inside = (position >= 0) & (position < max_length)
+            offset = lora_embedding[position.clamp(0, max(max_length - 1, 0))] * inside[:, :, None]  # (B, L, d)
         inputs_embeds = (inputs_embeds.to(offset.dtype) + offset).to(weight.dtype)
     prompts = prompt.to(weight.dtype).unsqueeze(0).expand(batch, -1, -1)  # (B, m, d)
     embeds = torch.cat([prompts, inputs_embeds], dim=1)
@@ -137,10 +164,12 @@ def ept_embed(
     b_gate: torch.Tensor,
     scale: float,
     attention_mask: torch.Tensor | None = None,
+    positions: str | torch.Tensor = "tokens",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """EPT input: the EPT prompt prepended, and DePT's offset ``scale * A[t] @ B`` added to input token ``t``."""
+    """EPT input: the EPT prompt prepended, and DePT's offset ``scale * A[p] @ B`` added to the input token at
+    position ``p`` (as in :func:`dept_embed`)."""
     full_prompt = ept_prompt(prompt, lora_a, lora_b, w_down, w_up, w_gate, b_gate, scale)
-    return dept_embed(input_ids, weight, full_prompt, lora_a, lora_b, scale, attention_mask)
+    return dept_embed(input_ids, weight, full_prompt, lora_a, lora_b, scale, attention_mask, positions)
 
 
 def lpt_prompt(
