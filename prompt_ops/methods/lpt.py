@@ -67,11 +67,12 @@ class LPT(nn.Module):
         self.w_up = _uniform((hidden_size, width), fan_in=hidden_size)
         self.b_up = _uniform((width,), fan_in=hidden_size)
 
-    def _generator_kwargs(self, index, attention_mask, seed) -> dict:
+    def _generator_kwargs(self, index, attention_mask, source_lengths, seed) -> dict:
         return {
             "num_tokens": self.num_tokens,
             "index": index,
             "attention_mask": attention_mask,
+            "source_lengths": source_lengths,
             "mode": self.mode,
             "dropout_p": check_probability("dropout", self.dropout),  # named as the module calls it
             "training": self.training,
@@ -85,9 +86,11 @@ class LPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         index: torch.Tensor | None = None,
         seed: int | None = None,
+        source_lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The generated prompt ``(B, n, d)`` in fp32 from hidden states ``(B, L, d)``."""
-        kwargs = self._generator_kwargs(index, attention_mask, seed)
+        """The generated prompt ``(B, n, d)`` in fp32 from hidden states ``(B, L, d)``. ``source_lengths (B,)``:
+        pool only each row's first ``source_lengths[b]`` valid rows (:func:`prompt_ops.lpt_prompt`)."""
+        kwargs = self._generator_kwargs(index, attention_mask, source_lengths, seed)
         return lpt_prompt(hidden, self.w_down, self.b_down, self.w_up, self.b_up, **kwargs)
 
     def forward(
@@ -96,10 +99,12 @@ class LPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         index: torch.Tensor | None = None,
         seed: int | None = None,
+        source_lengths: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(cat(P, hidden) (B, n+L, d), cat(ones(B, n), attention_mask) (B, n+L))`` in one preallocated buffer
-        (:func:`prompt_ops.lpt_insert`)."""
-        kwargs = self._generator_kwargs(index, attention_mask, seed)
+        (:func:`prompt_ops.lpt_insert`); ``source_lengths`` restricts the pooled rows to the source, the mask stays
+        the whole input's."""
+        kwargs = self._generator_kwargs(index, attention_mask, source_lengths, seed)
         return lpt_insert(hidden, self.w_down, self.b_down, self.w_up, self.b_up, **kwargs)
 
     def extra_repr(self) -> str:

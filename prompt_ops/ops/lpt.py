@@ -2,8 +2,9 @@
 2022), and the insertion of the prompt in front of the layer-``k`` hidden states.
 
 From the layer-``k`` hidden states ``(B, L, d)`` of a frozen model, NPG (``mode="naive"``, the official default)
-reads one row per sample (``index[b]``, token 0 when None) and APPG (``mode="pool"``) average-pools each sample's
-valid rows (right padding, from ``attention_mask``) into ``n`` windows; both then run ``relu(. @ w_down + b_down)
+reads one row per sample (``index[b]``, the first valid token when None) and APPG (``mode="pool"``) average-pools
+each sample's valid rows (from ``attention_mask``, left or right padding; or only its first ``source_lengths[b]``)
+into ``n`` windows; both then run ``relu(. @ w_down + b_down)
 @ w_up + b_up`` and dropout. Only the generator trains: no gradient flows to ``hidden``.
 
 On the Triton backend the generator is the custom op ``prompt_ops::lpt_prompt_fwd/bwd`` (``prompt_ops.kernels.lpt``:
@@ -17,6 +18,7 @@ import torch
 
 from prompt_ops.ops.adept_embed import check_dropout
 from prompt_ops.ops.common import custom_op
+from prompt_ops.ops.positions import leading_pads
 from prompt_ops.ops.validation import (
     TOKEN_ID_DTYPES,
     check_float,
@@ -33,25 +35,42 @@ Tensor = torch.Tensor
 MODES = ("naive", "pool")
 
 
+def valid_blocks(attention_mask: Tensor | None, batch: int, seq_len: int, device=None) -> tuple[Tensor, Tensor]:
+    """``(first, count)``, ``(B,)`` int64: each row's first valid row (its leading padding,
+    :func:`prompt_ops.ops.positions.leading_pads`) and its number of valid (non-zero) rows; every row of ``hidden``
+    when there is no mask."""
+    if attention_mask is None:
+        zeros = torch.zeros(batch, dtype=torch.int64, device=device)
+        return zeros, torch.full((batch,), seq_len, dtype=torch.int64, device=device)
+    return leading_pads(attention_mask), (attention_mask != 0).sum(1)
+
+
 def slot_windows(
-    batch: int, seq_len: int, num_tokens: int, mode: str, index: Tensor | None, attention_mask: Tensor | None
+    batch: int,
+    seq_len: int,
+    num_tokens: int,
+    mode: str,
+    index: Tensor | None,
+    attention_mask: Tensor | None,
+    source_lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Row windows ``[start, end)`` of every slot, flattened ``(S,)`` int64: one slot per sample for NPG, ``n``
-    adaptive-pooling windows per sample for APPG."""
+    """Row windows ``[start, end)`` of every slot, flattened ``(S,)`` int64 rows of ``hidden``.
+
+    NPG: one slot per sample, the single row ``index[b]`` (default: the row's first valid row, 0 under right
+    padding). Pooling modes: ``n`` adaptive-pooling windows per sample over its pooled block, the ``len`` rows from
+    its first valid row on (``len = source_lengths[b]`` when given, else its number of valid rows), so a
+    left-padded row pools the rows it pools alone: window ``i`` is ``first + [floor(i*len/n), ceil((i+1)*len/n))``.
+    The callers check that the valid rows are one contiguous block."""
     device = index.device if index is not None else (attention_mask.device if attention_mask is not None else None)
+    first, count = valid_blocks(attention_mask, batch, seq_len, device)
     if mode == "naive":
-        if index is None:
-            starts = torch.zeros(batch, dtype=torch.int64, device=device)
-        else:  # packed: the kernels read the windows at unit stride
-            starts = index.to(torch.int64).contiguous()
+        # packed: the kernels read the windows at unit stride
+        starts = first if index is None else index.to(torch.int64).contiguous()
         return starts, starts + 1
-    if attention_mask is not None:
-        lengths = attention_mask.to(torch.int64).sum(1)
-    else:
-        lengths = torch.full((batch,), seq_len, dtype=torch.int64, device=device)
-    slots = torch.arange(num_tokens, dtype=torch.int64, device=lengths.device)
-    starts = (slots[None, :] * lengths[:, None]) // num_tokens
-    ends = ((slots[None, :] + 1) * lengths[:, None] + num_tokens - 1) // num_tokens
+    lengths = count if source_lengths is None else source_lengths.to(device=first.device, dtype=torch.int64)
+    slots = torch.arange(num_tokens, dtype=torch.int64, device=first.device)
+    starts = first[:, None] + (slots[None, :] * lengths[:, None]) // num_tokens
+    ends = first[:, None] + ((slots[None, :] + 1) * lengths[:, None] + num_tokens - 1) // num_tokens
     return starts.reshape(-1), ends.reshape(-1)
 
 
@@ -233,30 +252,96 @@ def _check_generator(hidden, w_down, b_down, w_up, b_up, num_tokens, mode) -> in
     return num_tokens
 
 
-def _check_rows(hidden: Tensor, mode: str, index: object, attention_mask: object) -> None:
-    """``index`` and ``attention_mask``: types, shapes, then values (a sync for each given)."""
+def _check_rows(hidden: Tensor, mode: str, index: object, attention_mask: object, source_lengths: object) -> None:
+    """``index``, ``attention_mask`` and ``source_lengths``: types, shapes, then values (a sync for each given).
+
+    The pooling modes need each row's valid rows to be one contiguous block (padding on the left, the right or
+    both): a zero between two valid rows (a hole) is refused, as right-padding-only masks refused it before. NPG
+    reads its one row and copies any mask (holes included) into the insertion's mask, unless ``source_lengths``
+    is given: the source is then the first ``source_lengths[b]`` rows of that block, and NPG's row must be in it.
+    """
     batch, seq_len, _ = hidden.shape
     if index is not None:
         _check_index(index, batch, seq_len)
     check_mask("attention_mask", attention_mask, (batch, seq_len), "(B, L) like hidden")
-    check_mask_values("attention_mask", attention_mask, binary=mode == "pool")
-    if mode == "pool" and attention_mask is not None and batch:
-        lengths = attention_mask.to(torch.int64).sum(1)
-        if int(lengths.min()) < 1:
-            raise ValueError("attention_mask has an all-padding row: APPG pools over at least one valid token")
-        positions = torch.arange(seq_len, device=attention_mask.device)
-        right_padded = (positions[None, :] < lengths[:, None]).to(attention_mask.dtype)
-        if not torch.equal(attention_mask, right_padded):
-            raise ValueError("attention_mask must be right-padded (ones, then zeros) in mode='pool'")
+    pooling = mode != "naive"
+    check_mask_values("attention_mask", attention_mask, binary=pooling)
+    if source_lengths is not None:
+        _check_row_vector("source_lengths", source_lengths, batch)
+    if not batch or not (pooling or source_lengths is not None):
+        return
+    first, count = valid_blocks(attention_mask, batch, seq_len, hidden.device)
+    if attention_mask is not None:
+        _check_block(attention_mask, first, count, mode)
+    if source_lengths is None:
+        return
+    source_lengths = source_lengths.to(count.device, torch.int64)
+    _check_source_lengths(source_lengths, count)
+    if mode == "naive" and index is not None:
+        _check_index_in_source(index.to(first.device, torch.int64), first, first + source_lengths)
+
+
+def _check_block(attention_mask: Tensor, first: Tensor, count: Tensor, mode: str) -> None:
+    """Every row has a valid row (pooling modes) and its valid rows are one contiguous block."""
+    if mode != "naive" and int(count.min()) < 1:
+        b = int((count < 1).nonzero()[0, 0])
+        raise ValueError(
+            f"attention_mask has an all-padding row (row {b}): mode={mode!r} pools over at least one valid token"
+        )
+    columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    block = (columns[None, :] >= first[:, None]) & (columns[None, :] < (first + count)[:, None])
+    holes = (block != (attention_mask != 0)).any(1)
+    if bool(holes.any()):
+        b = int(holes.nonzero()[0, 0])
+        raise ValueError(
+            f"attention_mask must mark one contiguous block of valid rows per row (padding on the left and/or the "
+            f"right, no zeros between valid rows) in mode={mode!r} or with source_lengths; row {b} has a hole"
+        )
+
+
+def _check_index_in_source(rows: Tensor, first: Tensor, ends: Tensor) -> None:
+    """NPG's row of each sample is one of its source rows ``[first, ends)``."""
+    outside = (rows < first) | (rows >= ends)
+    if bool(outside.any()):
+        b = int(outside.nonzero()[0, 0])
+        raise ValueError(
+            f"index must point into each row's source rows when source_lengths is given (the first "
+            f"source_lengths[b] valid rows): row {b} reads row {int(rows[b])}, outside its source rows "
+            f"[{int(first[b])}, {int(ends[b])})"
+        )
+
+
+def _check_source_lengths(source_lengths: Tensor, count: Tensor) -> None:
+    """``source_lengths[b]`` in ``[1, valid rows of row b]``."""
+    empty = source_lengths == 0
+    if bool(empty.any()):
+        b = int(empty.nonzero()[0, 0])
+        raise ValueError(
+            f"source_lengths[{b}] = 0: row {b} has no source rows, so LPT has nothing to generate its prompt from "
+            f"(the pooling modes pool the source, NPG reads a source row); every row needs at least one source row"
+        )
+    bad = (source_lengths < 1) | (source_lengths > count)
+    if bool(bad.any()):
+        b = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"source_lengths must be in [1, valid rows of the row] (the source is the first source_lengths[b] valid "
+            f"rows of row b), got source_lengths[{b}] = {int(source_lengths[b])} for a row of {int(count[b])} valid "
+            f"rows"
+        )
+
+
+def _check_row_vector(name: str, value: object, batch: int) -> None:
+    """A ``(B,)`` int64 or int32 tensor (NPG's ``index``, ``source_lengths``)."""
+    check_tensor(name, value, 1, "(B,)")
+    if value.dtype not in TOKEN_ID_DTYPES:
+        raise TypeError(f"{name} must be an int64 or int32 tensor, got {value.dtype}")
+    if value.shape[0] != batch:
+        raise ValueError(f"{name} must have shape (B,) = ({batch},), got {tuple(value.shape)}")
 
 
 def _check_index(index: object, batch: int, seq_len: int) -> None:
     """NPG's ``(B,)`` row index: int64 or int32, each in ``[0, L)``."""
-    check_tensor("index", index, 1, "(B,)")
-    if index.dtype not in TOKEN_ID_DTYPES:
-        raise TypeError(f"index must be an int64 or int32 tensor, got {index.dtype}")
-    if index.shape[0] != batch:
-        raise ValueError(f"index must have shape (B,) = ({batch},), got {tuple(index.shape)}")
+    _check_row_vector("index", index, batch)
     if index.numel():
         low, high = (int(x) for x in torch.aminmax(index))
         if low < 0 or high >= seq_len:
@@ -285,14 +370,20 @@ def _check_sizes(hidden, num_tokens: int, attention_mask, insert: bool, dropout_
 
 _GENERATOR_ARGS = """``w_down (d, h)``, ``b_down (h,)`` and, for NPG (``mode="naive"``), ``w_up (h, n*d)``,
     ``b_up (n*d,)``, for APPG (``mode="pool"``) ``w_up (h, d)``, ``b_up (d,)``. NPG reads row ``index[b]``
-    (default 0) of each sample; APPG pools each sample's valid rows (``attention_mask``, right padding). Dropout
+    (default: the row's first valid row, row 0 under right padding) of each sample; APPG pools each sample's valid
+    rows (non-zero ``attention_mask`` columns), wherever they are: its windows start at the row's first valid row,
+    so a left-padded row pools exactly the rows it pools alone. The valid rows must be one contiguous block (left
+    and/or right padding; a hole between valid rows is refused). ``source_lengths (B,)`` (int64 or int32, each in
+    ``[1, valid rows]``): the pooling modes pool only the first ``source_lengths[b]`` valid rows of row ``b`` (the
+    source of a causal LM's source + target sequence, so that the prompt, which every position sees, carries no
+    target token); NPG keeps its ``index``, which must then be a source row. Dropout
     on the prompt in training, keyed by ``seed`` as in :func:`prompt_ops.adept_embed`. Gradients reach the four
     generator tensors only: ``hidden`` comes from the frozen layers below ``k``. The four share one floating dtype
     (``hidden``'s may differ); ``hidden`` needs ``L, d >= 1`` (``B = 0`` gives empty outputs) and ``h >= 1``."""
 
 
-def _prepare(hidden, w_down, b_down, w_up, b_up, num_tokens, index, attention_mask, mode, dropout_p, training, seed,
-             backend, insert):  # fmt: skip
+def _prepare(hidden, w_down, b_down, w_up, b_up, num_tokens, index, attention_mask, source_lengths, mode, dropout_p,
+             training, seed, backend, insert):  # fmt: skip
     """Validate a generator call; return ``(backend, hidden detached, num_tokens, starts, ends, dropout_p, seed)``."""
     check_tensor("hidden", hidden, 3, "(B, L, d)")
     params = {
@@ -301,16 +392,17 @@ def _prepare(hidden, w_down, b_down, w_up, b_up, num_tokens, index, attention_ma
         "w_up": (w_up, 2, "(h, n*d) or (h, d)"),
         "b_up": (b_up, 1, "(n*d,) or (d,)"),
     }
-    extras = {"index": index, "attention_mask": attention_mask}  # rank and dtype checked with the generator
+    # rank and dtype checked with the generator
+    extras = {"index": index, "attention_mask": attention_mask, "source_lengths": source_lengths}
     extras = {name: value for name, value in extras.items() if isinstance(value, Tensor)}
     backend = validate_params(params, backend, hidden=hidden, **extras)
     check_float("hidden", hidden, backend)  # hidden may differ in dtype from the generator's parameters
     num_tokens = _check_generator(hidden, w_down, b_down, w_up, b_up, num_tokens, mode)
     dropout_p, seed = check_dropout(dropout_p, training, seed)
     _check_sizes(hidden, num_tokens, attention_mask, insert, dropout_p, backend)
-    _check_rows(hidden, mode, index, attention_mask)
+    _check_rows(hidden, mode, index, attention_mask, source_lengths)
     batch, seq_len, _ = hidden.shape
-    starts, ends = slot_windows(batch, seq_len, num_tokens, mode, index, attention_mask)
+    starts, ends = slot_windows(batch, seq_len, num_tokens, mode, index, attention_mask, source_lengths)
     hidden = hidden.detach()
     return backend, hidden, num_tokens, starts.to(hidden.device), ends.to(hidden.device), dropout_p, seed
 
@@ -325,6 +417,7 @@ def lpt_prompt(
     num_tokens: int,
     index: Tensor | None = None,
     attention_mask: Tensor | None = None,
+    source_lengths: Tensor | None = None,
     mode: str = "naive",
     dropout_p: float = 0.0,
     training: bool = False,
@@ -336,8 +429,8 @@ def lpt_prompt(
     {generator_args}
     """
     backend, hidden, num_tokens, starts, ends, dropout_p, seed = _prepare(
-        hidden, w_down, b_down, w_up, b_up, num_tokens, index, attention_mask, mode, dropout_p, training, seed, backend,
-        insert=False,
+        hidden, w_down, b_down, w_up, b_up, num_tokens, index, attention_mask, source_lengths, mode, dropout_p,
+        training, seed, backend, insert=False,
     )  # fmt: skip
     generator = (hidden, w_down, b_down, w_up, b_up, starts, ends)
     if backend == "triton":
@@ -355,6 +448,7 @@ def lpt_insert(
     num_tokens: int,
     index: Tensor | None = None,
     attention_mask: Tensor | None = None,
+    source_lengths: Tensor | None = None,
     mode: str = "naive",
     dropout_p: float = 0.0,
     training: bool = False,
@@ -373,8 +467,8 @@ def lpt_insert(
     {generator_args}
     """
     backend, hidden, num_tokens, starts, ends, dropout_p, seed = _prepare(
-        hidden, w_down, b_down, w_up, b_up, num_tokens, index, attention_mask, mode, dropout_p, training, seed, backend,
-        insert=True,
+        hidden, w_down, b_down, w_up, b_up, num_tokens, index, attention_mask, source_lengths, mode, dropout_p,
+        training, seed, backend, insert=True,
     )  # fmt: skip
     generator = (w_down, b_down, w_up, b_up, starts, ends)
     if backend == "triton":

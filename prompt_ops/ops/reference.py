@@ -183,29 +183,37 @@ def lpt_prompt(
     attention_mask: torch.Tensor | None = None,
     mode: str = "naive",
     dropout_scale: torch.Tensor | None = None,
+    source_lengths: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """LPT's prompt generators as the official code writes them (``xyltt/LPT``), ``(B, n, d)``.
 
-    NPG (``naive``): ``dropout(relu(hidden[b, index[b]] @ w_down + b_down) @ w_up + b_up).view(B, n, d)``.
-    APPG (``pool``): ``Z = hidden @ w_down + b_down``; adaptive average pooling of each sample's valid rows into
-    ``n`` rows (windows ``[floor(i*len/n), ceil((i+1)*len/n))``); ReLU; ``@ w_up + b_up``; dropout.
-    ``dropout_scale`` holds the multipliers (``0`` or ``1/(1-p)``) in the output's layout, or None.
+    NPG (``naive``): ``dropout(relu(hidden[b, index[b]] @ w_down + b_down) @ w_up + b_up).view(B, n, d)``; without
+    ``index``, each sample's first valid row.
+    APPG (``pool``) and MPPG (``max``): ``Z = hidden @ w_down + b_down``; each sample's pooled rows (its valid rows,
+    wherever they are, or only the first ``source_lengths[b]`` of them) go through ``nn.AdaptiveAvgPool1d(n)``
+    (APPG) or ``nn.AdaptiveMaxPool1d(n)`` (MPPG) over the length, as the official generator pools ``Z[b, :len]``;
+    ReLU; ``@ w_up + b_up``; dropout. ``dropout_scale`` holds the multipliers (``0`` or ``1/(1-p)``) in the
+    output's layout, or None.
     """
     batch, seq_len, hidden_size = hidden.shape
+    valid = [
+        torch.arange(seq_len) if attention_mask is None else torch.nonzero(attention_mask[b].cpu()).flatten()
+        for b in range(batch)
+    ]  # each sample's valid rows, in order
     if mode == "naive":
-        rows = index if index is not None else torch.zeros(batch, dtype=torch.long, device=hidden.device)
+        firsts = torch.tensor([int(rows[0]) if len(rows) else 0 for rows in valid], dtype=torch.long)
+        rows = index if index is not None else firsts.to(hidden.device)
         picked = hidden[torch.arange(batch, device=hidden.device), rows]  # (B, d)
         out = torch.relu(picked @ w_down + b_down) @ w_up + b_up  # (B, n*d)
     else:
+        pool = torch.nn.functional.adaptive_avg_pool1d if mode == "pool" else torch.nn.functional.adaptive_max_pool1d
         projected = hidden @ w_down + b_down  # (B, L, h)
-        lengths = attention_mask.sum(1).tolist() if attention_mask is not None else [seq_len] * batch
         pooled = []
-        for b, length in enumerate(lengths):
-            windows = [
-                projected[b, (i * length) // num_tokens : -((-(i + 1) * length) // num_tokens)].mean(0)
-                for i in range(num_tokens)
-            ]
-            pooled.append(torch.stack(windows))
+        for b, rows in enumerate(valid):
+            if source_lengths is not None:
+                rows = rows[: int(source_lengths[b])]
+            block = projected[b, rows.to(hidden.device)]  # (len, h)
+            pooled.append(pool(block.T.unsqueeze(0), num_tokens).squeeze(0).T)  # (n, h)
         pooled = torch.stack(pooled) if pooled else projected.new_empty((0, num_tokens, projected.shape[2]))
         out = torch.relu(pooled) @ w_up + b_up  # (B, n, d)
     out = out.reshape(batch, num_tokens, hidden_size)

@@ -1,5 +1,5 @@
 """LPT's generators (NPG and APPG) and the insertion against ops/reference.py on both backends: outputs, gradients,
-dropout, custom-op checks and bad input."""
+dropout, left and right padding, source lengths, custom-op checks and bad input."""
 
 import pytest
 import torch
@@ -11,6 +11,7 @@ from prompt_ops.ops import reference
 from tests.helpers import assert_close, assert_grads_close, tolerances
 
 BACKENDS = ["torch", "triton"]
+MODES = ["naive", "pool"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # (B, L, d, h, n): batch 1 with one row, odd widths, h not a power of two, windows longer and shorter than 1 row.
 SHAPES = [(1, 1, 8, 3, 1), (3, 9, 20, 6, 4), (2, 13, 37, 19, 5), (2, 5, 33, 16, 7)]
@@ -26,16 +27,27 @@ def make(batch, seq_len, hidden_size, gen_rank, num_tokens, mode, dtype=torch.fl
         torch.randn(gen_rank, width, device=device) / gen_rank**0.5,
         torch.randn(width, device=device),
     ]
-    mask = torch.ones(batch, seq_len, dtype=torch.long, device=device)
-    if batch > 1 and seq_len > 2:
-        mask[-1, seq_len - 2 :] = 0  # ragged lengths, right padding
+    mask = ragged_mask(batch, seq_len, device)
     index = torch.randint(0, seq_len, (batch,), device=device)
     return hidden, [p.requires_grad_(True) for p in params], mask, index
 
 
-def check(out, hidden, params, mask, index, num_tokens, mode, dropout_scale=None):
+def ragged_mask(batch, seq_len, device=None):
+    """Ragged lengths on every padding side: the last row right-padded by 2, the first left-padded by 1, a middle
+    row (when there is one) padded by 1 on both sides."""
+    mask = torch.ones(batch, seq_len, dtype=torch.long, device=device)
+    if batch > 1 and seq_len > 2:
+        mask[-1, seq_len - 2 :] = 0
+        mask[0, :1] = 0
+    if batch > 2 and seq_len > 3:
+        mask[1, :1] = mask[1, -1:] = 0
+    return mask
+
+
+def check(out, hidden, params, mask, index, num_tokens, mode, dropout_scale=None, source_lengths=None):
     fresh = [p.detach().clone().requires_grad_(True) for p in params]
-    expected = reference.lpt_prompt(hidden.float(), *fresh, num_tokens, index, mask, mode, dropout_scale)
+    expected = reference.lpt_prompt(hidden.float(), *fresh, num_tokens, index, mask, mode, dropout_scale,
+                                    source_lengths)  # fmt: skip
     assert out.shape == expected.shape and out.dtype == torch.float32
     assert_close(out, expected, torch.float32, dot=True)
     grad = torch.randn(out.shape, device=out.device)
@@ -44,7 +56,7 @@ def check(out, hidden, params, mask, index, num_tokens, mode, dropout_scale=None
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("mode", ["naive", "pool"])
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_generators_match_reference(backend, mode, shape, dtype):
@@ -56,7 +68,7 @@ def test_generators_match_reference(backend, mode, shape, dtype):
     check(out, hidden, params, mask, index, num_tokens, mode)
 
 
-@pytest.mark.parametrize("mode", ["naive", "pool"])
+@pytest.mark.parametrize("mode", MODES)
 def test_realistic_shape(mode):
     """B=4, L=128, d=768, h=128, n=5 (the official scripts' generator)."""
     hidden, params, mask, index = make(4, 128, 768, 128, 5, mode)
@@ -65,7 +77,7 @@ def test_realistic_shape(mode):
     check(out, hidden, params, mask, index, 5, mode)
 
 
-@pytest.mark.parametrize("mode", ["naive", "pool"])
+@pytest.mark.parametrize("mode", MODES)
 def test_dropout_uses_one_mask(mode):
     hidden, params, mask, index = make(3, 9, 20, 6, 4, mode)
     kwargs = {"num_tokens": 4, "index": index, "attention_mask": mask, "mode": mode, "backend": "triton"}
@@ -148,12 +160,101 @@ def test_bad_input(backend):
     with pytest.raises(ValueError, match="all-padding row"):
         prompt_ops.lpt_prompt(pool_hidden, *pool_params, num_tokens=3, attention_mask=pool_mask, mode="pool",
                               backend=backend)  # fmt: skip
-    left_padded = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
-    with pytest.raises(ValueError, match="right-padded"):
-        prompt_ops.lpt_insert(pool_hidden, *pool_params, num_tokens=3, attention_mask=left_padded, mode="pool",
+    holed = torch.tensor([[1] * 6, [0, 1, 1, 0, 1, 0]])
+    with pytest.raises(ValueError, match=r"one contiguous block of valid rows .* row 1 has a hole"):
+        prompt_ops.lpt_insert(pool_hidden, *pool_params, num_tokens=3, attention_mask=holed, mode="pool",
                               backend=backend)  # fmt: skip
     with pytest.raises(ValueError, match="attention_mask must have shape"):
         prompt_ops.lpt_insert(hidden, *params, num_tokens=3, attention_mask=mask[:, :5], backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_row_alone_equals_the_row_left_padded_in_a_batch(backend, mode):
+    """A left-padded row pools (or, for NPG without an index, reads) exactly the rows it has alone; so do a
+    right-padded one and one padded on both sides. fp32, with bf16 hidden states too."""
+    for dtype in (torch.float32, torch.bfloat16):
+        hidden, params, _, _ = make(1, 5, 20, 6, 4, mode, dtype)
+        batch = torch.randn(3, 9, 20).to(dtype)
+        mask = torch.zeros(3, 9, dtype=torch.long)
+        batch[0, 4:], mask[0, 4:] = hidden[0], 1  # left-padded by 4
+        batch[1, :5], mask[1, :5] = hidden[0], 1  # right-padded by 4
+        batch[2, 2:7], mask[2, 2:7] = hidden[0], 1  # both
+        kwargs = {"num_tokens": 4, "mode": mode, "backend": backend}
+        alone = prompt_ops.lpt_prompt(hidden, *params, **kwargs)
+        together = prompt_ops.lpt_prompt(batch, *params, attention_mask=mask, **kwargs)
+        for row in together:
+            assert_close(row, alone[0], torch.float32, dot=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+def test_source_lengths_pool_only_the_source(backend, mode):
+    """With ``source_lengths`` the pooling modes pool each row's first ``source_lengths[b]`` valid rows (left and
+    right padding, sources shorter than n, of n and longer); NPG reads its index, which is a source row. Forward
+    and gradients match the reference; the insertion's mask is the whole input's; changing any row after the
+    source changes nothing in the prompt."""
+    hidden, params, mask, _ = make(4, 11, 20, 6, 4, mode)
+    mask[2, :3] = 0  # left-padded by 3: 8 valid rows
+    mask[3, 9:] = 0  # right-padded by 2: 9 valid rows
+    source_lengths = torch.tensor([3, 9, 5, 4])
+    first = torch.tensor([1, 1, 3, 0])
+    index = first + source_lengths - 1  # the last source row
+    kwargs = {"num_tokens": 4, "index": index, "attention_mask": mask, "mode": mode, "backend": backend}
+    out = prompt_ops.lpt_prompt(hidden, *params, source_lengths=source_lengths, **kwargs)
+    check(out, hidden, params, mask, index, 4, mode, source_lengths=source_lengths)
+    inserted, mask_out = prompt_ops.lpt_insert(hidden, *params, source_lengths=source_lengths, **kwargs)
+    assert torch.equal(inserted[:, :4], out) and torch.equal(mask_out[:, 4:], mask)
+    changed = hidden.clone()
+    for b in range(4):
+        changed[b, first[b] + source_lengths[b] :] = torch.randn(11 - int(first[b] + source_lengths[b]), 20)
+    again = prompt_ops.lpt_prompt(changed, *params, source_lengths=source_lengths, **kwargs)
+    assert torch.equal(again, out)
+    if mode != "naive":  # without source_lengths the changed rows are pooled
+        assert not torch.equal(
+            prompt_ops.lpt_prompt(changed, *params, **kwargs), prompt_ops.lpt_prompt(hidden, *params, **kwargs)
+        )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+def test_bad_source_lengths_are_named(backend, mode):
+    hidden, params, _, _ = make(2, 6, 16, 4, 3, mode)
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    index = torch.tensor([1, 0])
+
+    def run(source_lengths, index=index, mask=mask):
+        prompt_ops.lpt_insert(hidden, *params, num_tokens=3, index=index, attention_mask=mask, mode=mode,
+                              source_lengths=source_lengths, backend=backend)  # fmt: skip
+
+    run(torch.tensor([5, 4], dtype=torch.int32))  # the largest valid values pass
+    with pytest.raises(TypeError, match=r"source_lengths must be a torch.Tensor of shape \(B,\), got list"):
+        run([5, 4])
+    with pytest.raises(TypeError, match=r"source_lengths must be an int64 or int32 tensor, got torch.float32"):
+        run(torch.tensor([5.0, 4.0]))
+    with pytest.raises(ValueError, match=r"source_lengths must have shape \(B,\) = \(2,\), got \(3,\)"):
+        run(torch.tensor([1, 1, 1]))
+    with pytest.raises(ValueError, match=r"source_lengths must have shape \(B,\) \(1-D\)"):
+        run(torch.tensor([[1, 1]]))
+    with pytest.raises(ValueError, match=r"source_lengths\[1\] = 0: row 1 has no source rows"):
+        run(torch.tensor([2, 0]))
+    with pytest.raises(
+        ValueError,
+        match=r"source_lengths must be in \[1, valid rows .* source_lengths\[0\] = 6 for "
+        r"a row of 5 valid rows",
+    ):
+        run(torch.tensor([6, 4]))
+    with pytest.raises(ValueError, match=r"source_lengths must be in .* source_lengths\[1\] = -1"):
+        run(torch.tensor([1, -1]))
+    with pytest.raises(ValueError, match=r"row 1 has a hole"):
+        run(torch.tensor([1, 1]), mask=torch.tensor([[1, 1, 1, 1, 1, 1], [1, 0, 1, 1, 0, 0]]))
+    if mode == "naive":
+        with pytest.raises(
+            ValueError,
+            match=r"index must point into each row's source rows .* row 0 reads row 3, "
+            r"outside its source rows \[1, 3\)",
+        ):
+            run(torch.tensor([2, 2]), index=torch.tensor([3, 0]))
 
 
 def check_insert(out, mask_out, hidden, params, mask, index, num_tokens, mode, grad_rows=None):
@@ -174,7 +275,7 @@ def check_insert(out, mask_out, hidden, params, mask, index, num_tokens, mode, g
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("mode", ["naive", "pool"])
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_insert_matches_prompt_then_cat(backend, mode, shape, dtype):
@@ -226,6 +327,6 @@ def test_insert_compiles():
         return out.square().sum(), mask_out
 
     loss, mask_out = step(hidden, mask, *params)
-    expected, expected_mask = reference.lpt_insert(reference.lpt_prompt(hidden, *params, 3), hidden, mask)
+    expected, expected_mask = reference.lpt_insert(reference.lpt_prompt(hidden, *params, 3, None, mask), hidden, mask)
     torch.testing.assert_close(loss, expected.square().sum(), rtol=1e-4, atol=1e-4)
     assert torch.equal(mask_out, expected_mask)
