@@ -25,6 +25,22 @@ depend on ``b``, so its gradient is the batch sum ``G``; then ``dA[t, k] = s * s
 ``dB[k, j] = s * sum_t A[t, k] G[t, j]``. The embedding table is frozen and gets no gradient.
 
 Partials plus a sum keep the reduction deterministic (no atomics).
+
+Row starts (``HAS_STARTS``; ``prompt_ops.ops.positions``): row ``b`` of the batch starts at position ``starts[b]``,
+so its token column ``t`` gets ``s * A[starts[b] + t] @ B``, and nothing where ``starts[b] + t`` is outside
+``[0, L_max)``. The forward is still one launch reading only the ``(B,)`` vector more: the offset slice now depends
+on the row's start, so a program recomputes it for each of its batch rows whose start differs from the previous
+row's (a batch without padding recomputes nothing). The offset is no longer batch-independent, but it is linear in
+one A-row per token, so the chain rule gives, with ``j = starts[b] + t`` the A-row of column ``t``::
+
+    dA[j, k] = s * sum_b sum_{t: starts[b] + t = j} sum_i dX[b, m+t, i] B[k, i] = s * (G' B^T)[j, k]
+    dB[k, i] = s * sum_j A[j, k] G'[j, i]                                        = s * (A^T G')[k, i]
+    G'[j]    = sum_b dX[b, m + j - starts[b]]     over the b with 0 <= j - starts[b] < L
+
+The backward keeps its shape with ``G'`` in place of ``G``: the main launch tiles ``m + J`` rows (the prompt, then
+one per A-row ``j < J``), gathers each batch row's shifted column for every ``j`` (a gather-sum, deterministic, no
+scatter) and writes the same partials; ``J = L`` when no start is positive (then ``j <= t < L``), which the string
+conventions guarantee, else ``J = L_max``. Rows of ``dA`` from ``J`` on are zero.
 """
 
 from __future__ import annotations
@@ -146,13 +162,9 @@ def _dept_embed_fwd_kernel(
     mask_base = mask_ptr + first * stride_mask_b
     out_base = out_ptr + first * total * hidden
     mask_out_base = mask_out_ptr + first * total
-    if HAS_OFFSET and HAS_STARTS:  # the first row's shifted slice; later rows recompute it only for a new start
+    if HAS_OFFSET and HAS_STARTS:  # the shifted slice is computed for a row only when its start is new
         start_ptr = starts_ptr + first
-        last_start = tl.load(start_ptr)
-        offset = scale * _shifted_low_rank_tile(
-            lora_a_ptr, lora_b_ptr, last_start, tok, is_token, max_length, cols, col_ok, rank, stride_a_l,
-            stride_a_r, stride_b_r, stride_b_d, BLOCK_T, BLOCK_D, BLOCK_R,
-        )  # fmt: skip
+        last_start = tl.load(start_ptr) + 1  # differs from the first row's start: its slice is computed
     for _ in range(0, count):
         if HAS_OFFSET and HAS_STARTS:
             start = tl.load(start_ptr)
@@ -323,20 +335,26 @@ GPU_FWD_CONFIG = EmbedConfig(block_t=16, block_d=64, num_warps=4)
 """The shipped GPU forward tile, chosen from sm_90 compile stats (fp32 ``ieee`` dots, rank chunk 16): 117 registers
 per thread, no spills; 32 x 128 at 4 warps spills. Small tiles give many programs for the memory-bound gather."""
 
+GPU_SHIFTED_FWD_CONFIG = EmbedConfig(block_t=16, block_d=64, num_warps=8)
+"""The shipped GPU forward tile with row starts: the offset slice is recomputed inside the batch loop, which at 4
+warps needs 255 registers and spills; 8 warps hold the same tile in 154 registers per thread, no spills."""
+
 GPU_BWD_CONFIG = EmbedConfig(block_t=64, block_d=64, num_warps=8)
 """The shipped GPU backward tile: 128 registers, no spills. Taller tiles mean fewer row tiles and so fewer
 ``(n_row_tiles, r, d)`` partials of ``d_lora_b`` to write and sum (5 tiles for m + L = 316 instead of 20 at 16 rows)."""
 
 
-def default_config(num_rows: int, hidden: int, interpret: bool, backward: bool = False) -> EmbedConfig:
+def default_config(
+    num_rows: int, hidden: int, interpret: bool, backward: bool = False, shifted: bool = False
+) -> EmbedConfig:
     """Heuristic tile choice (no autotuning, see DESIGN.md §3).
 
-    On a GPU the shipped ``GPU_FWD_CONFIG`` / ``GPU_BWD_CONFIG``. Under the interpreter the cost is per program and
-    per op, not per element, so the tiles cover as much of the ``(T, d)`` plane as is sensible: up to 128 rows x
-    1024 columns.
+    On a GPU the shipped ``GPU_FWD_CONFIG`` (``GPU_SHIFTED_FWD_CONFIG`` with row starts) / ``GPU_BWD_CONFIG``.
+    Under the interpreter the cost is per program and per op, not per element, so the tiles cover as much of the
+    ``(T, d)`` plane as is sensible: up to 128 rows x 1024 columns.
     """
     if not interpret:
-        return GPU_BWD_CONFIG if backward else GPU_FWD_CONFIG
+        return GPU_BWD_CONFIG if backward else (GPU_SHIFTED_FWD_CONFIG if shifted else GPU_FWD_CONFIG)
     return EmbedConfig(
         block_t=min(128, max(16, triton.next_power_of_2(max(num_rows, 1)))),
         block_d=min(1024, max(16, triton.next_power_of_2(hidden))),
@@ -401,9 +419,10 @@ def dept_embed_fwd(
         return out, mask_out
 
     has_offset = lora_a is not None
+    shifted = has_offset and starts is not None
     rank = lora_a.shape[1] if has_offset else 0
     interpret = interpreting()
-    config = config or default_config(total, hidden, interpret)
+    config = config or default_config(total, hidden, interpret, shifted=shifted)
     tiles_t, tiles_d = triton.cdiv(total, config.block_t), triton.cdiv(hidden, config.block_d)
     per_program = _batches_per_program(config, num_batch, tiles_t * tiles_d, interpret)
     grid = launch_grid(tiles_t, tiles_d, triton.cdiv(num_batch, per_program), sizes=f"weight's width d = {hidden}")
@@ -412,7 +431,6 @@ def dept_embed_fwd(
     q, v = (prompt.q, prompt.v) if factored else (dense, dense)
     a, b = (lora_a, lora_b) if has_offset else (dense, dense)
     m = attention_mask if attention_mask is not None else input_ids
-    shifted = has_offset and starts is not None
     _dept_embed_fwd_kernel[grid](
         out, mask_out, input_ids, weight, dense, q, v, a, b, m, starts if shifted else input_ids,
         num_batch, num_prompt, seq_len, hidden, rank, prompt.u.shape[1] if factored else 0,
@@ -527,10 +545,11 @@ def sm90_specs():
     from prompt_ops.kernels.compile_check import KernelSpec
 
     specs = []
+    variants = {"dept": (True, False), "prompt": (False, False), "dept-shifted": (True, True)}
     for dtype in ("fp32", "fp16", "bf16"):
-        for has_offset in (True, False):
-            name = "dept" if has_offset else "prompt"
-            forward_tile = {"BLOCK_T": GPU_FWD_CONFIG.block_t, "BLOCK_D": GPU_FWD_CONFIG.block_d}
+        for name, (has_offset, has_starts) in variants.items():
+            forward_config = GPU_SHIFTED_FWD_CONFIG if has_starts else GPU_FWD_CONFIG
+            forward_tile = {"BLOCK_T": forward_config.block_t, "BLOCK_D": forward_config.block_d}
             backward_tile = {"BLOCK_T": GPU_BWD_CONFIG.block_t, "BLOCK_D": GPU_BWD_CONFIG.block_d}
             forward_pointers = {
                 "out_ptr": f"*{dtype}",
@@ -543,6 +562,7 @@ def sm90_specs():
                 "lora_a_ptr": "*fp32",
                 "lora_b_ptr": "*fp32",
                 "mask_ptr": "*i64",
+                "starts_ptr": "*i64",
             }
             specs.append(
                 KernelSpec(
@@ -552,11 +572,12 @@ def sm90_specs():
                     {
                         "HAS_OFFSET": has_offset,
                         "HAS_MASK": True,
+                        "HAS_STARTS": has_starts,
                         "FACTORED_PROMPT": False,
                         "BLOCK_R": RANK_CHUNK,
                         **forward_tile,
                     },  # fmt: skip
-                    GPU_FWD_CONFIG.num_warps,
+                    forward_config.num_warps,
                 )
             )
             backward_pointers = {
@@ -566,13 +587,14 @@ def sm90_specs():
                 "grad_out_ptr": f"*{dtype}",
                 "lora_a_ptr": "*fp32",
                 "lora_b_ptr": "*fp32",
+                "starts_ptr": "*i64",
             }
             specs.append(
                 KernelSpec(
                     f"dept_embed_bwd[{name},{dtype}]",
                     _dept_embed_bwd_kernel,
                     backward_pointers,
-                    {"HAS_OFFSET": has_offset, "BLOCK_R": RANK_CHUNK, **backward_tile},
+                    {"HAS_OFFSET": has_offset, "HAS_STARTS": has_starts, "BLOCK_R": RANK_CHUNK, **backward_tile},
                     GPU_BWD_CONFIG.num_warps,
                 )
             )
@@ -586,9 +608,11 @@ def sm90_specs():
                 {
                     "HAS_OFFSET": False,
                     "HAS_MASK": True,
+                    "HAS_STARTS": False,
                     "FACTORED_PROMPT": True,
                     "BLOCK_R": RANK_CHUNK,
-                    **forward_tile,
+                    "BLOCK_T": GPU_FWD_CONFIG.block_t,
+                    "BLOCK_D": GPU_FWD_CONFIG.block_d,
                 },  # fmt: skip
                 GPU_FWD_CONFIG.num_warps,
             )

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 import prompt_ops
 from prompt_ops.kernels import dept_embed as kernels
+from prompt_ops.ops import reference
+from prompt_ops.ops.positions import leading_pads
 from tests.helpers import (
     LOW_PRECISION,
     assert_close,
@@ -16,6 +18,7 @@ from tests.helpers import (
     assert_grads_close,
     make_case,
     run_public,
+    tolerances,
 )
 
 # (B, L, m, d, r): batch 1, odd d and L, ranks that are not powers of two, rank above one 16-wide chunk.
@@ -179,3 +182,158 @@ def test_property_random_shapes(batch, seq_len, num_prompt, hidden, rank, dtype,
     grads = torch.autograd.grad(out, case.params, grad)
     check_case(case, dtype, out, out_mask, grads, grad)
     assert dtype in LOW_PRECISION or out.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Row starts (positions=): column t of row b takes A[start[b] + t], none outside [0, L_max)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def padded_mask(lengths: list[int], seq_len: int, left: list[bool], device=None) -> torch.Tensor:
+    """``(B, L)`` int64 mask: row ``b`` has ``lengths[b]`` ones, after its pads when ``left[b]``, else before."""
+    mask = torch.zeros(len(lengths), seq_len, dtype=torch.int64, device=device)
+    for row, (length, on_left) in enumerate(zip(lengths, left, strict=True)):
+        if on_left:
+            mask[row, seq_len - length :] = 1
+        else:
+            mask[row, :length] = 1
+    return mask
+
+
+# name -> (B, L, m, d, r, L_max, lengths, left padding per row)
+SHIFTED = {
+    "left": (3, 7, 2, 37, 5, 9, [7, 4, 1], [True] * 3),
+    "right": (3, 7, 2, 37, 5, 9, [7, 4, 1], [False] * 3),
+    "mixed": (4, 9, 3, 24, 19, 9, [5, 9, 3, 6], [True, False, True, False]),
+    "all-pad": (3, 6, 1, 16, 3, 6, [0, 6, 2], [True, True, True]),
+    "batch1": (1, 5, 2, 10, 2, 5, [3], [True]),
+}
+
+
+def shifted_case(name: str, dtype=torch.float32, device=None):
+    batch, seq_len, num_prompt, hidden, rank, max_length, lengths, left = SHIFTED[name]
+    case = make_case(batch, seq_len, num_prompt, hidden, rank, max_length=max_length, dtype=dtype, device=device)
+    case.attention_mask = padded_mask(lengths, seq_len, left, device)
+    return case
+
+
+def check_positions(case, positions, dtype, backend="triton"):
+    """Output and every gradient of the public op with ``positions`` against the reference's."""
+    out, mask = prompt_ops.dept_embed(
+        case.input_ids, case.weight, case.prompt, case.lora_a, case.lora_b, scale=case.scale,
+        attention_mask=case.attention_mask, backend=backend, positions=positions,
+    )  # fmt: skip
+    weight = case.weight.float() if dtype in LOW_PRECISION else case.weight
+    params = [p.detach().clone().requires_grad_(True) for p in case.params]
+    ref_out, ref_mask = reference.dept_embed(
+        case.input_ids, weight, *params, case.scale, case.attention_mask, positions=positions
+    )
+    assert_close(out, ref_out, dtype, dot=True)
+    assert torch.equal(mask, ref_mask)
+    grad = torch.randn(out.shape, device=out.device).to(dtype)
+    grads = torch.autograd.grad(out, case.params, grad)
+    ref_grads = torch.autograd.grad(ref_out, params, grad.float())
+    assert_grads_close(grads, ref_grads, ("prompt", "lora_a", "lora_b"), **tolerances(dtype, dot=True))
+
+
+@pytest.mark.parametrize("name", sorted(SHIFTED))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_token_positions_match_reference(name, dtype, device):
+    check_positions(shifted_case(name, dtype, device), "tokens", dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_explicit_starts_match_reference(dtype, device):
+    """Starts of every kind: negative, zero, positive, past L_max; L > L_max is allowed with explicit starts."""
+    case = make_case(5, 8, 2, 21, 17, max_length=6, dtype=dtype, device=device)
+    starts = torch.tensor([-3, 0, 2, 7, -9], device=device)
+    check_positions(case, starts, dtype)
+    check_positions(case, starts.to(torch.int32), dtype)
+
+
+def test_gpu_tiles_with_starts(device):
+    """The shipped GPU tiles, several batch rows per program with repeated and changing starts (the slice is kept
+    for a repeated start and recomputed for a new one), and a backward over all L_max rows."""
+    case = make_case(6, 13, 3, 200, 19, max_length=17, device=device)
+    starts = torch.tensor([0, 0, -4, -4, 3, -1], device=device)
+    params = [p.detach() for p in case.params]
+    config = dataclasses.replace(kernels.GPU_SHIFTED_FWD_CONFIG, batches_per_program=3)
+    out, mask = kernels.dept_embed_fwd(
+        case.input_ids, case.weight, *params, case.attention_mask, case.scale, config, starts=starts
+    )
+    grad = torch.randn(out.shape, device=device)
+    grads = kernels.dept_embed_bwd(grad, params[1], params[2], 3, case.scale, kernels.GPU_BWD_CONFIG, starts=starts)
+    ref_params = [p.clone().requires_grad_(True) for p in params]
+    ref_out, ref_mask = reference.dept_embed(
+        case.input_ids, case.weight, *ref_params, case.scale, case.attention_mask, positions=starts
+    )
+    assert_close(out, ref_out, torch.float32, dot=True)
+    assert torch.equal(mask, ref_mask)
+    assert_grads_close(grads, torch.autograd.grad(ref_out, ref_params, grad), ("prompt", "lora_a", "lora_b"))
+
+
+def test_nonpositive_starts_cover_only_the_first_rows(device):
+    """``offset_rows=L`` (what the string conventions promise) gives the gradients of all ``L_max`` rows."""
+    case = shifted_case("left", device=device)  # L = 7 < L_max = 9
+    starts = -leading_pads(case.attention_mask)
+    params = [p.detach() for p in case.params]
+    grad = torch.randn(3, 9, 37, device=device)
+    covered = kernels.dept_embed_bwd(grad, params[1], params[2], 2, case.scale, starts=starts, offset_rows=7)
+    full = kernels.dept_embed_bwd(grad, params[1], params[2], 2, case.scale, starts=starts)
+    assert torch.equal(full[1][7:], torch.zeros_like(full[1][7:]))
+    for got, want in zip(covered, full, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_shifted_launch_counts(bounds_checked, device):
+    """With starts the forward stays one launch and the backward two."""
+    if bounds_checked is None:
+        pytest.skip("launches are counted by the interpreter")
+    case = shifted_case("mixed", device=device)
+    launches = bounds_checked.launches
+    out, mask = prompt_ops.dept_embed(
+        case.input_ids, case.weight, case.prompt, case.lora_a, case.lora_b, scale=case.scale,
+        attention_mask=case.attention_mask, backend="triton",
+    )  # fmt: skip
+    assert bounds_checked.launches - launches == 1
+    launches = bounds_checked.launches
+    torch.autograd.grad(out, case.params, torch.randn_like(out))
+    assert bounds_checked.launches - launches == 2
+    assert mask.shape == (4, 12)
+
+
+def test_absolute_ignores_padding_bit_for_bit(device):
+    """``positions="absolute"`` runs the unshifted kernel: with a left-padded mask the embeddings and gradients are
+    bitwise those of the same call without a mask (the offset row is the padded column, as before)."""
+    case = shifted_case("left", device=device)
+
+    def run(mask):
+        out, _ = prompt_ops.dept_embed(
+            case.input_ids, case.weight, case.prompt, case.lora_a, case.lora_b, scale=case.scale,
+            attention_mask=mask, backend="triton", positions="absolute",
+        )  # fmt: skip
+        return out, torch.autograd.grad(out, case.params, torch.ones_like(out))
+
+    (out, grads), (plain, plain_grads) = run(case.attention_mask), run(None)
+    assert torch.equal(out, plain)
+    assert all(torch.equal(g, p) for g, p in zip(grads, plain_grads, strict=True))
+    check_positions(case, "absolute", torch.float32)
+
+
+def test_right_padding_keeps_the_official_output(device):
+    """Under right padding ``"tokens"`` gives exactly the ``"absolute"`` (official) output."""
+    case = shifted_case("right", device=device)
+    outs = [
+        prompt_ops.dept_embed(
+            case.input_ids, case.weight, case.prompt, case.lora_a, case.lora_b, scale=case.scale,
+            attention_mask=case.attention_mask, backend="triton", positions=positions,
+        )[0]
+        for positions in ("tokens", "absolute")
+    ]  # fmt: skip
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_shifted_variant_is_shipped_for_sm90():
+    labels = {spec.label for spec in kernels.sm90_specs()}
+    for dtype in ("fp32", "fp16", "bf16"):
+        assert {f"dept_embed_fwd[dept-shifted,{dtype}]", f"dept_embed_bwd[dept-shifted,{dtype}]"} <= labels

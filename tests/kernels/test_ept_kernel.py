@@ -68,3 +68,24 @@ def test_triton_refuses_wide_subspaces():
     with pytest.raises(ValueError, match=r"num_subspaces \* subspace_rank <= 64, got 5 \* 13 = 65"):
         prompt_ops.ept_prompt(*case.params, scale=1.0, backend="triton")
     assert prompt_ops.ept_prompt(*case.params, scale=1.0, backend="torch").shape == (3, 16)
+
+
+def test_embed_with_row_starts_bounds_checked(bounds_checked, device):
+    """``ept_embed`` on a left-padded batch (``positions="tokens"``): DePT's shifted kernel adds the offsets, one
+    launch after the builder's three; the backward is DePT's two launches and the builder's seven; outputs and all
+    seven gradients as the reference's."""
+    case = make_ept_case(3, 6, 4, 24, 5, 2, 3, max_length=8, device=device)
+    case.attention_mask = torch.tensor([[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 0]], device=device)
+    launches = bounds_checked.launches if bounds_checked is not None else 0
+    out, mask = case.run("triton")
+    if bounds_checked is not None:
+        assert bounds_checked.launches - launches == 4
+        launches = bounds_checked.launches
+    grad = torch.randn(out.shape, device=device)
+    grads = torch.autograd.grad(out, case.params, grad)
+    if bounds_checked is not None:
+        assert bounds_checked.launches - launches == 9
+    ref_out, ref_mask, ref_params = case.reference()
+    assert_close(out, ref_out, torch.float32, dot=True)
+    assert torch.equal(mask, ref_mask)
+    assert_grads_close(grads, torch.autograd.grad(ref_out, ref_params, grad), EPT_NAMES)

@@ -1,13 +1,15 @@
 """``embed_tokens(ids, start)``: what a full forward gives tokens at input positions ``start ..`` (used for the
 tokens generated after the prefill), checked for windows that lie inside, straddle and lie past ``max_length``
 against a per-position expectation written here: DePT's and EPT's offset ``scale * A[p] @ B`` while ``p <
-max_length``, none after; ADePT's FFN offset whatever the position; a plain lookup for prompt tuning."""
+max_length``, none after; ADePT's FFN offset whatever the position; a plain lookup for prompt tuning. ``start`` as
+an int or a per-row tensor; the modules' forward follows their ``positions``."""
 
 import pytest
 import torch
 from torch import nn
 
 import prompt_ops
+from prompt_ops.ops import reference
 
 BACKENDS = ["torch", "triton"]
 MAX_LENGTH = 6
@@ -94,3 +96,68 @@ def test_prompt_tuning_embeds_tokens_by_lookup():
     module = prompt_ops.PromptTuning(embedding, num_tokens=2)
     ids = torch.randint(0, 30, (2, 4))
     assert torch.equal(module.embed_tokens(ids, 500), embedding.weight[ids])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cls", ["DePT", "EPT"])
+def test_per_row_starts(cls, backend):
+    """``start`` as a ``(B,)`` tensor: each row's tokens at its own positions, including rows straddling and past
+    ``max_length``; int32 is taken too."""
+    module = module_off_init(cls, backend)
+    ids = torch.randint(0, 30, (4, 3))
+    starts = torch.tensor([0, 2, 5, 8])
+    expected = torch.cat([expected_rows(module, ids[row : row + 1], int(starts[row])) for row in range(4)])
+    for start in (starts, starts.to(torch.int32)):
+        torch.testing.assert_close(module.embed_tokens(ids, start), expected, **TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cls", ["DePT", "EPT"])
+def test_left_padded_prefill_then_per_row_decoding(cls, backend):
+    """After a left-padded prefill (``positions="tokens"``), the next token of row ``b`` is at position
+    ``length[b]``: ``embed_tokens(next_ids, lengths)`` gives what a full forward of the longer batch gives it."""
+    module = module_off_init(cls, backend)
+    lengths = torch.tensor([4, 2, 5])
+    ids = torch.randint(0, 30, (3, 6))
+    mask = (torch.arange(6)[None, :] >= 6 - (lengths[:, None] + 1)).long()  # left-padded, the new token last
+    full, _ = module(ids, mask)
+    step = module.embed_tokens(ids[:, 5:], lengths)
+    torch.testing.assert_close(step[:, 0], full[:, 2 + 5], **TOL)
+
+
+@pytest.mark.parametrize("cls", ["DePT", "EPT"])
+def test_forward_follows_the_modules_positions(cls):
+    """The module passes its ``positions`` to the op: on a left-padded batch ``"tokens"`` and ``"absolute"``
+    differ, each as the reference computes it."""
+    embedding = nn.Embedding(30, 10)
+    kwargs = {"rank": 3, "max_length": 6} | ({"num_subspaces": 2, "subspace_rank": 2} if cls == "EPT" else {})
+    ids, mask = torch.randint(0, 30, (2, 5)), torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    outs = {}
+    for positions in ("tokens", "absolute"):
+        torch.manual_seed(0)
+        module = getattr(prompt_ops, cls)(embedding, num_tokens=2, positions=positions, **kwargs)
+        with torch.no_grad():
+            module.lora_b.normal_()
+        outs[positions], _ = module(ids, mask)
+        prompt = module.full_prompt() if cls == "EPT" else module.prompt
+        want, _ = reference.dept_embed(ids, embedding.weight, prompt, module.lora_a, module.lora_b, module.scale, mask,
+                                       positions)  # fmt: skip
+        torch.testing.assert_close(outs[positions], want, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(outs["tokens"][0], outs["absolute"][0])
+    torch.testing.assert_close(outs["tokens"][1], outs["absolute"][1], rtol=0, atol=0)  # no padding: the same
+
+
+@pytest.mark.parametrize("cls", ["PromptTuning", "ADePT", "LAMP", "DePT"])
+def test_every_module_takes_a_tensor_start_and_checks_it(cls):
+    embedding = nn.Embedding(30, 10)
+    module = getattr(prompt_ops, cls)(embedding, num_tokens=2, **({"rank": 2} if cls != "PromptTuning" else {}))
+    ids = torch.randint(0, 30, (2, 3))
+    assert module.embed_tokens(ids, torch.tensor([4, 0])).shape == (2, 3, 10)
+    if cls != "DePT":  # no position term: the start changes nothing
+        torch.testing.assert_close(module.embed_tokens(ids, torch.tensor([4, 0])), module.embed_tokens(ids, 0))
+    with pytest.raises(TypeError, match=r"start must be an int >= 0 or a \(B,\) int64/int32 tensor, got a torch"):
+        module.embed_tokens(ids, torch.zeros(2))
+    with pytest.raises(ValueError, match=r"start must have shape \(B,\) = \(2,\) on input_ids' device"):
+        module.embed_tokens(ids, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="start must be an int >= 0"):
+        module.embed_tokens(ids, -1)

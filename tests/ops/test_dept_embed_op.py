@@ -10,7 +10,7 @@ import torch
 import prompt_ops
 from prompt_ops.ops import dept_embed as ops
 from prompt_ops.ops import reference
-from tests.helpers import assert_close, assert_grads_close, make_case, run_public
+from tests.helpers import assert_close, assert_grads_close, make_case, run_public, tolerances
 
 BACKENDS = ["torch", "triton"]
 
@@ -178,3 +178,167 @@ def test_torch_backend_takes_non_contiguous_views():
     ref_out, ref_mask = reference.dept_embed(ids, weight, case.prompt, case.lora_a, case.lora_b, 0.5)
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
     assert torch.equal(mask, ref_mask)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# positions=
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def left_padded(lengths: list[int], seq_len: int) -> torch.Tensor:
+    mask = torch.zeros(len(lengths), seq_len, dtype=torch.int64)
+    for row, length in enumerate(lengths):
+        mask[row, seq_len - length :] = 1
+    return mask
+
+
+def norm_relative(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).detach().norm() / want.detach().norm())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "mask, positions",
+    [
+        pytest.param(left_padded([6, 3, 1, 0], 6), "tokens", id="left"),
+        pytest.param(torch.tensor([[1, 1, 0, 0, 0, 0], [0, 1, 1, 1, 0, 1]] * 2), "tokens", id="mixed"),
+        pytest.param(left_padded([6, 3, 1, 0], 6), "absolute", id="absolute"),
+        pytest.param(None, torch.tensor([-2, 0, 3, 9]), id="explicit"),
+    ],
+)
+def test_torch_backend_positions_match_reference(mask, positions, dtype):
+    case = make_case(4, 6, 3, 17, 5, max_length=8, dtype=dtype)
+    case.attention_mask = mask
+    out, out_mask = prompt_ops.dept_embed(
+        case.input_ids, case.weight, case.prompt, case.lora_a, case.lora_b, scale=case.scale, attention_mask=mask,
+        backend="torch", positions=positions,
+    )  # fmt: skip
+    weight = case.weight.float() if dtype != torch.float32 else case.weight
+    params = [p.detach().clone().requires_grad_(True) for p in case.params]
+    ref_out, ref_mask = reference.dept_embed(case.input_ids, weight, *params, case.scale, mask, positions)
+    assert_close(out, ref_out, dtype, dot=True)
+    assert torch.equal(out_mask, ref_mask)
+    grad = torch.randn(out.shape).to(dtype)
+    grads = torch.autograd.grad(out, case.params, grad)
+    ref_grads = torch.autograd.grad(ref_out, params, grad.float())
+    assert_grads_close(grads, ref_grads, ("prompt", "lora_a", "lora_b"), **tolerances(dtype, dot=True))
+
+
+def test_gradcheck_fp64_with_row_starts():
+    case = make_case(3, 5, 2, 6, 3, max_length=6, dtype=torch.float64, param_dtype=torch.float64)
+    starts = torch.tensor([-2, 0, 4])
+
+    def fn(*params):
+        return prompt_ops.dept_embed(
+            case.input_ids, case.weight, *params, scale=case.scale, backend="torch", positions=starts
+        )[0]
+
+    assert torch.autograd.gradcheck(fn, tuple(case.params))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("nonpositive", [True, False])
+def test_opcheck_with_row_starts(backend, nonpositive, device):
+    case = make_case(3, 6, 3, 20, 5, max_length=8, device=device)
+    starts = torch.tensor([-2, 0, -5] if nonpositive else [-2, 3, 7], device=device)
+    args = (
+        case.input_ids, case.weight, case.prompt, case.lora_a, case.lora_b,
+        case.attention_mask, case.scale, True, backend, starts, nonpositive,
+    )  # fmt: skip
+    torch.library.opcheck(ops.dept_embed_fwd_op, args)
+    grad = torch.randn(3, 9, 20, device=device)
+    lora = [t.detach() for t in (case.lora_a, case.lora_b)]
+    torch.library.opcheck(ops.dept_embed_bwd_op, (grad, *lora, 3, case.scale, backend, starts, nonpositive))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("positions", ["tokens", "explicit"])
+def test_compile_fullgraph_with_row_starts(backend, positions, device):
+    case = make_case(3, 7, 3, 20, 5, max_length=9, device=device)
+    mask = left_padded([7, 4, 2], 7).to(device)
+    starts = torch.tensor([-1, 2, 5], device=device) if positions == "explicit" else "tokens"
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def step(input_ids, weight, attention_mask, *params):
+        out, _ = prompt_ops.dept_embed(
+            input_ids, weight, *params, scale=case.scale, attention_mask=attention_mask, backend=backend,
+            positions=starts,
+        )  # fmt: skip
+        return (out * out).sum()
+
+    loss = step(case.input_ids, case.weight, mask, *case.params)
+    grads = torch.autograd.grad(loss, case.params)
+    params = [p.detach().clone().requires_grad_(True) for p in case.params]
+    ref_out, _ = reference.dept_embed(case.input_ids, case.weight, *params, case.scale, mask, starts)
+    ref_loss = (ref_out * ref_out).sum()
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-4)
+    assert_grads_close(grads, torch.autograd.grad(ref_loss, params))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_row_alone_equals_the_row_in_a_left_padded_batch(backend):
+    """Batch invariance: each sequence alone and left-padded in a batch with longer and shorter mates gives the
+    same outputs at its real positions, and the batch's gradients are the sum of the rows' own."""
+    lengths, seq_len, num_prompt = [3, 7, 5, 1], 7, 2
+    case = make_case(4, seq_len, num_prompt, 24, 6, max_length=7)
+    mask = left_padded(lengths, seq_len)
+    ids = case.input_ids
+
+    def run(input_ids, attention_mask):
+        return prompt_ops.dept_embed(
+            input_ids, case.weight, *case.params, scale=case.scale, attention_mask=attention_mask, backend=backend
+        )[0]
+
+    batch_out = run(ids, mask)
+    grad = torch.randn(batch_out.shape)
+    batch_grads = torch.autograd.grad(batch_out, case.params, grad)
+    summed = [torch.zeros_like(p) for p in case.params]
+    for row, length in enumerate(lengths):
+        real = slice(seq_len - length, seq_len)
+        alone = run(ids[row : row + 1, real], None)[0]  # (m + length, d)
+        in_batch = torch.cat([batch_out[row, :num_prompt], batch_out[row, num_prompt:][real]])
+        assert norm_relative(in_batch, alone) <= 1e-5
+        row_grad = torch.cat([grad[row, :num_prompt], grad[row, num_prompt:][real]])[None]
+        for total, part in zip(summed, torch.autograd.grad(alone[None], case.params, row_grad), strict=True):
+            total += part
+    for name, got, want in zip(("prompt", "lora_a", "lora_b"), batch_grads, summed, strict=True):
+        assert norm_relative(got, want) <= 1e-5, name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "positions, error, pattern",
+    [
+        ("relative", ValueError, r"positions must be one of \('tokens', 'absolute'\), got 'relative'"),
+        (3, TypeError, r"positions must be one of .* or a \(B,\) integer tensor of row starts, got int"),
+        (None, TypeError, r"positions must be one of .*got NoneType"),
+        (torch.zeros(2), TypeError, r"positions must be a \(B,\) int64 or int32 tensor of row starts, got torch.float"),
+        (torch.zeros(2, dtype=torch.bool), TypeError, r"positions must be a \(B,\) int64 or int32 tensor"),
+        (torch.zeros(3, dtype=torch.long), ValueError, r"positions must have shape \(B,\) = \(2,\).*got \(3,\)"),
+        (torch.zeros(2, 1, dtype=torch.long), ValueError, r"positions must have shape \(B,\) = \(2,\)"),
+        (torch.zeros(2, dtype=torch.long, device="meta"), ValueError, r"positions must be on input_ids' device"),
+    ],
+)
+def test_bad_positions_are_refused_by_name(backend, positions, error, pattern):
+    case = make_case(2, 4, 2, 8, 2)
+    with pytest.raises(error, match=pattern):
+        prompt_ops.dept_embed(
+            case.input_ids, case.weight, case.prompt, case.lora_a, case.lora_b, scale=1.0, backend=backend,
+            positions=positions,
+        )  # fmt: skip
+
+
+def test_length_limit_holds_for_conventions_not_for_explicit_starts():
+    case = make_case(2, 6, 2, 8, 2, max_length=4)
+    for positions in ("tokens", "absolute"):
+        with pytest.raises(ValueError, match=r"L = 6 tokens but lora_a has L_max = 4"):
+            prompt_ops.dept_embed(
+                case.input_ids, case.weight, case.prompt, case.lora_a, case.lora_b, scale=1.0, positions=positions
+            )
+    starts = torch.tensor([0, -3])
+    out, _ = prompt_ops.dept_embed(
+        case.input_ids, case.weight, case.prompt, case.lora_a, case.lora_b, scale=1.0, positions=starts
+    )
+    offset = case.lora_a @ case.lora_b
+    torch.testing.assert_close(out[0, 2 + 4 :], case.weight[case.input_ids[0, 4:]])  # past L_max: no offset
+    torch.testing.assert_close(out[1, 2 + 3 :], case.weight[case.input_ids[1, 3:]] + offset[:3])

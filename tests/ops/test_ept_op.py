@@ -7,7 +7,14 @@ from hypothesis import strategies as st
 
 import prompt_ops
 from prompt_ops.ops import reference
-from tests.helpers import EPT_NAMES, assert_close, assert_deterministic, assert_grads_close, make_ept_case
+from tests.helpers import (
+    EPT_NAMES,
+    assert_close,
+    assert_deterministic,
+    assert_grads_close,
+    make_ept_case,
+    tolerances,
+)
 
 BACKENDS = ["torch", "triton"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -140,3 +147,91 @@ def test_sequence_longer_than_max_length_and_shared_checks(backend):
         case.run(backend)
     with pytest.raises(TypeError, match="scale must be a real number"):
         prompt_ops.ept_prompt(*case.params, scale=None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# positions=: DePT's offset on the input tokens follows each row's start
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def left_padded(lengths: list[int], seq_len: int) -> torch.Tensor:
+    mask = torch.zeros(len(lengths), seq_len, dtype=torch.int64)
+    for row, length in enumerate(lengths):
+        mask[row, seq_len - length :] = 1
+    return mask
+
+
+def run_positions(case, backend, positions):
+    return prompt_ops.ept_embed(
+        case.input_ids, case.weight, *case.params, scale=case.scale, attention_mask=case.attention_mask,
+        backend=backend, positions=positions,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "mask, positions",
+    [
+        pytest.param(left_padded([5, 2, 0], 5), "tokens", id="left"),
+        pytest.param(torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 0, 1, 1, 0]]), "tokens", id="mixed"),
+        pytest.param(left_padded([5, 2, 0], 5), "absolute", id="absolute"),
+        pytest.param(None, torch.tensor([-4, 1, 6]), id="explicit"),
+    ],
+)
+def test_positions_match_reference(backend, dtype, mask, positions):
+    case = make_ept_case(3, 5, 3, 20, 5, 2, 3, max_length=7, dtype=dtype)
+    case.attention_mask = mask
+    out, out_mask = run_positions(case, backend, positions)
+    weight = case.weight.float() if dtype != torch.float32 else case.weight
+    params = [p.detach().clone().requires_grad_(True) for p in case.params]
+    ref_out, ref_mask = reference.ept_embed(case.input_ids, weight, *params, case.scale, mask, positions)
+    assert_close(out, ref_out, dtype, dot=True)
+    assert torch.equal(out_mask, ref_mask)
+    grad = torch.randn(out.shape).to(dtype)
+    grads = torch.autograd.grad(out, case.params, grad)
+    assert_grads_close(grads, torch.autograd.grad(ref_out, params, grad.float()), EPT_NAMES, **tolerances(dtype, True))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_row_alone_equals_the_row_in_a_left_padded_batch(backend):
+    """Outputs at a sequence's real positions alone and left-padded in a batch agree; the batch's gradients are the
+    sum of the rows' own."""
+    lengths, seq_len, num_prompt = [2, 6, 4], 6, 3
+    case = make_ept_case(3, seq_len, num_prompt, 16, 4, 2, 3, max_length=6)
+    mask = left_padded(lengths, seq_len)
+
+    def run(input_ids, attention_mask):
+        return prompt_ops.ept_embed(
+            input_ids, case.weight, *case.params, scale=case.scale, attention_mask=attention_mask, backend=backend
+        )[0]
+
+    batch_out = run(case.input_ids, mask)
+    grad = torch.randn(batch_out.shape)
+    batch_grads = torch.autograd.grad(batch_out, case.params, grad)
+    summed = [torch.zeros_like(p) for p in case.params]
+    for row, length in enumerate(lengths):
+        real = slice(seq_len - length, seq_len)
+        alone = run(case.input_ids[row : row + 1, real], None)[0]
+        in_batch = torch.cat([batch_out[row, :num_prompt], batch_out[row, num_prompt:][real]])
+        assert float((in_batch - alone).detach().norm() / alone.detach().norm()) <= 1e-5
+        row_grad = torch.cat([grad[row, :num_prompt], grad[row, num_prompt:][real]])[None]
+        for total, part in zip(summed, torch.autograd.grad(alone[None], case.params, row_grad), strict=True):
+            total += part
+    for name, got, want in zip(EPT_NAMES, batch_grads, summed, strict=True):
+        assert float((got - want).norm() / want.norm()) <= 1e-5, name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_positions_checks(backend):
+    case = make_ept_case(2, 7, 3, 8, 2, 3, 4, max_length=6)
+    with pytest.raises(ValueError, match=r"positions must be one of \('tokens', 'absolute'\), got 'padded'"):
+        run_positions(case, backend, "padded")
+    with pytest.raises(TypeError, match=r"positions must be a \(B,\) int64 or int32 tensor"):
+        run_positions(case, backend, torch.zeros(2))
+    with pytest.raises(ValueError, match=r"positions must have shape \(B,\) = \(2,\)"):
+        run_positions(case, backend, torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"L = 7 tokens but lora_a has L_max = 6"):
+        run_positions(case, backend, "tokens")
+    out, _ = run_positions(case, backend, torch.tensor([0, 2]))  # explicit starts: no length limit
+    assert out.shape == (2, 10, 8)
