@@ -32,6 +32,7 @@ from prompt_ops.kernels.dept_embed import PromptFactors
 from prompt_ops.kernels.runtime import interpreting
 from prompt_ops.ops import reference
 from prompt_ops.ops.lpt import slot_windows
+from prompt_ops.ops.positions import row_starts
 from prompt_ops.profiling import H100, EagerTraffic, cpu_time, kernel_traffic, project_h100
 from prompt_ops.profiling.ideal import (
     adept_embed_backward_bytes,
@@ -72,6 +73,7 @@ class Inputs:
     pool: int = 1
     hidden_states: torch.Tensor | None = None  # LPT: the layer-k hidden states (B, L, d)
     windows: tuple[torch.Tensor, torch.Tensor] | None = None  # LPT: the generator's slot windows, made beforehand
+    starts: torch.Tensor | None = None  # DePT/EPT: the left-padded mask's row starts, made beforehand
 
     def detached(self) -> list[torch.Tensor]:
         return [p.detach() for p in self.params.values()]
@@ -93,6 +95,13 @@ class Family:
     prompt_rows: Callable[[EmbedShape], int] = lambda s: s.num_prompt
     prepare_backward: Callable[[Inputs], object] = lambda x: None  # forward work a backward needs, not counted
     uses_hidden_states: bool = False  # LPT: inputs are layer-k hidden states, not token ids
+    left_padded: bool = False  # DePT/EPT: a left-padded mask, so the offsets take the shifted (row-start) kernels
+
+
+def _shifted_backward(x: Inputs) -> dict:
+    """The fused backward's row-start arguments: the starts of a ``"tokens"`` mask are never positive, so the
+    gather-sum covers ``A[:L]`` (as the op tells the launcher)."""
+    return {"starts": x.starts, "offset_rows": x.input_ids.shape[1]}
 
 
 def _prompt_family() -> Family:
@@ -119,17 +128,21 @@ def _dept_family() -> Family:
     def fused_forward(x: Inputs):
         prompt, lora_a, lora_b = x.detached()
         scale = 8.0 / lora_a.shape[1] ** 0.5
-        return dept_kernels.dept_embed_fwd(x.input_ids, x.weight, prompt, lora_a, lora_b, x.attention_mask, scale)
+        return dept_kernels.dept_embed_fwd(
+            x.input_ids, x.weight, prompt, lora_a, lora_b, x.attention_mask, scale, starts=x.starts
+        )
 
     def fused_backward(x: Inputs, grad: torch.Tensor, _):
         prompt, lora_a, lora_b = x.detached()
         scale = 8.0 / lora_a.shape[1] ** 0.5
-        return dept_kernels.dept_embed_bwd(grad, lora_a, lora_b, prompt.shape[0], scale, dept_kernels.GPU_BWD_CONFIG)
+        return dept_kernels.dept_embed_bwd(
+            grad, lora_a, lora_b, prompt.shape[0], scale, dept_kernels.GPU_BWD_CONFIG, **_shifted_backward(x)
+        )
 
     def naive(x: Inputs):
         prompt, lora_a, lora_b = x.params.values()
         return reference.dept_embed(
-            x.input_ids, x.weight, prompt, lora_a, lora_b, 8.0 / lora_a.shape[1] ** 0.5, x.attention_mask
+            x.input_ids, x.weight, prompt, lora_a, lora_b, 8.0 / lora_a.shape[1] ** 0.5, x.attention_mask, x.starts
         )
 
     def ours(x: Inputs, backend: str):
@@ -150,11 +163,14 @@ def _dept_family() -> Family:
         ours=ours,
         fused_forward=fused_forward,
         fused_backward=fused_backward,
-        ideal_forward=lambda s: dept_embed_forward_bytes(s.batch, s.seq_len, s.num_prompt, s.hidden, s.rank),
+        ideal_forward=lambda s: dept_embed_forward_bytes(
+            s.batch, s.seq_len, s.num_prompt, s.hidden, s.rank, row_starts=True
+        ),
         ideal_backward=lambda s: dept_embed_backward_bytes(
-            s.batch, s.seq_len, s.num_prompt, s.hidden, s.rank, s.max_length
+            s.batch, s.seq_len, s.num_prompt, s.hidden, s.rank, s.max_length, row_starts=True
         ),
         flops_forward=lambda s: 2 * s.seq_len * s.rank * s.hidden,
+        left_padded=True,
     )
 
 
@@ -221,15 +237,18 @@ def _ept_family() -> Family:
     def fused_forward(x: Inputs):
         params = x.detached()
         prompt, _, _, _ = ept_kernels.ept_prompt_fwd(*params, scale(x))
-        return dept_kernels.dept_embed_fwd(x.input_ids, x.weight, prompt, *params[1:3], x.attention_mask, scale(x))
+        return dept_kernels.dept_embed_fwd(
+            x.input_ids, x.weight, prompt, *params[1:3], x.attention_mask, scale(x), starts=x.starts
+        )
 
     def prepare_backward(x: Inputs):
         return ept_kernels.ept_prompt_fwd(*x.detached(), scale(x))[1:]
 
     def fused_backward(x: Inputs, grad: torch.Tensor, saved):
         params = x.detached()
+        config, shift = dept_kernels.GPU_BWD_CONFIG, _shifted_backward(x)
         grad_prompt, grad_a, grad_b = dept_kernels.dept_embed_bwd(
-            grad, params[1], params[2], params[0].shape[0], scale(x), dept_kernels.GPU_BWD_CONFIG
+            grad, params[1], params[2], params[0].shape[0], scale(x), config, **shift
         )
         builder = ept_kernels.ept_prompt_bwd(grad_prompt, *params[:6], *saved, scale(x), config=ept_kernels.GPU_CONFIG)
         return (builder[0], builder[1] + grad_a, builder[2] + grad_b, *builder[3:])
@@ -248,7 +267,9 @@ def _ept_family() -> Family:
             "w_gate": (s.hidden, s.subspaces),
             "b_gate": (s.subspaces,),
         },
-        naive=lambda x: reference.ept_embed(x.input_ids, x.weight, *x.params.values(), scale(x), x.attention_mask),
+        naive=lambda x: reference.ept_embed(
+            x.input_ids, x.weight, *x.params.values(), scale(x), x.attention_mask, x.starts
+        ),
         ours=lambda x, backend: prompt_ops.ept_embed(
             x.input_ids,
             x.weight,
@@ -259,8 +280,8 @@ def _ept_family() -> Family:
         ),  # fmt: skip
         fused_forward=fused_forward,
         fused_backward=fused_backward,
-        ideal_forward=lambda s: ept_embed_forward_bytes(*sizes(s)),
-        ideal_backward=lambda s: ept_embed_backward_bytes(*sizes(s)),
+        ideal_forward=lambda s: ept_embed_forward_bytes(*sizes(s), row_starts=True),
+        ideal_backward=lambda s: ept_embed_backward_bytes(*sizes(s), row_starts=True),
         flops_forward=lambda s: (
             2 * s.max_length * s.rank * s.hidden
             + 4 * s.num_prompt * s.max_length * s.hidden
@@ -268,6 +289,7 @@ def _ept_family() -> Family:
             + 2 * s.seq_len * s.rank * s.hidden
         ),
         prepare_backward=prepare_backward,
+        left_padded=True,
     )
 
 
@@ -403,6 +425,7 @@ def make_inputs(family: Family, shape: EmbedShape, seed: int = 0, device: str = 
         attention_mask=inputs.attention_mask.to(device), params=moved,
         hidden_states=None if inputs.hidden_states is None else inputs.hidden_states.to(device),
         windows=None if inputs.windows is None else tuple(w.to(device) for w in inputs.windows),
+        starts=None if inputs.starts is None else inputs.starts.to(device),
     )  # fmt: skip
 
 
@@ -415,11 +438,16 @@ def _make_cpu_inputs(family: Family, shape: EmbedShape, seed: int) -> Inputs:
         for name, dims in family.param_shapes(shape).items()
     }
     mask = torch.ones(shape.batch, shape.seq_len, dtype=torch.int64)
+    starts = None
+    if family.left_padded:  # row b has b % 4 leading pads (capped below L): rows start at different positions
+        pads = torch.arange(shape.batch) % 4
+        mask[torch.arange(shape.seq_len)[None, :] < pads.clamp(max=shape.seq_len - 1)[:, None]] = 0
+        starts = row_starts(mask, "tokens")
     hidden_states, windows = None, None
     if family.uses_hidden_states:
         hidden_states = torch.randn(shape.batch, shape.seq_len, shape.hidden, generator=generator)
         windows = slot_windows(shape.batch, shape.seq_len, shape.lpt_tokens, "naive", None, None)
-    return Inputs(ids, weight, mask, params, shape.pool, hidden_states, windows)
+    return Inputs(ids, weight, mask, params, shape.pool, hidden_states, windows, starts)
 
 
 def _count_eager(fn) -> tuple[EagerTraffic, int]:

@@ -20,12 +20,12 @@ def extend_mask(attention_mask: torch.Tensor | None, batch: int, seq_len: int, n
     return torch.cat([ones, attention_mask], dim=1)
 
 
-def row_starts(attention_mask: torch.Tensor | None, positions: str | torch.Tensor) -> list[int] | None:
-    """The position of column 0 of each row, counted naively: ``"tokens"`` gives minus the zeros before the row's
-    first non-zero mask entry (0 for a row of zeros), ``"absolute"`` or no mask None (every row at 0), a tensor its
-    own values."""
+def row_starts(attention_mask: torch.Tensor | None, positions: str | torch.Tensor) -> torch.Tensor | None:
+    """The position of column 0 of each row, ``(B,)`` int64, counted naively: ``"tokens"`` gives minus the zeros
+    before the row's first non-zero mask entry (0 for a row of zeros), ``"absolute"`` or no mask None (every row at
+    0), a tensor its own values."""
     if isinstance(positions, torch.Tensor):
-        return [int(start) for start in positions.tolist()]
+        return positions.long()
     if positions == "absolute" or attention_mask is None:
         return None
     starts = []
@@ -34,7 +34,7 @@ def row_starts(attention_mask: torch.Tensor | None, positions: str | torch.Tenso
         while pads < len(row) and row[pads] == 0:
             pads += 1
         starts.append(-pads if pads < len(row) else 0)
-    return starts
+    return torch.tensor(starts, dtype=torch.int64, device=attention_mask.device)
 
 
 def dept_embed(
@@ -59,8 +59,7 @@ def dept_embed(
             offset = lora_embedding[:seq_len].repeat(batch, 1, 1)  # (B, L, d), as the official code materialises it
         else:
             max_length = lora_embedding.shape[0]
-            start = torch.tensor(starts, dtype=torch.int64, device=input_ids.device)  # (B,)
-            position = start[:, None] + torch.arange(seq_len, device=input_ids.device)  # (B, L)
+            position = starts[:, None] + torch.arange(seq_len, device=input_ids.device)  # (B, L)
             inside = (position >= 0) & (position < max_length)
             offset = lora_embedding[position.clamp(0, max(max_length - 1, 0))] * inside[:, :, None]  # (B, L, d)
         inputs_embeds = (inputs_embeds.to(offset.dtype) + offset).to(weight.dtype)

@@ -22,9 +22,11 @@ def dept_embed_forward_bytes(
     ids_dtype: torch.dtype = torch.int64,
     mask_dtype: torch.dtype | None = torch.int64,
     param_dtype: torch.dtype = torch.float32,
+    row_starts: bool = False,
 ) -> int:
-    """Forward of ``prompt_embed`` (``rank=0``) or ``dept_embed``: ids, gathered rows, prompt, ``A[:L]``, ``B`` and
-    the input mask (``mask_dtype=None``: no input mask) in; the embeddings and the extended mask out."""
+    """Forward of ``prompt_embed`` (``rank=0``) or ``dept_embed``: ids, gathered rows, prompt, ``A[:L]``, ``B``,
+    the input mask (``mask_dtype=None``: no input mask) and, with ``row_starts``, the ``(B,)`` int64 starts in; the
+    embeddings and the extended mask out."""
     total = num_prompt + seq_len
     out_mask = _size(mask_dtype) if mask_dtype is not None else _size(torch.int64)
     read = (
@@ -33,6 +35,7 @@ def dept_embed_forward_bytes(
         + num_prompt * hidden * _size(param_dtype)
         + (seq_len * rank + rank * hidden) * _size(param_dtype)
         + (batch * seq_len * _size(mask_dtype) if mask_dtype is not None else 0)
+        + (batch * _size(torch.int64) if row_starts else 0)
     )
     write = batch * total * hidden * _size(weight_dtype) + batch * total * out_mask
     return read + write
@@ -47,11 +50,14 @@ def dept_embed_backward_bytes(
     max_length: int,
     grad_dtype: torch.dtype = torch.float32,
     param_dtype: torch.dtype = torch.float32,
+    row_starts: bool = False,
 ) -> int:
-    """Backward: the output gradient (prompt rows, and token rows when ``rank > 0``), ``A[:L]`` and ``B`` in;
-    ``d_prompt``, ``d_lora_a`` (all ``max_length`` rows) and ``d_lora_b`` out."""
+    """Backward: the output gradient (prompt rows, and token rows when ``rank > 0``), ``A[:L]``, ``B`` and, with
+    ``row_starts``, the ``(B,)`` int64 starts in; ``d_prompt``, ``d_lora_a`` (all ``max_length`` rows) and
+    ``d_lora_b`` out."""
     rows = num_prompt + (seq_len if rank else 0)
     read = batch * rows * hidden * _size(grad_dtype) + (seq_len * rank + rank * hidden) * _size(param_dtype)
+    read += batch * _size(torch.int64) if row_starts else 0
     write = (num_prompt * hidden + max_length * rank + rank * hidden) * _size(param_dtype)
     return read + write
 
@@ -142,10 +148,14 @@ def ept_embed_forward_bytes(
 def ept_embed_backward_bytes(
     batch: int, seq_len: int, num_prompt: int, hidden: int, rank: int, subspaces: int, sub_rank: int,
     max_length: int, param_dtype: torch.dtype = torch.float32, grad_dtype: torch.dtype = torch.float32,
+    row_starts: bool = False,
 ) -> int:  # fmt: skip
-    """EPT backward: DePT's backward floor, plus the builder's parameters read and their gradients written."""
+    """EPT backward: DePT's backward floor (with ``row_starts``, the ``(B,)`` starts too), plus the builder's
+    parameters read and their gradients written."""
     builder = 2 * subspaces * hidden * sub_rank + hidden * subspaces + subspaces
-    dept = dept_embed_backward_bytes(batch, seq_len, num_prompt, hidden, rank, max_length, grad_dtype, param_dtype)
+    dept = dept_embed_backward_bytes(
+        batch, seq_len, num_prompt, hidden, rank, max_length, grad_dtype, param_dtype, row_starts
+    )
     return dept + (2 * builder + num_prompt * hidden + (max_length - seq_len) * rank) * _size(param_dtype)
 
 
