@@ -7,14 +7,20 @@ What PEFT's prompt tuning does, on our fused ops (reference/methods.md §0.3, §
   mask with the method's fused op and calls the base model with ``inputs_embeds=``;
 - encoder-only and decoder-only models: ``token_type_ids`` are extended with zeros over the prompt; token-level
   ``labels`` (the shape of ``input_ids``: causal LM, masked LM, token classification) get ``-100`` over the prompt,
-  sequence-level labels are untouched; user ``position_ids`` are dropped with a warning, as PEFT does, because the
-  prompt shifts every position (the model then numbers the ``m + L`` positions from 0);
+  sequence-level labels are untouched;
+- position ids (models whose forward takes ``position_ids``: GPT-2, LLaMA, BERT, RoBERTa) follow the method's
+  ``positions`` option (:mod:`prompt_ops.models.positions`): the prompt rows are at ``0 .. m-1`` and the ``i``-th
+  real token of a row at ``m + i`` (``"tokens"``, the default: a sequence's outputs do not depend on its padding or
+  its batch mates), or every column at its index ``m + t`` in the padded sequence (``"absolute"``, what the model
+  numbers without position ids). User ``position_ids`` are honoured, shifted by ``m`` behind the prompt's (PEFT
+  drops them). RoBERTa numbers from ``padding_idx + 1``, and so do these;
 - encoder-decoder models (T5): the prompt goes on the encoder side only; ``decoder_input_ids``,
   ``decoder_attention_mask`` and ``labels`` pass through unchanged.
 """
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import torch
@@ -31,28 +37,34 @@ from prompt_ops.models.inputs import (
     check_length,
     check_model_labels,
     check_position_ids,
+    check_position_range,
     check_token_type_ids,
+    first_position,
 )
+from prompt_ops.models.positions import model_position_ids, next_input_positions
 from prompt_ops.models.tuned import TunedModel, model_embedding
 
 
 class _DecodeEmbedding(nn.Module):
     """Stands in for the input embedding while a decoder-only model generates: the tokens produced after the
     prefill get the method's per-token treatment for their input positions (``PromptModule.embed_tokens``), so that
-    cached generation sees what a full forward pass would."""
+    cached generation sees what a full forward pass would. ``start (B,)``: each row's input position (prompt
+    excluded) of its first generated token."""
 
-    def __init__(self, prompt_module: PromptModule, start: int):
+    def __init__(self, prompt_module: PromptModule, start: torch.Tensor):
         super().__init__()
         self.prompt_module = prompt_module
-        self.position = start  # input position (prompt excluded) of the next token embedded
+        self.position = start  # (B,) input position of the next token embedded in each row
 
     @property
     def weight(self) -> torch.Tensor:
         return self.prompt_module.embedding.weight
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        embeds = self.prompt_module.embed_tokens(input_ids, self.position)
-        self.position += input_ids.shape[1]
+        # generate expands each row into consecutive copies (beams, return sequences), which share its position
+        start = self.position.repeat_interleave(input_ids.shape[0] // self.position.shape[0])
+        embeds = self.prompt_module.embed_tokens(input_ids, start)
+        self.position = self.position + input_ids.shape[1]
         return embeds
 
 
@@ -71,12 +83,45 @@ class PromptTunedModel(TunedModel):
         model.requires_grad_(False)
         self.base_model = model
         self.is_encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+        # the input's position ids, for the models that take them (not T5: relative positions)
+        self.takes_position_ids = (
+            not self.is_encoder_decoder and "position_ids" in inspect.signature(model.forward).parameters
+        )
         self.train(model.training)  # the method's dropout follows the model's mode
 
     @property
     def num_prompt_rows(self) -> int:
         """Rows the prompt adds in front of the input (LAMP: after pooling)."""
         return getattr(self.prompt_module, "num_prompt_rows", self.prompt_module.num_tokens)
+
+    def _check_position_ids(self, position_ids: torch.Tensor | None, generated: int = 0) -> None:
+        """User ``position_ids`` (their shape checked) fit the base model: a model that takes none refuses them, a
+        learned table must hold them past the prompt and the ``generated`` positions ``generate`` numbers after."""
+        if self.takes_position_ids:
+            check_position_range(self.base_model, position_ids, self.num_prompt_rows, generated)
+        elif position_ids is not None:
+            raise ValueError(
+                f"position_ids: {type(self.base_model).__name__}'s forward takes no position_ids (its positions are "
+                "not given by ids); do not pass them"
+            )
+
+    def _position_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """The base model's ``(B, m + L)`` ``position_ids`` for the prompted input (module docstring), or None for a
+        model that takes none. Arguments checked before (the mask by the prompt module)."""
+        if not self.takes_position_ids:
+            return None
+        shape = tuple(input_ids.shape)
+        return model_position_ids(
+            attention_mask,
+            self.prompt_module.positions,
+            shape,
+            input_ids.device,
+            self.num_prompt_rows,
+            first_position(self.base_model),
+            position_ids,
+        ).expand(shape[0], -1)
 
     def forward(
         self,
@@ -97,6 +142,7 @@ class PromptTunedModel(TunedModel):
         shape = tuple(check_ids(input_ids).shape)
         check_token_type_ids(token_type_ids, shape)
         check_position_ids(position_ids, shape)
+        self._check_position_ids(position_ids)
         token_labels = check_model_labels(labels, shape, self.base_model)
         num_prompt = self.num_prompt_rows
         check_length(
@@ -106,14 +152,12 @@ class PromptTunedModel(TunedModel):
             check_decoder_inputs(self.base_model, labels, kwargs)
         self._embedding()  # refuses a sharded table (FSDP2) with how to shard instead
         embeds, mask = self.prompt_module(input_ids, attention_mask)
+        model_positions = self._position_ids(input_ids, attention_mask, position_ids)
         batch = shape[0]
         if self.is_encoder_decoder:
             return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
-        if position_ids is not None:
-            warnings.warn(
-                "position_ids are dropped: the prompt shifts every position (as PEFT's prompt tuning does)",
-                stacklevel=2,
-            )
+        if model_positions is not None:
+            kwargs["position_ids"] = model_positions
         if token_type_ids is not None:
             zeros = token_type_ids.new_zeros((batch, num_prompt))
             kwargs["token_type_ids"] = torch.cat([zeros, token_type_ids], dim=1)
@@ -136,20 +180,27 @@ class PromptTunedModel(TunedModel):
         if "inputs_embeds" in kwargs:
             raise ValueError("PromptTunedModel.generate builds inputs_embeds from input_ids; do not pass inputs_embeds")
         batch, seq_len = check_ids(input_ids).shape
+        position_ids = kwargs.pop("position_ids", None)
+        check_position_ids(position_ids, (batch, seq_len))
         check_generate_kwargs(kwargs)
         rows = self.num_prompt_rows
         if self.is_encoder_decoder:
             check_length(self.base_model, rows + seq_len, f"the {rows} prompt rows and input_ids' {seq_len} tokens")
         else:
             check_generated_length(self.base_model, rows, seq_len, kwargs)
+        self._check_position_ids(position_ids, (kwargs.get("max_new_tokens") or 1) - 1)  # the last is not read back
         check_generation_fits(self.base_model, batch, kwargs)
         if self.training:
             warnings.warn("generate() in training mode: ADePT's dropout acts at prefill; call .eval()", stacklevel=2)
         embeds, mask = self.prompt_module(input_ids, attention_mask)
         if self.is_encoder_decoder:
             return self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        model_positions = self._position_ids(input_ids, attention_mask, position_ids)
+        if model_positions is not None:  # prefill as a forward; transformers continues each row from its last + 1
+            kwargs["position_ids"] = model_positions
+        start = next_input_positions(attention_mask, self.prompt_module.positions, (batch, seq_len), input_ids.device)
         original = self.base_model.get_input_embeddings()
-        self.base_model.set_input_embeddings(_DecodeEmbedding(self.prompt_module, start=input_ids.shape[1]))
+        self.base_model.set_input_embeddings(_DecodeEmbedding(self.prompt_module, start))
         try:
             new_tokens = self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         finally:

@@ -34,14 +34,26 @@ def check_ids(input_ids: object) -> torch.Tensor:
     return input_ids
 
 
+def _position_table(model: nn.Module) -> tuple[str, nn.Embedding, int] | None:
+    """``(name, table, first)``: the learned absolute position table of ``model`` and the first row it numbers
+    positions from (RoBERTa's ``padding_idx + 1``, else 0), or None for models without one."""
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in POSITION_TABLES and isinstance(module, nn.Embedding):
+            return name, module, module.padding_idx + 1 if module.padding_idx is not None else 0
+    return None
+
+
 def position_limit(model: nn.Module) -> tuple[str, int] | None:
     """``(name, count)`` of the learned absolute position table of ``model`` and the positions it numbers (RoBERTa's
     start after its padding index), or None for models without one (rotary, relative positions)."""
-    for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] in POSITION_TABLES and isinstance(module, nn.Embedding):
-            first = module.padding_idx + 1 if module.padding_idx is not None else 0
-            return name, module.num_embeddings - first
-    return None
+    table = _position_table(model)
+    return None if table is None else (table[0], table[1].num_embeddings - table[2])
+
+
+def first_position(model: nn.Module) -> int:
+    """The position id of a sequence's first token in ``model``'s numbering: RoBERTa's ``padding_idx + 1``, else 0."""
+    table = _position_table(model)
+    return 0 if table is None else table[2]
 
 
 def check_length(model: nn.Module, length: int, what: str) -> None:
@@ -90,6 +102,30 @@ def check_position_ids(position_ids: object, shape: tuple[int, int]) -> None:
         raise ValueError(
             f"position_ids must have shape ({batch}, {length}) or (1, {length}) for input_ids of shape {shape}, got "
             f"{tuple(value.shape)}"
+        )
+    if value.is_meta:
+        raise ValueError("position_ids are on the meta device, which holds no data: pass real positions")
+
+
+def check_position_range(
+    model: nn.Module, position_ids: torch.Tensor | None, num_prompt: int, generated: int = 0
+) -> None:
+    """User ``position_ids`` (checked by :func:`check_position_ids`), shifted past ``num_prompt`` prompt rows, stay
+    inside ``model``'s learned position table (an ``IndexError`` inside torch otherwise), and so do the ``generated``
+    positions that ``generate`` numbers after each row's last. Models without a table (rotary, relative positions)
+    take any."""
+    table = _position_table(model)
+    if position_ids is None or table is None:
+        return
+    name, embedding, first = table
+    low = int(position_ids.min())
+    high = max(int(position_ids.max()), int(position_ids[:, -1].max()) + generated)
+    if low < first or high + num_prompt >= embedding.num_embeddings:
+        what = f" and {generated} generated after the last" if generated else ""
+        raise ValueError(
+            f"position_ids must be in [{first}, {embedding.num_embeddings - num_prompt}) so that, shifted past the "
+            f"{num_prompt} prompt rows, they{what} stay inside the model's position embeddings ({name}, "
+            f"{embedding.num_embeddings} rows); got values from {low} to {high}"
         )
 
 

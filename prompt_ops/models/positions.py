@@ -4,6 +4,10 @@ The input's positions follow the tuned model's ``positions`` option (:mod:`promp
 ``position_ids`` when given (always honoured), else ``start[b] + t`` (``"tokens"``: counting real tokens) or ``t``
 (``"absolute"``). Positions a shift would make negative (leading pads, whose outputs nobody reads) are clamped to
 0 so that every position table lookup stays in range.
+
+:func:`model_position_ids` puts the two together in the numbering of a model's position table, which starts at
+``first`` (RoBERTa's at ``padding_idx + 1``; 0 for the others), and :func:`next_input_positions` gives each row's
+position for the tokens that generation appends.
 """
 
 from __future__ import annotations
@@ -37,3 +41,32 @@ def prompted_positions(input_position_ids: Tensor, num_prompt: int) -> Tensor:
     batch = input_position_ids.shape[0]
     prompt = torch.arange(num_prompt, dtype=torch.int64, device=input_position_ids.device)
     return torch.cat([prompt.expand(batch, num_prompt), input_position_ids + num_prompt], dim=1)
+
+
+def model_position_ids(
+    attention_mask: Tensor | None,
+    positions: str,
+    shape: tuple[int, int],
+    device: torch.device,
+    num_prompt: int,
+    first: int = 0,
+    position_ids: Tensor | None = None,
+) -> Tensor:
+    """``(B or 1, m + L)`` position ids for a model whose position table starts at ``first``: ``first + p`` for
+    :func:`prompted_positions`' ``p``. The user's ``position_ids`` are in the model's own numbering (from ``first``),
+    so they come out shifted by ``num_prompt``, with the prompt's ``first .. first+m-1`` in front."""
+    if position_ids is not None:
+        position_ids = position_ids.to(torch.int64) - first
+    return (
+        prompted_positions(input_positions(attention_mask, positions, shape, device, position_ids), num_prompt) + first
+    )
+
+
+def next_input_positions(
+    attention_mask: Tensor | None, positions: str, shape: tuple[int, int], device: torch.device
+) -> Tensor:
+    """``(B,)`` int64 input position (prompt excluded) of the token that follows column ``L - 1`` of each row:
+    ``L + start[b]`` (``L - leading pads`` counting real tokens, ``L`` in the padded sequence)."""
+    following = torch.full((shape[0],), shape[1], dtype=torch.int64, device=device)
+    starts = row_starts(attention_mask, positions)
+    return following if starts is None else following + starts.to(device)

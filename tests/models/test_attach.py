@@ -32,44 +32,50 @@ CONFIGS = {
 }
 
 
-def tiny(family: str):
-    """A tiny random model of ``family`` in eval mode (no dropout, so forwards compare exactly)."""
-    return _build(family).eval()
-
-
-def _build(family: str):
+def tiny(family: str, initializer_range: float | None = None):
+    """A tiny random model of ``family`` in eval mode (no dropout, so forwards compare exactly). A larger
+    ``initializer_range`` than the configs' 0.02 (T5: ``initializer_factor`` 1.0, scaled alike) makes the outputs
+    depend more on the positions."""
+    model_class, config = _spec(family)
+    if initializer_range is not None:
+        config.initializer_range = initializer_range
+        config.initializer_factor = initializer_range / 0.02
     torch.manual_seed(0)
+    return model_class(config).eval()
+
+
+def _spec(family: str):
     if family == "bert":
         config = transformers.BertConfig(
             vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
             max_position_embeddings=64, num_labels=3,
         )  # fmt: skip
-        return transformers.BertForSequenceClassification(config)
+        return transformers.BertForSequenceClassification, config
     if family == "bert-mlm":
         config = transformers.BertConfig(
             vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
             max_position_embeddings=64,
         )  # fmt: skip
-        return transformers.BertForMaskedLM(config)
+        return transformers.BertForMaskedLM, config
     if family == "roberta":
         config = transformers.RobertaConfig(
             vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
             max_position_embeddings=70, num_labels=3, pad_token_id=1,
         )  # fmt: skip
-        return transformers.RobertaForSequenceClassification(config)
+        return transformers.RobertaForSequenceClassification, config
     if family == "gpt2":
         config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=1, n_head=2, n_positions=64)
-        return transformers.GPT2LMHeadModel(config)
+        return transformers.GPT2LMHeadModel, config
     if family == "llama":
         config = transformers.LlamaConfig(
             vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
             num_key_value_heads=2, max_position_embeddings=64,
         )  # fmt: skip
-        return transformers.LlamaForCausalLM(config)
+        return transformers.LlamaForCausalLM, config
     config = transformers.T5Config(
         vocab_size=VOCAB, d_model=HIDDEN, d_kv=8, d_ff=32, num_layers=1, num_heads=2, decoder_start_token_id=0
     )
-    return transformers.T5ForConditionalGeneration(config)
+    return transformers.T5ForConditionalGeneration, config
 
 
 def move_off_init(tuned):
@@ -119,18 +125,25 @@ def test_decoder_only_matches_the_reference_forward(family):
     torch.testing.assert_close(out.loss, expected.loss, rtol=1e-5, atol=1e-5)
 
 
-def test_encoder_extends_token_type_ids_and_drops_position_ids():
-    model = tiny("bert")
+def test_encoder_extends_token_type_ids_and_shifts_position_ids():
+    """Segment ids get zeros over the prompt; the user's positions are honoured behind the prompt's 0..3."""
+    model = tiny("bert-mlm")  # token-level logits: every position shows
     tuned = attach(model, DePTConfig(num_tokens=4, rank=3, max_length=12))
     move_off_init(tuned)
     ids, mask = torch.randint(1, VOCAB, (2, 7)), torch.ones(2, 7, dtype=torch.long)
     token_types = torch.randint(0, 2, (2, 7))
-    with pytest.warns(UserWarning, match="position_ids are dropped"):
-        out = tuned(input_ids=ids, attention_mask=mask, token_type_ids=token_types, position_ids=torch.arange(7)[None])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # honoured, not dropped with a warning
+        out = tuned(
+            input_ids=ids, attention_mask=mask, token_type_ids=token_types, position_ids=torch.arange(3, 10)[None]
+        )
     embeds, ext_mask = reference_inputs(tuned, ids, mask)
     types = torch.cat([torch.zeros(2, 4, dtype=torch.long), token_types], dim=1)
-    expected = model(inputs_embeds=embeds, attention_mask=ext_mask, token_type_ids=types)
+    positions = torch.tensor([[0, 1, 2, 3, 7, 8, 9, 10, 11, 12, 13]])
+    expected = model(inputs_embeds=embeds, attention_mask=ext_mask, token_type_ids=types, position_ids=positions)
     torch.testing.assert_close(out.logits, expected.logits, rtol=1e-5, atol=1e-5)
+    dropped = model(inputs_embeds=embeds, attention_mask=ext_mask, token_type_ids=types)
+    assert (out.logits - dropped.logits).norm() > 0.1 * dropped.logits.norm()  # the positions matter here
 
 
 def test_t5_prompt_goes_on_the_encoder_only():
@@ -226,6 +239,10 @@ def test_config_must_be_an_instance_of_a_method_config():
         ("bert", "token_type_ids", torch.zeros(2, 3, dtype=torch.long), r"token_type_ids must have the shape of input"),
         ("bert", "token_type_ids", torch.zeros(2, 7), r"token_type_ids must be an integer tensor"),
         ("bert", "position_ids", torch.arange(5)[None], r"position_ids must have shape \(2, 7\) or \(1, 7\)"),
+        ("gpt2", "position_ids", torch.arange(56, 63)[None], r"position_ids must be in \[0, 62\) .*wpe.*from 56 to 62"),
+        ("roberta", "position_ids", torch.arange(1, 8)[None], r"position_ids must be in \[2, 68\) .*from 1 to 7"),
+        ("gpt2", "position_ids", torch.arange(7)[None] - 1, r"position_ids must be in \[0, 62\)"),
+        ("t5", "position_ids", torch.arange(7)[None], "position_ids: T5ForConditionalGeneration's forward takes no"),
         ("bert", "labels", torch.tensor([0, 1, 2]), r"labels must have shape \(2,\) or, floating, \(2, num_labels\)"),
         (
             "gpt2",
@@ -294,6 +311,12 @@ def test_generate_puts_the_input_embedding_back_whatever_fails(where):
         ({"max_new_tokens": 2**62}, ValueError, r"max_new_tokens = 4611686018427387904 .* position embeddings"),
         ({"max_new_tokens": 2, "colour": 3}, ValueError, "colour"),
         ({"inputs_embeds": torch.zeros(1, 4, HIDDEN)}, ValueError, "do not pass inputs_embeds"),
+        (  # positions 59..62 past the two prompt rows read the last row of the 64; a fifth would overrun
+            {"position_ids": torch.arange(55, 59)[None], "max_new_tokens": 5},
+            ValueError,
+            r"position_ids must be in \[0, 62\) .* they and 4 generated after the last stay inside .*from 55 to 62",
+        ),
+        ({"position_ids": torch.arange(3)[None]}, ValueError, r"position_ids must have shape \(1, 4\)"),
     ],
 )
 def test_generate_refuses_bad_arguments_and_restores_the_embedding(kwargs, error, pattern):

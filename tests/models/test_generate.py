@@ -1,5 +1,7 @@
 """Cached generation equals a greedy loop of full forward passes without cache, for every method."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -18,11 +20,17 @@ GEN_CONFIGS = {
 }
 
 
-def greedy_without_cache(tuned, input_ids, steps):
+def greedy_without_cache(tuned, input_ids, steps, attention_mask=None, position_ids=None):
+    """Greedy tokens from full forward passes: each new token unmasked, its position one past its row's last."""
     sequence = input_ids
     for _ in range(steps):
-        logits = tuned(input_ids=sequence, use_cache=False).logits[:, -1]
+        logits = tuned(input_ids=sequence, attention_mask=attention_mask, position_ids=position_ids,
+                       use_cache=False).logits[:, -1]  # fmt: skip
         sequence = torch.cat([sequence, logits.argmax(-1, keepdim=True)], dim=1)
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(sequence), 1)], dim=1)
+        if position_ids is not None:
+            position_ids = torch.cat([position_ids, position_ids[:, -1:] + 1], dim=1)
     return sequence
 
 
@@ -40,6 +48,42 @@ def test_cached_generation_matches_full_forward_passes(family, method):
         expected = greedy_without_cache(tuned, input_ids, 6)
     assert torch.equal(generated, expected)
     assert tuned.base_model.get_input_embeddings() is tuned.prompt_module.embedding  # restored
+
+
+@pytest.mark.parametrize("positions", ["tokens", "absolute"])
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("method", sorted(GEN_CONFIGS))
+def test_cached_generation_of_a_left_padded_batch_matches_full_forward_passes(family, method, positions):
+    """Prefill and every decoding step take the positions a full forward pass gives (each row from its own length
+    counting real tokens; the padded index under "absolute")."""
+    config = dataclasses.replace(GEN_CONFIGS[method], positions=positions)
+    tuned = attach(tiny(family, initializer_range=0.3), config).eval()
+    move_off_init(tuned)
+    input_ids = torch.randint(1, VOCAB, (3, 8))
+    mask = torch.ones(3, 8, dtype=torch.long)
+    mask[0, :5], mask[1, :3] = 0, 0  # left padding: 3, 5 and 8 tokens
+    generated = tuned.generate(input_ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0,
+                               eos_token_id=None)  # fmt: skip
+    with torch.no_grad():
+        expected = greedy_without_cache(tuned, input_ids, 6, attention_mask=mask)
+    assert torch.equal(generated, expected)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_generation_continues_user_position_ids(family):
+    """User positions are honoured at prefill (shifted behind the prompt) and continue one by one from each row's
+    last, as transformers continues them."""
+    tuned = attach(tiny(family, initializer_range=0.3), GEN_CONFIGS["lamp"]).eval()
+    move_off_init(tuned)
+    input_ids = torch.randint(1, VOCAB, (2, 5))
+    position_ids = torch.tensor([[3, 4, 5, 6, 7], [0, 2, 4, 6, 8]])
+    generated = tuned.generate(input_ids, position_ids=position_ids, max_new_tokens=6, do_sample=False,
+                               pad_token_id=0, eos_token_id=None)  # fmt: skip
+    with torch.no_grad():
+        expected = greedy_without_cache(tuned, input_ids, 6, position_ids=position_ids)
+        default = greedy_without_cache(tuned, input_ids, 6)
+    assert torch.equal(generated, expected)
+    assert not torch.equal(expected, default)  # the positions change the tokens
 
 
 def test_offsets_matter_for_generated_tokens():
@@ -68,3 +112,17 @@ def test_t5_generation_matches_full_forward_passes():
             logits = tuned(input_ids=input_ids, decoder_input_ids=decoder, use_cache=False).logits[:, -1]
             decoder = torch.cat([decoder, logits.argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(generated, decoder)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_beam_search_keeps_each_rows_positions(family):
+    """Beams are copies of their row: the middle of three left-padded sequences gets the beams it gets alone."""
+    tuned = attach(tiny(family, initializer_range=0.3), GEN_CONFIGS["dept"]).eval()
+    move_off_init(tuned)
+    input_ids = torch.randint(1, VOCAB, (3, 8))
+    mask = torch.ones(3, 8, dtype=torch.long)
+    mask[0, :5], mask[1, :3] = 0, 0  # left padding: 3, 5 and 8 tokens
+    beams = {"num_beams": 3, "max_new_tokens": 5, "do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+    batched = tuned.generate(input_ids, attention_mask=mask, **beams)
+    alone = tuned.generate(input_ids[1:2, 3:], **beams)
+    assert torch.equal(batched[1, 8:], alone[0, 5:])
