@@ -1,22 +1,27 @@
 """LPT's prompt generator (Liu et al., Findings of EMNLP 2022; official code ``xyltt/LPT``): Triton kernels.
 
-Both of the paper's generators are one computation over "slots". Each slot ``(b, i)`` reads a window of rows
+The paper's three generators are one computation over "slots". Each slot ``(b, i)`` reads a window of rows
 ``[start, end)`` of sample ``b``'s layer-``k`` hidden states::
 
     pre[b, i] = mean_{t in window} hidden[b, t] @ w_down + b_down      (h,)   pooling is linear: mean, then project
+    pre[b, i] = max_{t in window} (hidden[b, t] @ w_down + b_down)     (h,)   MPPG: project, then max per column
     P[b, i]   = dropout(relu(pre[b, i]) @ w_up + b_up)                  (width,)
 
 - NPG (``mode="naive"``, the official default): one slot per sample, the window is the single row ``index[b]``,
   and ``width = n * d`` (the output is viewed as ``(B, n, d)``).
-- APPG (``mode="pool"``): ``n`` slots per sample. Slot ``i`` of a sample with ``len`` valid rows averages the
-  adaptive-pooling window ``[floor(i*len/n), ceil((i+1)*len/n))``, and ``width = d``.
+- APPG (``mode="pool"``): ``n`` slots per sample. Slot ``i`` of a sample whose pooled rows are ``first ..
+  first+len-1`` averages the adaptive-pooling window ``first + [floor(i*len/n), ceil((i+1)*len/n))``, and
+  ``width = d``.
+- MPPG (``mode="max"``): APPG's windows, max-pooled after the projection (max does not commute with it); the row
+  of each column's maximum (the first one on a tie, ``torch.max``'s rule) is saved for the backward.
 
 The windows are computed on the host (two small integer tensors). Forward, two launches: the slot
-pre-activations ``(S, h)``, then the up-projection tiles with the dropout drawn from philox keyed by
-``(seed, element)``. Backward, three launches, with no gradient to ``hidden`` (the frozen layers below ``k``):
-``d_w_up``/``d_b_up`` per column tile, ``d_pre = (dP * D) @ w_up^T * 1[pre > 0]`` per slot tile, and
-``d_w_down``/``d_b_down`` per d-tile, using ``d_w_down = sum_slots (sum_{t in window} hidden[b, t]) d_pre / |window|``.
-Every program owns its output tile, so the sums are deterministic.
+pre-activations ``(S, h)`` (MPPG: and their arg-max rows ``(S, h)``), then the up-projection tiles with the dropout
+drawn from philox keyed by ``(seed, element)``. Backward, three launches, with no gradient to ``hidden`` (the frozen
+layers below ``k``): ``d_w_up``/``d_b_up`` per column tile, ``d_pre = (dP * D) @ w_up^T * 1[pre > 0]`` per slot
+tile, and ``d_w_down``/``d_b_down`` per d-tile, using ``d_w_down = sum_slots (sum_{t in window} hidden[b, t]) d_pre
+/ |window|`` (MPPG: ``d_w_down[:, j] = sum_slots hidden[b, arg[s, j]] d_pre[s, j]``, each window's gradient routed
+to its arg-max row). Every program owns its output tile, so the sums are deterministic (no atomics).
 """
 
 from __future__ import annotations
@@ -112,6 +117,61 @@ def _lpt_pre_kernel(
         acc += tl.sum(summed[:, None] * w_down, axis=0)
     pre = acc / (end - start).to(tl.float32) + tl.load(b_down_ptr + h, mask=h_ok, other=0.0).to(tl.float32)
     tl.store(pre_ptr + slot * gen_rank + h, pre, mask=h_ok)
+
+
+@triton.jit
+def _lpt_max_pre_kernel(
+    pre_ptr,  # (S, h) fp32 out
+    arg_ptr,  # (S, h) int64 out: the row of each maximum
+    hidden_ptr,  # (B, L, d)
+    starts_ptr,  # (S,) int64
+    ends_ptr,  # (S,) int64
+    w_down_ptr,  # (d, h)
+    b_down_ptr,  # (h,)
+    slots_per_sample,
+    seq_len,
+    hidden_size,
+    gen_rank,
+    stride_h_b,
+    stride_h_t,
+    stride_h_d,
+    stride_wd_d,
+    stride_wd_h,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    """MPPG's pre-activation of one slot: ``max_{t in window} hidden[b, t] @ w_down + b_down`` per column, and the
+    first row that reaches it (rows in increasing order, a later row replaces the kept one only when strictly
+    greater, and ``tl.max`` breaks ties within a tile to the left: ``torch.max``'s rule). The window's rows are
+    projected tile by tile (``[BLOCK_T, BLOCK_H]`` dots over ``d``); rows outside ``[start, end) & [0, L)`` are
+    never read, and an empty window keeps ``-inf`` and row ``-1``."""
+    slot = tl.program_id(0).to(tl.int64)
+    b = slot // slots_per_sample
+    low = tl.maximum(tl.load(starts_ptr + slot), 0)
+    high = tl.minimum(tl.load(ends_ptr + slot), seq_len)
+    h = tl.arange(0, BLOCK_H).to(tl.int64)
+    h_ok = h < gen_rank
+    bias = tl.load(b_down_ptr + h, mask=h_ok, other=0.0).to(tl.float32)
+    best = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    best_row = tl.full([BLOCK_H], -1, tl.int64)
+    for t0 in range(low, high, BLOCK_T):
+        rows = t0 + tl.arange(0, BLOCK_T).to(tl.int64)
+        row_ok = rows < high
+        z = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
+        for d0 in range(0, hidden_size, BLOCK_D):
+            cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+            col_ok = cols < hidden_size
+            tile = load_tile(hidden_ptr + b * stride_h_b, rows, row_ok, cols, col_ok, stride_h_t, stride_h_d)
+            w_down = load_tile(w_down_ptr, cols, col_ok, h, h_ok, stride_wd_d, stride_wd_h)  # [BLOCK_D, BLOCK_H]
+            z += tl.dot(tile, w_down, input_precision="ieee")
+        z = tl.where(row_ok[:, None], z + bias[None, :], float("-inf"))
+        tile_best, tile_arg = tl.max(z, axis=0, return_indices=True)  # ties: the first row of the tile
+        better = tile_best > best
+        best_row = tl.where(better, t0 + tile_arg.to(tl.int64), best_row)
+        best = tl.where(better, tile_best, best)
+    tl.store(pre_ptr + slot * gen_rank + h, best, mask=h_ok)
+    tl.store(arg_ptr + slot * gen_rank + h, best_row, mask=h_ok)
 
 
 @triton.jit
@@ -274,6 +334,48 @@ def _lpt_down_bwd_kernel(
 
 
 @triton.jit
+def _lpt_max_down_bwd_kernel(
+    grad_w_down_ptr,  # (d, h) fp32
+    grad_b_down_ptr,  # (h,) fp32
+    grad_pre_ptr,  # (S, h)
+    arg_ptr,  # (S, h) int64: the forward's arg-max rows
+    hidden_ptr,
+    num_slots,
+    slots_per_sample,
+    seq_len,
+    hidden_size,
+    gen_rank,
+    stride_h_b,
+    stride_h_t,
+    stride_h_d,
+    BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    """MPPG: each window's gradient goes to its arg-max row, ``d_w_down[:, j] = sum_slots hidden[b, arg[s, j]]
+    d_pre[s, j]``, per d-tile over the slots in order (deterministic, no atomics). A row outside ``[0, L)`` (an
+    empty window's ``-1``) contributes nothing."""
+    pid = tl.program_id(0).to(tl.int64)
+    cols = pid * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
+    col_ok = cols < hidden_size
+    h = tl.arange(0, BLOCK_H).to(tl.int64)
+    h_ok = h < gen_rank
+    acc_w = tl.zeros([BLOCK_D, BLOCK_H], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_H], dtype=tl.float32)
+    for slot in range(0, num_slots):
+        rows = tl.load(arg_ptr + slot * gen_rank + h, mask=h_ok, other=-1)  # [BLOCK_H]
+        row_ok = (rows >= 0) & (rows < seq_len)
+        base = hidden_ptr + (slot // slots_per_sample) * stride_h_b
+        # [BLOCK_D, BLOCK_H]: column j holds the arg-max row of column j
+        picked = load_tile(base, cols, col_ok, rows, row_ok, stride_h_d, stride_h_t)
+        grad_pre = tl.load(grad_pre_ptr + slot * gen_rank + h, mask=h_ok, other=0.0)  # [BLOCK_H]
+        acc_w += picked * grad_pre[None, :]
+        acc_b += grad_pre
+    tl.store(grad_w_down_ptr + cols[:, None] * gen_rank + h[None, :], acc_w, mask=col_ok[:, None] & h_ok[None, :])
+    if pid == 0:
+        tl.store(grad_b_down_ptr + h, acc_b, mask=h_ok)
+
+
+@triton.jit
 def _lpt_shift_kernel(
     out_ptr,  # (B, n+L, d) contiguous: rows n.. receive hidden
     mask_out_ptr,  # (B, n+L) contiguous
@@ -329,6 +431,11 @@ UP_BWD_BLOCK_S = 32
 takes 157 registers and no spill."""
 
 
+MAX_PRE_BLOCK_D = 32
+"""The ``d`` step of MPPG's projection dots on a GPU. At 64 the ``[BLOCK_D, h]`` slice of ``w_down`` spills 216
+bytes on sm_90 for h = 128 (255 registers); at 32 it takes 167 registers and no spill."""
+
+
 def _blocks(gen_rank: int) -> dict[str, int]:
     """Tiles: GPU 16 slots x 64 columns; the interpreter takes wide column tiles. ``BLOCK_H`` is the generator's
     rank padded to a power of two >= 16 (``tl.dot``)."""
@@ -349,10 +456,12 @@ def _slot_strides(view: torch.Tensor, slots_per_sample: int) -> tuple[torch.Tens
     return view, view.stride(0), view.stride(1), view.stride(2)
 
 
-def lpt_generate_fwd(hidden, starts, ends, w_down, b_down, w_up, b_up, dropout_p: float, seed: int, out):
+def lpt_generate_fwd(hidden, starts, ends, w_down, b_down, w_up, b_up, dropout_p: float, seed: int, out,
+                     arg_rows=None):  # fmt: skip
     """Write the prompt into ``out`` (a ``(B, n, d)`` view with unit column stride, any dtype: a fresh tensor or
     rows ``0..n-1`` of the insertion buffer) for slot windows ``starts``/``ends`` ``(S,)``; return ``pre (S, h)``
-    in fp32. Two launches."""
+    in fp32. Two launches. Windows are averaged (NPG, APPG), or, given ``arg_rows`` (an ``(S, h)`` int64 tensor),
+    max-pooled after the projection (MPPG), the row of each maximum written to ``arg_rows`` for the backward."""
     num_slots = starts.numel()
     batch = hidden.shape[0]
     hidden_size, gen_rank = w_down.shape
@@ -363,10 +472,15 @@ def lpt_generate_fwd(hidden, starts, ends, w_down, b_down, w_up, b_up, dropout_p
     if num_slots == 0:
         return pre
     slots_per_sample = num_slots // batch
-    _lpt_pre_kernel[(num_slots,)](
-        pre, hidden, starts, ends, w_down, b_down, slots_per_sample, hidden.shape[1], hidden_size, gen_rank,
-        *hidden.stride(), w_down.stride(0), w_down.stride(1), BLOCK_T=16, BLOCK_D=blocks["BLOCK_C"],
-        BLOCK_H=blocks["BLOCK_H"], num_warps=NUM_WARPS,
+    if arg_rows is None:
+        kernel, outputs, block_d = _lpt_pre_kernel, (pre,), blocks["BLOCK_C"]
+    else:
+        kernel, outputs = _lpt_max_pre_kernel, (pre, arg_rows)
+        block_d = blocks["BLOCK_C"] if interpreting() else MAX_PRE_BLOCK_D
+    kernel[(num_slots,)](
+        *outputs, hidden, starts, ends, w_down, b_down, slots_per_sample, hidden.shape[1], hidden_size, gen_rank,
+        *hidden.stride(), w_down.stride(0), w_down.stride(1), BLOCK_T=16, BLOCK_D=block_d, BLOCK_H=blocks["BLOCK_H"],
+        num_warps=NUM_WARPS,
     )  # fmt: skip
     if out.stride(2) != 1 or (slots_per_sample == 1 and out.stride(1) != hidden_size):
         raise ValueError(f"out must have packed rows of width {width}, got strides {out.stride()}")
@@ -397,18 +511,21 @@ def lpt_shift_rows(hidden, attention_mask, out, mask_out, num_tokens: int) -> No
 
 
 def lpt_insert_fwd(hidden, attention_mask, starts, ends, w_down, b_down, w_up, b_up, dropout_p: float, seed: int,
-                   out, mask_out):  # fmt: skip
+                   out, mask_out, arg_rows=None):  # fmt: skip
     """Fill the insertion buffer ``out (B, n+L, d)`` and ``mask_out (B, n+L)``; return ``pre (S, h)``. Three
-    launches: the generator writes rows ``0..n-1``, then :func:`lpt_shift_rows`."""
+    launches: the generator (:func:`lpt_generate_fwd`, MPPG given ``arg_rows``) writes rows ``0..n-1``, then
+    :func:`lpt_shift_rows`."""
     num_tokens = out.shape[1] - hidden.shape[1]
-    pre = lpt_generate_fwd(hidden, starts, ends, w_down, b_down, w_up, b_up, dropout_p, seed, out[:, :num_tokens])
+    generator = (hidden, starts, ends, w_down, b_down, w_up, b_up, dropout_p, seed)
+    pre = lpt_generate_fwd(*generator, out[:, :num_tokens], arg_rows)
     lpt_shift_rows(hidden, attention_mask, out, mask_out, num_tokens)
     return pre
 
 
-def lpt_generate_bwd(grad, hidden, starts, ends, pre, w_up, dropout_p: float, seed: int):
+def lpt_generate_bwd(grad, hidden, starts, ends, pre, w_up, dropout_p: float, seed: int, arg_rows=None):
     """fp32 ``(d_w_down, d_b_down, d_w_up, d_b_up)`` from ``grad``, the prompt's gradient as a ``(B, n, d)`` view
-    (any strides, e.g. rows ``0..n-1`` of the insertion buffer's gradient); three launches."""
+    (any strides, e.g. rows ``0..n-1`` of the insertion buffer's gradient); three launches. Given the forward's
+    ``arg_rows`` (MPPG), each window's gradient goes to its arg-max rows instead of spreading over the window."""
     num_slots = starts.numel()
     batch = hidden.shape[0]
     hidden_size = hidden.shape[2]
@@ -435,11 +552,19 @@ def lpt_generate_bwd(grad, hidden, starts, ends, pre, w_up, dropout_p: float, se
         grad_pre, grad, pre, w_up, num_slots, slots_per_sample, width, gen_rank, float(dropout_p), int(seed),
         *grad_strides, w_up.stride(0), w_up.stride(1), **common,
     )  # fmt: skip
-    _lpt_down_bwd_kernel[(triton.cdiv(hidden_size, blocks["BLOCK_C"]),)](
-        grad_w_down, grad_b_down, grad_pre, hidden, starts, ends, num_slots, slots_per_sample, hidden.shape[1],
-        hidden_size, gen_rank, *hidden.stride(), BLOCK_T=16, BLOCK_D=blocks["BLOCK_C"], BLOCK_H=blocks["BLOCK_H"],
-        num_warps=NUM_WARPS,
-    )  # fmt: skip
+    down_grid = (triton.cdiv(hidden_size, blocks["BLOCK_C"]),)
+    if arg_rows is None:
+        _lpt_down_bwd_kernel[down_grid](
+            grad_w_down, grad_b_down, grad_pre, hidden, starts, ends, num_slots, slots_per_sample, hidden.shape[1],
+            hidden_size, gen_rank, *hidden.stride(), BLOCK_T=16, BLOCK_D=blocks["BLOCK_C"],
+            BLOCK_H=blocks["BLOCK_H"], num_warps=NUM_WARPS,
+        )  # fmt: skip
+    else:
+        _lpt_max_down_bwd_kernel[down_grid](
+            grad_w_down, grad_b_down, grad_pre, arg_rows, hidden, num_slots, slots_per_sample, hidden.shape[1],
+            hidden_size, gen_rank, *hidden.stride(), BLOCK_D=blocks["BLOCK_C"], BLOCK_H=blocks["BLOCK_H"],
+            num_warps=NUM_WARPS,
+        )  # fmt: skip
     return grad_w_down, grad_b_down, grad_w_up, grad_b_up
 
 
@@ -473,9 +598,11 @@ def sm90_specs():
             ("lpt_up_bwd", _lpt_up_bwd_kernel, {**tiles, "BLOCK_S": UP_BWD_BLOCK_S, "HAS_DROPOUT": True}),
             ("lpt_pre_bwd", _lpt_pre_bwd_kernel, {**tiles, "HAS_DROPOUT": True}),
             ("lpt_down_bwd", _lpt_down_bwd_kernel, window),
+            ("lpt_max_pre", _lpt_max_pre_kernel, {**window, "BLOCK_D": MAX_PRE_BLOCK_D}),
+            ("lpt_max_down_bwd", _lpt_max_down_bwd_kernel, {"BLOCK_D": 64, "BLOCK_H": block_h}),
         ):
             pointers = {name: "*fp32" for name in kernel.arg_names if name.endswith("_ptr")}
-            for name in ("starts_ptr", "ends_ptr"):
+            for name in ("starts_ptr", "ends_ptr", "arg_ptr"):
                 if name in pointers:
                     pointers[name] = "*i64"
             specs.append(KernelSpec(f"{label}[H{block_h}]", kernel, pointers, constexprs, NUM_WARPS))

@@ -6,12 +6,16 @@ sequence. Only the generator trains, so backpropagation stops at layer ``k``::
 
     NPG (mode="naive"):  P = dropout(relu(H_k[b, c_b] @ w_down + b_down) @ w_up + b_up).view(B, n, d)
     APPG (mode="pool"):  P = dropout(relu(avgpool_n(H_k @ w_down + b_down)) @ w_up + b_up)     (B, n, d)
+    MPPG (mode="max"):   P = dropout(relu(maxpool_n(H_k @ w_down + b_down)) @ w_up + b_up)     (B, n, d)
+
+The official code's three generators (``generator_type`` NPG, APPG, MPPG); the pooling ones pool each sample's
+valid rows (or only its source, ``source_lengths``) into ``n`` adaptive windows.
 
 This module is the generator and the insertion (:func:`prompt_ops.lpt_insert`); attaching it inside a Hugging Face
 model is :func:`prompt_ops.models.attach` with :class:`prompt_ops.models.LPTConfig`. Defaults are the official
 scripts' (reference/methods.md §5.3): n=5, h=128, NPG, dropout 0.1. The layers are ``nn.Linear``'s default init,
 as the official code leaves them: weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)). For RoBERTa-large
-(d=1024) NPG holds 791,680 trainable parameters and APPG 263,296.
+(d=1024) NPG holds 791,680 trainable parameters, APPG and MPPG 263,296 each.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ class LPT(nn.Module):
 
     ``model_dim`` is the model's width ``d``; ``hidden_size`` the generator's bottleneck ``h`` (the official
     ``proj_down_size``). Trainable parameters (fp32): ``w_down (d, h)``, ``b_down (h,)``, and for NPG
-    ``w_up (h, n*d)``, ``b_up (n*d,)``, for APPG ``w_up (h, d)``, ``b_up (d,)``.
+    ``w_up (h, n*d)``, ``b_up (n*d,)``, for APPG and MPPG ``w_up (h, d)``, ``b_up (d,)``. ``mode`` is one of
+    ``"naive"`` (NPG), ``"pool"`` (APPG, adaptive average pooling) and ``"max"`` (MPPG, adaptive max pooling).
     """
 
     def __init__(

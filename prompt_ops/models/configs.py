@@ -100,7 +100,10 @@ class EPTConfig(MethodConfig):
 class LPTConfig(MethodConfig):
     """Late Prompt Tuning: the generator goes after layer ``layer`` (1-indexed; None: half the layers, as the
     official scripts do). ``hidden_size`` is the generator's bottleneck ``h``; ``read`` picks NPG's input row
-    (``"first"`` token or ``"last"`` non-padding token; None: first for bidirectional models, last for causal)."""
+    (``"first"`` token or ``"last"`` non-padding token; None: first for bidirectional models, last for causal).
+    ``mode`` is the official ``generator_type``: ``"naive"`` (NPG, the official default: one row through a
+    bottleneck to ``n * d``), ``"pool"`` (APPG: the projected rows average-pooled into ``n`` windows) or ``"max"``
+    (MPPG: max-pooled)."""
 
     method: ClassVar[str] = "lpt"
     module_class: ClassVar[type[nn.Module]] = LPT

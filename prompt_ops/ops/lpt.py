@@ -1,17 +1,26 @@
 """``lpt_prompt`` and ``lpt_insert``: LPT's instance-dependent prompt generators (Liu et al., Findings of EMNLP
 2022), and the insertion of the prompt in front of the layer-``k`` hidden states.
 
-From the layer-``k`` hidden states ``(B, L, d)`` of a frozen model, NPG (``mode="naive"``, the official default)
-reads one row per sample (``index[b]``, the first valid token when None) and APPG (``mode="pool"``) average-pools
-each sample's valid rows (from ``attention_mask``, left or right padding; or only its first ``source_lengths[b]``)
-into ``n`` windows; both then run ``relu(. @ w_down + b_down)
-@ w_up + b_up`` and dropout. Only the generator trains: no gradient flows to ``hidden``.
+From the layer-``k`` hidden states ``(B, L, d)`` of a frozen model, the official code's three generators:
+
+- NPG (``mode="naive"``, the official default) reads one row per sample (``index[b]``, the first valid row when
+  None): ``relu(h @ w_down + b_down) @ w_up + b_up``, viewed as ``(B, n, d)``;
+- APPG (``mode="pool"``) projects each sample's pooled rows, ``Z = H @ w_down + b_down``, average-pools them into
+  ``n`` adaptive windows (pooling is linear: the kernels pool first, then project), then ReLU and ``@ w_up + b_up``
+  per slot;
+- MPPG (``mode="max"``) is APPG with adaptive *max* pooling; max does not commute with the projection, so every
+  pooled row is projected first.
+
+All three end with dropout. The pooled rows are each sample's valid rows (from ``attention_mask``, wherever the
+padding is), or only its first ``source_lengths[b]``. Only the generator trains: no gradient flows to ``hidden``.
 
 On the Triton backend the generator is the custom op ``prompt_ops::lpt_prompt_fwd/bwd`` (``prompt_ops.kernels.lpt``:
 two launches forward, three backward), and the insertion ``prompt_ops::lpt_insert_fwd`` (three launches; it shares
-the backward). On the torch backend it is a few eager ops (a cumulative sum gives every
-pooling window's mean at once) that autograd differentiates. The dropout masks of the two backends differ; each is
-reproducible from ``seed``.
+the backward). MPPG's backward routes each window's gradient to the row that held its maximum (the first such row
+on a tie, as ``torch.max`` and ``nn.AdaptiveMaxPool1d`` do), deterministically. On the torch backend it is a few
+eager ops (a cumulative sum gives every averaging window's mean at once, a padded gather and ``torch.max`` every
+window's maximum) that autograd differentiates. The dropout masks of the two backends differ; each is reproducible
+from ``seed``.
 """
 
 import torch
@@ -32,7 +41,7 @@ from prompt_ops.ops.validation import (
 )
 
 Tensor = torch.Tensor
-MODES = ("naive", "pool")
+MODES = ("naive", "pool", "max")
 
 
 def valid_blocks(attention_mask: Tensor | None, batch: int, seq_len: int, device=None) -> tuple[Tensor, Tensor]:
@@ -76,7 +85,7 @@ def slot_windows(
 
 def lpt_prompt_torch(hidden, w_down, b_down, w_up, b_up, starts, ends, num_tokens, dropout_p, seed, mode):
     """Eager generator. NPG gathers its one row per sample before projecting; APPG projects every row and takes
-    each window's mean through a cumulative sum."""
+    each window's mean through a cumulative sum; MPPG projects every row and takes each window's maximum."""
     batch, seq_len, hidden_size = hidden.shape
     gen_rank = w_down.shape[1]
     if mode == "naive":
@@ -84,12 +93,27 @@ def lpt_prompt_torch(hidden, w_down, b_down, w_up, b_up, starts, ends, num_token
         pooled = torch.addmm(b_down, picked.to(w_down.dtype), w_down)  # (B, h)
         return _up_projection(pooled, w_up, b_up, dropout_p, seed).reshape(batch, num_tokens, hidden_size)
     projected = torch.addmm(b_down, hidden.reshape(-1, hidden_size).to(w_down.dtype), w_down)  # (B*L, h)
-    zeros = projected.new_zeros(batch, 1, gen_rank)
-    cumulative = torch.cat([zeros, projected.view(batch, seq_len, gen_rank)], 1).cumsum(1)  # (B, L+1, h)
+    projected = projected.view(batch, seq_len, gen_rank)
     samples = torch.arange(starts.numel(), device=hidden.device) // num_tokens
-    window_sums = cumulative[samples, ends] - cumulative[samples, starts]  # (S, h)
-    pooled = window_sums / (ends - starts).unsqueeze(1).to(window_sums.dtype)
+    if mode == "max":
+        pooled = _window_max(projected, samples, starts, ends, num_tokens)
+    else:
+        cumulative = torch.cat([projected.new_zeros(batch, 1, gen_rank), projected], 1).cumsum(1)  # (B, L+1, h)
+        window_sums = cumulative[samples, ends] - cumulative[samples, starts]  # (S, h)
+        pooled = window_sums / (ends - starts).unsqueeze(1).to(window_sums.dtype)
     return _up_projection(pooled, w_up, b_up, dropout_p, seed).reshape(batch, num_tokens, hidden_size)
+
+
+def _window_max(projected: Tensor, samples: Tensor, starts: Tensor, ends: Tensor, num_tokens: int) -> Tensor:
+    """``(S, h)``: each window's column-wise maximum of ``projected (B, L, h)``. The window's rows are gathered,
+    padded with ``-inf`` to the widest window a row of ``L`` can have (``ceil(L/n) + 1``, so no sync), and reduced
+    with ``torch.max``, whose gradient goes to the first maximal row, as ``nn.AdaptiveMaxPool1d``'s does."""
+    seq_len = projected.shape[1]
+    widest = min(seq_len, -(-seq_len // num_tokens) + 1)
+    rows = starts[:, None] + torch.arange(widest, device=starts.device)  # (S, W)
+    inside = rows < ends[:, None]
+    gathered = projected[samples[:, None], rows.clamp(max=seq_len - 1)]  # (S, W, h)
+    return gathered.masked_fill(~inside[:, :, None], float("-inf")).max(dim=1).values
 
 
 def _up_projection(pooled, w_up, b_up, dropout_p, seed):
@@ -100,6 +124,22 @@ def _up_projection(pooled, w_up, b_up, dropout_p, seed):
         keep = torch.rand(out.shape, generator=generator, device=out.device) >= dropout_p
         out = out * keep.to(out.dtype) / (1.0 - dropout_p)
     return out
+
+
+def _arg_rows(hidden: Tensor, starts: Tensor, w_down: Tensor, max_pool: bool) -> Tensor:
+    """The uninitialised arg-max rows: ``(S, h)`` int64 for MPPG (``max_pool``), an empty ``(0, h)`` placeholder
+    for the averaging generators."""
+    return hidden.new_empty((starts.shape[0] if max_pool else 0, w_down.shape[1]), dtype=torch.int64)
+
+
+def _generator_outputs_fake(hidden: Tensor, starts: Tensor, w_down: Tensor, max_pool: bool) -> tuple[Tensor, Tensor]:
+    """``pre (S, h)`` fp32 and the arg-max rows, as the Triton generator returns them."""
+    pre = hidden.new_empty((starts.shape[0], w_down.shape[1]), dtype=torch.float32)
+    return pre, _arg_rows(hidden, starts, w_down, max_pool)
+
+
+def _prompt_buffer(hidden: Tensor, num_tokens: int) -> Tensor:
+    return hidden.new_empty((hidden.shape[0], num_tokens, hidden.shape[2]), dtype=torch.float32)
 
 
 @custom_op("prompt_ops::lpt_prompt_fwd")
@@ -114,21 +154,21 @@ def lpt_prompt_fwd_op(
     num_tokens: int,
     dropout_p: float,
     seed: int,
-) -> tuple[Tensor, Tensor]:
-    """Triton generator: ``(P (B, n, d) fp32, pre (S, h))``; ``pre`` is kept for the backward."""
+    max_pool: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Triton generator: ``(P (B, n, d) fp32, pre (S, h), arg_rows)``; ``pre`` and MPPG's (``max_pool``) arg-max
+    rows are kept for the backward."""
     from prompt_ops.kernels.lpt import lpt_generate_fwd
 
-    out = hidden.new_empty((hidden.shape[0], num_tokens, hidden.shape[2]), dtype=torch.float32)
-    pre = lpt_generate_fwd(hidden, starts, ends, w_down, b_down, w_up, b_up, dropout_p, seed, out)
-    return out, pre
+    out, arg_rows = _prompt_buffer(hidden, num_tokens), _arg_rows(hidden, starts, w_down, max_pool)
+    generator = (hidden, starts, ends, w_down, b_down, w_up, b_up, dropout_p, seed)
+    pre = lpt_generate_fwd(*generator, out, arg_rows if max_pool else None)
+    return out, pre, arg_rows
 
 
 @lpt_prompt_fwd_op.register_fake
-def _lpt_prompt_fwd_fake(hidden, w_down, b_down, w_up, b_up, starts, ends, num_tokens, dropout_p, seed):
-    return (
-        hidden.new_empty((hidden.shape[0], num_tokens, hidden.shape[2]), dtype=torch.float32),
-        hidden.new_empty((starts.shape[0], w_down.shape[1]), dtype=torch.float32),
-    )
+def _lpt_prompt_fwd_fake(hidden, w_down, b_down, w_up, b_up, starts, ends, num_tokens, dropout_p, seed, max_pool):
+    return (_prompt_buffer(hidden, num_tokens), *_generator_outputs_fake(hidden, starts, w_down, max_pool))
 
 
 @custom_op("prompt_ops::lpt_insert_fwd")
@@ -144,14 +184,18 @@ def lpt_insert_fwd_op(
     num_tokens: int,
     dropout_p: float,
     seed: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Triton insertion: ``(X (B, n+L, d) in hidden's dtype, mask (B, n+L), pre (S, h))``. The generator writes
-    rows ``0..n-1`` of ``X`` directly; one more launch copies ``hidden`` to rows ``n..`` and writes the mask."""
+    max_pool: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Triton insertion: ``(X (B, n+L, d) in hidden's dtype, mask (B, n+L), pre (S, h), arg_rows)``. The generator
+    writes rows ``0..n-1`` of ``X`` directly; one more launch copies ``hidden`` to rows ``n..`` and writes the
+    mask."""
     from prompt_ops.kernels.lpt import lpt_insert_fwd
 
     out, mask_out = _insert_buffers(hidden, attention_mask, num_tokens)
+    arg_rows = _arg_rows(hidden, starts, w_down, max_pool)
     generator = (starts, ends, w_down, b_down, w_up, b_up, dropout_p, seed)
-    return out, mask_out, lpt_insert_fwd(hidden, attention_mask, *generator, out, mask_out)
+    pre = lpt_insert_fwd(hidden, attention_mask, *generator, out, mask_out, arg_rows if max_pool else None)
+    return out, mask_out, pre, arg_rows
 
 
 def _mask_buffer(hidden: Tensor, attention_mask: Tensor | None, num_tokens: int) -> Tensor:
@@ -167,23 +211,35 @@ def _insert_buffers(hidden: Tensor, attention_mask: Tensor | None, num_tokens: i
 
 
 @lpt_insert_fwd_op.register_fake
-def _lpt_insert_fwd_fake(hidden, attention_mask, w_down, b_down, w_up, b_up, starts, ends, num_tokens, dropout_p, seed):
+def _lpt_insert_fwd_fake(hidden, attention_mask, w_down, b_down, w_up, b_up, starts, ends, num_tokens, dropout_p, seed,
+                         max_pool):  # fmt: skip
     out, mask_out = _insert_buffers(hidden, attention_mask, num_tokens)
-    return out, mask_out, hidden.new_empty((starts.shape[0], w_down.shape[1]), dtype=torch.float32)
+    return out, mask_out, *_generator_outputs_fake(hidden, starts, w_down, max_pool)
 
 
 @custom_op("prompt_ops::lpt_prompt_bwd")
 def lpt_prompt_bwd_op(
-    grad: Tensor, hidden: Tensor, starts: Tensor, ends: Tensor, pre: Tensor, w_up: Tensor, dropout_p: float, seed: int
+    grad: Tensor,
+    hidden: Tensor,
+    starts: Tensor,
+    ends: Tensor,
+    pre: Tensor,
+    arg_rows: Tensor,
+    w_up: Tensor,
+    dropout_p: float,
+    seed: int,
+    max_pool: bool,
 ) -> list[Tensor]:
-    """fp32 ``[d_w_down, d_b_down, d_w_up, d_b_up]`` from the prompt's gradient ``(B, n, d)``; none to ``hidden``."""
+    """fp32 ``[d_w_down, d_b_down, d_w_up, d_b_up]`` from the prompt's gradient ``(B, n, d)``; none to ``hidden``.
+    MPPG (``max_pool``) routes each window's gradient to its ``arg_rows``."""
     from prompt_ops.kernels.lpt import lpt_generate_bwd
 
-    return list(lpt_generate_bwd(grad, hidden, starts, ends, pre, w_up, dropout_p, seed))
+    generator = (grad, hidden, starts, ends, pre, w_up, dropout_p, seed)
+    return list(lpt_generate_bwd(*generator, arg_rows if max_pool else None))
 
 
 @lpt_prompt_bwd_op.register_fake
-def _lpt_prompt_bwd_fake(grad, hidden, starts, ends, pre, w_up, dropout_p, seed):
+def _lpt_prompt_bwd_fake(grad, hidden, starts, ends, pre, arg_rows, w_up, dropout_p, seed, max_pool):
     hidden_size, gen_rank, width = hidden.shape[2], pre.shape[1], w_up.shape[1]
     shapes = ((hidden_size, gen_rank), (gen_rank,), (gen_rank, width), (width,))
     return [grad.new_empty(shape, dtype=torch.float32) for shape in shapes]
@@ -191,33 +247,38 @@ def _lpt_prompt_bwd_fake(grad, hidden, starts, ends, pre, w_up, dropout_p, seed)
 
 def _generator_backward(ctx, grad_prompt: Tensor) -> list[Tensor]:
     """The four parameter gradients, in the parameters' dtypes, from the prompt rows' gradient."""
-    hidden, starts, ends, pre, w_up = ctx.saved_tensors
-    grads = lpt_prompt_bwd_op(grad_prompt, hidden, starts, ends, pre, w_up, ctx.dropout_p, ctx.seed)
+    hidden, starts, ends, pre, arg_rows, w_up = ctx.saved_tensors
+    grads = lpt_prompt_bwd_op(grad_prompt, hidden, starts, ends, pre, arg_rows, w_up, ctx.dropout_p, ctx.seed,
+                              ctx.max_pool)  # fmt: skip
     return [g.to(dtype) for g, dtype in zip(grads, ctx.dtypes, strict=True)]
 
 
-def _save_generator(ctx, hidden, w_down, b_down, w_up, b_up, starts, ends, num_tokens, dropout_p, seed, pre) -> None:
-    ctx.save_for_backward(hidden, starts, ends, pre, w_up)
+def _save_generator(ctx, hidden, w_down, b_down, w_up, b_up, starts, ends, num_tokens, dropout_p, seed, max_pool, pre,
+                    arg_rows) -> None:  # fmt: skip
+    ctx.save_for_backward(hidden, starts, ends, pre, arg_rows, w_up)
     ctx.dtypes = [t.dtype for t in (w_down, b_down, w_up, b_up)]
-    ctx.num_tokens, ctx.dropout_p, ctx.seed = num_tokens, dropout_p, seed
+    ctx.num_tokens, ctx.dropout_p, ctx.seed, ctx.max_pool = num_tokens, dropout_p, seed, max_pool
+
+
+_NO_GRAD_ARGS = (None,) * 6  # starts, ends, num_tokens, dropout_p, seed, max_pool
 
 
 def _setup_prompt(ctx, inputs, output):
-    _save_generator(ctx, *inputs, output[1])
+    _save_generator(ctx, *inputs, *output[1:])
 
 
-def _backward_prompt(ctx, grad, _grad_pre):
-    return (None, *_generator_backward(ctx, grad), None, None, None, None, None)
+def _backward_prompt(ctx, grad, _grad_pre, _grad_arg_rows):
+    return (None, *_generator_backward(ctx, grad), *_NO_GRAD_ARGS)  # no gradient to hidden
 
 
 def _setup_insert(ctx, inputs, output):
     hidden, _mask, *generator = inputs
-    _save_generator(ctx, hidden, *generator, output[2])
+    _save_generator(ctx, hidden, *generator, *output[2:])
 
 
-def _backward_insert(ctx, grad, _grad_mask, _grad_pre):
+def _backward_insert(ctx, grad, _grad_mask, _grad_pre, _grad_arg_rows):
     grad_prompt = grad[:, : ctx.num_tokens]  # the rows below are the frozen hidden states: no gradient
-    return (None, None, *_generator_backward(ctx, grad_prompt), None, None, None, None, None)
+    return (None, None, *_generator_backward(ctx, grad_prompt), *_NO_GRAD_ARGS)
 
 
 lpt_prompt_fwd_op.register_autograd(_backward_prompt, setup_context=_setup_prompt)
@@ -369,17 +430,18 @@ def _check_sizes(hidden, num_tokens: int, attention_mask, insert: bool, dropout_
 
 
 _GENERATOR_ARGS = """``w_down (d, h)``, ``b_down (h,)`` and, for NPG (``mode="naive"``), ``w_up (h, n*d)``,
-    ``b_up (n*d,)``, for APPG (``mode="pool"``) ``w_up (h, d)``, ``b_up (d,)``. NPG reads row ``index[b]``
-    (default: the row's first valid row, row 0 under right padding) of each sample; APPG pools each sample's valid
-    rows (non-zero ``attention_mask`` columns), wherever they are: its windows start at the row's first valid row,
-    so a left-padded row pools exactly the rows it pools alone. The valid rows must be one contiguous block (left
-    and/or right padding; a hole between valid rows is refused). ``source_lengths (B,)`` (int64 or int32, each in
-    ``[1, valid rows]``): the pooling modes pool only the first ``source_lengths[b]`` valid rows of row ``b`` (the
-    source of a causal LM's source + target sequence, so that the prompt, which every position sees, carries no
-    target token); NPG keeps its ``index``, which must then be a source row. Dropout
-    on the prompt in training, keyed by ``seed`` as in :func:`prompt_ops.adept_embed`. Gradients reach the four
-    generator tensors only: ``hidden`` comes from the frozen layers below ``k``. The four share one floating dtype
-    (``hidden``'s may differ); ``hidden`` needs ``L, d >= 1`` (``B = 0`` gives empty outputs) and ``h >= 1``."""
+    ``b_up (n*d,)``, for APPG (``mode="pool"``) and MPPG (``mode="max"``) ``w_up (h, d)``, ``b_up (d,)``. NPG
+    reads row ``index[b]`` (default: the row's first valid row, row 0 under right padding) of each sample; APPG
+    and MPPG pool each sample's valid rows (non-zero ``attention_mask`` columns) wherever they are: the windows
+    start at the row's first valid row, so a left-padded row pools exactly the rows it pools alone. The valid rows
+    must then be one contiguous block (left and/or right padding); a hole (a zero between valid rows) is refused,
+    as before. ``source_lengths (B,)`` (int64 or int32, each in ``[1, valid rows]``): APPG and MPPG pool only the
+    first ``source_lengths[b]`` valid rows of row ``b`` (the source of a causal LM's source + target sequence, so
+    that the prompt, which every position sees, carries no target token); NPG keeps its ``index``, which must then
+    be a source row. Dropout on the prompt in training, keyed by ``seed`` as in :func:`prompt_ops.adept_embed`.
+    Gradients reach the four generator tensors only: ``hidden`` comes from the frozen layers below ``k``. The four
+    share one floating dtype (``hidden``'s may differ); ``hidden`` needs ``L, d >= 1`` (``B = 0`` gives empty
+    outputs) and ``h >= 1``."""
 
 
 def _prepare(hidden, w_down, b_down, w_up, b_up, num_tokens, index, attention_mask, source_lengths, mode, dropout_p,
@@ -434,7 +496,7 @@ def lpt_prompt(
     )  # fmt: skip
     generator = (hidden, w_down, b_down, w_up, b_up, starts, ends)
     if backend == "triton":
-        return lpt_prompt_fwd_op(*generator, num_tokens, dropout_p, seed)[0]
+        return lpt_prompt_fwd_op(*generator, num_tokens, dropout_p, seed, mode == "max")[0]
     return lpt_prompt_torch(*generator, num_tokens, dropout_p, seed, mode)
 
 
@@ -472,7 +534,9 @@ def lpt_insert(
     )  # fmt: skip
     generator = (w_down, b_down, w_up, b_up, starts, ends)
     if backend == "triton":
-        out, mask_out, _ = lpt_insert_fwd_op(hidden, attention_mask, *generator, num_tokens, dropout_p, seed)
+        out, mask_out, _, _ = lpt_insert_fwd_op(
+            hidden, attention_mask, *generator, num_tokens, dropout_p, seed, mode == "max"
+        )
         return out, mask_out
     # eager: one torch.cat writes the buffer, and its backward is a view of the gradient (a copy into a preallocated
     # buffer would be two launches, and autograd would clone the whole gradient for it)

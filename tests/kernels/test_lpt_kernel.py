@@ -1,5 +1,5 @@
-"""LPT's generators (NPG and APPG) and the insertion against ops/reference.py on both backends: outputs, gradients,
-dropout, left and right padding, source lengths, custom-op checks and bad input."""
+"""LPT's generators (NPG, APPG and MPPG) and the insertion against ops/reference.py on both backends: outputs,
+gradients, dropout, left and right padding, source lengths, ties of the max, custom-op checks and bad input."""
 
 import pytest
 import torch
@@ -11,7 +11,7 @@ from prompt_ops.ops import reference
 from tests.helpers import assert_close, assert_grads_close, tolerances
 
 BACKENDS = ["torch", "triton"]
-MODES = ["naive", "pool"]
+MODES = ["naive", "pool", "max"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # (B, L, d, h, n): batch 1 with one row, odd widths, h not a power of two, windows longer and shorter than 1 row.
 SHAPES = [(1, 1, 8, 3, 1), (3, 9, 20, 6, 4), (2, 13, 37, 19, 5), (2, 5, 33, 16, 7)]
@@ -90,49 +90,66 @@ def test_dropout_uses_one_mask(mode):
 
 
 @pytest.mark.parametrize("seq_len", [0, 3])
-def test_window_sum_stays_inside_the_sample(seq_len):
+@pytest.mark.parametrize("max_pool", [False, True])
+def test_window_sum_stays_inside_the_sample(seq_len, max_pool):
     """Windows that reach outside ``[0, L)`` (an empty sequence, a negative start, an end past L) read nothing
     there: the kernels mask rows by both ends of the window and by L (the autouse bounds checker fails on any
-    out-of-bounds access). The public entries refuse such windows; this is the kernels' own safety."""
+    out-of-bounds access). The public entries refuse such windows; this is the kernels' own safety. An empty
+    max window keeps ``-inf`` and row -1, and its backward reads no row."""
     _, params, _, _ = make(2, 1, 8, 3, 2, "pool")
     w_down, b_down, w_up, b_up = (p.detach() for p in params)
     hidden = torch.randn(2, seq_len, 8)
     starts = torch.tensor([0, -4, 0, 1])
     ends = torch.tensor([1, 2, seq_len + 5, seq_len + 2])
     out = torch.empty(2, 2, 8)
-    pre = kernels.lpt_generate_fwd(hidden, starts, ends, w_down, b_down, w_up, b_up, 0.0, 0, out)
+    arg_rows = torch.empty(4, 3, dtype=torch.int64) if max_pool else None
+    pre = kernels.lpt_generate_fwd(hidden, starts, ends, w_down, b_down, w_up, b_up, 0.0, 0, out, arg_rows)
     rows = [(0, max(0, min(1, seq_len))), (0, min(2, seq_len)), (0, seq_len), (min(1, seq_len), seq_len)]
-    sums = torch.stack([hidden[i // 2, lo:hi].sum(0) for i, (lo, hi) in enumerate(rows)])
-    expected = (sums @ w_down) / (ends - starts)[:, None].float() + b_down
+    if max_pool:
+        projected = hidden @ w_down + b_down
+        empty = torch.full((3,), float("-inf"))
+        expected = torch.stack([projected[i // 2, lo:hi].amax(0) if hi > lo else empty for i, (lo, hi) in
+                                enumerate(rows)])  # fmt: skip
+        assert ((arg_rows >= 0) | (pre == float("-inf"))).all() and (arg_rows < max(seq_len, 1)).all()
+    else:
+        sums = torch.stack([hidden[i // 2, lo:hi].sum(0) for i, (lo, hi) in enumerate(rows)])
+        expected = (sums @ w_down) / (ends - starts)[:, None].float() + b_down
     assert_close(pre, expected, torch.float32, dot=True)
-    grads = kernels.lpt_generate_bwd(torch.randn(2, 2, 8), hidden, starts, ends, pre, w_up, 0.0, 0)
+    grads = kernels.lpt_generate_bwd(torch.randn(2, 2, 8), hidden, starts, ends, pre, w_up, 0.0, 0, arg_rows)
     assert all(torch.isfinite(g).all() for g in grads)
 
 
-def test_no_gradient_reaches_the_hidden_states():
-    hidden, params, mask, index = make(2, 6, 16, 4, 3, "pool")
+@pytest.mark.parametrize("mode", MODES)
+def test_no_gradient_reaches_the_hidden_states(mode):
+    hidden, params, mask, index = make(2, 6, 16, 4, 3, mode)
     hidden.requires_grad_(True)
     for backend in BACKENDS:
-        out = prompt_ops.lpt_prompt(hidden, *params, num_tokens=3, attention_mask=mask, mode="pool", backend=backend)
-        out.sum().backward()
+        for entry in (prompt_ops.lpt_prompt, prompt_ops.lpt_insert):
+            out = entry(hidden, *params, num_tokens=3, attention_mask=mask, mode=mode, backend=backend)
+            (out[0] if isinstance(out, tuple) else out).sum().backward()
     assert hidden.grad is None
 
 
-def test_gradcheck_fp64_torch_backend():
-    hidden, params, mask, _ = make(2, 5, 6, 3, 2, "pool")
+@pytest.mark.parametrize("mode", ["pool", "max"])
+def test_gradcheck_fp64_torch_backend(mode):
+    hidden, params, mask, _ = make(3, 7, 6, 3, 2, mode)
     hidden, params = hidden.double(), [p.detach().double().requires_grad_(True) for p in params]
 
     def fn(*p):
-        return prompt_ops.lpt_prompt(hidden, *p, num_tokens=2, attention_mask=mask, mode="pool", backend="torch")
+        return prompt_ops.lpt_prompt(hidden, *p, num_tokens=2, attention_mask=mask, mode=mode, backend="torch")
 
     assert torch.autograd.gradcheck(fn, tuple(params))
 
 
-def test_opcheck_and_compile():
-    hidden, params, mask, _ = make(2, 6, 16, 4, 3, "pool")
-    starts, ends = ops.slot_windows(2, 6, 3, "pool", None, mask)
-    torch.library.opcheck(ops.lpt_prompt_fwd_op, (hidden, *params, starts, ends, 3, 0.2, 3))
-    torch.library.opcheck(ops.lpt_insert_fwd_op, (hidden, mask, *params, starts, ends, 3, 0.2, 3))
+@pytest.mark.parametrize("mode", ["pool", "max"])
+def test_opcheck_and_compile(mode):
+    hidden, params, mask, _ = make(2, 6, 16, 4, 3, mode)
+    starts, ends = ops.slot_windows(2, 6, 3, mode, None, mask)
+    max_pool = mode == "max"
+    torch.library.opcheck(ops.lpt_prompt_fwd_op, (hidden, *params, starts, ends, 3, 0.2, 3, max_pool))
+    torch.library.opcheck(ops.lpt_insert_fwd_op, (hidden, mask, *params, starts, ends, 3, 0.2, 3, max_pool))
+    if max_pool:
+        return
 
     @torch.compile(fullgraph=True, backend="aot_eager")
     def step(hidden, *p):
@@ -149,21 +166,24 @@ def test_bad_input(backend):
     hidden, params, mask, index = make(2, 6, 16, 4, 3, "naive")
     with pytest.raises(ValueError, match=r"num_tokens must be an int >= 1, got 0"):
         prompt_ops.lpt_prompt(hidden, *params, num_tokens=0, backend=backend)
-    with pytest.raises(ValueError, match=r"mode must be one of \('naive', 'pool'\)"):
+    with pytest.raises(ValueError, match=r"mode must be one of \('naive', 'pool', 'max'\)"):
         prompt_ops.lpt_prompt(hidden, *params, num_tokens=3, mode="mean", backend=backend)
     with pytest.raises(ValueError, match=r"index must be in \[0, 6\)"):
         prompt_ops.lpt_prompt(hidden, *params, num_tokens=3, index=torch.tensor([0, 6]), backend=backend)
     with pytest.raises(ValueError, match=r"w_up must have shape \(4, 48\) for mode='naive'"):
         prompt_ops.lpt_prompt(hidden, *params[:2], torch.randn(4, 47), params[3], num_tokens=3, backend=backend)
-    pool_hidden, pool_params, pool_mask, _ = make(2, 6, 16, 4, 3, "pool")
-    pool_mask[1] = 0
-    with pytest.raises(ValueError, match="all-padding row"):
-        prompt_ops.lpt_prompt(pool_hidden, *pool_params, num_tokens=3, attention_mask=pool_mask, mode="pool",
-                              backend=backend)  # fmt: skip
-    holed = torch.tensor([[1] * 6, [0, 1, 1, 0, 1, 0]])
-    with pytest.raises(ValueError, match=r"one contiguous block of valid rows .* row 1 has a hole"):
-        prompt_ops.lpt_insert(pool_hidden, *pool_params, num_tokens=3, attention_mask=holed, mode="pool",
-                              backend=backend)  # fmt: skip
+    for mode in ("pool", "max"):
+        pool_hidden, pool_params, pool_mask, _ = make(2, 6, 16, 4, 3, mode)
+        pool_mask[1] = 0
+        with pytest.raises(ValueError, match=rf"all-padding row \(row 1\): mode='{mode}' pools"):
+            prompt_ops.lpt_prompt(pool_hidden, *pool_params, num_tokens=3, attention_mask=pool_mask, mode=mode,
+                                  backend=backend)  # fmt: skip
+        holed = torch.tensor([[1] * 6, [0, 1, 1, 0, 1, 0]])
+        with pytest.raises(ValueError, match=rf"one contiguous block of valid rows .* mode='{mode}' .* row 1 has a"):
+            prompt_ops.lpt_insert(pool_hidden, *pool_params, num_tokens=3, attention_mask=holed, mode=mode,
+                                  backend=backend)  # fmt: skip
+        with pytest.raises(ValueError, match=rf"w_up must have shape \(4, 16\) for mode='{mode}'"):
+            prompt_ops.lpt_prompt(pool_hidden, *params, num_tokens=3, mode=mode, backend=backend)
     with pytest.raises(ValueError, match="attention_mask must have shape"):
         prompt_ops.lpt_insert(hidden, *params, num_tokens=3, attention_mask=mask[:, :5], backend=backend)
 
@@ -255,6 +275,60 @@ def test_bad_source_lengths_are_named(backend, mode):
             r"outside its source rows \[1, 3\)",
         ):
             run(torch.tensor([2, 2]), index=torch.tensor([3, 0]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_ties_route_the_gradient_to_the_first_row(backend):
+    """Exact ties (small integers, so every projection is exact in any order of addition): every row of a window
+    projects to the same ``Z`` (they differ only in a coordinate ``w_down`` ignores), so each window's gradient must
+    go to its first row, as ``torch.max`` and ``nn.AdaptiveMaxPool1d`` pick it. The ignored coordinate of ``w_down``
+    sees which row that was: its gradient is ``sum_s hidden[b_s, first row of window s, 0] * d_pre[s]``. Left and
+    right padding, len % n != 0."""
+    batch, seq_len, hidden_size, gen_rank, num_tokens = 2, 8, 5, 3, 3
+    hidden = torch.randint(-2, 3, (batch, 1, hidden_size)).float().repeat(1, seq_len, 1)
+    hidden[:, :, 0] = torch.arange(1, seq_len + 1).float()  # distinct per row, ignored by the projection
+    w_down = torch.randint(-1, 2, (hidden_size, gen_rank)).float()
+    w_down[0] = 0
+    b_down = torch.tensor([40.0, 41.0, 42.0])  # pre > 0: the ReLU passes every window
+    w_up, b_up = torch.randint(-2, 3, (gen_rank, hidden_size)).float(), torch.zeros(hidden_size)
+    params = [p.requires_grad_(True) for p in (w_down, b_down, w_up, b_up)]
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 0]])  # 6 and 7 valid rows
+    out = prompt_ops.lpt_prompt(hidden, *params, num_tokens=num_tokens, attention_mask=mask, mode="max",
+                                backend=backend)  # fmt: skip
+    grad = torch.randint(-2, 3, out.shape).float()
+    (got,) = torch.autograd.grad(out, [params[0]], grad, retain_graph=True)
+    check(out, hidden, params, mask, None, num_tokens, "max")
+    firsts = [[2, 4, 6], [0, 2, 4]]  # first + floor(i * len / n)
+    grad_pre = grad.reshape(-1, hidden_size) @ w_up.T  # (S, h)
+    first_rows = torch.tensor([hidden[b, t, 0] for b in range(batch) for t in firsts[b]])
+    torch.testing.assert_close(got[0], first_rows @ grad_pre, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mppg_is_the_official_generator(backend):
+    """The LPT module with ``mode="max"`` against the official MPPG written out with ``nn.Linear`` and
+    ``nn.AdaptiveMaxPool1d`` (``proj_down`` on each sample's valid rows, max pooling over the length, ReLU,
+    ``proj_up``), right-padded as the official data loaders pad; forward and every gradient."""
+    module = prompt_ops.LPT(12, num_tokens=3, hidden_size=5, mode="max", dropout=0.0, backend=backend)
+    proj_down, proj_up = torch.nn.Linear(12, 5), torch.nn.Linear(5, 12)
+    with torch.no_grad():
+        proj_down.weight.copy_(module.w_down.T), proj_down.bias.copy_(module.b_down)
+        proj_up.weight.copy_(module.w_up.T), proj_up.bias.copy_(module.b_up)
+    hidden = torch.randn(3, 8, 12)
+    mask = torch.ones(3, 8, dtype=torch.long)
+    mask[1, 5:] = mask[2, 2:] = 0  # 8, 5 and 2 valid rows: len % n != 0, len < n
+    out = module.prompt(hidden, attention_mask=mask)
+    official = []
+    for b, length in enumerate(mask.sum(1).tolist()):
+        z = proj_down(hidden[b, :length])  # (len, h)
+        pooled = torch.nn.AdaptiveMaxPool1d(3)(z.T.unsqueeze(0)).squeeze(0).T  # (n, h)
+        official.append(proj_up(torch.relu(pooled)))
+    official = torch.stack(official)
+    assert_close(out, official, torch.float32, dot=True)
+    grad = torch.randn(out.shape)
+    got = torch.autograd.grad(out, [module.w_down, module.b_down, module.w_up, module.b_up], grad)
+    down_w, down_b, up_w, up_b = torch.autograd.grad(official, [*proj_down.parameters(), *proj_up.parameters()], grad)
+    assert_grads_close(got, [down_w.T, down_b, up_w.T, up_b], NAMES)
 
 
 def check_insert(out, mask_out, hidden, params, mask, index, num_tokens, mode, grad_rows=None):

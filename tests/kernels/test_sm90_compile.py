@@ -46,7 +46,7 @@ def test_shipped_configs_compile_for_sm90_without_spills():
     for kernel in ("ept_project", "ept_project_bwd", "ept_gate_bwd", "ept_subspace_bwd"):
         for width in (32, 64):
             assert f"{kernel}[KH{width}]" in labels
-    for kernel in ("lpt_pre", "lpt_up", "lpt_up_bwd", "lpt_pre_bwd", "lpt_down_bwd"):
+    for kernel in ("lpt_pre", "lpt_up", "lpt_up_bwd", "lpt_pre_bwd", "lpt_down_bwd", "lpt_max_pre", "lpt_max_down_bwd"):
         for block_h in (16, 128):
             assert f"{kernel}[H{block_h}]" in labels
     for s in stats:

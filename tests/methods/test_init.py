@@ -160,7 +160,7 @@ def test_ept_starts_as_prompt_tuning_whatever_w_down_holds(backend):
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("mode", ["naive", "pool"])
+@pytest.mark.parametrize("mode", ["naive", "pool", "max"])
 def test_lpt_generator_is_linear_default_init(mode):
     """``nn.Linear``'s default, as the official code leaves it: weights and biases U(-1/sqrt(fan_in),
     1/sqrt(fan_in)) with fan_in = d for the down projection and h for the up projection."""

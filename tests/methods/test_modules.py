@@ -255,6 +255,26 @@ def test_lpt_names_its_own_arguments():
         prompt_ops.LPT(8, backend="cuda")
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("mode", ["pool", "max"])
+def test_lpt_module_pools_only_the_source_rows(backend, mode):
+    """``LPT.prompt``/``forward`` pass ``source_lengths`` on: the prompt pools each row's first
+    ``source_lengths[b]`` valid rows (left padding included), the insertion's mask is the whole input's."""
+    module = prompt_ops.LPT(8, num_tokens=2, hidden_size=3, mode=mode, backend=backend).eval()
+    hidden = torch.randn(2, 6, 8)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]])
+    source_lengths = torch.tensor([3, 2])
+    params = [module.w_down, module.b_down, module.w_up, module.b_up]
+    expected = reference.lpt_prompt(hidden, *params, 2, None, mask, mode, None, source_lengths)
+    torch.testing.assert_close(module.prompt(hidden, mask, source_lengths=source_lengths), expected, rtol=1e-4,
+                               atol=1e-4)  # fmt: skip
+    out, out_mask = module(hidden, mask, source_lengths=source_lengths)
+    torch.testing.assert_close(out[:, :2], expected, rtol=1e-4, atol=1e-4)
+    assert torch.equal(out_mask, torch.cat([torch.ones(2, 2, dtype=torch.long), mask], 1))
+    with pytest.raises(ValueError, match=r"source_lengths\[1\] = 0: row 1 has no source rows"):
+        module(hidden, mask, source_lengths=torch.tensor([3, 0]))
+
+
 REFUSED = [
     ({"backend": "cuda"}, ValueError, r"backend must be one of \('auto', 'triton', 'torch'\) or None"),
     ({"rank": True}, TypeError, "rank must be an int, got bool"),

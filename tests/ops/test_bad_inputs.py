@@ -164,7 +164,7 @@ def dense_prompt_calls(prompt, backend, retype=None):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("mode", ["naive", "pool"])
+@pytest.mark.parametrize("mode", ["naive", "pool", "max"])
 @pytest.mark.parametrize("entry", LPT_ENTRIES, ids=lambda f: f.__name__)
 def test_lpt_empty_sequence_names_hidden(entry, mode, backend):
     """L = 0 segfaulted the Triton backend, raised IndexError on the torch backend, and APPG blamed an
@@ -230,7 +230,7 @@ def test_lpt_input_checks(entry, backend):
     hidden, params = lpt_args(rank=0)
     with pytest.raises(ValueError, match=r"w_down must have shape \(d, h\) with d = hidden.shape\[2\] = 8 and h >= 1"):
         entry(hidden, *params, num_tokens=2, backend=backend)
-    for mode in ("naive", "pool"):
+    for mode in ("naive", "pool", "max"):
         hidden, params = lpt_args(mode=mode)
         run = functools.partial(entry, hidden, *params, num_tokens=2, mode=mode, backend=backend)
         with pytest.raises(TypeError, match=r"attention_mask must be bool, integer or float \(not complex\)"):
@@ -244,9 +244,10 @@ def test_lpt_input_checks(entry, backend):
             entry(hidden, *params, num_tokens=2.0, mode=mode, backend=backend)
         with pytest.raises(TypeError, match=r"seed must be an int in \[0, 2147483647\) or None, got str"):
             run(seed="1")
-    hidden, params = lpt_args(mode="pool")
-    with pytest.raises(ValueError, match=r"attention_mask must hold only 0 and 1"):
-        entry(hidden, *params, num_tokens=2, mode="pool", attention_mask=torch.full((2, 4), 2), backend=backend)
+    for mode in ("pool", "max"):
+        hidden, params = lpt_args(mode=mode)
+        with pytest.raises(ValueError, match=r"attention_mask must hold only 0 and 1"):
+            entry(hidden, *params, num_tokens=2, mode=mode, attention_mask=torch.full((2, 4), 2), backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,7 +1,8 @@
 """Dropout on both backends against an independent expectation: the keep mask is read back from the op's own output
 (never from the backend's mask helpers), then every kept value must be the eval value times ``1/(1-p)``, every
 dropped value exactly 0, about ``1-p`` of the values kept, and the gradients those of the reference under that
-mask. Covers LPT's generators (dropout on the prompt) and ADePT (dropout on the FFN's pre-activation)."""
+mask. Covers LPT's generators (NPG, APPG and MPPG: dropout on the prompt) and ADePT (dropout on the FFN's
+pre-activation)."""
 
 import pytest
 import torch
@@ -37,7 +38,7 @@ def lpt_inputs(mode: str, batch=4, seq_len=7, hidden_size=24, gen_rank=6, num_to
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("mode", ["naive", "pool"])
+@pytest.mark.parametrize("mode", ["naive", "pool", "max"])
 @pytest.mark.parametrize("dropout_p", [0.3, 0.6])
 def test_lpt_dropout_scales_kept_values_and_their_gradients(backend, mode, dropout_p):
     hidden, params, mask, index = lpt_inputs(mode)

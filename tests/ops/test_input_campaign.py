@@ -196,14 +196,14 @@ LPT_PARAMS = ("w_down", "b_down", "w_up", "b_up")
 def _build_lpt(entry):
     def build(draw, gen, backend):
         batch, seq_len, d = draw(st.integers(0, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 4))
-        n, h, mode = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.sampled_from(["naive", "pool"]))
+        n, h, mode = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.sampled_from(["naive", "pool", "max"]))
         width = n * d if mode == "naive" else d
         shapes = {"w_down": (d, h), "b_down": (h,), "w_up": (h, width), "b_up": (width,)}
         args = {"hidden": _tensor(gen, batch, seq_len, d), **{k: _param(gen, *s) for k, s in shapes.items()}}
         index = None
         if mode == "naive" and draw(st.booleans()):
             index = torch.randint(0, seq_len, (batch,), generator=gen).to(torch.empty(0).device)
-        mask = _mask(draw, gen, batch, seq_len, right_padded=mode == "pool")
+        mask = _mask(draw, gen, batch, seq_len, right_padded=mode != "naive")
         args.update(num_tokens=n, index=index, attention_mask=mask, mode=mode, dropout_p=0.0, training=False)
         args.update(seed=None, backend=backend)
         roles = {"hidden": "hidden", **dict.fromkeys(LPT_PARAMS, "param"), "index": "index", "attention_mask": "mask"}
@@ -468,7 +468,7 @@ def _tensor_changes(call: Call, backend: str) -> list[Change]:
             if x.numel():
                 for bad in (float("nan"), float("inf")):
                     changes.append(Change(name, torch.full_like(x, bad, dtype=torch.float32), False, "non-finite mask"))
-                binary = call.args.get("mode") != "pool"  # APPG needs 0/1; the other ops copy the mask
+                binary = call.args.get("mode") not in ("pool", "max")  # APPG/MPPG need 0/1; the others copy it
                 changes.append(Change(name, x.to(torch.int64) * 2, binary, "mask of 2s"))
     for name, shapes in bad_sizes(call).items():
         changes += [Change(name, value, False, "bad size") for value in shapes]

@@ -107,7 +107,7 @@ def test_lamp_embed(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("mode", ["naive", "pool"])
+@pytest.mark.parametrize("mode", ["naive", "pool", "max"])
 def test_lpt_insert(backend, mode):
     batch, seq_len, hidden_size, gen_rank, num_tokens = 3, 7, 10, 4, 3
     width = num_tokens * hidden_size if mode == "naive" else hidden_size

@@ -188,7 +188,7 @@ def test_ept_forward_is_four_launches_and_no_eager_op():
     assert around.launches == 0
 
 
-@pytest.mark.parametrize("mode", ["naive", "pool"])
+@pytest.mark.parametrize("mode", ["naive", "pool", "max"])
 def test_lpt_insert_is_three_launches_within_ideal_bytes(mode):
     """LPT's insertion on the Triton path: the generator's two launches write the prompt rows of the buffer, one
     more copies the hidden states and writes the mask; no eager op, no out-of-bounds access, and the unique bytes
@@ -205,14 +205,15 @@ def test_lpt_insert_is_three_launches_within_ideal_bytes(mode):
     starts, ends = slot_windows(batch, seq_len, num_tokens, mode, None, mask)
     out = torch.empty(batch, num_tokens + seq_len, hidden)
     mask_out = torch.empty(batch, num_tokens + seq_len, dtype=torch.int64)
+    arg_rows = torch.empty(batch * num_tokens, gen_rank, dtype=torch.int64) if mode == "max" else None
     with kernel_traffic() as fused, EagerTraffic() as around:
-        pre = lpt_kernels.lpt_insert_fwd(states, mask, starts, ends, *params, 0.0, 0, out, mask_out)
+        pre = lpt_kernels.lpt_insert_fwd(states, mask, starts, ends, *params, 0.0, 0, out, mask_out, arg_rows)
     assert fused.launches == 3 and around.launches == 0
     ideal = lpt_insert_forward_bytes(batch, seq_len, num_tokens, hidden, gen_rank, mode)
     assert fused.unique_bytes <= 1.1 * ideal, (fused.unique_bytes, ideal)
     with kernel_traffic() as backward:
         lpt_kernels.lpt_generate_bwd(torch.randn_like(out)[:, :num_tokens], states, starts, ends, pre, params[2],
-                                     0.0, 0)  # fmt: skip
+                                     0.0, 0, arg_rows)  # fmt: skip
     assert backward.launches == 3
     with EagerTraffic() as naive:
         prompt = reference.lpt_prompt(states, *params, num_tokens, None, mask, mode)
