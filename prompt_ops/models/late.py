@@ -3,17 +3,42 @@
 The model runs as usual; hooks on its layer stack (:mod:`prompt_ops.models.stacks`) do what the official code's
 modified ``forward`` does:
 
-1. on entering the stack, record the 2-D attention mask and turn gradients off: the embeddings and layers
-   ``1..k`` run under ``no_grad``, so autograd records nothing below layer ``k``;
+1. on entering the stack, record the 2-D attention mask and the input's positions, and turn gradients off: the
+   embeddings and layers ``1..k`` run under ``no_grad``, so autograd records nothing below layer ``k``;
 2. after layer ``k``, restore the caller's grad mode and replace its output with :func:`prompt_ops.lpt_insert`'s
    ``(B, n+L, d)`` buffer (generated prompt, then the layer-``k`` hidden states);
 3. before every layer above ``k``, swap in the mask (and the rotary or relative position bias) for ``n + L``;
 4. after the last layer, drop the ``n`` prompt rows, so the model's output has the input's length. This is what
    the official code reads: RoBERTa's mask token at ``mask_pos + n``, GPT-2's logits ``[n:]``. Heads, losses and
-   ``labels`` work unchanged, and ``token_type_ids``/``position_ids`` act at the input as usual.
+   ``labels`` work unchanged, and ``token_type_ids`` act at the input as usual.
 
-NPG reads token 0 of each sample (``read="first"``, the official RoBERTa choice, the default for bidirectional
-models) or the last non-padding token (``read="last"``, the official GPT-2 choice, the default for causal ones).
+**Positions** follow the config's ``positions`` (:mod:`prompt_ops.ops.positions`). With ``"tokens"`` (the default)
+a row's first real token is at position 0 however much padding precedes it: the stack gets these ``position_ids``
+(families that take them; RoBERTa's numbering starts at ``padding_idx + 1``), and above ``k`` the prompt sits at
+``0..n-1`` and the input at its own positions shifted by ``n`` (LLaMA's rotary tables, T5's relative bias, built per
+row when rows differ). So a sequence gives the same outputs alone, left- or right-padded in a batch. ``"absolute"``
+numbers the padded columns. The user's ``position_ids`` are always honoured (below ``k`` as given, above ``k``
+shifted by ``n``).
+
+**The source** (causal models). The prompt is computed after layer ``k`` and every position attends to it, so on a
+causal LM it must be computed from the *source* only: a prompt that read a target token would show it to the
+positions that predict it. The official GPT-2 LPT reads the last source token (``seq_lengths``). Here a row's source
+is its first ``source_lengths[b]`` real tokens: NPG ``read="last"`` reads the last of them, APPG pools them.
+``source_lengths`` is a forward keyword; without it, token-level ``labels`` tell it (the source is what carries
+``-100`` from the row's first real token up to its first target); without either, the whole input is the source
+(inference, and the input given to ``generate``). A row whose first real token is already a target has no source
+and is refused. On bidirectional models every token sees every other below ``k`` anyway, so a source means nothing
+there: ``source_lengths`` is refused, and labels (masked-LM targets sit at ``[MASK]`` tokens) tell nothing. NPG
+``read="first"`` reads each row's first real token (the official RoBERTa ``<s>``).
+
+**Generation** (decoder-only) uses the KV cache: the input given to ``generate`` is the source; at prefill the
+prompt is computed from it and inserted after layer ``k``, so layers ``1..k`` cache the ``L + t`` tokens and the
+layers above ``k`` cache ``n + L + t`` entries (the prompt rows stay in their cache). Each decode step runs the new
+token through the stack with the rebuilt upper masks and rotary positions (each row continuing from its own length
+under ``"tokens"``); nothing recomputes the prompt. A forward call given a cache continues the same way (it must be a
+``DynamicCache`` filled by this model: its upper layers hold ``n`` more entries than its lower ones). Without a
+cache (``use_cache=False``) every step recomputes the sequence with the source fixed to the input, so both give the
+same tokens.
 """
 
 from __future__ import annotations
@@ -38,20 +63,35 @@ from prompt_ops.models.inputs import (
     check_position_ids,
     check_token_type_ids,
 )
-from prompt_ops.models.stacks import LayerStack, bind, find_stack
+from prompt_ops.models.positions import input_positions, prompted_positions
+from prompt_ops.models.stacks import LayerStack, bind, find_stack, with_argument
 from prompt_ops.models.tuned import TunedModel, model_embedding
 from prompt_ops.ops.backend import resolve_check_ids
-from prompt_ops.ops.validation import check_ids_in_range, check_same_device
+from prompt_ops.ops.validation import TOKEN_ID_DTYPES, check_ids_in_range, check_same_device
+
+IGNORE_INDEX = -100
+"""The label of a token no loss is computed for: on a causal LM, the source tokens."""
 
 
 @dataclasses.dataclass
 class _Call:
     """What the hooks share during one pass through the stack."""
 
-    mask: torch.Tensor  # (B, L) 2-D keep mask of the input
-    positions: torch.Tensor  # (B or 1, L) input positions
+    mask: torch.Tensor  # (B, past + L) 2-D keep mask of every position, the cached ones first
+    positions: torch.Tensor  # (B or 1, L) positions of the L new tokens, from 0 (the prompt excluded)
     grad_enabled: bool  # the caller's grad mode, restored above layer k
+    past: int = 0  # positions already in the cache (0: this pass generates and inserts the prompt)
+    source_lengths: torch.Tensor | None = None  # (B,) real source tokens per row; None: every real token
     upper: dict | None = None  # arguments of the layers above k, built after layer k
+    inserted: bool = False  # the prompt rows are in this pass's hidden states (dropped after the last layer)
+
+
+@dataclasses.dataclass
+class _Pending:
+    """What the wrapper's ``forward`` hands to the next pass through the stack."""
+
+    source_lengths: torch.Tensor | None = None
+    labels: torch.Tensor | None = None  # token-level labels of a causal LM (the source is what carries -100)
 
 
 def _output_hidden(output):
@@ -82,6 +122,27 @@ def lpt_stack(model: nn.Module) -> LayerStack:
     return stack
 
 
+def source_from_labels(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` int64 count of each row's source tokens: its real tokens (``mask``) before its first real token
+    whose label is not ``-100`` (all of them when none is). A ``ValueError`` naming ``labels`` for a row whose
+    first real token is already a target: it has no source to generate the prompt from."""
+    valid = mask != 0
+    target = valid & (labels != IGNORE_INDEX)
+    before = (target.to(torch.int64).cumsum(1) == 0) & valid  # real tokens before the first target
+    lengths = before.sum(1)
+    empty = (lengths == 0) & valid.any(1)
+    if bool(empty.any()):
+        row = int(empty.nonzero()[0, 0])
+        column = int(valid[row].to(torch.int8).argmax())
+        raise ValueError(
+            f"labels: row {row}'s first real token (column {column}) is already a target (label "
+            f"{int(labels[row, column])}, not -100), so LPT cannot tell its source: on a causal LM the prompt is "
+            "computed from the source tokens only (it would show the targets to the positions that predict them). "
+            "Mark the source tokens -100 in labels, or pass source_lengths (real source tokens per row)"
+        )
+    return lengths
+
+
 class LatePromptTunedModel(TunedModel):
     """A frozen Hugging Face model with LPT's generator inside its stack. Only ``prompt_module`` trains."""
 
@@ -97,6 +158,8 @@ class LatePromptTunedModel(TunedModel):
         self.base_model = model
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False)) and self.stack.family == "t5"
         self._call: _Call | None = None
+        self._pending: _Pending | None = None
+        self._source_columns: int | None = None  # while generating: the input's width (the source)
         self._handles = self._install_hooks(self.config.layer)
         self.train(model.training)  # the generator's dropout follows the model's mode
 
@@ -120,10 +183,12 @@ class LatePromptTunedModel(TunedModel):
         return handles  # the layer hooks act only within a pass through the stack (between _enter and _leave)
 
     def _enter(self, entry, args, kwargs):
-        bound = bind(entry, args, kwargs).arguments
-        tokens, embeds = bound.get("input_ids"), bound.get("inputs_embeds")
+        bound = bind(entry, args, kwargs)
+        arguments = bound.arguments
+        tokens, embeds = arguments.get("input_ids"), arguments.get("inputs_embeds")
+        pending, self._pending = self._pending, None
         if tokens is None and embeds is None:
-            return  # the model itself refuses the call; nothing recorded, nothing to restore
+            return None  # the model itself refuses the call; nothing recorded, nothing to restore
         if tokens is not None:
             check_ids(tokens)
             if resolve_check_ids(None):
@@ -131,21 +196,82 @@ class LatePromptTunedModel(TunedModel):
             shape, device = tuple(tokens.shape), tokens.device
         else:
             shape, device = tuple(embeds.shape[:2]), embeds.device
-        mask = bound.get("attention_mask")
+        past = self._cached_length(arguments)
+        width = (shape[0], past + shape[1])
+        mask = arguments.get("attention_mask")
         if mask is None:
-            mask = torch.ones(shape, dtype=torch.int64, device=device)
-        elif not isinstance(mask, torch.Tensor) or mask.dim() != 2 or tuple(mask.shape) != shape:
+            mask = torch.ones(width, dtype=torch.int64, device=device)
+        elif not isinstance(mask, torch.Tensor) or mask.dim() != 2 or tuple(mask.shape) != width:
             got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise ValueError(f"LPT needs a 2-D attention_mask of shape {shape}, got {got}")
+            cached = f" ({past} cached positions and {shape[1]} new ones)" if past else ""
+            raise ValueError(f"LPT needs a 2-D attention_mask of shape {width}{cached}, got {got}")
         inputs = {"input_ids": tokens} if tokens is not None else {"inputs_embeds": embeds}
         check_same_device(**inputs, attention_mask=mask, **{"the model's input embedding": self._embedding().weight})
-        check_token_type_ids(bound.get("token_type_ids"), shape)
-        positions = bound.get("position_ids")
-        check_position_ids(positions, shape)
-        if positions is None:
-            positions = torch.arange(shape[1], device=device)[None, :]  # (B or 1, L), as the models take them
-        self._call = _Call(mask, positions, torch.is_grad_enabled())
+        check_token_type_ids(arguments.get("token_type_ids"), shape)
+        given = arguments.get("position_ids")
+        check_position_ids(given, shape)
+        first = self.stack.first_position
+        if given is not None:
+            positions = given.to(torch.int64) - first
+        else:
+            positions = input_positions(mask, self.config.positions, width, device)[:, past:]
+            if self.stack.takes_position_ids:
+                args, kwargs = with_argument(entry, args, kwargs, "position_ids", positions + first)
+        source = self._source_lengths(pending, mask, past)
+        self._call = _Call(mask, positions, torch.is_grad_enabled(), past, source)
         torch.set_grad_enabled(False)  # the embeddings and layers 1..k: nothing to train, nothing to record
+        return args, kwargs
+
+    def _cached_length(self, arguments: dict) -> int:
+        """Positions already in the cache given to a causal stack (0 without one): it must be a ``DynamicCache``
+        that a pass of this model filled, whose layers above ``k`` hold the ``n`` prompt rows more."""
+        cache = arguments.get("cache", arguments.get("past_key_values"))
+        if cache is None:
+            cache = arguments.get("kwargs", {}).get("past_key_values")
+        if cache is None or not self.stack.causal:
+            return 0
+        from transformers import DynamicCache
+
+        if not isinstance(cache, DynamicCache):
+            raise ValueError(
+                f"LPT needs a DynamicCache (generate's default), got a {type(cache).__name__}: its layers above k "
+                f"hold {self.num_tokens} entries (the prompt rows) more than the layers below"
+            )
+        past, upper = cache.get_seq_length(0), cache.get_seq_length(self.config.layer)
+        if past and upper != past + self.num_tokens:
+            raise ValueError(
+                f"the cache (past_key_values) was not filled by this LPT model: its layers above k = "
+                f"{self.config.layer} must hold the {self.num_tokens} prompt rows more than the {past} cached "
+                f"positions below, they hold {upper}; start without a cache (the pass computes the prompt)"
+            )
+        return past
+
+    def _source_lengths(self, pending: _Pending | None, mask: torch.Tensor, past: int) -> torch.Tensor | None:
+        """Real source tokens per row for the pass that computes the prompt (None: every real token)."""
+        pending = pending or _Pending()
+        if past:
+            if pending.source_lengths is not None:
+                raise ValueError(
+                    "source_lengths applies to a pass that computes the prompt (no cache, or an empty one); with a "
+                    "filled cache the prompt is already in it"
+                )
+            return None
+        count = (mask != 0).sum(1)
+        if pending.source_lengths is not None:
+            lengths = pending.source_lengths.to(device=mask.device, dtype=torch.int64)
+            bad = (lengths < 1) | (lengths > count)
+            if bool(bad.any()):
+                row = int(bad.nonzero()[0, 0])
+                raise ValueError(
+                    f"source_lengths[{row}] = {int(lengths[row])}, but row {row} has {int(count[row])} real tokens: "
+                    "source_lengths counts a row's source tokens from its first real token, each in [1, real tokens]"
+                )
+            return lengths
+        if pending.labels is not None:
+            return source_from_labels(pending.labels.to(mask.device), mask)
+        if self._source_columns is not None and mask.shape[1] > self._source_columns:
+            return (mask[:, : self._source_columns] != 0).sum(1)  # generating without a cache: the input given
+        return None
 
     def _leave(self, entry, args, output):
         """Registered with ``always_call=True``: runs however the pass ends, an exception included."""
@@ -153,21 +279,31 @@ class LatePromptTunedModel(TunedModel):
             torch.set_grad_enabled(self._call.grad_enabled)
             self._call = None
 
+    def _read_index(self, call: _Call) -> torch.Tensor | None:
+        """NPG's row per sample: the first real token (None, the op's default) or the last source token."""
+        if self.config.read == "first":
+            return None
+        valid = call.mask != 0
+        lengths = valid.sum(1) if call.source_lengths is None else call.source_lengths
+        return (valid.to(torch.int64).cumsum(1) < lengths[:, None]).sum(1)  # the column of the lengths[b]-th real token
+
     def _insert(self, layer, args, output):
         call = self._call
         if call is None:  # the layer called on its own, outside a pass through the stack
             return None
         torch.set_grad_enabled(call.grad_enabled)
         hidden = _output_hidden(output)
-        index = None
-        if self.config.read == "last":
-            steps = torch.arange(call.mask.shape[1], device=hidden.device)
-            index = (steps * (call.mask != 0)).amax(1)  # the last non-padding position of each sample
-        buffer, mask = self.prompt_module(hidden, attention_mask=call.mask, index=index)
         num_tokens = self.num_tokens
-        prompt_positions = torch.arange(num_tokens, device=hidden.device).expand(call.positions.shape[0], num_tokens)
-        positions = torch.cat([prompt_positions, call.positions + num_tokens], dim=1)
-        call.upper = self.stack.upper_layer_inputs(mask, positions, buffer)
+        if call.past:  # the prompt rows are in the upper layers' cache
+            keep = torch.cat([call.mask.new_ones(call.mask.shape[0], num_tokens), call.mask], dim=1)
+            call.upper = self.stack.upper_layer_inputs(keep, call.positions + num_tokens, hidden)
+            return None
+        index = self._read_index(call)
+        buffer, keep = self.prompt_module(
+            hidden, attention_mask=call.mask, index=index, source_lengths=call.source_lengths
+        )
+        call.upper = self.stack.upper_layer_inputs(keep, prompted_positions(call.positions, num_tokens), buffer)
+        call.inserted = True
         return _replace_hidden(output, buffer)
 
     def _extend(self, layer, args, kwargs):
@@ -180,7 +316,7 @@ class LatePromptTunedModel(TunedModel):
         return bound.args, bound.kwargs
 
     def _drop_prompt_rows(self, layer, args, output):
-        if self._call is None or self._call.upper is None:
+        if self._call is None or not self._call.inserted:
             return None
         return _replace_hidden(output, _output_hidden(output)[:, self.num_tokens :])
 
@@ -195,16 +331,6 @@ class LatePromptTunedModel(TunedModel):
     # Calls
     # ------------------------------------------------------------------------------------------------------------
 
-    def _check_no_cache(self, kwargs: dict) -> None:
-        if self.is_encoder_decoder:
-            return
-        if kwargs.get("use_cache") or kwargs.get("past_key_values") is not None or kwargs.get("cache") is not None:
-            raise ValueError(
-                "LPT's prompt depends on the whole input (NPG reads the last token, APPG pools every token), so "
-                "every new token changes the prompt and a KV cache cannot be reused: use_cache must be False"
-            )
-        kwargs["use_cache"] = False
-
     @contextlib.contextmanager
     def _restoring(self):
         """However the call ends, the caller's grad mode is back and no pass is left half-recorded (the hooks
@@ -214,40 +340,82 @@ class LatePromptTunedModel(TunedModel):
             yield
         finally:
             torch.set_grad_enabled(grad_enabled)
-            self._call = None
+            self._call = self._pending = self._source_columns = None
 
-    def forward(self, *args, **kwargs):
-        """The base model's forward, with LPT inside its stack. Outputs have the input's length."""
+    def _check_source_lengths(self, source_lengths: object, batch: int | None) -> None:
+        """``source_lengths``: a ``(B,)`` integer tensor, on a causal model (values are checked in the pass)."""
+        if source_lengths is None:
+            return
+        if not self.stack.causal:
+            raise ValueError(
+                f"source_lengths applies to causal models (GPT-2, LLaMA), this is {self.stack.family}: its tokens "
+                "all see each other below layer k, so a prompt computed from part of the input hides nothing"
+            )
+        if not isinstance(source_lengths, torch.Tensor):
+            raise TypeError(f"source_lengths must be a torch.Tensor (B,) of ints, got {type(source_lengths).__name__}")
+        if source_lengths.dtype not in TOKEN_ID_DTYPES:
+            raise TypeError(f"source_lengths must be an int64 or int32 tensor, got {source_lengths.dtype}")
+        if source_lengths.dim() != 1 or (batch is not None and source_lengths.shape[0] != batch):
+            raise ValueError(f"source_lengths must have shape (B,) = ({batch},), got {tuple(source_lengths.shape)}")
+
+    def forward(self, *args, source_lengths: torch.Tensor | None = None, **kwargs):
+        """The base model's forward, with LPT inside its stack. Outputs have the input's length.
+
+        ``source_lengths (B,)`` (causal models): each row's count of source tokens from its first real token; the
+        prompt is computed from them only. Without it, token-level ``labels`` tell the source (the tokens that carry
+        ``-100`` before the row's first target); without either, the whole input is the source."""
         self._check_loaded()
-        self._check_no_cache(kwargs)
         ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        shape = None
         if ids is not None:
             shape = tuple(check_ids(ids).shape)
-            check_length(self.base_model, shape[1], f"input_ids' {shape[1]} tokens")
-            check_model_labels(kwargs.get("labels"), shape, self.base_model)
+        elif isinstance(embeds, torch.Tensor) and embeds.dim() == 3:
+            shape = tuple(embeds.shape[:2])
+        labels = kwargs.get("labels")
+        token_labels = False
+        if shape is not None:
+            mask = kwargs.get("attention_mask")
+            width = mask.shape[1] if isinstance(mask, torch.Tensor) and mask.dim() == 2 else shape[1]
+            what = f"input_ids' {width} tokens" if width == shape[1] else f"attention_mask's {width} columns"
+            check_length(self.base_model, width, what)
+            token_labels = check_model_labels(labels, shape, self.base_model)
+        self._check_source_lengths(source_lengths, None if shape is None else shape[0])
+        pending = _Pending(source_lengths, labels if token_labels and self.stack.causal else None)
         with self._restoring():
+            self._pending = pending
             return self.base_model(*args, **kwargs)
 
     @torch.no_grad()
     def generate(self, *args, **kwargs) -> torch.Tensor:
-        """The base model's ``generate``. Decoder-only models: without a KV cache (``use_cache=False``; each step
-        recomputes the whole sequence, because each new token changes the prompt), so the tokens equal a greedy
-        loop of full forward passes. T5: the prompt acts in the encoder, which runs once; the decoder caches."""
+        """The base model's ``generate``. Decoder-only models: the input is the source; the prompt is computed from
+        it at prefill and the KV cache holds it (``use_cache=False`` recomputes every step with the same source and
+        gives the same tokens). Positions follow the config's ``positions`` (each row continues from its own length
+        under ``"tokens"``), unless ``position_ids`` are given. T5: the prompt acts in the encoder, which runs once;
+        the decoder caches."""
         self._check_loaded()
         if self.training:
             warnings.warn("generate() in training mode: LPT's dropout acts on the prompt; call .eval()", stacklevel=2)
-        self._check_no_cache(kwargs)
         check_generate_kwargs(kwargs)
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None and not self.is_encoder_decoder:
-            raise ValueError("LatePromptTunedModel.generate needs input_ids (LPT regenerates the prompt from them)")
+            raise ValueError("LatePromptTunedModel.generate needs input_ids (LPT computes the prompt from them)")
         if ids is not None:
             check_generate_inputs(ids, kwargs.get("attention_mask"))
-            if not self.is_encoder_decoder:
-                check_generated_length(self.base_model, 0, ids.shape[1], kwargs)
         check_generation_fits(self.base_model, ids.shape[0] if ids is not None else 1, kwargs)
+        if self.is_encoder_decoder:
+            with self._restoring():
+                return self.base_model.generate(*args, **kwargs)
+        check_generated_length(self.base_model, 0, ids.shape[1], kwargs)
+        if kwargs.get("position_ids") is None:
+            positions = input_positions(kwargs.get("attention_mask"), self.config.positions, ids.shape, ids.device)
+            kwargs["position_ids"] = positions + self.stack.first_position  # generate numbers the next ones by +1
         with self._restoring():
+            self._source_columns = ids.shape[1]
             return self.base_model.generate(*args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"method=lpt, layer={self.config.layer}, family={self.stack.family}, read={self.config.read!r}"
+        return (
+            f"method=lpt, layer={self.config.layer}, family={self.stack.family}, read={self.config.read!r}, "
+            f"positions={self.config.positions!r}"
+        )

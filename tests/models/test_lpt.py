@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from prompt_ops.models import LatePromptTunedModel, LPTConfig, attach, load_adapter
+from prompt_ops.models.late import source_from_labels
 from prompt_ops.models.stacks import find_stack
 from prompt_ops.ops import reference
+from prompt_ops.ops.lpt import MODES
 from tests.helpers import assert_grads_close
 from tests.models.model_state import ModelState
 
@@ -69,13 +71,27 @@ def _causal(keep, dtype):
     return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)
 
 
-def reference_stack(model, family, generator, layer, ids, mask, read):
+def token_positions(mask):
+    """The rule, written out: column ``t`` of a row with ``f`` leading pads is at ``t - f`` (leading pads at 0)."""
+    leading = (mask.cumsum(1) == 0).sum(1)
+    return (torch.arange(mask.shape[1])[None, :] - leading[:, None]).clamp(min=0)
+
+
+def reference_stack(model, family, generator, layer, ids, mask, read, source_lengths=None):
     """Embeddings and layers ``1..k`` under no_grad, ``cat(P, H_k)``, layers ``k+1..N`` on ``n + L`` rows (the
-    prompt at positions ``0..n-1``), the prompt rows dropped, then the stack's final norm."""
-    n, seq_len = generator.num_tokens, ids.shape[1]
+    prompt at positions ``0..n-1``, each row's tokens at their own positions shifted by ``n``), the prompt rows
+    dropped, then the stack's final norm. NPG ``read="last"`` reads the last source token (the last real one when
+    ``source_lengths`` is None); the pooling modes pool the source."""
+    n = generator.num_tokens
+    positions = token_positions(mask)  # (B, L)
+    upper = torch.cat([torch.arange(n).expand(ids.shape[0], n), positions + n], dim=1)  # (B, n + L)
     if family in ("bert", "roberta"):
         base = model.base_model
-        layers, embed, final = base.encoder.layer, lambda: base.embeddings(input_ids=ids), lambda h: h
+        first = base.embeddings.padding_idx + 1 if family == "roberta" else 0
+        layers, final = base.encoder.layer, lambda h: h
+
+        def embed():
+            return base.embeddings(input_ids=ids, position_ids=positions + first)
 
         def run(block, h, keep, positions):
             return block(h, _bidirectional(keep, h.dtype))
@@ -84,7 +100,7 @@ def reference_stack(model, family, generator, layer, ids, mask, read):
         layers, final = base.h, base.ln_f
 
         def embed():
-            return base.drop(base.wte(ids) + base.wpe(torch.arange(seq_len)))
+            return base.drop(base.wte(ids) + base.wpe(positions))
 
         def run(block, h, keep, positions):
             return block(h, None, _causal(keep, h.dtype))
@@ -93,7 +109,7 @@ def reference_stack(model, family, generator, layer, ids, mask, read):
         layers, embed, final = base.layers, lambda: base.embed_tokens(ids), base.norm
 
         def run(block, h, keep, positions):
-            cos_sin = base.rotary_emb(h, positions[None])
+            cos_sin = base.rotary_emb(h, positions)
             return block(h, attention_mask=_causal(keep, h.dtype), position_embeddings=cos_sin)
     else:
         encoder = model.get_encoder()
@@ -104,38 +120,58 @@ def reference_stack(model, family, generator, layer, ids, mask, read):
             return encoder.dropout(encoder.final_layer_norm(h))
 
         def run(block, h, keep, positions):
-            bias = relative.compute_bias(keep.shape[1], keep.shape[1])
+            if positions is None:  # below k: the padded columns, as T5 numbers them
+                bias = relative.compute_bias(keep.shape[1], keep.shape[1])
+            else:  # the bias between every pair of positions, picked per row
+                table = relative.compute_bias(int(positions.max()) + 1, int(positions.max()) + 1)[0]  # (H, M, M)
+                bias = torch.stack([table[:, row[:, None], row[None, :]] for row in positions])
             return block(h, _bidirectional(keep, h.dtype), bias)[0]
 
     with torch.no_grad():
         hidden = embed()
         for block in layers[:layer]:
-            hidden = run(block, hidden, mask, torch.arange(seq_len))
+            hidden = run(block, hidden, mask, None if family == "t5" else positions)
     index = None
     if read == "last":
-        index = torch.tensor([int(row.nonzero().max()) for row in mask])
+        valid = [row.nonzero().flatten() for row in mask]
+        lengths = [len(v) for v in valid] if source_lengths is None else source_lengths.tolist()
+        index = torch.tensor([int(v[length - 1]) for v, length in zip(valid, lengths, strict=True)])
     params = (generator.w_down, generator.b_down, generator.w_up, generator.b_up)
-    prompt = reference.lpt_prompt(hidden.float(), *params, n, index, mask, generator.mode)
+    prompt = reference.lpt_prompt(
+        hidden.float(), *params, n, index, mask, generator.mode, source_lengths=source_lengths
+    )
     hidden, keep = reference.lpt_insert(prompt, hidden, mask)
     for block in layers[layer:]:
-        hidden = run(block, hidden, keep, torch.arange(n + seq_len))
+        hidden = run(block, hidden, keep, upper)
     return final(hidden[:, n:])
 
 
+def inputs_left(batch=3, seq_len=9):
+    """:func:`inputs` with the padding moved to the left."""
+    ids, mask = inputs(batch, seq_len)
+    lengths = mask.sum(1)
+    order = (torch.arange(seq_len)[None, :] + lengths[:, None]) % seq_len  # rotate each row's pads to the front
+    return ids.gather(1, order), mask.gather(1, order)
+
+
+GENERATORS = [("naive", "first"), ("naive", "last"), *((mode, None) for mode in MODES if mode != "naive")]
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("attention", ["eager", "sdpa"])
-@pytest.mark.parametrize("mode", ["naive", "pool"])
-@pytest.mark.parametrize("read", ["first", "last"])
-def test_attached_model_matches_the_loop_and_concat_reference(family, attention, mode, read):
+@pytest.mark.parametrize("attention, padding", [("eager", "right"), ("sdpa", "right"), ("sdpa", "left")])
+@pytest.mark.parametrize("mode, read", GENERATORS)
+def test_attached_model_matches_the_loop_and_concat_reference(family, attention, padding, mode, read):
+    """Right padding is the official setting; left padding numbers each row's tokens from its first real one."""
     model = tiny(family, attention)
     plain = copy.deepcopy(model)  # the reference runs on a copy without hooks
     tuned = attach(model, LPTConfig(layer=2, num_tokens=3, hidden_size=8, mode=mode, read=read), backend="torch")
-    ids, mask = inputs()
+    ids, mask = inputs() if padding == "right" else inputs_left()
     out = tuned(input_ids=ids, attention_mask=mask).last_hidden_state
-    expected = reference_stack(plain, family, tuned.prompt_module, 2, ids, mask, read)
+    expected = reference_stack(plain, family, tuned.prompt_module, 2, ids, mask, tuned.config.read)
     assert out.shape == (3, 9, HIDDEN)
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    grad = torch.randn_like(out)
+    real = mask.bool()  # a leading pad attends nothing below k, which each implementation resolves its own way
+    torch.testing.assert_close(out[real], expected[real], rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out) * real[..., None]
     params = list(tuned.prompt_module.parameters())
     got_grads, want_grads = torch.autograd.grad(out, params, grad), torch.autograd.grad(expected, params, grad)
     assert_grads_close(got_grads, want_grads, rtol=1e-4, atol=1e-5)
@@ -193,28 +229,6 @@ def test_nothing_below_layer_k_takes_part_in_backward(family):
     assert torch.is_grad_enabled()  # the caller's grad mode is back
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_causal_lm_generation_matches_full_recomputation(family):
-    tuned = attach(tiny(family, head=True), LPTConfig(layer=2, num_tokens=3, hidden_size=8)).eval()
-    ids = torch.randint(2, VOCAB, (2, 6))
-    mask = torch.ones_like(ids)
-    mask[1, :2] = 0  # left padding, as decoder-only generation expects
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pad/eos token notices of the tiny config
-        generated = tuned.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False,
-                                   pad_token_id=0)  # fmt: skip
-    sequence, keep = ids, mask
-    with torch.no_grad():
-        for _ in range(4):
-            positions = (keep.cumsum(-1) - 1).masked_fill(keep == 0, 1)  # what generate() gives left-padded rows
-            logits = tuned(input_ids=sequence, attention_mask=keep, position_ids=positions).logits[:, -1]
-            sequence = torch.cat([sequence, logits.argmax(-1, keepdim=True)], dim=1)
-            keep = torch.cat([keep, torch.ones_like(keep[:, :1])], dim=1)
-    assert torch.equal(generated, sequence)
-    with pytest.raises(ValueError, match="use_cache must be False"):
-        tuned.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, use_cache=True)
-
-
 @pytest.mark.parametrize("family", ["llama", "t5"])
 def test_generation_longer_than_memory_holds_is_refused(family):
     """No position table bounds rotary or relative positions: 2**62 new tokens are refused by name (they would
@@ -222,9 +236,8 @@ def test_generation_longer_than_memory_holds_is_refused(family):
     tuned = attach(tiny(family, head=True), LPTConfig(layer=1, num_tokens=2, hidden_size=4)).eval()
     ids, mask = inputs()
     before = ModelState.of(tuned)
-    kwargs = {"use_cache": False} if family == "llama" else {}
     with pytest.raises(ValueError, match=rf"max_new_tokens = {2**62} asks for .* more than the \d+ bytes of memory"):
-        tuned.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2**62, pad_token_id=0, **kwargs)
+        tuned.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2**62, pad_token_id=0)
     before.assert_unchanged(tuned)
 
 
@@ -247,6 +260,8 @@ def test_heads_and_labels_work_unchanged(family):
     tuned = attach(model, LPTConfig(num_tokens=3, hidden_size=8))
     ids, mask = inputs()
     labels = torch.tensor([0, 2, 1]) if family == "bert" else ids.clone()
+    if family == "gpt2":
+        labels[:, :4] = -100  # a causal LM's source (the prompt is computed from it)
     out = tuned(input_ids=ids, attention_mask=mask, labels=labels)
     assert out.logits.shape[:2] == ((3, 3) if family == "bert" else (3, 9)) and out.loss.isfinite()
     assert tuned.config.layer == LAYERS // 2 and repr(tuned)
@@ -285,7 +300,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="num_tokens must be >= 1"):
         attach(tiny("bert"), LPTConfig(num_tokens=0))
     with pytest.raises(ValueError, match="mode must be one of"):
-        attach(tiny("bert"), LPTConfig(mode="max"))
+        attach(tiny("bert"), LPTConfig(mode="mean"))
     with pytest.raises(ValueError, match="read must be 'first', 'last' or None"):
         attach(tiny("bert"), LPTConfig(read="middle"))
     distil = transformers.DistilBertModel(
@@ -307,8 +322,10 @@ def test_bad_input():
     ids, mask = inputs()
     with pytest.raises(ValueError, match="2-D attention_mask"):
         tuned(input_ids=ids, attention_mask=mask[:, None, None, :])
-    with pytest.raises(ValueError, match="right-padded"):
-        tuned(input_ids=ids, attention_mask=mask.flip(1))
+    holes = mask.clone()
+    holes[0, 4] = 0
+    with pytest.raises(ValueError, match="one contiguous block of valid rows"):
+        tuned(input_ids=ids, attention_mask=holes)
     assert torch.is_grad_enabled()  # an error inside the stack leaves the grad mode as it was
 
 
@@ -463,3 +480,94 @@ def test_generate_refuses_inputs_embeds_on_a_decoder():
     tuned = attach(tiny("gpt2", head=True), LPTConfig(num_tokens=2, hidden_size=4))
     with pytest.raises(ValueError, match="generate needs input_ids"):
         tuned.generate(inputs_embeds=torch.randn(1, 4, HIDDEN), max_new_tokens=1, pad_token_id=0)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The causal source rule: the prompt is computed from each row's source tokens only
+# ------------------------------------------------------------------------------------------------------------------
+
+SOURCE = torch.tensor([3, 2, 4])  # real source tokens of inputs_left()'s rows (9, 6 and 8 real tokens)
+
+
+def _source_labels(ids, mask, source):
+    """Causal-LM labels: -100 over the pads and the source, the token itself after."""
+    ends = (mask.cumsum(1) == 0).sum(1) + source  # the column of each row's first target
+    return ids.masked_fill(torch.arange(ids.shape[1])[None, :] < ends[:, None], -100), ends
+
+
+def test_source_from_labels_counts_the_real_tokens_before_the_first_target():
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
+    labels = torch.tensor([[-100, -100, 5, 6, -100, 7], [3, 3, -100, -100, -100, 8], [-100] * 6, [4] * 6])
+    # a pad's label never counts; a row without a target is all source; an all-pad row has none and is no error
+    assert source_from_labels(labels, mask).tolist() == [2, 3, 3, 0]
+    labels[1, 2] = 4
+    with pytest.raises(ValueError, match=r"labels: row 1's first real token \(column 2\) is already a target"):
+        source_from_labels(labels, mask)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("mode", MODES)
+def test_source_lengths_match_the_reference(family, mode):
+    """NPG reads each row's last source token, the pooling modes pool the source (left-padded rows)."""
+    model = tiny(family)
+    plain = copy.deepcopy(model)
+    tuned = attach(model, LPTConfig(layer=2, num_tokens=3, hidden_size=8, mode=mode), backend="torch")
+    ids, mask = inputs_left()
+    out = tuned(input_ids=ids, attention_mask=mask, source_lengths=SOURCE).last_hidden_state
+    expected = reference_stack(plain, family, tuned.prompt_module, 2, ids, mask, "last", SOURCE)
+    real = mask.bool()
+    torch.testing.assert_close(out[real], expected[real], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_target_token_never_changes_the_logits_before_it(family, mode):
+    """With the source told by labels or by source_lengths, changing a row's first target token leaves every
+    logit before it as it was. Reading the whole input (no source given) lets the prompt carry that token to them."""
+    tuned = attach(tiny(family, head=True), LPTConfig(layer=2, num_tokens=3, hidden_size=8, mode=mode)).eval()
+    torch.manual_seed(3)
+    for param in tuned.prompt_module.parameters():  # a generator whose prompt matters
+        param.data = torch.randn_like(param) * 0.3
+    ids, mask = inputs_left()
+    labels, ends = _source_labels(ids, mask, SOURCE)
+    rows = torch.arange(3)
+    changed = ids.clone()
+    changed[rows, ends] = (ids[rows, ends] + 1 - 2) % (VOCAB - 2) + 2  # another token (ids are >= 2)
+    changed_labels = _source_labels(changed, mask, SOURCE)[0]
+    with torch.no_grad():
+        by_labels = tuned(input_ids=ids, attention_mask=mask, labels=labels).logits
+        by_lengths = tuned(input_ids=ids, attention_mask=mask, source_lengths=SOURCE).logits
+        after = tuned(input_ids=changed, attention_mask=mask, labels=changed_labels).logits
+        whole, whole_after = (tuned(input_ids=x, attention_mask=mask).logits for x in (ids, changed))
+    torch.testing.assert_close(by_labels, by_lengths, rtol=0, atol=0)
+    for row, end in enumerate(ends.tolist()):
+        torch.testing.assert_close(after[row, :end], by_labels[row, :end])
+        assert not torch.allclose(after[row, end], by_labels[row, end])  # the changed token's own logits move
+    moved = [not torch.allclose(whole_after[row, :end], whole[row, :end], rtol=1.3e-6, atol=1e-5) for row, end in
+             enumerate(ends.tolist())]  # fmt: skip
+    assert any(moved)  # the comparison above fails without a source
+
+
+def test_source_arguments_are_checked_by_name():
+    """Each refusal leaves the model as it was."""
+    causal = attach(tiny("gpt2", head=True), LPTConfig(layer=2, num_tokens=3, hidden_size=8))
+    ids, mask = inputs_left()
+    labels = _source_labels(ids, mask, SOURCE)[0]
+    bad = [
+        ({"source_lengths": SOURCE.float()}, TypeError, "source_lengths must be an int64 or int32 tensor"),
+        ({"source_lengths": [3, 2, 4]}, TypeError, "source_lengths must be a torch.Tensor"),
+        ({"source_lengths": SOURCE[:2]}, ValueError, r"source_lengths must have shape \(B,\) = \(3,\)"),
+        ({"source_lengths": torch.tensor([3, 0, 4])}, ValueError, r"source_lengths\[1\] = 0, but row 1 has 6 real"),
+        ({"source_lengths": torch.tensor([3, 7, 4])}, ValueError, r"source_lengths\[1\] = 7, but row 1 has 6 real"),
+        ({"labels": ids}, ValueError, r"labels: row 0's first real token \(column 0\) is already a target"),
+    ]
+    for kwargs, error, pattern in bad:
+        before = ModelState.of(causal)
+        with pytest.raises(error, match=pattern):
+            causal(input_ids=ids, attention_mask=mask, **kwargs)
+        before.assert_unchanged(causal, pattern)
+    assert causal(input_ids=ids, attention_mask=mask, labels=labels).loss.isfinite()  # the same call, told its source
+    for family in ("bert", "t5"):
+        bidirectional = attach(tiny(family), LPTConfig(layer=2, num_tokens=3, hidden_size=8))
+        with pytest.raises(ValueError, match=f"source_lengths applies to causal models .* this is {family}"):
+            bidirectional(input_ids=ids, attention_mask=mask, source_lengths=SOURCE)
