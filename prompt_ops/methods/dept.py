@@ -4,6 +4,11 @@ A shorter prompt plus a low-rank pair added to the input token embeddings by pos
 
     inputs_embeds = cat(prompt, W[ids] + (lora_alpha / sqrt(r)) * A[:L] @ B)
 
+where row ``t`` of ``A`` goes to the token at position ``t``. ``positions="tokens"`` (the default) counts real
+tokens, so a left-padded sequence gets the rows its tokens get alone (batch invariance; under right padding this is
+exactly the official output); ``positions="absolute"`` counts padded columns, as the official decoder-only setup
+does (it left-pads every input to ``max_length``). See :func:`prompt_ops.dept_embed`.
+
 Defaults and init follow the official code (reference/methods.md §1): m=60, r=30, L_max=256, lora_alpha=8,
 ``A`` kaiming-uniform (``a=sqrt(5)``, i.e. U(-1/sqrt(r), 1/sqrt(r))), ``B`` zeros (the offset starts at 0), prompt
 from vocabulary rows of given token ids or N(0, 1). The trainable-parameter count ``m*d + L_max*r + r*d`` equals
@@ -39,7 +44,8 @@ class DePT(SoftPromptModule):
     positions="tokens")``.
 
     Trainable parameters (fp32): ``prompt (m, d)``, ``lora_a (max_length, rank)``, ``lora_b (rank, d)``.
-    ``scale = lora_alpha / sqrt(rank)`` (not ``alpha / r``). Inputs longer than ``max_length`` raise.
+    ``scale = lora_alpha / sqrt(rank)`` (not ``alpha / r``). Inputs longer than ``max_length`` raise. ``positions``
+    (``"tokens"`` or ``"absolute"``) is passed to the op by :meth:`forward`.
     """
 
     def __init__(

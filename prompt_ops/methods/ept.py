@@ -39,7 +39,8 @@ class EPT(SoftPromptModule):
     init_token_ids=None, backend=None, positions="tokens")``.
 
     Trainable parameters (fp32): ``prompt (s, d)``, ``lora_a (max_length, rank)``, ``lora_b (rank, d)``,
-    ``w_down (K, d, h)``, ``w_up (K, h, d)``, ``w_gate (d, K)``, ``b_gate (K,)``.
+    ``w_down (K, d, h)``, ``w_up (K, h, d)``, ``w_gate (d, K)``, ``b_gate (K,)``. ``positions`` (``"tokens"`` or
+    ``"absolute"``, as for :class:`prompt_ops.DePT`) places the input tokens' offsets.
     """
 
     def __init__(

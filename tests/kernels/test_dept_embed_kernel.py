@@ -51,19 +51,28 @@ def test_public_op_matches_reference(shape, dtype, with_offset, device):
 
 
 @pytest.mark.parametrize("shape", RAGGED[1:], ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("with_offset", [True, False], ids=["dept", "prompt"])
-def test_gpu_tiles_on_ragged_shapes(shape, with_offset, device):
-    """The shipped GPU tiles and batch grouping, so that every mask edge is crossed by many programs."""
+@pytest.mark.parametrize("variant", ["dept", "dept-shifted", "prompt"])
+def test_gpu_tiles_on_ragged_shapes(shape, variant, device):
+    """The shipped GPU tiles and batch grouping, so that every mask edge is crossed by many programs. The shifted
+    variant takes the starts of the random mask (``positions="tokens"``, the reference's default); the others run
+    without a mask, where every row starts at 0."""
     batch, seq_len, num_prompt, hidden, rank = shape
+    with_offset, shifted = variant != "prompt", variant == "dept-shifted"
     case = make_case(batch, seq_len, num_prompt, hidden, rank if with_offset else 0, device=device)
-    forward_config = dataclasses.replace(kernels.GPU_FWD_CONFIG, batches_per_program=2)
+    case.attention_mask = case.attention_mask if shifted else None
+    starts = -leading_pads(case.attention_mask) if shifted else None
+    shipped = kernels.GPU_SHIFTED_FWD_CONFIG if shifted else kernels.GPU_FWD_CONFIG
+    forward_config = dataclasses.replace(shipped, batches_per_program=2)
     params = [p.detach() for p in case.params]
     lora_a, lora_b = (params[1], params[2]) if with_offset else (None, None)
     out, mask = kernels.dept_embed_fwd(
-        case.input_ids, case.weight, params[0], lora_a, lora_b, case.attention_mask, case.scale, forward_config
-    )
+        case.input_ids, case.weight, params[0], lora_a, lora_b, case.attention_mask, case.scale, forward_config,
+        starts=starts,
+    )  # fmt: skip
     grad = torch.randn(out.shape, device=device)
-    grads = kernels.dept_embed_bwd(grad, lora_a, lora_b, num_prompt, case.scale, kernels.GPU_BWD_CONFIG)
+    grads = kernels.dept_embed_bwd(
+        grad, lora_a, lora_b, num_prompt, case.scale, kernels.GPU_BWD_CONFIG, starts=starts, offset_rows=seq_len
+    )
     check_case(case, torch.float32, out, mask, [g for g in grads if g is not None], grad)
 
 
