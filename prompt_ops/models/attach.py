@@ -172,9 +172,12 @@ class PromptTunedModel(TunedModel):
         Decoder-only models: returns ``cat(input_ids, new tokens)``, the Hugging Face convention. The tokens generated
         later get the same per-token treatment a full forward pass gives them (DePT/EPT position offsets while the
         position is below ``max_length``, none after; ADePT's FFN offset), so cached generation matches a loop of
-        full forward passes. The official DePT/ADePT code skips the offsets after prefill. Encoder-decoder models:
-        the prompt goes to the encoder; returns what the base ``generate`` returns (the decoder's tokens). The input
-        embedding swapped in for decoding is put back however ``generate`` ends.
+        full forward passes. The official DePT/ADePT code skips the offsets after prefill. Positions as in
+        ``forward``: the prefill takes the position ids a forward pass gives (``position_ids`` honoured), and each
+        row's generated tokens continue from its own last position (under ``"tokens"`` the left padding that
+        generation uses counts nothing), for the model's position ids and the DePT/EPT offsets alike.
+        Encoder-decoder models: the prompt goes to the encoder; returns what the base ``generate`` returns (the
+        decoder's tokens). The input embedding swapped in for decoding is put back however ``generate`` ends.
         """
         self._check_loaded()
         if "inputs_embeds" in kwargs:
