@@ -114,7 +114,7 @@ def _raises_naming(call, names: tuple[str, ...], model: nn.Module):
     before = ModelState.of(model)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # dropped position_ids, tiny configs' token-id notices
+            warnings.simplefilter("ignore")  # tiny configs' token-id notices
             return call()
     except (ValueError, TypeError) as err:
         message = str(err)
