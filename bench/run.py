@@ -120,7 +120,7 @@ def print_summary(payload: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from bench.report import reference_rows
+    from bench.report import decode_cells, reference_rows
 
     ref = payload["reference_shape"]
     table = Table(title=f"op level, forward + backward, B={ref['batch']}, L={ref['seq_len']}, d={ref['hidden']}")
@@ -143,12 +143,13 @@ def print_summary(payload: dict) -> None:
     console.print(table)
     if payload["end_to_end"]:
         e2e = Table(title="end to end (CPU): training step and inference")
-        for column in ("model", "method", "trainable", "step ms", "activations MB", "prefill ms", "decode ms/token"):
+        columns = ("model", "method", "trainable", "step ms", "activations MB", "prefill ms", "decode ms/token",
+                   "no cache ms/token")  # fmt: skip
+        for column in columns:
             e2e.add_column(column)
         for r in payload["end_to_end"]:
-            decode = "-" if r["decode_ms_per_token"] is None else f"{r['decode_ms_per_token']:.2f}"
             e2e.add_row(r["model"], r["method"], f"{r['trainable_params']:,d}", f"{r['step_ms']:.0f}",
-                        f"{r['activation_mb']:.1f}", f"{r['prefill_ms']:.1f}", decode)  # fmt: skip
+                        f"{r['activation_mb']:.1f}", f"{r['prefill_ms']:.1f}", *decode_cells(r))  # fmt: skip
         console.print(e2e)
 
 

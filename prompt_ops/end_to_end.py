@@ -3,7 +3,12 @@
 Per method: a training step (forward, backward, AdamW) timed as wall-clock median and 20/80 percentiles, tokens per
 second, the memory a step holds (with CUDA: peak allocated; everywhere: the activations autograd saves for backward,
 :mod:`prompt_ops.profiling.memory`), and inference latency: the prefill (one eval forward of the batch) and, for
-models that generate, the time per generated token.
+models that generate, the time per generated token with the KV cache. Every method decodes with the cache, LPT
+included (its prompt is computed from the input at prefill and stays in the upper layers' cache); for LPT the rows
+also time decoding without it, every step recomputing the sequence (how LPT decoded before), for comparison.
+
+A causal LM trains on a source half (labels ``-100``) and a target half, as the official GPT-2 LPT does: LPT
+computes its prompt from the source, and refuses labels that leave none.
 
 The methods run at their papers' settings (:data:`METHODS`); vanilla prompt tuning with 100 tokens is the baseline
 whose trainable-parameter budget DePT and ADePT match for T5-Base (76,800 at d=768).
@@ -63,7 +68,8 @@ class EndToEndRow:
     activation_mb: float  # bytes autograd saves for backward, weights excluded
     peak_memory_mb: float | None  # CUDA peak allocated during a step; None on the CPU
     prefill_ms: float
-    decode_ms_per_token: float | None  # None for models that do not generate
+    decode_ms_per_token: float | None  # with the KV cache; None for models that do not generate
+    decode_recompute_ms_per_token: float | None  # LPT on a causal LM: without the cache; None otherwise
 
 
 def model_kind(model: nn.Module) -> str:
@@ -99,7 +105,9 @@ def _loss_fn(tuned: nn.Module, kind: str, ids: torch.Tensor, mask: torch.Tensor)
         labels = ids[:, : min(16, ids.shape[1])].contiguous()
         return lambda: tuned(input_ids=ids, attention_mask=mask, labels=labels).loss
     if kind == "causal":
-        return lambda: tuned(input_ids=ids, attention_mask=mask, labels=ids).loss
+        labels = ids.clone()
+        labels[:, : (ids.shape[1] + 1) // 2] = -100  # the source half: no loss, and LPT's prompt is computed from it
+        return lambda: tuned(input_ids=ids, attention_mask=mask, labels=labels).loss
 
     def encoder_loss() -> torch.Tensor:
         out = tuned(input_ids=ids, attention_mask=mask)
@@ -184,6 +192,9 @@ def measure_method(
             else:
                 prefill = _device_time(lambda: tuned(input_ids=ids, attention_mask=mask), repeat, device)
             decode = _decode_ms_per_token(tuned, kind, ids, mask, device) if kind != "encoder" else None
+            recompute = None
+            if kind == "causal" and isinstance(METHODS[method], LPTConfig):
+                recompute = _decode_ms_per_token(tuned, kind, ids, mask, device, use_cache=False)
     finally:
         tuned.unload()
         model.train(was_training)
@@ -206,14 +217,17 @@ def measure_method(
         peak_memory_mb=peak,
         prefill_ms=prefill["median"] * 1e3,
         decode_ms_per_token=decode,
+        decode_recompute_ms_per_token=recompute,
     )
 
 
-def _decode_ms_per_token(tuned, kind: str, ids, mask, device) -> float:
-    """``(t(1 + N new tokens) - t(1 new token)) / N``, greedy, exactly N tokens (no early end)."""
+def _decode_ms_per_token(tuned, kind: str, ids, mask, device, use_cache: bool = True) -> float:
+    """``(t(1 + N new tokens) - t(1 new token)) / N``, greedy, exactly N tokens (no early end), with the KV cache
+    or (``use_cache=False``) recomputing the sequence at every step."""
 
     def generate(new_tokens: int) -> float:
-        kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False, "pad_token_id": 0}
+        kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False, "pad_token_id": 0,
+                  "use_cache": use_cache}  # fmt: skip
         start = time.perf_counter()
         tuned.generate(input_ids=ids, attention_mask=mask, **kwargs)
         if device.type == "cuda":

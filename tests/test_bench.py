@@ -10,7 +10,7 @@ import torch
 
 from bench import measure as bench_measure
 from bench.measure import BUDGETS, FAMILIES, EmbedShape, measure_case, measure_folding
-from bench.report import PLOTS, render_full, render_readme, write_plots
+from bench.report import PLOTS, render_end_to_end, render_full, render_readme, write_plots
 from bench.run import README_END, README_START, update_readme
 from prompt_ops.cli import main as cli_main
 from prompt_ops.end_to_end import measure_method
@@ -110,8 +110,13 @@ def test_end_to_end_rows():
     assert rows["lpt"].trainable_params == 32 * 128 + 128 + 128 * 5 * 32 + 5 * 32
     assert 0 < rows["lpt"].activation_mb < rows["prompt_tuning"].activation_mb
     assert all(r.step_ms > 0 and r.prefill_ms > 0 and r.decode_ms_per_token > 0 for r in rows.values())
+    lpt = rows["lpt"]  # decodes with the KV cache; the rows also time it without (recomputing the sequence)
+    assert lpt.decode_recompute_ms_per_token > 0 and rows["dept"].decode_recompute_ms_per_token is None
+    cells = f"| {lpt.decode_ms_per_token:.2f} | {lpt.decode_recompute_ms_per_token:.2f} |"
+    assert cells in "\n".join(render_end_to_end([dataclasses.asdict(lpt)]))
     encoder = end_to_end_rows()[0]
     assert encoder.decode_ms_per_token is None and encoder.peak_memory_mb is None
+    assert encoder.decode_recompute_ms_per_token is None
     with pytest.raises(ValueError, match="method must be one of"):
         measure_method(model, "tiny-gpt2", "lora", 2, 16)
     with pytest.raises(ValueError, match="batch must be an int >= 1"):
