@@ -135,9 +135,8 @@ def render_full(payload: dict) -> str:
 
 
 def decode_cells(row: dict) -> tuple[str, str]:
-    """The decode ms/token with the KV cache and, for LPT, without it (rows written before it was measured have no
-    such field): ``"-"`` where not measured."""
-    cached, recompute = (row.get(key) for key in ("decode_ms_per_token", "decode_recompute_ms_per_token"))
+    """The decode ms/token with the KV cache and, for LPT on a causal LM, without it; ``"-"`` where not measured."""
+    cached, recompute = row["decode_ms_per_token"], row["decode_recompute_ms_per_token"]
     return ("-" if cached is None else f"{cached:.2f}"), ("-" if recompute is None else f"{recompute:.2f}")
 
 
