@@ -52,9 +52,9 @@ class LayerStack:
     first_position: int = 0
 
     def upper_layer_inputs(self, keep: torch.Tensor, positions: torch.Tensor, hidden: torch.Tensor) -> dict:
-        """Arguments of the layers above ``k`` for the queries ``hidden (B, Q, d)`` at ``positions (B or 1, Q)``
-        (prompt rows included, from 0), which are the last ``Q`` of the keys that the 2-D ``keep (B, T)`` marks (the
-        earlier ``T - Q`` are cached)."""
+        """Arguments of the layers above ``k`` for the queries ``hidden (B, Q, d)`` at ``positions (B or 1, Q)`` (in
+        the prompted numbering: the prompt at ``0..n-1``), which are the last ``Q`` of the keys that the 2-D
+        ``keep (B, T)`` marks (the earlier ``T - Q`` are cached: the prompt rows and the tokens before)."""
         queries = hidden.shape[1]
         inputs = {"attention_mask": additive_mask(keep, self.causal, hidden.dtype, queries), "position_ids": positions}
         if self.rotary is not None:
