@@ -41,6 +41,7 @@ from prompt_ops.models.inputs import (
     check_token_type_ids,
     first_position,
 )
+from prompt_ops.models.late import LatePromptTunedModel
 from prompt_ops.models.positions import model_position_ids, next_input_positions
 from prompt_ops.models.tuned import TunedModel, model_embedding
 
@@ -222,7 +223,5 @@ def attach(model: nn.Module, config: MethodConfig, backend: str | None = None) -
     model input, a :class:`~prompt_ops.models.late.LatePromptTunedModel` for LPT (inside the layer stack). Every
     argument is checked before the model is touched."""
     if isinstance(check_config(config), LPTConfig):
-        from prompt_ops.models.late import LatePromptTunedModel
-
         return LatePromptTunedModel(model, config, backend=backend)
     return PromptTunedModel(model, config, backend=backend)

@@ -31,6 +31,8 @@ import inspect
 import torch
 from torch import nn
 
+from prompt_ops.models.inputs import first_position
+
 FAMILIES = ("bert", "roberta", "gpt2", "llama", "t5")
 ATTENTION = ("eager", "sdpa")
 
@@ -110,8 +112,7 @@ def find_stack(model: nn.Module) -> LayerStack:
     if family in ("bert", "roberta"):
         if config.is_decoder:
             raise ValueError(f"LPT supports {family} as an encoder; the model is configured as a decoder")
-        first = base.embeddings.padding_idx + 1 if family == "roberta" else 0  # RoBERTa numbers after its pad
-        return LayerStack(family, base, base.encoder.layer, causal=False, first_position=first)
+        return LayerStack(family, base, base.encoder.layer, causal=False, first_position=first_position(model))
     if family == "gpt2":
         return LayerStack(family, base, base.h, causal=True)
     return LayerStack(family, base, base.layers, causal=True, rotary=base.rotary_emb)
