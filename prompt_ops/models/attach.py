@@ -209,7 +209,9 @@ class PromptTunedModel(TunedModel):
             new_tokens = self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         finally:
             self.base_model.set_input_embeddings(original)
-        return torch.cat([input_ids, new_tokens.to(input_ids.dtype)], dim=1)
+        # num_return_sequences > 1 gives consecutive copies of each row, which repeat its input ids
+        inputs = input_ids.repeat_interleave(new_tokens.shape[0] // batch, dim=0)
+        return torch.cat([inputs, new_tokens.to(input_ids.dtype)], dim=1)
 
     def extra_repr(self) -> str:
         return f"method={self.config.method}, prompt_rows={self.num_prompt_rows}"

@@ -126,3 +126,21 @@ def test_beam_search_keeps_each_rows_positions(family):
     batched = tuned.generate(input_ids, attention_mask=mask, **beams)
     alone = tuned.generate(input_ids[1:2, 3:], **beams)
     assert torch.equal(batched[1, 8:], alone[0, 5:])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_num_return_sequences_repeat_each_rows_input(family):
+    """``num_return_sequences`` copies of each row come back consecutively, each behind its own row's input ids; beam
+    ``j`` of the middle of three left-padded rows is beam ``j`` of that row alone."""
+    tuned = attach(tiny(family, initializer_range=0.3), GEN_CONFIGS["dept"]).eval()
+    move_off_init(tuned)
+    input_ids = torch.randint(1, VOCAB, (3, 8))
+    mask = torch.ones(3, 8, dtype=torch.long)
+    mask[0, :5], mask[1, :3] = 0, 0
+    beams = {"num_beams": 2, "num_return_sequences": 2, "max_new_tokens": 4, "do_sample": False, "pad_token_id": 0,
+             "eos_token_id": None}  # fmt: skip
+    batched = tuned.generate(input_ids, attention_mask=mask, **beams)
+    assert batched.shape == (6, 12)
+    assert torch.equal(batched[:, :8], input_ids.repeat_interleave(2, dim=0))
+    alone = tuned.generate(input_ids[1:2, 3:], **beams)
+    assert torch.equal(batched[2:4, 8:], alone[:, 5:])
