@@ -150,6 +150,16 @@ class PromptModule(nn.Module):
     def hidden_size(self) -> int:
         return self.embedding.embedding_dim
 
+    @property
+    def positions(self) -> str:
+        """``"tokens"`` or ``"absolute"`` (:mod:`prompt_ops.ops.positions`); checked when set, after construction too
+        (the tuned models number positions from it, and would read any other value as ``"tokens"``)."""
+        return self._positions
+
+    @positions.setter
+    def positions(self, value: str) -> None:
+        self._positions = check_positions(value)
+
     def embed_tokens(self, input_ids: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
         """Embeddings ``(B, n, d)`` of tokens at input positions ``start .. start+n-1``, with the method's per-token
         treatment and no prompt: what a full forward gives those tokens. Used for tokens generated after the

@@ -161,3 +161,16 @@ def test_every_module_takes_a_tensor_start_and_checks_it(cls):
         module.embed_tokens(ids, torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="start must be an int >= 0"):
         module.embed_tokens(ids, -1)
+
+
+@pytest.mark.parametrize("cls", ["PromptTuning", "ADePT", "LAMP", "DePT", "EPT"])
+def test_positions_set_after_construction_are_checked(cls):
+    """The tuned models number positions from the module's ``positions``: a typo set later is refused by name (the
+    methods without offsets never pass it to an op, so it was read as ``"tokens"``), a valid value is kept."""
+    kwargs = {} if cls == "PromptTuning" else {"rank": 2}
+    module = getattr(prompt_ops, cls)(nn.Embedding(30, 10), num_tokens=2, **kwargs)
+    with pytest.raises(ValueError, match=r"^positions must be one of \('tokens', 'absolute'\), got 'Absolute'"):
+        module.positions = "Absolute"
+    assert module.positions == "tokens"
+    module.positions = "absolute"
+    assert module.positions == "absolute" and "positions='absolute'" in repr(module)
