@@ -40,6 +40,7 @@ from prompt_ops.models.inputs import (
     check_position_range,
     check_token_type_ids,
     first_position,
+    generated_count,
 )
 from prompt_ops.models.late import LatePromptTunedModel
 from prompt_ops.models.positions import model_position_ids, next_input_positions
@@ -188,11 +189,13 @@ class PromptTunedModel(TunedModel):
         check_position_ids(position_ids, (batch, seq_len))
         check_generate_kwargs(kwargs)
         rows = self.num_prompt_rows
+        generated = 0  # positions numbered after the input's (the last new token is not read back)
         if self.is_encoder_decoder:
             check_length(self.base_model, rows + seq_len, f"the {rows} prompt rows and input_ids' {seq_len} tokens")
         else:
             check_generated_length(self.base_model, rows, seq_len, kwargs)
-        self._check_position_ids(position_ids, (kwargs.get("max_new_tokens") or 1) - 1)  # the last is not read back
+            generated = generated_count(self.base_model, rows, seq_len, kwargs)[0] - 1
+        self._check_position_ids(position_ids, generated)
         check_generation_fits(self.base_model, batch, kwargs)
         if self.training:
             warnings.warn("generate() in training mode: ADePT's dropout acts at prefill; call .eval()", stacklevel=2)

@@ -17,6 +17,8 @@ POSITION_TABLES = ("wpe", "position_embeddings")
 """Names of learned absolute position tables (GPT-2; BERT, RoBERTa, DistilBERT): they bound a sequence's length."""
 TOKEN_LEVEL_HEADS = ("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForTokenClassification")
 SEQUENCE_LEVEL_HEADS = ("ForSequenceClassification",)
+DEFAULT_NEW_TOKENS = 20
+"""What ``generate`` appends when no length is set anywhere (transformers' default ``max_length``)."""
 
 
 def check_ids(input_ids: object) -> torch.Tensor:
@@ -67,11 +69,25 @@ def check_length(model: nn.Module, length: int, what: str) -> None:
         )
 
 
+def generated_count(model: nn.Module, rows: int, seq_len: int, kwargs: dict) -> tuple[int, str]:
+    """``(count, what)``: the most tokens a decoder-only ``generate`` over ``rows`` prompt rows and ``seq_len`` input
+    tokens appends, and the setting that says so. ``max_new_tokens``, else ``max_length`` less the input it counts
+    (the prompt rows too: the prompt is part of ``inputs_embeds``), each from ``kwargs`` or else the
+    ``generation_config`` in use; with neither, transformers' default of :data:`DEFAULT_NEW_TOKENS`."""
+    config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    settings = {name: kwargs.get(name, getattr(config, name, None)) for name in ("max_new_tokens", "max_length")}
+    if settings["max_new_tokens"] is not None:
+        return settings["max_new_tokens"], f"max_new_tokens = {settings['max_new_tokens']}"
+    if settings["max_length"] is not None:
+        return max(settings["max_length"] - rows - seq_len, 1), f"max_length = {settings['max_length']}"
+    return DEFAULT_NEW_TOKENS, f"transformers' default of {DEFAULT_NEW_TOKENS} new tokens"
+
+
 def check_generated_length(model: nn.Module, rows: int, seq_len: int, kwargs: dict) -> None:
     """A decoder-only ``generate`` numbers ``rows`` prompt rows, the ``seq_len`` input tokens and all but the last of
-    ``max_new_tokens`` (when given; otherwise the length is transformers' to check)."""
-    new = kwargs.get("max_new_tokens") or 1
-    what = f"{rows} prompt rows, input_ids' {seq_len} tokens and max_new_tokens = {new} (all but the last read back)"
+    the tokens it appends (:func:`generated_count`)."""
+    new, setting = generated_count(model, rows, seq_len, kwargs)
+    what = f"{rows} prompt rows, input_ids' {seq_len} tokens and {setting} (all but the last new token read back)"
     check_length(model, rows + seq_len + new - 1, what)
 
 

@@ -354,6 +354,24 @@ def test_inputs_longer_than_the_position_table_with_the_prompt_are_refused_by_na
     assert tuned.generate(ids[:, :58], max_new_tokens=2, pad_token_id=0).shape == (1, 60)  # the last is not read back
 
 
+def test_generation_lengths_set_by_max_length_or_by_default_are_checked_against_the_position_table():
+    """``max_length`` counts the prompt rows and the input (transformers' rule for ``inputs_embeds``), and without
+    any length ``generate`` appends 20 tokens: both ran past GPT-2's 64 positions into an IndexError inside torch,
+    with and without user ``position_ids``, where only ``max_new_tokens`` was checked."""
+    tuned = attach(tiny("gpt2"), PromptTuningConfig(num_tokens=5)).eval()
+    before = ModelState.of(tuned)
+    ids = torch.randint(1, VOCAB, (1, 58))
+    with pytest.raises(ValueError, match=r"5 prompt rows, input_ids' 58 tokens and max_length = 66 .* 65 positions"):
+        tuned.generate(ids, max_length=66, pad_token_id=0)
+    with pytest.raises(ValueError, match=r"58 tokens and transformers' default of 20 new tokens .* 82 positions"):
+        tuned.generate(ids, pad_token_id=0)
+    with pytest.raises(ValueError, match=r"position_ids must be in \[0, 59\) .* and 9 generated after the last"):
+        tuned.generate(ids[:, :4], position_ids=torch.arange(50, 54)[None], max_length=19, pad_token_id=0)
+    before.assert_unchanged(tuned)
+    assert tuned.generate(ids, max_length=65, pad_token_id=0).shape == (1, 60)  # the last is not read back
+    assert tuned.generate(ids[:, :4], pad_token_id=0, eos_token_id=None).shape == (1, 24)
+
+
 def test_an_unloaded_wrapper_refuses_to_run_instead_of_running_the_bare_model():
     model = tiny("gpt2")
     tuned = attach(model, PromptTuningConfig(num_tokens=2))
