@@ -10,6 +10,7 @@ the same entry (the pickle is read with ``weights_only=True``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from prompt_ops.models.attach import attach
 from prompt_ops.models.configs import DePTConfig, LPTConfig, MethodConfig, config_from_dict
 from prompt_ops.models.late import lpt_stack
 from prompt_ops.models.tuned import TunedModel, model_embedding
+from prompt_ops.ops.positions import check_positions
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "load_adapter", "save_adapter"]
 
@@ -115,16 +117,27 @@ def _check_tensors(source: Path, expected: dict[str, torch.Tensor], tensors: dic
     check_finite(source, tensors)
 
 
-def load_adapter(model: nn.Module, directory: str | os.PathLike, backend: str | None = None) -> TunedModel:
+def load_adapter(
+    model: nn.Module, directory: str | os.PathLike, backend: str | None = None, positions: str | None = None
+) -> TunedModel:
     """Rebuild the prompt-tuned model from a saved (or an official DePT) adapter folder. Everything is checked
-    before ``model`` is touched; a bad file is a ``ValueError`` naming it."""
+    before ``model`` is touched; a bad file is a ``ValueError`` naming it.
+
+    ``positions`` overrides the saved position convention (``"tokens"`` or ``"absolute"``, see
+    :mod:`prompt_ops.ops.positions`); None keeps the saved one. Adapters saved before the option existed, and
+    official DePT folders, load with ``"tokens"``: pass ``positions="absolute"`` for an adapter trained on inputs
+    left-padded the way the official decoder-only DePT setup pads them."""
     folder = folder_path("directory", directory)
     check_backend(backend)
+    if positions is not None:
+        check_positions(positions)
     embedding = model_embedding(model)
     config_path = folder / CONFIG_FILE
     data = read_json_config(config_path)
     official = data.get("peft_type") == "PROMPT_TUNING_LORA"
     config, tensors, sizes = _read_official(folder) if official else _read_ours(folder, data)
+    if positions is not None:
+        config = dataclasses.replace(config, positions=positions)
     source = folder / (OFFICIAL_WEIGHTS_FILE if official else WEIGHTS_FILE)
     _check_model_sizes(config_path, sizes, embedding)
     config, expected = _resolve(config, model, embedding, config_path)

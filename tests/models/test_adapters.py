@@ -277,3 +277,30 @@ def test_a_saved_config_is_a_snapshot(tmp_path):
     tuned.save_adapter(tmp_path)
     reloaded = load_adapter(tiny("gpt2"), tmp_path)
     assert reloaded.config == DePTConfig(num_tokens=2, rank=2, max_length=12, init_token_ids=[5, 6])
+
+
+def test_positions_override_on_load(tmp_path):
+    """``load_adapter(..., positions=)`` replaces the saved convention: the reloaded model equals one attached with
+    that convention and the same tensors (left padding, where the two conventions differ)."""
+    tuned = attach(tiny("gpt2"), DePTConfig(num_tokens=4, rank=3, max_length=12))
+    move_off_init(tuned)
+    tuned.save_adapter(tmp_path)
+    absolute = attach(tiny("gpt2"), DePTConfig(num_tokens=4, rank=3, max_length=12, positions="absolute"))
+    absolute.prompt_module.load_state_dict(tuned.prompt_module.state_dict())
+    reloaded = load_adapter(tiny("gpt2"), tmp_path, positions="absolute")
+    assert reloaded.config.positions == "absolute" and load_adapter(tiny("gpt2"), tmp_path).config.positions == "tokens"
+    ids = torch.randint(1, VOCAB, (2, 6))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    absolute.eval(), reloaded.eval(), tuned.eval()
+    got = reloaded(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(got, absolute(input_ids=ids, attention_mask=mask).logits)
+    assert not torch.allclose(got[0], tuned(input_ids=ids, attention_mask=mask).logits[0])  # the override matters
+
+
+@pytest.mark.parametrize("positions", ["Tokens", 1])
+def test_bad_positions_override_is_refused_before_the_model_is_touched(tmp_path, positions):
+    folder = _saved(tmp_path)
+    model = tiny("gpt2")
+    with pytest.raises(ValueError, match="positions"):
+        load_adapter(model, folder, positions=positions)
+    assert all(p.requires_grad for p in model.parameters())
