@@ -18,6 +18,7 @@ from prompt_ops.methods.ept import EPT
 from prompt_ops.methods.lamp import LAMP
 from prompt_ops.methods.lpt import LPT
 from prompt_ops.methods.prompt_tuning import PromptTuning
+from prompt_ops.ops.positions import check_positions
 
 
 @dataclasses.dataclass
@@ -119,7 +120,8 @@ class LPTConfig(MethodConfig):
         return LPT(embedding.embedding_dim, backend=backend, **generator)
 
     def resolved(self, num_layers: int, causal: bool) -> LPTConfig:
-        """A copy with ``layer`` and ``read`` checked and filled in for a stack of ``num_layers`` layers."""
+        """A copy with ``layer`` and ``read`` checked and filled in for a stack of ``num_layers`` layers, and
+        ``positions`` checked."""
         if num_layers < 2:
             raise ValueError(
                 f"LPT needs a model with at least 2 layers (it inserts the prompt between layer k and k+1, "
@@ -133,6 +135,7 @@ class LPTConfig(MethodConfig):
         read = self.read if self.read is not None else ("last" if causal else "first")
         if read not in ("first", "last"):
             raise ValueError(f"read must be 'first', 'last' or None, got {read!r}")
+        check_positions(self.positions)  # the other configs' modules check it; LPT's module takes none
         return dataclasses.replace(self, layer=layer, read=read)
 
 

@@ -206,6 +206,8 @@ class LatePromptTunedModel(TunedModel):
             cached = f" ({past} cached positions and {shape[1]} new ones)" if past else ""
             raise ValueError(f"LPT needs a 2-D attention_mask of shape {width}{cached}, got {got}")
         inputs = {"input_ids": tokens} if tokens is not None else {"inputs_embeds": embeds}
+        if pending is not None:
+            inputs["source_lengths"] = pending.source_lengths
         check_same_device(**inputs, attention_mask=mask, **{"the model's input embedding": self._embedding().weight})
         check_token_type_ids(arguments.get("token_type_ids"), shape)
         given = arguments.get("position_ids")
@@ -234,8 +236,9 @@ class LatePromptTunedModel(TunedModel):
 
         if not isinstance(cache, DynamicCache):
             raise ValueError(
-                f"LPT needs a DynamicCache (generate's default), got a {type(cache).__name__}: its layers above k "
-                f"hold {self.num_tokens} entries (the prompt rows) more than the layers below"
+                f"the cache (past_key_values) must be a DynamicCache (generate's default) for LPT, got a "
+                f"{type(cache).__name__}: its layers above k hold {self.num_tokens} entries (the prompt rows) more "
+                "than the layers below"
             )
         past, upper = cache.get_seq_length(0), cache.get_seq_length(self.config.layer)
         if past and upper != past + self.num_tokens:

@@ -303,6 +303,12 @@ def test_bad_input():
         attach(tiny("bert"), LPTConfig(mode="mean"))
     with pytest.raises(ValueError, match="read must be 'first', 'last' or None"):
         attach(tiny("bert"), LPTConfig(read="middle"))
+    for positions in ("token", None):  # LPT's module takes no positions: the config is what is checked
+        model = tiny("gpt2")
+        before = ModelState.of(model)
+        with pytest.raises(ValueError, match=r"positions must be one of \('tokens', 'absolute'\)"):
+            attach(model, LPTConfig(positions=positions))
+        before.assert_unchanged(model)
     distil = transformers.DistilBertModel(
         transformers.DistilBertConfig(vocab_size=VOCAB, dim=HIDDEN, n_layers=2, n_heads=2, hidden_dim=32)
     )
@@ -559,6 +565,7 @@ def test_source_arguments_are_checked_by_name():
         ({"source_lengths": SOURCE[:2]}, ValueError, r"source_lengths must have shape \(B,\) = \(3,\)"),
         ({"source_lengths": torch.tensor([3, 0, 4])}, ValueError, r"source_lengths\[1\] = 0, but row 1 has 6 real"),
         ({"source_lengths": torch.tensor([3, 7, 4])}, ValueError, r"source_lengths\[1\] = 7, but row 1 has 6 real"),
+        ({"source_lengths": SOURCE.to("meta")}, ValueError, "source_lengths on meta"),
         ({"labels": ids}, ValueError, r"labels: row 0's first real token \(column 0\) is already a target"),
     ]
     for kwargs, error, pattern in bad:

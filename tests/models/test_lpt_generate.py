@@ -129,7 +129,7 @@ def test_a_cache_lpt_did_not_fill_is_refused_by_name():
         ({"cache": lpt_cache, "source_lengths": mask.sum(1)}, ValueError, "source_lengths applies to a pass that"),
         ({"cache": lpt_cache, "attention_mask": mask}, ValueError, r"attention_mask of shape \(3, 8\) \(7 cached"),
         ({"cache": transformers.StaticCache(tuned.base_model.config, max_cache_len=16)}, ValueError,
-         "LPT needs a DynamicCache"),
+         r"the cache \(past_key_values\) must be a DynamicCache"),
     ]  # fmt: skip
     for kwargs, error, pattern in cases:
         with pytest.raises(error, match=pattern), torch.no_grad():
