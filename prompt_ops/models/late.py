@@ -217,7 +217,8 @@ class LatePromptTunedModel(TunedModel):
             positions = given.to(torch.int64) - first
         else:
             positions = input_positions(mask, self.config.positions, width, device)[:, past:]
-            if self.stack.takes_position_ids:
+            if self.stack.takes_position_ids and self.config.positions == "tokens":
+                # "absolute": the model numbers its input itself, as before the option (RoBERTa skips pad ids)
                 args, kwargs = with_argument(entry, args, kwargs, "position_ids", positions + first)
         source = self._source_lengths(pending, mask, past)
         self._call = _Call(mask, positions, torch.is_grad_enabled(), past, source)

@@ -578,3 +578,23 @@ def test_source_arguments_are_checked_by_name():
         bidirectional = attach(tiny(family), LPTConfig(layer=2, num_tokens=3, hidden_size=8))
         with pytest.raises(ValueError, match=f"source_lengths applies to causal models .* this is {family}"):
             bidirectional(input_ids=ids, attention_mask=mask, source_lengths=SOURCE)
+
+
+def test_absolute_positions_leave_the_models_own_numbering():
+    """``positions="absolute"`` keeps what the model does by itself (the behaviour before the option): RoBERTa given
+    left-padded ids numbers its positions skipping its pad ids, so passing the ids Hugging Face computes itself
+    must change nothing; "tokens" numbers from the mask and does differ there (the check can fail)."""
+    model = tiny("roberta")
+    pad = model.config.pad_token_id
+    ids, mask = inputs_left()
+    ids = ids.masked_fill(mask == 0, pad)
+    own = transformers.models.roberta.modeling_roberta.RobertaEmbeddings.create_position_ids_from_input_ids(ids, pad)
+    config = LPTConfig(layer=2, num_tokens=3, hidden_size=8, positions="absolute")
+    tuned = attach(model, config, backend="torch")
+    out = tuned(input_ids=ids, attention_mask=mask).last_hidden_state
+    given = tuned(input_ids=ids, attention_mask=mask, position_ids=own).last_hidden_state
+    assert torch.equal(out, given)
+    shifted = own.clone()
+    shifted[mask.bool()] += 1  # any other numbering of the real tokens moves the outputs
+    moved = tuned(input_ids=ids, attention_mask=mask, position_ids=shifted).last_hidden_state
+    assert not torch.allclose(out[mask.bool()], moved[mask.bool()])
