@@ -300,8 +300,10 @@ def _lpt_family() -> Family:
     def num_tokens(x: Inputs) -> int:
         return x.params["b_up"].shape[0] // x.hidden_states.shape[2]
 
-    def naive(x: Inputs):
-        prompt = reference.lpt_prompt(x.hidden_states, *x.params.values(), num_tokens(x), None, x.attention_mask)
+    def naive(x: Inputs):  # reads the row the fused path reads (the windows' starts), as the official code is given
+        prompt = reference.lpt_prompt(
+            x.hidden_states, *x.params.values(), num_tokens(x), x.windows[0], x.attention_mask
+        )
         return reference.lpt_insert(prompt, x.hidden_states, x.attention_mask)
 
     def fused_forward(x: Inputs):

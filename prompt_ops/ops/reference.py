@@ -195,20 +195,23 @@ def lpt_prompt(
     output's layout, or None.
     """
     batch, seq_len, hidden_size = hidden.shape
-    valid = [
-        torch.arange(seq_len) if attention_mask is None else torch.nonzero(attention_mask[b].cpu()).flatten()
-        for b in range(batch)
-    ]  # each sample's valid rows, in order
+
+    def valid_rows() -> list[torch.Tensor]:  # each sample's valid rows, in order
+        if attention_mask is None:
+            return [torch.arange(seq_len)] * batch
+        return [torch.nonzero(attention_mask[b].cpu()).flatten() for b in range(batch)]
+
     if mode == "naive":
-        firsts = torch.tensor([int(rows[0]) if len(rows) else 0 for rows in valid], dtype=torch.long)
-        rows = index if index is not None else firsts.to(hidden.device)
-        picked = hidden[torch.arange(batch, device=hidden.device), rows]  # (B, d)
+        if index is None:
+            firsts = [int(rows[0]) if len(rows) else 0 for rows in valid_rows()]
+            index = torch.tensor(firsts, dtype=torch.long, device=hidden.device)
+        picked = hidden[torch.arange(batch, device=hidden.device), index]  # (B, d)
         out = torch.relu(picked @ w_down + b_down) @ w_up + b_up  # (B, n*d)
     else:
         pool = torch.nn.functional.adaptive_avg_pool1d if mode == "pool" else torch.nn.functional.adaptive_max_pool1d
         projected = hidden @ w_down + b_down  # (B, L, h)
         pooled = []
-        for b, rows in enumerate(valid):
+        for b, rows in enumerate(valid_rows()):
             if source_lengths is not None:
                 rows = rows[: int(source_lengths[b])]
             block = projected[b, rows.to(hidden.device)]  # (len, h)
