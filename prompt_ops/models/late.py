@@ -67,6 +67,7 @@ from prompt_ops.models.positions import input_positions, prompted_positions
 from prompt_ops.models.stacks import LayerStack, bind, find_stack, with_argument
 from prompt_ops.models.tuned import TunedModel, model_embedding
 from prompt_ops.ops.backend import resolve_check_ids
+from prompt_ops.ops.positions import check_positions
 from prompt_ops.ops.validation import TOKEN_ID_DTYPES, check_ids_in_range, check_same_device
 
 IGNORE_INDEX = -100
@@ -167,6 +168,12 @@ class LatePromptTunedModel(TunedModel):
     def num_tokens(self) -> int:
         return self.prompt_module.num_tokens
 
+    @property
+    def positions(self) -> str:
+        """The config's position convention, checked where it is read: the config is a plain dataclass that a
+        user may edit after ``attach``."""
+        return check_positions(self.config.positions, "config.positions")
+
     # ------------------------------------------------------------------------------------------------------------
     # Hooks
     # ------------------------------------------------------------------------------------------------------------
@@ -216,8 +223,9 @@ class LatePromptTunedModel(TunedModel):
         if given is not None:
             positions = given.to(torch.int64) - first
         else:
-            positions = input_positions(mask, self.config.positions, width, device)[:, past:]
-            if self.stack.takes_position_ids and self.config.positions == "tokens":
+            convention = self.positions
+            positions = input_positions(mask, convention, width, device)[:, past:]
+            if self.stack.takes_position_ids and convention == "tokens":
                 # "absolute": the model numbers its input itself, as before the option (RoBERTa skips pad ids)
                 args, kwargs = with_argument(entry, args, kwargs, "position_ids", positions + first)
         source = self._source_lengths(pending, mask, past)
@@ -401,6 +409,12 @@ class LatePromptTunedModel(TunedModel):
         if self.training:
             warnings.warn("generate() in training mode: LPT's dropout acts on the prompt; call .eval()", stacklevel=2)
         check_generate_kwargs(kwargs)
+        for name in ("labels", "source_lengths"):
+            if kwargs.get(name) is not None:
+                raise ValueError(
+                    f"LatePromptTunedModel.generate does not take {name}: the input_ids given to generate are the "
+                    "source the prompt is computed from"
+                )
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None and not self.is_encoder_decoder:
             raise ValueError("LatePromptTunedModel.generate needs input_ids (LPT computes the prompt from them)")
@@ -412,7 +426,7 @@ class LatePromptTunedModel(TunedModel):
                 return self.base_model.generate(*args, **kwargs)
         check_generated_length(self.base_model, 0, ids.shape[1], kwargs)
         if kwargs.get("position_ids") is None:
-            positions = input_positions(kwargs.get("attention_mask"), self.config.positions, ids.shape, ids.device)
+            positions = input_positions(kwargs.get("attention_mask"), self.positions, ids.shape, ids.device)
             kwargs["position_ids"] = positions + self.stack.first_position  # generate numbers the next ones by +1
         with self._restoring():
             self._source_columns = ids.shape[1]

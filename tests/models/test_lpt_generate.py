@@ -135,3 +135,21 @@ def test_a_cache_lpt_did_not_fill_is_refused_by_name():
         with pytest.raises(error, match=pattern), torch.no_grad():
             tuned(**{"input_ids": token, "attention_mask": longer, **kwargs})
         before.assert_unchanged(tuned, pattern)
+
+
+def test_generate_refuses_labels_and_source_lengths_and_a_bad_edited_convention():
+    """generate's input is the source: a labels or source_lengths there would silently redefine it. A typo set on
+    the config after attach is refused where the convention is read, naming it."""
+    tuned = lively("gpt2", "naive", "torch")
+    ids, mask = left_padded()
+    before = ModelState.of(tuned)
+    for name, value in (("labels", ids), ("source_lengths", mask.sum(1))):
+        with pytest.raises(ValueError, match=f"does not take {name}"):
+            generate(tuned, ids, mask, **{name: value})
+        before.assert_unchanged(tuned, name)
+    tuned.config.positions = "Tokens"
+    with pytest.raises(ValueError, match="config.positions"):
+        generate(tuned, ids, mask)
+    with pytest.raises(ValueError, match="config.positions"), torch.no_grad():
+        tuned(input_ids=ids, attention_mask=mask)
+    before.assert_unchanged(tuned, "config.positions")
