@@ -64,7 +64,10 @@ _PROVIDERS_TEXT = (
     "not counted. *Ideal* reads every input once and writes every output once. H100 columns are a **projection** "
     "(max(bytes / 3.35 TB/s, flops / 67 TFLOP/s) + 4 us per launch), not a measurement. CPU columns are real "
     "wall-clock medians. *full* is forward plus backward. A provider whose outputs or gradients differ from the "
-    "reference is marked and not timed."
+    "reference is marked and not timed. DePT and EPT run the default batch-invariant positions on left-padded "
+    "masks (row b has b % 4 leading pads, its starts made beforehand): the fused and torch paths take per-row "
+    "offset rows, and *naive* gathers them per token, where the official code, which numbers padded columns, "
+    "repeats `A @ B` over the batch (about half the naive launches)."
 )
 
 
