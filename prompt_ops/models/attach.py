@@ -15,7 +15,10 @@ What PEFT's prompt tuning does, on our fused ops (reference/methods.md §0.3, §
   numbers without position ids). User ``position_ids`` are honoured, shifted by ``m`` behind the prompt's (PEFT
   drops them). RoBERTa numbers from ``padding_idx + 1``, and so do these;
 - encoder-decoder models (T5): the prompt goes on the encoder side only; ``decoder_input_ids``,
-  ``decoder_attention_mask`` and ``labels`` pass through unchanged.
+  ``decoder_attention_mask`` and ``labels`` pass through unchanged;
+- decoder-only GPT-2 and LLaMA run the prompt rows once per call, not once per row (the shared prompt pass,
+  :mod:`prompt_ops.models.shared_prompt`), with the same outputs: ``attach(..., shared_prompt=None)`` turns it on
+  when no dropout acts in the base model, ``True`` forces it, ``False`` turns it off.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from prompt_ops.models.inputs import (
 )
 from prompt_ops.models.late import LatePromptTunedModel
 from prompt_ops.models.positions import model_position_ids, next_input_positions
+from prompt_ops.models.shared_prompt import call_refusal, check_shared_prompt, log_fallback, shared_forward
 from prompt_ops.models.tuned import TunedModel, model_embedding
 
 
@@ -74,12 +78,19 @@ class PromptTunedModel(TunedModel):
     """A frozen Hugging Face model behind a prompt-tuning method. Only ``prompt_module``'s parameters train.
 
     The config is checked and the module built before the model is touched: a refused config leaves it as it was.
+    ``shared_prompt``: the shared prompt pass (:mod:`prompt_ops.models.shared_prompt`) for decoder-only GPT-2 and
+    LLaMA; None (auto) runs it on each call where no dropout acts in the base model, True forces it (with dropout
+    active, the prompt rows then share one dropout mask across the batch), False turns it off. Calls it does not
+    cover run the unshared path, saying why at debug level.
     """
 
-    def __init__(self, model: nn.Module, config: MethodConfig, backend: str | None = None):
+    def __init__(
+        self, model: nn.Module, config: MethodConfig, backend: str | None = None, shared_prompt: bool | None = None
+    ):
         super().__init__()
         config = check_config(config, PROMPT_CONFIGS)
         embedding = model_embedding(model)
+        self.shared_prompt = check_shared_prompt(shared_prompt, model, input_dependent=False)
         self.prompt_module: PromptModule = config.build(embedding, backend=backend)  # checks every field first
         self.config = config.snapshot()
         model.requires_grad_(False)
@@ -158,13 +169,17 @@ class PromptTunedModel(TunedModel):
         batch = shape[0]
         if self.is_encoder_decoder:
             return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
+        if token_labels:
+            labels = torch.cat([labels.new_full((batch, num_prompt), -100), labels], dim=1)
+        refusal = call_refusal(self.base_model, self.shared_prompt, kwargs, token_type_ids)
+        if refusal is None:
+            return shared_forward(self.base_model, embeds, mask, model_positions, labels, num_prompt, kwargs)
+        log_fallback(refusal)
         if model_positions is not None:
             kwargs["position_ids"] = model_positions
         if token_type_ids is not None:
             zeros = token_type_ids.new_zeros((batch, num_prompt))
             kwargs["token_type_ids"] = torch.cat([zeros, token_type_ids], dim=1)
-        if token_labels:
-            labels = torch.cat([labels.new_full((batch, num_prompt), -100), labels], dim=1)
         return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
 
     @torch.no_grad()
@@ -223,10 +238,14 @@ class PromptTunedModel(TunedModel):
 PROMPT_CONFIGS = tuple(cls for cls in CONFIGS.values() if cls is not LPTConfig)
 
 
-def attach(model: nn.Module, config: MethodConfig, backend: str | None = None) -> TunedModel:
+def attach(
+    model: nn.Module, config: MethodConfig, backend: str | None = None, shared_prompt: bool | None = None
+) -> TunedModel:
     """Freeze ``model`` and add the method of ``config``: a :class:`PromptTunedModel` for the methods that build the
     model input, a :class:`~prompt_ops.models.late.LatePromptTunedModel` for LPT (inside the layer stack). Every
-    argument is checked before the model is touched."""
+    argument is checked before the model is touched. ``shared_prompt`` as :class:`PromptTunedModel` takes it; LPT's
+    prompt depends on the input, so it never shares it and refuses ``True``."""
     if isinstance(check_config(config), LPTConfig):
+        check_shared_prompt(shared_prompt, model, input_dependent=True)
         return LatePromptTunedModel(model, config, backend=backend)
-    return PromptTunedModel(model, config, backend=backend)
+    return PromptTunedModel(model, config, backend=backend, shared_prompt=shared_prompt)

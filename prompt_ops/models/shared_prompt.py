@@ -1,0 +1,186 @@
+"""The shared prompt pass: a decoder-only model runs the prompt rows once per call, not once per row.
+
+Under causal attention the prompt rows (which come first) attend only to each other, and for every method but LPT
+they do not depend on the input (the per-token offsets of DePT, ADePT and EPT touch the input rows only). So their
+hidden states, and every layer's keys and values, are the same for every row of the batch. The shared pass runs the
+prompt once (batch 1, into a ``DynamicCache``, positions ``first .. first+m-1``, with autograd), expands each
+layer's keys and values to the batch as views (``expand``: no copies; autograd sums their gradients over the
+batch), then runs the input tokens against that cache with the positions and the extended mask the unshared path
+gives them. The prompt rows' logits (and hidden states, when asked for) are expanded in front of the input's, and
+the loss is computed by the model's own loss function over the full ``m + L`` rows, so the output has the shapes and
+values of the unshared path. This is exact whenever nothing random acts on the prompt rows: with dropout active in
+the base model, the prompt rows share one dropout mask across the batch (which is why auto mode turns the pass off
+then).
+
+Supported families (:data:`SHARED_FAMILIES`, by ``config.model_type``): GPT-2 and LLaMA, whose forward takes a
+``Cache`` and ``position_ids``. Everything else, and any call the pass does not cover (:func:`call_refusal`), runs
+the unshared path.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import numbers
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+SHARED_FAMILIES = ("gpt2", "llama")
+"""``config.model_type`` of the families the shared pass is implemented and tested for."""
+CAUSAL_HEADS = ("ForCausalLM", "LMHeadModel")
+SHARED_KWARGS = frozenset({"use_cache", "output_hidden_states", "num_items_in_batch"})
+"""Extra forward arguments the shared pass handles; any other one runs the unshared path."""
+CACHE_ARGUMENTS = ("cache", "past_key_values")
+"""The name of a model's cache argument: ``cache`` since transformers 5 renamed ``past_key_values``."""
+
+
+def cache_argument(model: nn.Module) -> str | None:
+    """The name under which ``model``'s forward takes a KV cache, or None if it takes none."""
+    parameters = inspect.signature(model.forward).parameters
+    return next((name for name in CACHE_ARGUMENTS if name in parameters), None)
+
+
+def family_refusal(model: nn.Module) -> str | None:
+    """Why ``model`` cannot run the shared prompt pass, or None when it can (a causal LM of
+    :data:`SHARED_FAMILIES` whose forward takes a cache and position ids)."""
+    config = getattr(model, "config", None)
+    name = type(model).__name__
+    if getattr(config, "is_encoder_decoder", False):
+        return (
+            f"{name} is an encoder-decoder model: the prompt goes to its encoder, whose attention is bidirectional, "
+            "so the prompt rows attend to the input and differ from row to row"
+        )
+    if not name.endswith(CAUSAL_HEADS) or getattr(config, "is_decoder", True) is False:
+        return (
+            f"{name} is not a decoder-only causal LM: without causal attention the prompt rows attend to the input "
+            "and differ from row to row"
+        )
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SHARED_FAMILIES:
+        return f"the shared prompt pass supports the model types {SHARED_FAMILIES}, not {model_type!r}"
+    if cache_argument(model) is None or "position_ids" not in inspect.signature(model.forward).parameters:
+        return f"{name}'s forward takes no KV cache or no position_ids"
+    return None
+
+
+def check_shared_prompt(shared_prompt: object, model: nn.Module, input_dependent: bool) -> bool | None:
+    """``attach``'s ``shared_prompt``: None (auto), True (forced) or False. True is refused with a ``ValueError``
+    saying why where the pass cannot be exact: a method whose prompt depends on the input (``input_dependent``: LPT)
+    or a model :func:`family_refusal` refuses."""
+    if shared_prompt is not None and not isinstance(shared_prompt, bool):
+        raise TypeError(f"shared_prompt must be None (auto), True or False, got {type(shared_prompt).__name__}")
+    if shared_prompt:
+        if input_dependent:
+            raise ValueError(
+                "shared_prompt=True: LPT's prompt is built from each row's hidden states, so it depends on the input "
+                "and cannot be computed once for the batch; pass shared_prompt=None or False"
+            )
+        reason = family_refusal(model)
+        if reason is not None:
+            raise ValueError(f"shared_prompt=True: {reason}; pass shared_prompt=None or False")
+    return shared_prompt
+
+
+def dropout_active(model: nn.Module) -> bool:
+    """Whether any dropout in ``model`` acts: a dropout module in training mode with ``p > 0``, or an attention
+    module in training mode whose functional ``attention_dropout`` (the LLaMA family's) is above 0."""
+    for module in model.modules():
+        if not module.training:
+            continue
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            return True
+        rate = getattr(module, "attention_dropout", 0)
+        if isinstance(rate, numbers.Real) and not isinstance(rate, bool) and rate > 0:
+            return True
+    return False
+
+
+def call_refusal(model: nn.Module, setting: bool | None, kwargs: dict, token_type_ids: object) -> str | None:
+    """Why this call runs the unshared path, or None when it shares the prompt. ``setting`` is ``attach``'s
+    ``shared_prompt`` (checked); ``kwargs`` the extra forward arguments."""
+    if setting is False:
+        return "shared_prompt=False"
+    family = family_refusal(model)
+    if family is not None:
+        return family
+    if setting is None and dropout_active(model):
+        return "dropout is active in the base model (auto mode shares the prompt without dropout only)"
+    config = model.config
+    others = sorted(set(kwargs) - SHARED_KWARGS) + (["token_type_ids"] if token_type_ids is not None else [])
+    if others:
+        return f"the shared pass does not handle the arguments {others}"
+    if getattr(config, "output_attentions", False):
+        return "the config asks for attention weights, whose prompt rows span fewer keys"
+    if model.training and any(getattr(module, "gradient_checkpointing", False) for module in model.modules()):
+        return "gradient checkpointing drops the KV cache the input tokens read the prompt from"
+    return None
+
+
+def expand_cache(cache: object, batch: int) -> None:
+    """Each layer's batch-1 keys and values of ``cache`` as ``(batch, ...)`` views of themselves (no copy)."""
+    for layer in cache.layers:
+        layer.keys = layer.keys.expand(batch, -1, -1, -1)
+        layer.values = layer.values.expand(batch, -1, -1, -1)
+
+
+def _in_front(prompt: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+    """``(1, m, ...)`` prompt rows expanded to the batch of ``rest (B, L, ...)`` and put in front of it."""
+    return torch.cat([prompt.expand(rest.shape[0], *prompt.shape[1:]), rest], dim=1)
+
+
+def shared_forward(
+    model: nn.Module,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    labels: torch.Tensor | None,
+    num_prompt: int,
+    kwargs: dict,
+):
+    """The base model's output for the prompted input ``embeds (B, m + L, d)`` (mask ``(B, m + L)``, position ids
+    ``(B, m + L)``, token ``labels (B, m + L)`` with ``-100`` over the prompt), computed by the shared pass (module
+    docstring). ``kwargs`` holds only :data:`SHARED_KWARGS` (:func:`call_refusal`)."""
+    from transformers import DynamicCache
+
+    config = model.config
+    name = cache_argument(model)
+    hidden = bool(kwargs.get("output_hidden_states", getattr(config, "output_hidden_states", False)))
+    use_cache = kwargs.get("use_cache")
+    use_cache = getattr(config, "use_cache", True) if use_cache is None else use_cache
+    prompt = model(
+        inputs_embeds=embeds[:1, :num_prompt],
+        position_ids=position_ids[:1, :num_prompt],
+        use_cache=True,
+        output_hidden_states=hidden,
+        **{name: DynamicCache()},
+    )
+    cache = getattr(prompt, name)
+    expand_cache(cache, embeds.shape[0])
+    out = model(
+        inputs_embeds=embeds[:, num_prompt:],
+        attention_mask=mask,
+        position_ids=position_ids[:, num_prompt:],
+        use_cache=True,  # the input tokens read the prompt from the cache whatever the caller keeps
+        output_hidden_states=hidden,
+        **{name: cache},
+    )
+    fields = dict(out.items())  # rebuilt, not set: a ModelOutput keeps a field set after construction as no key
+    fields["logits"] = _in_front(prompt.logits, out.logits)
+    if hidden:
+        fields["hidden_states"] = tuple(
+            _in_front(p, h) for p, h in zip(prompt.hidden_states, out.hidden_states, strict=True)
+        )
+    if labels is not None:  # over all m + L rows: the last prompt row predicts the first input token
+        loss_kwargs = {k: v for k, v in kwargs.items() if k == "num_items_in_batch"}
+        fields["loss"] = model.loss_function(fields["logits"], labels, vocab_size=config.vocab_size, **loss_kwargs)
+    if not use_cache:
+        fields.pop(name, None)
+    return type(out)(**fields)
+
+
+def log_fallback(reason: str) -> None:
+    """Say at debug level why a call runs the unshared path."""
+    logger.debug("shared prompt pass off: %s; running the unshared path", reason)
