@@ -1,0 +1,202 @@
+"""The shared prompt pass (issue 13): decoder-only GPT-2 and LLaMA run the prompt rows once per call, with the
+outputs, loss and adapter gradients of the unshared path; auto mode's choice; the refusals.
+
+Which path ran is observed from the base model's calls: the shared pass calls it twice (the prompt rows at batch 1,
+then the input tokens), the unshared path once over the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from prompt_ops.models import LPTConfig, attach
+from tests.models.model_state import ModelState
+from tests.models.test_attach import CONFIGS, HIDDEN, VOCAB, move_off_init, tiny
+
+transformers = pytest.importorskip("transformers")
+
+TOLERANCE = 1e-5  # norm-relative, fp32
+METHODS = tuple(sorted(CONFIGS))
+LOGGER = "prompt_ops.models.shared_prompt"
+
+
+def decoder(family: str, dropout: float = 0.0):
+    """A tiny two-layer ``family`` model (a larger init, so the outputs depend clearly on positions and the prompt),
+    every dropout probability ``dropout``, in eval mode."""
+    torch.manual_seed(0)
+    if family == "gpt2":
+        config = transformers.GPT2Config(
+            vocab_size=VOCAB, n_embd=HIDDEN, n_layer=2, n_head=2, n_positions=64, initializer_range=0.3,
+            resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+        )  # fmt: skip
+        return transformers.GPT2LMHeadModel(config).eval()
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=64, initializer_range=0.3, attention_dropout=dropout,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def batch_calls(model) -> list[int]:
+    """The batch size of each call to ``model``'s forward from now on."""
+    calls = []
+    model.register_forward_pre_hook(lambda _, args, kwargs: calls.append(kwargs["inputs_embeds"].shape[0]),
+                                    with_kwargs=True)  # fmt: skip
+    return calls
+
+
+def padded_batch(side: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(ids, mask, labels)``: three rows of 3, 5 and 7 real tokens padded on ``side``, labels -100 on pads."""
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, VOCAB, (3, 7), generator=generator)
+    mask = torch.zeros(3, 7, dtype=torch.long)
+    for row, length in enumerate((3, 5, 7)):
+        columns = slice(7 - length, 7) if side == "left" else slice(0, length)
+        mask[row, columns] = 1
+    return ids, mask, ids.masked_fill(mask == 0, -100)
+
+
+def relative(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).detach().norm() / want.detach().norm())
+
+
+def run(tuned, setting: bool | None, ids, mask, labels, **kwargs):
+    """Output and adapter gradients of one forward and backward with ``shared_prompt = setting``; the RNG reseeded
+    so that ADePT's own dropout (on the input rows) draws the same mask on either path."""
+    tuned.shared_prompt = setting
+    for param in tuned.adapter_state_dict().values():
+        param.grad = None
+    torch.manual_seed(5)
+    out = tuned(input_ids=ids, attention_mask=mask, labels=labels, **kwargs)
+    out.loss.backward()
+    return out, {name: param.grad.clone() for name, param in tuned.adapter_state_dict().items()}
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_shared_pass_equals_the_unshared_path(family, method, side, mode):
+    """Logits over all ``m + L`` rows, hidden states, loss, the returned cache and every adapter gradient."""
+    tuned = attach(decoder(family), CONFIGS[method], backend="torch").train(mode == "train")
+    torch.manual_seed(1)
+    move_off_init(tuned)
+    calls = batch_calls(tuned.base_model)
+    ids, mask, labels = padded_batch(side)
+    want, want_grads = run(tuned, False, ids, mask, labels, output_hidden_states=True)
+    assert calls == [3]
+    got, got_grads = run(tuned, None, ids, mask, labels, output_hidden_states=True)
+    assert calls == [3, 1, 3]  # auto: no dropout acts, so the prompt ran once
+    assert got.logits.shape == want.logits.shape == (3, tuned.num_prompt_rows + 7, VOCAB)
+    assert relative(got.logits, want.logits) <= TOLERANCE
+    assert abs(float((got.loss - want.loss).detach())) <= TOLERANCE * abs(float(want.loss.detach()))
+    assert len(got.hidden_states) == len(want.hidden_states)
+    for got_states, want_states in zip(got.hidden_states, want.hidden_states, strict=True):
+        assert relative(got_states, want_states) <= TOLERANCE
+    for got_layer, want_layer in zip(got.cache.layers, want.cache.layers, strict=True):
+        assert relative(got_layer.keys, want_layer.keys) <= TOLERANCE
+        assert relative(got_layer.values, want_layer.values) <= TOLERANCE
+    for name, grad in want_grads.items():
+        assert grad.norm() > 0, name
+        assert relative(got_grads[name], grad) <= TOLERANCE, name
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_use_cache_false_returns_no_cache_and_the_same_loss(family):
+    tuned = attach(decoder(family), CONFIGS["dept"], backend="torch")
+    move_off_init(tuned)
+    ids, mask, labels = padded_batch("left")
+    want, want_grads = run(tuned, False, ids, mask, labels, use_cache=False)
+    got, got_grads = run(tuned, True, ids, mask, labels, use_cache=False)
+    assert got.cache is None and want.cache is None and "cache" not in got.keys()
+    assert relative(got.logits, want.logits) <= TOLERANCE
+    assert abs(float((got.loss - want.loss).detach())) <= TOLERANCE * abs(float(want.loss.detach()))
+    for name, grad in want_grads.items():
+        assert relative(got_grads[name], grad) <= TOLERANCE, name
+
+
+@pytest.mark.parametrize(
+    "family, dropout, mode, setting, shared",
+    [
+        ("gpt2", 0.1, "eval", None, True),  # eval: no dropout acts
+        ("gpt2", 0.1, "train", None, False),  # dropout acts on the prompt rows, one mask per row
+        ("gpt2", 0.0, "train", None, True),
+        ("gpt2", 0.1, "train", True, True),  # forced: the prompt rows share one dropout mask
+        ("gpt2", 0.0, "eval", False, False),
+        ("llama", 0.0, "train", None, True),  # the LLaMA family's default: no dropout
+        ("llama", 0.1, "train", None, False),  # functional attention dropout
+        ("llama", 0.1, "eval", None, True),
+    ],
+)
+def test_auto_mode_shares_the_prompt_only_where_no_dropout_acts(family, dropout, mode, setting, shared):
+    tuned = attach(decoder(family, dropout), CONFIGS["prompt_tuning"], shared_prompt=setting).train(mode == "train")
+    calls = batch_calls(tuned.base_model)
+    ids, mask, _ = padded_batch("right")
+    tuned(input_ids=ids, attention_mask=mask)
+    assert calls == ([1, 3] if shared else [3])
+
+
+@pytest.mark.parametrize("family", ["bert-mlm", "t5"])
+def test_encoders_and_t5_run_unshared_in_auto_mode(family, caplog):
+    tuned = attach(tiny(family), CONFIGS["dept"])
+    calls = batch_calls(tuned.base_model)
+    ids = torch.randint(1, VOCAB, (2, 5))
+    kwargs = {"decoder_input_ids": ids[:, :3]} if family == "t5" else {}
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        tuned(input_ids=ids, **kwargs)
+    assert calls == [2]
+    if family == "bert-mlm":  # T5 returns before the choice: its prompt is on the encoder side
+        assert "not a decoder-only causal LM" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "family, config, pattern",
+    [
+        ("bert-mlm", CONFIGS["dept"], "not a decoder-only causal LM"),
+        ("bert", CONFIGS["prompt_tuning"], "not a decoder-only causal LM"),
+        ("t5", CONFIGS["lamp"], "encoder-decoder model.*bidirectional"),
+        ("gpt2", LPTConfig(layer=1, num_tokens=2, hidden_size=8), "LPT's prompt .* depends on the input"),
+    ],
+)
+def test_forcing_the_shared_pass_where_it_cannot_be_exact_is_refused_and_leaves_the_model(family, config, pattern):
+    model = decoder(family) if family == "gpt2" else tiny(family)
+    state = ModelState.of(model)
+    with pytest.raises(ValueError, match=f"shared_prompt=True: .*{pattern}"):
+        attach(model, config, shared_prompt=True)
+    state.assert_unchanged(model, "a refused shared_prompt=True")
+
+
+def test_lpt_attaches_in_auto_mode_and_shared_prompt_must_be_a_bool_or_none():
+    attach(decoder("gpt2"), LPTConfig(layer=1, num_tokens=2, hidden_size=8))  # auto: never shared, no error
+    with pytest.raises(TypeError, match="shared_prompt must be None .*, got str"):
+        attach(tiny("gpt2"), CONFIGS["dept"], shared_prompt="yes")
+
+
+def test_a_call_the_shared_pass_does_not_cover_falls_back_and_says_why(caplog):
+    """Attention weights: the prompt rows span fewer keys than the input's, so the call runs unshared, with the
+    outputs of the unshared path."""
+    tuned = attach(decoder("gpt2"), CONFIGS["ept"], shared_prompt=True)
+    move_off_init(tuned)
+    calls = batch_calls(tuned.base_model)
+    ids, mask, _ = padded_batch("left")
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        out = tuned(input_ids=ids, attention_mask=mask, output_attentions=True)
+    assert calls == [3] and "does not handle the arguments ['output_attentions']" in caplog.text
+    tuned.shared_prompt = False
+    assert torch.equal(out.logits, tuned(input_ids=ids, attention_mask=mask, output_attentions=True).logits)
+
+
+def test_gradient_checkpointing_in_training_falls_back(caplog):
+    """Checkpointed layers drop the KV cache the input tokens would read the prompt from."""
+    tuned = attach(decoder("llama"), CONFIGS["dept"], shared_prompt=True)
+    tuned.base_model.activation_checkpointing_enable()
+    tuned.train()
+    move_off_init(tuned)
+    calls = batch_calls(tuned.base_model)
+    ids, mask, labels = padded_batch("right")
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        tuned(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    assert calls == [3] and "gradient checkpointing" in caplog.text
