@@ -7,6 +7,12 @@ models that generate, the time per generated token with the KV cache. Every meth
 included (its prompt is computed from the input at prefill and stays in the upper layers' cache); for LPT the rows
 also time decoding without it, every step recomputing the sequence (how LPT decoded before), for comparison.
 
+Each row runs one prompt pass, recorded in its ``shared_prompt`` field: the unshared path (the model runs the
+``B * (m + L)`` prompted rows) or, on the causal LMs the shared prompt pass covers
+(:mod:`prompt_ops.models.shared_prompt`) and for every method but LPT, the shared pass (the prompt rows once per
+call, batch 1, their keys and values expanded to the batch). :func:`measure_paths` measures both where the shared
+pass applies, and :func:`sweep_shared_prompt` compares them for prompt tuning over batch sizes and prompt lengths.
+
 A causal LM trains on a source half (labels ``-100``) and a target half, as the official GPT-2 LPT does: LPT
 computes its prompt from the source, and refuses labels that leave none.
 
@@ -34,6 +40,7 @@ from prompt_ops.models import (
     attach,
 )
 from prompt_ops.models.inputs import check_length
+from prompt_ops.models.shared_prompt import family_refusal
 from prompt_ops.models.tuned import model_embedding
 from prompt_ops.ops.validation import check_int, check_output_sizes
 from prompt_ops.profiling import cpu_time
@@ -49,6 +56,8 @@ METHODS: dict[str, MethodConfig] = {
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DECODE_TOKENS = 8
+SWEEP_BATCHES = (1, 8, 32)
+SWEEP_PROMPT_TOKENS = (20, 100)
 
 
 @dataclasses.dataclass
@@ -60,6 +69,8 @@ class EndToEndRow:
     backend: str
     batch: int
     seq_len: int
+    shared_prompt: bool  # the shared prompt pass ran (prompt rows once per call, batch 1); False: the unshared path
+    prompt_rows: int  # rows put in front of the input (LPT: 0, its rows enter at a middle layer)
     trainable_params: int
     step_ms: float
     step_p20_ms: float
@@ -81,17 +92,27 @@ def model_kind(model: nn.Module) -> str:
     return "encoder"
 
 
-def _check_fits(model: nn.Module, embedding: nn.Embedding, method: str, kind: str, batch: int, seq_len: int) -> None:
-    """``batch`` and ``seq_len`` fit the model before anything runs: the sequence with the method's prompt rows (and,
-    for a causal LM, the decoded tokens) in its position table, and one ``(batch, rows + seq_len, d)`` activation in
-    memory."""
-    config = METHODS[method]
-    rows = 0 if isinstance(config, LPTConfig) else config.num_tokens // getattr(config, "pool", 1)
-    decoded = DECODE_TOKENS if kind == "causal" else 0
+def prompt_rows(config: MethodConfig) -> int:
+    """The rows ``config``'s method puts in front of the input embeddings (LPT: 0, its rows enter at a middle layer)."""
+    return 0 if isinstance(config, LPTConfig) else config.num_tokens // getattr(config, "pool", 1)
+
+
+def shared_prompt_applies(model: nn.Module, config: MethodConfig) -> bool:
+    """Whether the shared prompt pass can run ``config``'s method on ``model``: a causal LM of a family it covers,
+    and a prompt that does not depend on the input (every method but LPT)."""
+    return not isinstance(config, LPTConfig) and family_refusal(model) is None
+
+
+def _check_fits(
+    model: nn.Module, embedding: nn.Embedding, label: str, config: MethodConfig, decoded: int, batch: int, seq_len: int
+) -> None:
+    """``batch`` and ``seq_len`` fit the model before anything runs: the sequence with the method's prompt rows (and
+    the ``decoded`` tokens) in its position table, and one ``(batch, rows + seq_len, d)`` activation in memory."""
+    rows = prompt_rows(config)
     check_length(
         model,
         rows + seq_len + decoded,
-        f"seq_len = {seq_len}, {method}'s {rows} prompt rows and {decoded} decoded tokens",
+        f"seq_len = {seq_len}, {label}'s {rows} prompt rows and {decoded} decoded tokens",
     )
     shape = (batch, rows + seq_len, embedding.embedding_dim)
     sources = f"batch = {batch} and seq_len = {seq_len}"
@@ -137,22 +158,102 @@ def measure_method(
     seq_len: int = 128,
     repeat: int = 5,
     backend: str | None = None,
+    shared_prompt: bool = False,
 ) -> EndToEndRow:
     """Attach ``METHODS[method]`` to ``model`` (its device and dtype as they are) and measure it on random token
-    ids. ``backend=None`` picks Triton on CUDA, the eager torch backend elsewhere. The model is left as it was
-    (LPT's hooks are removed; the other methods never modify it)."""
+    ids. ``backend=None`` picks Triton on CUDA, the eager torch backend elsewhere. ``shared_prompt``: the prompt
+    pass, forced on or off (:func:`prompt_ops.models.attach`; True is refused with the reason where the shared pass
+    does not apply; forced, it also runs with the base model's dropout active, the prompt rows then sharing one
+    dropout mask across the batch). The model is left as it was (LPT's hooks are removed; the other methods never
+    modify it)."""
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    return _measure(model, model_name, method, METHODS[method], batch, seq_len, repeat, backend, shared_prompt)
+
+
+def measure_paths(
+    model: nn.Module,
+    model_name: str,
+    method: str,
+    batch: int = 8,
+    seq_len: int = 128,
+    repeat: int = 5,
+    backend: str | None = None,
+) -> list[EndToEndRow]:
+    """:func:`measure_method` on the unshared path and, where the shared prompt pass applies
+    (:func:`shared_prompt_applies`), on the shared one: one row or two, the unshared first."""
+    row = measure_method(model, model_name, method, batch, seq_len, repeat, backend, shared_prompt=False)
+    if not shared_prompt_applies(model, METHODS[method]):
+        return [row]
+    return [row, measure_method(model, model_name, method, batch, seq_len, repeat, backend, shared_prompt=True)]
+
+
+def sweep_shared_prompt(
+    model: nn.Module,
+    model_name: str,
+    batches: tuple[int, ...] = SWEEP_BATCHES,
+    num_tokens: tuple[int, ...] = SWEEP_PROMPT_TOKENS,
+    seq_len: int = 128,
+    repeat: int = 5,
+    backend: str | None = None,
+) -> list[EndToEndRow]:
+    """Prompt tuning with each of ``num_tokens`` prompt tokens at each batch size in ``batches``, on the unshared
+    and the shared path (in that order): training step, activations and prefill; no decoding (its fields None).
+    ``model`` must be a causal LM the shared prompt pass covers."""
+    for name, values in (("batches", batches), ("num_tokens", num_tokens)):
+        if not isinstance(values, tuple) or not values:
+            raise TypeError(f"{name} must be a non-empty tuple of ints, got {values!r}")
+    reason = family_refusal(model)
+    if reason is not None:
+        raise ValueError(f"model: the shared prompt sweep needs a model the shared pass covers; {reason}")
+    return [
+        _measure(
+            model,
+            model_name,
+            "prompt_tuning",
+            PromptTuningConfig(num_tokens=check_int("num_tokens", m, 1)),
+            batch,
+            seq_len,
+            repeat,
+            backend,
+            shared,
+            decode=False,
+        )  # fmt: skip
+        for m in num_tokens
+        for batch in batches
+        for shared in (False, True)
+    ]
+
+
+def _measure(
+    model: nn.Module,
+    model_name: str,
+    method: str,
+    config: MethodConfig,
+    batch: int,
+    seq_len: int,
+    repeat: int,
+    backend: str | None,
+    shared_prompt: bool,
+    decode: bool = True,
+) -> EndToEndRow:
+    """One row: ``config`` (the method named ``method``) attached with ``shared_prompt`` on ``model``; decoding
+    timed only with ``decode`` (and for a model that generates)."""
     embedding = model_embedding(model)
     if not isinstance(model_name, str):
         raise TypeError(f"model_name must be a str (the rows' label), got {type(model_name).__name__}")
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    if not isinstance(shared_prompt, bool):
+        raise TypeError(
+            f"shared_prompt must be True or False (the row records which path ran), got {type(shared_prompt).__name__}"
+        )
     batch, seq_len, repeat = (
         check_int("batch", batch, 1),
         check_int("seq_len", seq_len, 1),
         check_int("repeat", repeat, 2),
     )
     kind = model_kind(model)
-    _check_fits(model, embedding, method, kind, batch, seq_len)
+    decode = decode and kind != "encoder"
+    _check_fits(model, embedding, method, config, DECODE_TOKENS if decode and kind == "causal" else 0, batch, seq_len)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     backend = backend or ("triton" if device.type == "cuda" else "torch")
@@ -163,7 +264,7 @@ def measure_method(
 
     was_training = model.training
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    tuned = attach(model, METHODS[method], backend=backend).train()
+    tuned = attach(model, config, backend=backend, shared_prompt=shared_prompt).train()
     try:
         trainable = [p for p in tuned.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=1e-4)
@@ -191,9 +292,9 @@ def measure_method(
                                        repeat, device)  # fmt: skip
             else:
                 prefill = _device_time(lambda: tuned(input_ids=ids, attention_mask=mask), repeat, device)
-            decode = _decode_ms_per_token(tuned, kind, ids, mask, device) if kind != "encoder" else None
+            cached = _decode_ms_per_token(tuned, kind, ids, mask, device) if decode else None
             recompute = None
-            if kind == "causal" and isinstance(METHODS[method], LPTConfig):
+            if decode and kind == "causal" and isinstance(config, LPTConfig):
                 recompute = _decode_ms_per_token(tuned, kind, ids, mask, device, use_cache=False)
     finally:
         tuned.unload()
@@ -208,6 +309,8 @@ def measure_method(
         backend=backend,
         batch=batch,
         seq_len=seq_len,
+        shared_prompt=shared_prompt,
+        prompt_rows=prompt_rows(config),
         trainable_params=sum(p.numel() for p in trainable),
         step_ms=train["median"] * 1e3,
         step_p20_ms=train["p20"] * 1e3,
@@ -216,7 +319,7 @@ def measure_method(
         activation_mb=saved.bytes / 1e6,
         peak_memory_mb=peak,
         prefill_ms=prefill["median"] * 1e3,
-        decode_ms_per_token=decode,
+        decode_ms_per_token=cached,
         decode_recompute_ms_per_token=recompute,
     )
 
