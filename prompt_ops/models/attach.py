@@ -47,7 +47,19 @@ from prompt_ops.models.inputs import (
 )
 from prompt_ops.models.late import LatePromptTunedModel
 from prompt_ops.models.positions import model_position_ids, next_input_positions
-from prompt_ops.models.shared_prompt import call_refusal, check_shared_prompt, log_fallback, shared_forward
+from prompt_ops.models.prompt_cache import PromptCache
+from prompt_ops.models.shared_prompt import (
+    PromptPass,
+    cache_argument,
+    call_refusal,
+    check_shared_prompt,
+    generate_copies,
+    generate_refusal,
+    log_fallback,
+    prompt_pass,
+    shared_forward,
+    wants_hidden_states,
+)
 from prompt_ops.models.tuned import TunedModel, model_embedding
 
 
@@ -81,7 +93,9 @@ class PromptTunedModel(TunedModel):
     ``shared_prompt``: the shared prompt pass (:mod:`prompt_ops.models.shared_prompt`) for decoder-only GPT-2 and
     LLaMA; None (auto) runs it on each call where no dropout acts in the base model, True forces it (with dropout
     active, the prompt rows then share one dropout mask across the batch), False turns it off. Calls it does not
-    cover run the unshared path, saying why at debug level.
+    cover run the unshared path, saying why at debug level. Without grad and dropout (eval forward, ``generate``)
+    the prompt's pass is computed once per adapter state and kept in ``prompt_cache``
+    (:mod:`prompt_ops.models.prompt_cache`: rebuilt after any change to a parameter, never served stale).
     """
 
     def __init__(
@@ -100,6 +114,7 @@ class PromptTunedModel(TunedModel):
         self.takes_position_ids = (
             not self.is_encoder_decoder and "position_ids" in inspect.signature(model.forward).parameters
         )
+        self.prompt_cache = PromptCache()
         self.train(model.training)  # the method's dropout follows the model's mode
 
     @property
@@ -135,6 +150,15 @@ class PromptTunedModel(TunedModel):
             first_position(self.base_model),
             position_ids,
         ).expand(shape[0], -1)
+
+    def _prompt_pass(self, embeds: torch.Tensor, model_positions: torch.Tensor, hidden: bool) -> PromptPass:
+        """The shared prompt pass over the prompt rows of ``embeds (B, m + L, d)`` at ``model_positions``' first
+        ``m`` (the same in every row), from ``prompt_cache`` where it may be kept."""
+        rows = self.num_prompt_rows
+        return self.prompt_cache.get(
+            self, lambda states: prompt_pass(self.base_model, embeds[:1, :rows], model_positions[:1, :rows], states),
+            hidden,
+        )  # fmt: skip
 
     def forward(
         self,
@@ -173,7 +197,8 @@ class PromptTunedModel(TunedModel):
             labels = torch.cat([labels.new_full((batch, num_prompt), -100), labels], dim=1)
         refusal = call_refusal(self.base_model, self.shared_prompt, kwargs, token_type_ids)
         if refusal is None:
-            return shared_forward(self.base_model, embeds, mask, model_positions, labels, num_prompt, kwargs)
+            prompt = self._prompt_pass(embeds, model_positions, wants_hidden_states(self.base_model, kwargs))
+            return shared_forward(self.base_model, embeds, mask, model_positions, labels, prompt, kwargs)
         log_fallback(refusal)
         if model_positions is not None:
             kwargs["position_ids"] = model_positions
@@ -193,6 +218,9 @@ class PromptTunedModel(TunedModel):
         ``forward``: the prefill takes the position ids a forward pass gives (``position_ids`` honoured), and each
         row's generated tokens continue from its own last position (under ``"tokens"`` the left padding that
         generation uses counts nothing), for the model's position ids and the DePT/EPT offsets alike.
+        With the shared prompt pass on (the class docstring), the prefill starts from the prompt's cached keys and
+        values (expanded to the batch, beams and returned sequences) and runs only the input tokens, with the same
+        positions and offsets.
         Encoder-decoder models: the prompt goes to the encoder; returns what the base ``generate`` returns (the
         decoder's tokens). The input embedding swapped in for decoding is put back however ``generate`` ends.
         """
@@ -218,6 +246,14 @@ class PromptTunedModel(TunedModel):
         if self.is_encoder_decoder:
             return self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         model_positions = self._position_ids(input_ids, attention_mask, position_ids)
+        refusal = generate_refusal(self.base_model, self.shared_prompt, kwargs)
+        if refusal is None:  # transformers prefills only the embeddings past the cache's length
+            prompt = self._prompt_pass(embeds, model_positions, False)
+            kwargs[cache_argument(self.base_model)] = prompt.batch_cache(
+                batch * generate_copies(self.base_model, kwargs)
+            )
+        else:
+            log_fallback(refusal)
         if model_positions is not None:  # prefill as a forward; transformers continues each row from its last + 1
             kwargs["position_ids"] = model_positions
         start = next_input_positions(attention_mask, self.prompt_module.positions, (batch, seq_len), input_ids.device)

@@ -19,6 +19,7 @@ the unshared path.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import numbers
@@ -119,11 +120,83 @@ def call_refusal(model: nn.Module, setting: bool | None, kwargs: dict, token_typ
     return None
 
 
-def expand_cache(cache: object, batch: int) -> None:
-    """Each layer's batch-1 keys and values of ``cache`` as ``(batch, ...)`` views of themselves (no copy)."""
-    for layer in cache.layers:
-        layer.keys = layer.keys.expand(batch, -1, -1, -1)
-        layer.values = layer.values.expand(batch, -1, -1, -1)
+GENERATE_KWARGS = frozenset({
+    "max_new_tokens", "min_new_tokens", "max_length", "min_length", "num_beams", "num_return_sequences", "do_sample",
+    "temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ngram_size", "length_penalty", "early_stopping",
+    "pad_token_id", "eos_token_id", "bos_token_id", "use_cache",
+})  # fmt: skip
+"""``generate`` arguments the shared prefill handles; any other one (a cache, an assistant, a generation config,
+output flags, ...) runs the unshared prefill."""
+
+
+def generate_refusal(model: nn.Module, setting: bool | None, kwargs: dict) -> str | None:
+    """Why this ``generate`` call prefills unshared, or None when it starts from the shared prompt's cache:
+    :func:`call_refusal`'s reasons, an argument outside :data:`GENERATE_KWARGS`, generation without a KV cache or
+    with chunked prefill (which slices ``input_ids``, not the embeddings)."""
+    refusal = call_refusal(model, setting, {}, None)
+    if refusal is not None:
+        return refusal
+    others = sorted(set(kwargs) - GENERATE_KWARGS)
+    if others:
+        return f"the shared prefill does not handle the generate arguments {others}"
+    config = model.generation_config
+    if kwargs.get("use_cache", config.use_cache) is False:
+        return "use_cache=False: generation keeps no KV cache to start from"
+    if getattr(config, "prefill_chunk_size", None) is not None:
+        return "chunked prefill (generation_config.prefill_chunk_size)"
+    return None
+
+
+def generate_copies(model: nn.Module, kwargs: dict) -> int:
+    """The copies ``generate`` makes of each row (``max(num_beams, num_return_sequences)``), from ``kwargs`` or the
+    model's generation config: the batch of the cache it starts from is the input's times this."""
+    config = model.generation_config
+    settings = (kwargs.get(name) or getattr(config, name, None) or 1 for name in ("num_beams", "num_return_sequences"))
+    return max(settings)
+
+
+def wants_hidden_states(model: nn.Module, kwargs: dict) -> bool:
+    """Whether a forward with ``kwargs`` returns hidden states (the argument, else the model's config)."""
+    return bool(kwargs.get("output_hidden_states", getattr(model.config, "output_hidden_states", False)))
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptPass:
+    """The prompt rows' pass at batch 1: their ``logits (1, m, V)``, hidden states (``(1, m, d)`` per layer, None
+    when not asked for) and each layer's ``(keys, values)``, ``(1, heads, m, head_dim)``."""
+
+    logits: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+    def batch_cache(self, batch: int):
+        """A new ``DynamicCache`` holding each layer's keys and values as ``(batch, ...)`` views (``expand``: no
+        copy; the views are never written in place: the cache concatenates new keys into new tensors)."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        cache = DynamicCache()
+        for keys, values in self.layers:
+            layer = DynamicLayer()
+            layer.lazy_initialization(keys, values)
+            layer.keys = keys.expand(batch, -1, -1, -1)
+            layer.values = values.expand(batch, -1, -1, -1)
+            cache.layers.append(layer)
+        return cache
+
+
+def prompt_pass(model: nn.Module, embeds: torch.Tensor, position_ids: torch.Tensor, hidden: bool) -> PromptPass:
+    """Run the prompt rows ``embeds (1, m, d)`` at ``position_ids (1, m)`` through ``model`` into a new cache
+    (autograd as the caller's grad mode says)."""
+    from transformers import DynamicCache
+
+    name = cache_argument(model)
+    out = model(
+        inputs_embeds=embeds, position_ids=position_ids, use_cache=True, output_hidden_states=hidden,
+        **{name: DynamicCache()},
+    )  # fmt: skip
+    layers = tuple((layer.keys, layer.values) for layer in getattr(out, name).layers)
+    return PromptPass(out.logits, tuple(out.hidden_states) if hidden else None, layers)
 
 
 def _in_front(prompt: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
@@ -137,35 +210,26 @@ def shared_forward(
     mask: torch.Tensor,
     position_ids: torch.Tensor,
     labels: torch.Tensor | None,
-    num_prompt: int,
+    prompt: PromptPass,
     kwargs: dict,
 ):
     """The base model's output for the prompted input ``embeds (B, m + L, d)`` (mask ``(B, m + L)``, position ids
     ``(B, m + L)``, token ``labels (B, m + L)`` with ``-100`` over the prompt), computed by the shared pass (module
-    docstring). ``kwargs`` holds only :data:`SHARED_KWARGS` (:func:`call_refusal`)."""
-    from transformers import DynamicCache
-
+    docstring) from the ``prompt``'s pass (:func:`prompt_pass`, fresh or cached). ``kwargs`` holds only
+    :data:`SHARED_KWARGS` (:func:`call_refusal`)."""
     config = model.config
     name = cache_argument(model)
-    hidden = bool(kwargs.get("output_hidden_states", getattr(config, "output_hidden_states", False)))
+    num_prompt = prompt.logits.shape[1]
+    hidden = wants_hidden_states(model, kwargs)
     use_cache = kwargs.get("use_cache")
     use_cache = getattr(config, "use_cache", True) if use_cache is None else use_cache
-    prompt = model(
-        inputs_embeds=embeds[:1, :num_prompt],
-        position_ids=position_ids[:1, :num_prompt],
-        use_cache=True,
-        output_hidden_states=hidden,
-        **{name: DynamicCache()},
-    )
-    cache = getattr(prompt, name)
-    expand_cache(cache, embeds.shape[0])
     out = model(
         inputs_embeds=embeds[:, num_prompt:],
         attention_mask=mask,
         position_ids=position_ids[:, num_prompt:],
         use_cache=True,  # the input tokens read the prompt from the cache whatever the caller keeps
         output_hidden_states=hidden,
-        **{name: cache},
+        **{name: prompt.batch_cache(embeds.shape[0])},
     )
     fields = dict(out.items())  # rebuilt, not set: a ModelOutput keeps a field set after construction as no key
     fields["logits"] = _in_front(prompt.logits, out.logits)

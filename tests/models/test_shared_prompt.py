@@ -200,3 +200,161 @@ def test_gradient_checkpointing_in_training_falls_back(caplog):
     with caplog.at_level(logging.DEBUG, logger=LOGGER):
         tuned(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
     assert calls == [3] and "gradient checkpointing" in caplog.text
+
+
+# The prompt cache (eval forward and generate reuse one prompt pass per adapter state)
+
+GREEDY = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+
+
+def shape_calls(model) -> list[tuple[int, int]]:
+    """``(batch, length)`` of each call to ``model``'s forward from now on (embeddings or ids, whichever it got)."""
+    calls = []
+
+    def record(_, args, kwargs):
+        given = kwargs.get("inputs_embeds")
+        calls.append(tuple((kwargs["input_ids"] if given is None else given).shape[:2]))
+
+    model.register_forward_pre_hook(record, with_kwargs=True)
+    return calls
+
+
+def eval_tuned(family: str, method: str):
+    tuned = attach(decoder(family), CONFIGS[method], backend="torch").eval()
+    torch.manual_seed(1)
+    move_off_init(tuned)
+    return tuned
+
+
+def unshared_logits(tuned, ids, mask) -> torch.Tensor:
+    tuned.shared_prompt = False
+    with torch.no_grad():
+        logits = tuned(input_ids=ids, attention_mask=mask).logits
+    tuned.shared_prompt = None
+    return logits
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_eval_forward_reuses_the_prompt_pass_and_equals_the_unshared_path(family, method, side):
+    tuned = eval_tuned(family, method)
+    ids, mask, _ = padded_batch(side)
+    want = unshared_logits(tuned, ids, mask)
+    calls = shape_calls(tuned.base_model)
+    rows = tuned.num_prompt_rows
+    with torch.no_grad():
+        first = tuned(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        second = tuned(input_ids=ids[1:], attention_mask=mask[1:])
+    assert calls == [(1, rows), (3, 7), (2, 7)]  # the prompt once, then only the input tokens
+    assert tuned.prompt_cache.builds == 1
+    assert relative(first.logits, want) <= TOLERANCE
+    assert relative(second.logits, want[1:]) <= TOLERANCE
+    assert len(first.hidden_states) == 3
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_greedy_generate_from_the_cached_prompt_equals_the_unshared_path(family, method):
+    """Left padding, rows of 3, 5 and 7 tokens; the prefill runs only the 7 input columns."""
+    tuned = eval_tuned(family, method)
+    ids, mask, _ = padded_batch("left")
+    tuned.shared_prompt = False
+    want = tuned.generate(ids, attention_mask=mask, **GREEDY)
+    tuned.shared_prompt = None
+    calls = shape_calls(tuned.base_model)
+    got = tuned.generate(ids, attention_mask=mask, **GREEDY)
+    again = tuned.generate(ids, attention_mask=mask, **GREEDY)
+    assert torch.equal(got, want) and torch.equal(again, want)
+    rows = tuned.num_prompt_rows
+    decode = [(3, 1)] * (GREEDY["max_new_tokens"] - 1)
+    assert calls == [(1, rows), (3, 7), *decode, (3, 7), *decode]
+    assert tuned.prompt_cache.builds == 1
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_generate_expands_the_cached_prompt_to_beams_and_returned_sequences(family):
+    tuned = eval_tuned(family, "ept")
+    ids, mask, _ = padded_batch("left")
+    settings = {**GREEDY, "num_beams": 3, "num_return_sequences": 2}
+    tuned.shared_prompt = False
+    want = tuned.generate(ids, attention_mask=mask, **settings)
+    tuned.shared_prompt = None
+    calls = shape_calls(tuned.base_model)
+    assert torch.equal(tuned.generate(ids, attention_mask=mask, **settings), want)
+    assert calls[:2] == [(1, tuned.num_prompt_rows), (9, 7)]
+
+
+def assert_rebuilt(tuned, ids, mask, before: torch.Tensor) -> None:
+    """The next eval forward computes the prompt again and equals the unshared path, which the change moved off
+    ``before`` (so a stale prompt would fail)."""
+    builds = tuned.prompt_cache.builds
+    want = unshared_logits(tuned, ids, mask)
+    assert relative(want, before) > 1e-3
+    with torch.no_grad():
+        got = tuned(input_ids=ids, attention_mask=mask).logits
+    assert tuned.prompt_cache.builds == builds + 1
+    assert relative(got, want) <= TOLERANCE
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_the_cache_is_rebuilt_after_an_optimizer_step(family):
+    tuned = eval_tuned(family, "dept")
+    ids, mask, labels = padded_batch("left")
+    with torch.no_grad():
+        before = tuned(input_ids=ids, attention_mask=mask).logits
+    optimizer = torch.optim.Adam(tuned.adapter_state_dict().values(), lr=0.1)
+    tuned(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    optimizer.step()
+    assert_rebuilt(tuned, ids, mask, before)
+
+
+@pytest.mark.parametrize("change", ["load_state_dict", "load_adapter", "data_copy", "new_parameter"])
+def test_the_cache_is_rebuilt_after_loading_another_adapter(change, tmp_path):
+    """``load_state_dict`` copies in place (a version bump); ``param.data.copy_`` bumps no version (the content
+    check sees it); a replaced parameter is another tensor; ``load_adapter`` attaches a new tuned model."""
+    tuned = eval_tuned("llama", "ept")
+    ids, mask, _ = padded_batch("right")
+    with torch.no_grad():
+        before = tuned(input_ids=ids, attention_mask=mask).logits
+        tuned(input_ids=ids, attention_mask=mask)
+    assert tuned.prompt_cache.builds == 1
+    other = eval_tuned("llama", "ept")
+    move_off_init(other)
+    if change == "load_state_dict":
+        tuned.prompt_module.load_state_dict(other.prompt_module.state_dict())
+    elif change == "data_copy":
+        tuned.prompt_module.prompt.data.copy_(other.prompt_module.prompt)
+    elif change == "new_parameter":
+        tuned.prompt_module.prompt = torch.nn.Parameter(other.prompt_module.prompt.detach().clone())
+    else:
+        from prompt_ops.models import load_adapter
+
+        other.save_adapter(tmp_path)
+        tuned = load_adapter(tuned.unload(), tmp_path).eval()  # a new wrapper over the same base model
+    assert_rebuilt(tuned, ids, mask, before)
+
+
+def test_the_cache_is_never_used_under_grad_nor_while_dropout_acts():
+    tuned = attach(decoder("gpt2", 0.1), CONFIGS["prompt_tuning"], shared_prompt=True).eval()
+    ids, mask, _ = padded_batch("left")
+    calls = shape_calls(tuned.base_model)
+    tuned(input_ids=ids, attention_mask=mask)
+    tuned(input_ids=ids, attention_mask=mask)
+    tuned.train()
+    with torch.no_grad():
+        tuned(input_ids=ids, attention_mask=mask)
+        tuned(input_ids=ids, attention_mask=mask)
+    rows = tuned.num_prompt_rows
+    assert calls == [(1, rows), (3, 7)] * 4
+    assert tuned.prompt_cache.builds == 4
+
+
+def test_generate_arguments_the_shared_prefill_does_not_cover_fall_back(caplog):
+    tuned = eval_tuned("gpt2", "dept")
+    ids, mask, _ = padded_batch("left")
+    calls = shape_calls(tuned.base_model)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        got = tuned.generate(ids, attention_mask=mask, output_scores=False, **GREEDY)
+    assert calls[0] == (3, tuned.num_prompt_rows + 7) and "generate arguments ['output_scores']" in caplog.text
+    assert torch.equal(got, tuned.generate(ids, attention_mask=mask, **GREEDY))
