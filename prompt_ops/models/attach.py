@@ -195,7 +195,7 @@ class PromptTunedModel(TunedModel):
             return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
         if token_labels:
             labels = torch.cat([labels.new_full((batch, num_prompt), -100), labels], dim=1)
-        refusal = call_refusal(self.base_model, self.shared_prompt, kwargs, token_type_ids)
+        refusal = call_refusal(self.base_model, self.shared_prompt, kwargs, token_type_ids, labels)
         if refusal is None:
             prompt = self._prompt_pass(embeds, model_positions, wants_hidden_states(self.base_model, kwargs))
             return shared_forward(self.base_model, embeds, mask, model_positions, labels, prompt, kwargs)

@@ -19,6 +19,7 @@ the unshared path.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import logging
@@ -29,10 +30,10 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-SHARED_FAMILIES = ("gpt2", "llama")
+SHARED_FAMILIES = ("gpt2", "llama", "mistral", "qwen2")
 """``config.model_type`` of the families the shared pass is implemented and tested for."""
 CAUSAL_HEADS = ("ForCausalLM", "LMHeadModel")
-SHARED_KWARGS = frozenset({"use_cache", "output_hidden_states", "num_items_in_batch"})
+SHARED_KWARGS = frozenset({"use_cache", "output_hidden_states", "num_items_in_batch", "logits_to_keep"})
 """Extra forward arguments the shared pass handles; any other one runs the unshared path."""
 CACHE_ARGUMENTS = ("cache", "past_key_values")
 """The name of a model's cache argument: ``cache`` since transformers 5 renamed ``past_key_values``."""
@@ -99,9 +100,12 @@ def dropout_active(model: nn.Module) -> bool:
     return False
 
 
-def call_refusal(model: nn.Module, setting: bool | None, kwargs: dict, token_type_ids: object) -> str | None:
+def call_refusal(
+    model: nn.Module, setting: bool | None, kwargs: dict, token_type_ids: object, labels: object
+) -> str | None:
     """Why this call runs the unshared path, or None when it shares the prompt. ``setting`` is ``attach``'s
-    ``shared_prompt`` (checked); ``kwargs`` the extra forward arguments."""
+    ``shared_prompt`` (checked); ``kwargs`` the extra forward arguments; ``token_type_ids`` and ``labels`` the
+    call's (None when not given)."""
     if setting is False:
         return "shared_prompt=False"
     family = family_refusal(model)
@@ -115,6 +119,11 @@ def call_refusal(model: nn.Module, setting: bool | None, kwargs: dict, token_typ
         return f"the shared pass does not handle the arguments {others}"
     if getattr(config, "output_attentions", False):
         return "the config asks for attention weights, whose prompt rows span fewer keys"
+    keep = kwargs.get("logits_to_keep", 0)
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 0:
+        return "logits_to_keep is not a count of last rows (an index tensor)"
+    if keep and labels is not None:
+        return "logits_to_keep with labels (the loss needs every row's logits)"
     if model.training and any(getattr(module, "gradient_checkpointing", False) for module in model.modules()):
         return "gradient checkpointing drops the KV cache the input tokens read the prompt from"
     return None
@@ -133,7 +142,7 @@ def generate_refusal(model: nn.Module, setting: bool | None, kwargs: dict) -> st
     """Why this ``generate`` call prefills unshared, or None when it starts from the shared prompt's cache:
     :func:`call_refusal`'s reasons, an argument outside :data:`GENERATE_KWARGS`, generation without a KV cache or
     with chunked prefill (which slices ``input_ids``, not the embeddings)."""
-    refusal = call_refusal(model, setting, {}, None)
+    refusal = call_refusal(model, setting, {}, None, None)
     if refusal is not None:
         return refusal
     others = sorted(set(kwargs) - GENERATE_KWARGS)
@@ -163,39 +172,39 @@ def wants_hidden_states(model: nn.Module, kwargs: dict) -> bool:
 @dataclasses.dataclass(frozen=True)
 class PromptPass:
     """The prompt rows' pass at batch 1: their ``logits (1, m, V)``, hidden states (``(1, m, d)`` per layer, None
-    when not asked for) and each layer's ``(keys, values)``, ``(1, heads, m, head_dim)``."""
+    when not asked for) and the layers of the cache it filled (the model's own kinds: a sliding-window layer keeps
+    the last ``window - 1`` keys and counts all ``m``), keys and values ``(1, heads, rows, head_dim)``."""
 
     logits: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None
-    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    layers: tuple[object, ...]
 
     def batch_cache(self, batch: int):
-        """A new ``DynamicCache`` holding each layer's keys and values as ``(batch, ...)`` views (``expand``: no
-        copy; the views are never written in place: the cache concatenates new keys into new tensors)."""
+        """A new ``DynamicCache`` whose layers are copies of the prompt's holding its keys and values as
+        ``(batch, ...)`` views (``expand``: no copy). Neither the views nor the kept layers are written: a cache
+        layer concatenates new keys into new tensors and rebinds its own attributes."""
         from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
 
         cache = DynamicCache()
-        for keys, values in self.layers:
-            layer = DynamicLayer()
-            layer.lazy_initialization(keys, values)
-            layer.keys = keys.expand(batch, -1, -1, -1)
-            layer.values = values.expand(batch, -1, -1, -1)
+        for kept in self.layers:
+            layer = copy.copy(kept)
+            layer.keys = kept.keys.expand(batch, -1, -1, -1)
+            layer.values = kept.values.expand(batch, -1, -1, -1)
             cache.layers.append(layer)
         return cache
 
 
 def prompt_pass(model: nn.Module, embeds: torch.Tensor, position_ids: torch.Tensor, hidden: bool) -> PromptPass:
-    """Run the prompt rows ``embeds (1, m, d)`` at ``position_ids (1, m)`` through ``model`` into a new cache
-    (autograd as the caller's grad mode says)."""
+    """Run the prompt rows ``embeds (1, m, d)`` at ``position_ids (1, m)`` through ``model`` into a new cache of
+    the model's layer kinds (autograd as the caller's grad mode says)."""
     from transformers import DynamicCache
 
     name = cache_argument(model)
     out = model(
         inputs_embeds=embeds, position_ids=position_ids, use_cache=True, output_hidden_states=hidden,
-        **{name: DynamicCache()},
+        **{name: DynamicCache(config=model.config)},
     )  # fmt: skip
-    layers = tuple((layer.keys, layer.values) for layer in getattr(out, name).layers)
+    layers = tuple(getattr(out, name).layers)
     return PromptPass(out.logits, tuple(out.hidden_states) if hidden else None, layers)
 
 
@@ -223,23 +232,33 @@ def shared_forward(
     hidden = wants_hidden_states(model, kwargs)
     use_cache = kwargs.get("use_cache")
     use_cache = getattr(config, "use_cache", True) if use_cache is None else use_cache
+    keep = kwargs.get("logits_to_keep", 0)  # the last `keep` of the m + L rows; 0: all of them
+    input_rows = embeds.shape[1] - num_prompt
     out = model(
         inputs_embeds=embeds[:, num_prompt:],
         attention_mask=mask,
         position_ids=position_ids[:, num_prompt:],
         use_cache=True,  # the input tokens read the prompt from the cache whatever the caller keeps
         output_hidden_states=hidden,
+        logits_to_keep=min(keep, input_rows),
         **{name: prompt.batch_cache(embeds.shape[0])},
     )
     fields = dict(out.items())  # rebuilt, not set: a ModelOutput keeps a field set after construction as no key
-    fields["logits"] = _in_front(prompt.logits, out.logits)
+    kept_prompt_rows = min(num_prompt, keep - input_rows) if keep else num_prompt
+    if kept_prompt_rows > 0:
+        fields["logits"] = _in_front(prompt.logits[:, num_prompt - kept_prompt_rows :], out.logits)
     if hidden:
         fields["hidden_states"] = tuple(
             _in_front(p, h) for p, h in zip(prompt.hidden_states, out.hidden_states, strict=True)
         )
-    if labels is not None:  # over all m + L rows: the last prompt row predicts the first input token
+    if labels is not None:
+        # The last prompt row predicts the first input token; the other prompt rows' labels are -100, so the loss
+        # over the rows from the last prompt row on is the unshared path's over all m + L (same terms, same count),
+        # without the cross-entropy over B * (m - 1) rows that add nothing.
+        rows = _in_front(prompt.logits[:, -1:], out.logits)
         loss_kwargs = {k: v for k, v in kwargs.items() if k == "num_items_in_batch"}
-        fields["loss"] = model.loss_function(fields["logits"], labels, vocab_size=config.vocab_size, **loss_kwargs)
+        fields["loss"] = model.loss_function(rows, labels[:, num_prompt - 1 :], vocab_size=config.vocab_size,
+                                             **loss_kwargs)  # fmt: skip
     if not use_cache:
         fields.pop(name, None)
     return type(out)(**fields)
