@@ -193,8 +193,10 @@ _SHARED_TEXT = (
     "batch 1, their keys and values expanded to the batch as views, the input tokens against them; *unshared* runs "
     "the model on all `B * (m + L)` rows. Both compute the same outputs and gradients. Forced on, the pass also "
     "runs where the base model's dropout is active (GPT-2 in training), the prompt rows then sharing one dropout "
-    "mask. Prefill is one eval forward as `attach` runs it. The gain stays below `L / (m + L)` because the input "
-    "rows still attend over `m + L` keys and the per-step costs outside the model (the fused input op, AdamW) remain."
+    "mask. Prefill is one eval forward as `generate`'s prefill runs it (the next token's logits only), the shared "
+    "path starting from the prompt's cached keys and values. The gain stays below `L / (m + L)` because the input "
+    "rows still attend over `m + L` keys, and per step the costs outside the model remain (the fused input op, "
+    "AdamW) and the training step still returns logits for all `m + L` rows (the prompt's copied to every row)."
 )
 
 
@@ -233,9 +235,10 @@ def render_end_to_end(rows: list[dict]) -> list[str]:
         f"backward, AdamW) and inference, B={first['batch']}, L={first['seq_len']}, {first['dtype']} on "
         f"{first['device']}, methods on the `{first['backend']}` backend at their papers' settings. Wall-clock "
         "medians (20/80 percentiles); *activations* are the bytes autograd saves for backward (weights excluded; "
-        "the CPU has no peak-memory counter); decode is per generated token with the KV cache (greedy; LPT's prompt "
-        "is computed from the input at prefill and stays in the cache); *no cache* is LPT decoding without it, every "
-        "step recomputing the sequence (as it decoded before).",
+        "the CPU has no peak-memory counter); prefill is one eval forward of the batch (on causal LMs the next "
+        "token's logits only, as `generate`'s prefill); decode is per generated token with the KV cache (greedy; "
+        "LPT's prompt is computed from the input at prefill and stays in the cache); *no cache* is LPT decoding "
+        "without it, every step recomputing the sequence (as it decoded before).",
         "",
         "| model | method | trainable params | step ms (p20-p80) | tokens/s | activations MB | prefill ms "
         "| decode ms/token | no cache ms/token | step, activations vs prompt tuning |",

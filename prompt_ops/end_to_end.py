@@ -2,7 +2,8 @@
 
 Per method: a training step (forward, backward, AdamW) timed as wall-clock median and 20/80 percentiles, tokens per
 second, the memory a step holds (with CUDA: peak allocated; everywhere: the activations autograd saves for backward,
-:mod:`prompt_ops.profiling.memory`), and inference latency: the prefill (one eval forward of the batch) and, for
+:mod:`prompt_ops.profiling.memory`), and inference latency: the prefill (one eval forward of the batch; on a
+causal LM with ``logits_to_keep=1``, the next token's logits only, as ``generate``'s prefill runs it) and, for
 models that generate, the time per generated token with the KV cache. Every method decodes with the cache, LPT
 included (its prompt is computed from the input at prefill and stays in the upper layers' cache); for LPT the rows
 also time decoding without it, every step recomputing the sequence (how LPT decoded before), for comparison.
@@ -43,7 +44,7 @@ from prompt_ops.models.inputs import check_length
 from prompt_ops.models.shared_prompt import family_refusal
 from prompt_ops.models.tuned import model_embedding
 from prompt_ops.ops.validation import check_int, check_output_sizes
-from prompt_ops.profiling import cpu_time
+from prompt_ops.profiling import interleaved_time
 from prompt_ops.profiling.memory import saved_activations
 
 METHODS: dict[str, MethodConfig] = {
@@ -138,16 +139,20 @@ def _loss_fn(tuned: nn.Module, kind: str, ids: torch.Tensor, mask: torch.Tensor)
     return encoder_loss
 
 
-def _device_time(fn: Callable[[], object], repeat: int, device: torch.device) -> dict[str, float]:
-    """Median and 20/80 percentiles in seconds: CUDA-synchronised on a GPU, plain wall clock on the CPU."""
-    if device.type != "cuda":
-        return cpu_time(fn, repeat=repeat, warmup=2)
+def _device_times(fns: list[Callable[[], object]], repeat: int, device: torch.device) -> list[dict[str, float]]:
+    """Median and 20/80 percentiles in seconds of each of ``fns``, timed in alternating rounds
+    (:func:`~prompt_ops.profiling.interleaved_time`): CUDA-synchronised on a GPU, plain wall clock on the CPU."""
+    if device.type == "cuda":
+        fns = [_synced(fn, device) for fn in fns]
+    return interleaved_time(fns, repeat=repeat, warmup=2)
 
-    def synced():
+
+def _synced(fn: Callable[[], object], device: torch.device) -> Callable[[], None]:
+    def synced() -> None:
         fn()
         torch.cuda.synchronize(device)
 
-    return cpu_time(synced, repeat=repeat, warmup=2)
+    return synced
 
 
 def measure_method(
@@ -168,7 +173,11 @@ def measure_method(
     modify it)."""
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    return _measure(model, model_name, method, METHODS[method], batch, seq_len, repeat, backend, shared_prompt)
+    if not isinstance(shared_prompt, bool):
+        raise TypeError(
+            f"shared_prompt must be True or False (the row records which path ran), got {type(shared_prompt).__name__}"
+        )
+    return _measure(model, model_name, method, METHODS[method], batch, seq_len, repeat, backend, (shared_prompt,))[0]
 
 
 def measure_paths(
@@ -181,11 +190,13 @@ def measure_paths(
     backend: str | None = None,
 ) -> list[EndToEndRow]:
     """:func:`measure_method` on the unshared path and, where the shared prompt pass applies
-    (:func:`shared_prompt_applies`), on the shared one: one row or two, the unshared first."""
-    row = measure_method(model, model_name, method, batch, seq_len, repeat, backend, shared_prompt=False)
-    if not shared_prompt_applies(model, METHODS[method]):
-        return [row]
-    return [row, measure_method(model, model_name, method, batch, seq_len, repeat, backend, shared_prompt=True)]
+    (:func:`shared_prompt_applies`), on the shared one: one row or two, the unshared first. The two paths' timings
+    interleave (each repeat runs both in turn), so the machine's drift does not read as a difference between them."""
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    config = METHODS[method]
+    paths = (False, True) if shared_prompt_applies(model, config) else (False,)
+    return _measure(model, model_name, method, config, batch, seq_len, repeat, backend, paths)
 
 
 def sweep_shared_prompt(
@@ -198,7 +209,8 @@ def sweep_shared_prompt(
     backend: str | None = None,
 ) -> list[EndToEndRow]:
     """Prompt tuning with each of ``num_tokens`` prompt tokens at each batch size in ``batches``, on the unshared
-    and the shared path (in that order): training step, activations and prefill; no decoding (its fields None).
+    and the shared path (in that order, timed in alternating rounds): training step, activations and prefill; no
+    decoding (its fields None).
     ``model`` must be a causal LM the shared prompt pass covers."""
     for name, values in (("batches", batches), ("num_tokens", num_tokens)):
         if not isinstance(values, tuple) or not values:
@@ -207,7 +219,10 @@ def sweep_shared_prompt(
     if reason is not None:
         raise ValueError(f"model: the shared prompt sweep needs a model the shared pass covers; {reason}")
     return [
-        _measure(
+        row
+        for m in num_tokens
+        for batch in batches
+        for row in _measure(
             model,
             model_name,
             "prompt_tuning",
@@ -216,12 +231,9 @@ def sweep_shared_prompt(
             seq_len,
             repeat,
             backend,
-            shared,
+            (False, True),
             decode=False,
-        )  # fmt: skip
-        for m in num_tokens
-        for batch in batches
-        for shared in (False, True)
+        )
     ]
 
 
@@ -234,18 +246,16 @@ def _measure(
     seq_len: int,
     repeat: int,
     backend: str | None,
-    shared_prompt: bool,
+    paths: tuple[bool, ...],
     decode: bool = True,
-) -> EndToEndRow:
-    """One row: ``config`` (the method named ``method``) attached with ``shared_prompt`` on ``model``; decoding
-    timed only with ``decode`` (and for a model that generates)."""
+) -> list[EndToEndRow]:
+    """One row per prompt pass in ``paths`` (``shared_prompt`` forced to each) of ``config`` (the method named
+    ``method``) attached once to ``model``. The paths' step and prefill timings interleave
+    (:func:`_device_times`); activations and decoding (timed only with ``decode``, for a model that generates) are
+    measured path by path."""
     embedding = model_embedding(model)
     if not isinstance(model_name, str):
         raise TypeError(f"model_name must be a str (the rows' label), got {type(model_name).__name__}")
-    if not isinstance(shared_prompt, bool):
-        raise TypeError(
-            f"shared_prompt must be True or False (the row records which path ran), got {type(shared_prompt).__name__}"
-        )
     batch, seq_len, repeat = (
         check_int("batch", batch, 1),
         check_int("seq_len", seq_len, 1),
@@ -264,7 +274,18 @@ def _measure(
 
     was_training = model.training
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    tuned = attach(model, config, backend=backend, shared_prompt=shared_prompt).train()
+    # shared_prompt=True is refused where the shared pass cannot run; each timed call then sets its own path
+    tuned = attach(model, config, backend=backend, shared_prompt=any(paths)).train()
+
+    def on(path: bool, fn: Callable[[], object]) -> Callable[[], object]:
+        """``fn`` run on the prompt pass ``path``."""
+
+        def run() -> object:
+            tuned.shared_prompt = path
+            return fn()
+
+        return run
+
     try:
         trainable = [p for p in tuned.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=1e-4)
@@ -275,53 +296,69 @@ def _measure(
             loss().backward()
             optimizer.step()
 
-        with saved_activations(exclude=model.parameters()) as saved:
-            loss()
-        peak = None
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            step()
-            peak = torch.cuda.max_memory_allocated(device) / 1e6
-        train = _device_time(step, repeat, device)
+        activations, peaks = [], []
+        for path in paths:
+            with saved_activations(exclude=model.parameters()) as saved:
+                on(path, loss)()
+            activations.append(saved.bytes / 1e6)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                on(path, step)()
+                peaks.append(torch.cuda.max_memory_allocated(device) / 1e6)
+            else:
+                peaks.append(None)
+        trains = _device_times([on(path, step) for path in paths], repeat, device)
 
         tuned.eval()
         with torch.no_grad():
             if kind == "seq2seq":
-                start = torch.zeros(batch, 1, dtype=torch.long, device=device)
-                prefill = _device_time(lambda: tuned(input_ids=ids, attention_mask=mask, decoder_input_ids=start),
-                                       repeat, device)  # fmt: skip
-            else:
-                prefill = _device_time(lambda: tuned(input_ids=ids, attention_mask=mask), repeat, device)
-            cached = _decode_ms_per_token(tuned, kind, ids, mask, device) if decode else None
-            recompute = None
-            if decode and kind == "causal" and isinstance(config, LPTConfig):
-                recompute = _decode_ms_per_token(tuned, kind, ids, mask, device, use_cache=False)
+                extra = {"decoder_input_ids": torch.zeros(batch, 1, dtype=torch.long, device=device)}
+            else:  # a causal LM's prefill, as generate runs it, computes the next token's logits only
+                extra = {"logits_to_keep": 1} if kind == "causal" else {}
+
+            def prefill() -> object:
+                return tuned(input_ids=ids, attention_mask=mask, **extra)
+
+            prefills = _device_times([on(path, prefill) for path in paths], repeat, device)
+            cached, recompute = [], []
+            for path in paths:
+                tuned.shared_prompt = path
+                cached.append(_decode_ms_per_token(tuned, kind, ids, mask, device) if decode else None)
+                lpt_decode = decode and kind == "causal" and isinstance(config, LPTConfig)
+                recompute.append(
+                    _decode_ms_per_token(tuned, kind, ids, mask, device, use_cache=False) if lpt_decode else None
+                )
     finally:
         tuned.unload()
         model.train(was_training)
         for name, p in model.named_parameters():  # attach froze the model
             p.requires_grad_(flags[name])
-    return EndToEndRow(
-        model=model_name,
-        method=method,
-        device=str(device),
-        dtype=str(dtype).removeprefix("torch."),
-        backend=backend,
-        batch=batch,
-        seq_len=seq_len,
-        shared_prompt=shared_prompt,
-        prompt_rows=prompt_rows(config),
-        trainable_params=sum(p.numel() for p in trainable),
-        step_ms=train["median"] * 1e3,
-        step_p20_ms=train["p20"] * 1e3,
-        step_p80_ms=train["p80"] * 1e3,
-        tokens_per_s=batch * seq_len / train["median"],
-        activation_mb=saved.bytes / 1e6,
-        peak_memory_mb=peak,
-        prefill_ms=prefill["median"] * 1e3,
-        decode_ms_per_token=cached,
-        decode_recompute_ms_per_token=recompute,
-    )
+    return [
+        EndToEndRow(
+            model=model_name,
+            method=method,
+            device=str(device),
+            dtype=str(dtype).removeprefix("torch."),
+            backend=backend,
+            batch=batch,
+            seq_len=seq_len,
+            shared_prompt=path,
+            prompt_rows=prompt_rows(config),
+            trainable_params=sum(p.numel() for p in trainable),
+            step_ms=train["median"] * 1e3,
+            step_p20_ms=train["p20"] * 1e3,
+            step_p80_ms=train["p80"] * 1e3,
+            tokens_per_s=batch * seq_len / train["median"],
+            activation_mb=activation,
+            peak_memory_mb=peak,
+            prefill_ms=prefill_time["median"] * 1e3,
+            decode_ms_per_token=decode_ms,
+            decode_recompute_ms_per_token=recompute_ms,
+        )
+        for path, train, activation, peak, prefill_time, decode_ms, recompute_ms in zip(
+            paths, trains, activations, peaks, prefills, cached, recompute, strict=True
+        )
+    ]
 
 
 def _decode_ms_per_token(tuned, kind: str, ids, mask, device, use_cache: bool = True) -> float:

@@ -19,6 +19,7 @@ from bench.report import (
     write_plots,
 )
 from bench.run import README_END, README_START, update_readme
+from prompt_ops import end_to_end
 from prompt_ops.cli import main as cli_main
 from prompt_ops.end_to_end import EndToEndRow, measure_method, measure_paths, sweep_shared_prompt
 from prompt_ops.profiling.memory import saved_activations
@@ -135,12 +136,21 @@ def test_end_to_end_rows():
         measure_method(model, "tiny-gpt2", "dept", 0, 16)
 
 
-def test_measure_paths_adds_the_shared_row_where_the_pass_applies():
-    """DePT on a causal GPT-2: the unshared row, then the shared one (same trainable parameters); LPT (its prompt
-    depends on the input) and an encoder get the unshared row only. The model is left as it was."""
+def test_measure_paths_adds_the_shared_row_where_the_pass_applies(monkeypatch):
+    """DePT on a causal GPT-2: the unshared row, then the shared one (same trainable parameters), their step and
+    prefill timed in alternating rounds; LPT (its prompt depends on the input) and an encoder get the unshared row
+    only. The model is left as it was."""
     model = tiny("gpt2")
     before = model(input_ids=torch.arange(10)[None]).logits
+    timed, real = [], end_to_end.interleaved_time
+
+    def interleaved(fns, repeat, warmup):
+        timed.append(len(fns))
+        return real(fns, repeat, warmup)
+
+    monkeypatch.setattr(end_to_end, "interleaved_time", interleaved)
     unshared, shared = measure_paths(model, "tiny-gpt2", "dept", 1, 4, repeat=2)
+    assert timed == [2, 2]  # the training step, then the prefill: both paths in each round
     assert torch.equal(model(input_ids=torch.arange(10)[None]).logits, before)
     assert (unshared.shared_prompt, shared.shared_prompt) == (False, True)
     assert unshared.trainable_params == shared.trainable_params and shared.prompt_rows == 60
