@@ -1,7 +1,8 @@
 """``prompt-ops``: the command line. ``prompt-ops bench --model <preset or folder> --methods dept,lpt ...`` measures
 prompt-tuning methods end to end on your model (:mod:`prompt_ops.end_to_end`) and prints a table: by default each
-method on the unshared prompt path and, where the shared prompt pass applies (causal GPT-2 and LLaMA models, every
-method but LPT), on the shared one too, with the shared row's step and prefill time as a fraction of the unshared."""
+method on the unshared prompt path and, where the shared prompt pass applies (causal GPT-2, LLaMA, Mistral and
+Qwen2 models, every method but LPT), on the shared one too, with the shared row's step and prefill time as a
+fraction of the unshared."""
 
 from __future__ import annotations
 

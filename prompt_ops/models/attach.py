@@ -16,9 +16,9 @@ What PEFT's prompt tuning does, on our fused ops (reference/methods.md §0.3, §
   drops them). RoBERTa numbers from ``padding_idx + 1``, and so do these;
 - encoder-decoder models (T5): the prompt goes on the encoder side only; ``decoder_input_ids``,
   ``decoder_attention_mask`` and ``labels`` pass through unchanged;
-- decoder-only GPT-2 and LLaMA run the prompt rows once per call, not once per row (the shared prompt pass,
-  :mod:`prompt_ops.models.shared_prompt`), with the same outputs: ``attach(..., shared_prompt=None)`` turns it on
-  when no dropout acts in the base model, ``True`` forces it, ``False`` turns it off.
+- decoder-only GPT-2, LLaMA, Mistral and Qwen2 run the prompt rows once per call, not once per row (the shared
+  prompt pass, :mod:`prompt_ops.models.shared_prompt`), with the same outputs: ``attach(..., shared_prompt=None)``
+  turns it on when no dropout acts in the base model, ``True`` forces it, ``False`` turns it off.
 """
 
 from __future__ import annotations
@@ -90,11 +90,11 @@ class PromptTunedModel(TunedModel):
     """A frozen Hugging Face model behind a prompt-tuning method. Only ``prompt_module``'s parameters train.
 
     The config is checked and the module built before the model is touched: a refused config leaves it as it was.
-    ``shared_prompt``: the shared prompt pass (:mod:`prompt_ops.models.shared_prompt`) for decoder-only GPT-2 and
-    LLaMA; None (auto) runs it on each call where no dropout acts in the base model, True forces it (with dropout
-    active, the prompt rows then share one dropout mask across the batch), False turns it off. Calls it does not
-    cover run the unshared path, saying why at debug level. Without grad and dropout (eval forward, ``generate``)
-    the prompt's pass is computed once per adapter state and kept in ``prompt_cache``
+    ``shared_prompt``: the shared prompt pass (:mod:`prompt_ops.models.shared_prompt`) for decoder-only GPT-2,
+    LLaMA, Mistral and Qwen2; None (auto) runs it on each call where no dropout acts in the base model, True forces
+    it (with dropout active, the prompt rows then share one dropout mask across the batch), False turns it off.
+    Calls it does not cover run the unshared path, saying why at debug level. Without grad and dropout (eval
+    forward, ``generate``) the prompt's pass is computed once per adapter state and kept in ``prompt_cache``
     (:mod:`prompt_ops.models.prompt_cache`: rebuilt after any change to a parameter, never served stale).
     """
 

@@ -12,9 +12,10 @@ values of the unshared path. This is exact whenever nothing random acts on the p
 the base model, the prompt rows share one dropout mask across the batch (which is why auto mode turns the pass off
 then).
 
-Supported families (:data:`SHARED_FAMILIES`, by ``config.model_type``): GPT-2 and LLaMA, whose forward takes a
-``Cache`` and ``position_ids``. Everything else, and any call the pass does not cover (:func:`call_refusal`), runs
-the unshared path.
+Supported families (:data:`SHARED_FAMILIES`, by ``config.model_type``): GPT-2, LLaMA, Mistral and Qwen2, whose
+forward takes a ``Cache`` and ``position_ids``. The prompt's cache has the model's own layer kinds (a sliding-window
+layer keeps its last ``window - 1`` keys), so the returned cache is the unshared path's. Everything else, and any
+call the pass does not cover (:func:`call_refusal`), runs the unshared path.
 """
 
 from __future__ import annotations
