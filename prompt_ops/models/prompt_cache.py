@@ -10,7 +10,8 @@ its own mask), and never served stale. How a change is detected, on each call:
   reference, so a replaced parameter is a miss even where its id and memory are reused), its ``_version`` counter
   (bumped by every in-place write: an optimizer step, ``load_state_dict``'s ``copy_``, ``torch.no_grad`` edits), its
   data pointer, dtype, device, shape and strides (``module.to(...)``, ``param.data = ...``);
-- every module's training flag, and the base model's attention implementation;
+- every module's training flag, the base model's attention implementation, and autocast (on or off, and its
+  dtype, for the model's device: a pass kept under autocast holds its keys and values in that precision);
 - the adapter's parameters by content as well: in-place writes through ``param.data`` bump no version counter, so
   the cache keeps a copy of the adapter (kilobytes) and compares it, one device sync per call.
 
@@ -41,7 +42,9 @@ def state_key(tuned: nn.Module) -> tuple:
     tensors = [*tuned.parameters(), *tuned.buffers()]
     modes = tuple(module.training for module in tuned.modules())
     attention = getattr(getattr(tuned.base_model, "config", None), "_attn_implementation", None)
-    return tuple(_tensor_key(tensor) for tensor in tensors), modes, attention
+    device = tensors[0].device.type
+    autocast = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+    return tuple(_tensor_key(tensor) for tensor in tensors), modes, attention, autocast
 
 
 def _same_key(kept: tuple, now: tuple) -> bool:

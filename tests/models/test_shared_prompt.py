@@ -350,6 +350,27 @@ def test_the_cache_is_rebuilt_after_loading_another_adapter(change, tmp_path):
     assert_rebuilt(tuned, ids, mask, before)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_the_cache_is_rebuilt_when_autocast_is_turned_on_or_off(family):
+    """A prompt pass kept under autocast holds bf16 keys and values: served outside it (or a plain one served under
+    it) the logits would mix precisions and dtypes, unlike the unshared path's."""
+    tuned = eval_tuned(family, "dept")
+    ids, mask, _ = padded_batch("left")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        tuned(input_ids=ids, attention_mask=mask)
+        want = unshared_logits(tuned, ids, mask)
+        got = tuned(input_ids=ids, attention_mask=mask).logits
+    assert tuned.prompt_cache.builds == 1 and got.dtype == want.dtype == torch.bfloat16
+    want = unshared_logits(tuned, ids, mask)
+    with torch.no_grad():
+        got = tuned(input_ids=ids, attention_mask=mask).logits
+    assert tuned.prompt_cache.builds == 2 and got.dtype == want.dtype == torch.float32
+    assert relative(got, want) <= TOLERANCE
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = tuned(input_ids=ids, attention_mask=mask).logits
+    assert tuned.prompt_cache.builds == 3 and got.dtype == torch.bfloat16
+
+
 def test_the_cache_is_never_used_under_grad_nor_while_dropout_acts():
     tuned = attach(decoder("gpt2", 0.1), CONFIGS["prompt_tuning"], shared_prompt=True).eval()
     ids, mask, _ = padded_batch("left")
