@@ -66,6 +66,8 @@ def family_refusal(model: nn.Module) -> str | None:
         return f"the shared prompt pass supports the model types {SHARED_FAMILIES}, not {model_type!r}"
     if cache_argument(model) is None or "position_ids" not in inspect.signature(model.forward).parameters:
         return f"{name}'s forward takes no KV cache or no position_ids"
+    if getattr(config, "sliding_window", None) == 1:  # the cache keeps its last window - 1 keys as [-0:]: all of them
+        return "a sliding window of 1 key, whose cache layer keeps every key instead of none"
     return None
 
 

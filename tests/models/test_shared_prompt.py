@@ -217,6 +217,24 @@ def test_gradient_checkpointing_in_training_falls_back(caplog):
     assert calls == [3] and "gradient checkpointing" in caplog.text
 
 
+def test_a_sliding_window_of_one_key_falls_back(caplog):
+    """transformers' sliding-window cache keeps the last ``window - 1`` keys as ``[-(window - 1):]``, which at a
+    window of 1 keeps every key: the input tokens' mask would not fit the prompt's cache."""
+    model = decoder("mistral")
+    model.config.sliding_window = 1
+    tuned = attach(model, CONFIGS["dept"], backend="torch")
+    move_off_init(tuned)
+    calls = batch_calls(tuned.base_model)
+    ids, mask, labels = padded_batch("left")
+    want, want_grads = run(tuned, False, ids, mask, labels)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        got, got_grads = run(tuned, None, ids, mask, labels)
+    assert calls == [3, 3] and "sliding window of 1" in caplog.text
+    assert torch.equal(got.logits, want.logits)
+    for name, grad in want_grads.items():
+        assert torch.equal(got_grads[name], grad), name
+
+
 # The prompt cache (eval forward and generate reuse one prompt pass per adapter state)
 
 GREEDY = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0, "eos_token_id": None}
