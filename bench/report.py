@@ -109,6 +109,7 @@ def render_readme(payload: dict) -> str:
         f"{PLOTS['hidden']})",
     ]
     lines += render_end_to_end(payload.get("end_to_end", []))
+    lines += render_shared_prompt_sweep(payload.get("shared_prompt_sweep", []))
     lines += _folding_table(payload.get("folding", []))
     lines += _compile_table(payload.get("compile", []))
     return "\n".join(lines) + "\n"
@@ -134,6 +135,7 @@ def render_full(payload: dict) -> str:
             f"| {_ms(r['h100_us'])} | {cpu} | {correct} | {r['note']} |"
         )
     lines += render_end_to_end(payload.get("end_to_end", []))
+    lines += render_shared_prompt_sweep(payload.get("shared_prompt_sweep", []))
     return "\n".join(lines) + "\n"
 
 
@@ -143,7 +145,87 @@ def decode_cells(row: dict) -> tuple[str, str]:
     return ("-" if cached is None else f"{cached:.2f}"), ("-" if recompute is None else f"{recompute:.2f}")
 
 
+def unshared(rows: list[dict]) -> list[dict]:
+    """The rows on the unshared prompt path (rows written before the shared prompt pass have no such field)."""
+    return [r for r in rows if not r.get("shared_prompt", False)]
+
+
+PAIR_KEYS = ("model", "method", "device", "dtype", "backend", "batch", "seq_len", "prompt_rows")
+
+
+def shared_pairs(rows: list[dict]) -> list[tuple[dict, dict]]:
+    """``(unshared, shared)`` rows of the same measurement (:data:`PAIR_KEYS`), in the shared rows' order."""
+    pairs = []
+    for shared in rows:
+        if shared.get("shared_prompt", False):
+            match = _one(unshared(rows), **{k: shared[k] for k in PAIR_KEYS})
+            if match is not None:
+                pairs.append((match, shared))
+    return pairs
+
+
+def _ratio(shared: float, base: float) -> str:
+    return f"{shared / base:.2f}x"
+
+
+def _pairs_table(pairs: list[tuple[dict, dict]]) -> list[str]:
+    lines = [
+        "| model | method | B | m | L | step ms unshared / shared | step shared / unshared | prefill ms unshared / "
+        "shared | prefill shared / unshared | L / (m + L) | activations MB unshared / shared | activations shared / "
+        "unshared |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for base, shared in pairs:
+        rows, length = base["prompt_rows"], base["seq_len"]
+        lines.append(
+            f"| {base['model']} | {base['method']} | {base['batch']} | {rows} | {length} "
+            f"| {base['step_ms']:.0f} / {shared['step_ms']:.0f} | {_ratio(shared['step_ms'], base['step_ms'])} "
+            f"| {base['prefill_ms']:.1f} / {shared['prefill_ms']:.1f} "
+            f"| {_ratio(shared['prefill_ms'], base['prefill_ms'])} | {length / (rows + length):.2f} "
+            f"| {base['activation_mb']:.1f} / {shared['activation_mb']:.1f} "
+            f"| {_ratio(shared['activation_mb'], base['activation_mb'])} |"
+        )
+    return lines
+
+
+_SHARED_TEXT = (
+    "*Shared* runs the shared prompt pass (`attach(..., shared_prompt=True)`): the prompt rows once per call at "
+    "batch 1, their keys and values expanded to the batch as views, the input tokens against them; *unshared* runs "
+    "the model on all `B * (m + L)` rows. Both compute the same outputs and gradients. Forced on, the pass also "
+    "runs where the base model's dropout is active (GPT-2 in training), the prompt rows then sharing one dropout "
+    "mask. Prefill is one eval forward as `generate`'s prefill runs it (the next token's logits only), the shared "
+    "path starting from the prompt's cached keys and values. The gain stays below `L / (m + L)` because the input "
+    "rows still attend over `m + L` keys, and per step the costs outside the model remain (the fused input op, "
+    "AdamW) and the training step still returns logits for all `m + L` rows (the prompt's copied to every row)."
+)
+
+
+def render_shared_prompt(rows: list[dict]) -> list[str]:
+    """The shared vs unshared prompt pass of each method measured both ways; nothing when none was."""
+    pairs = shared_pairs(rows)
+    if not pairs:
+        return []
+    return ["", f"Shared vs unshared prompt pass, end to end. {_SHARED_TEXT}", "", *_pairs_table(pairs)]
+
+
+def render_shared_prompt_sweep(rows: list[dict]) -> list[str]:
+    """The sweep of :func:`prompt_ops.end_to_end.sweep_shared_prompt`; nothing without rows."""
+    pairs = shared_pairs(rows)
+    if not pairs:
+        return []
+    return [
+        "",
+        "Shared vs unshared prompt pass, prompt tuning over batch size B and prompt length m "
+        f"(`prompt_ops.end_to_end.sweep_shared_prompt`, no decoding). {_SHARED_TEXT}",
+        "",
+        *_pairs_table(pairs),
+    ]
+
+
 def render_end_to_end(rows: list[dict]) -> list[str]:
+    """The end-to-end table of the unshared rows, then the shared vs unshared comparison where measured."""
+    measured = rows
+    rows = unshared(rows)
     if not rows:
         return []
     first = rows[0]
@@ -153,9 +235,10 @@ def render_end_to_end(rows: list[dict]) -> list[str]:
         f"backward, AdamW) and inference, B={first['batch']}, L={first['seq_len']}, {first['dtype']} on "
         f"{first['device']}, methods on the `{first['backend']}` backend at their papers' settings. Wall-clock "
         "medians (20/80 percentiles); *activations* are the bytes autograd saves for backward (weights excluded; "
-        "the CPU has no peak-memory counter); decode is per generated token with the KV cache (greedy; LPT's prompt "
-        "is computed from the input at prefill and stays in the cache); *no cache* is LPT decoding without it, every "
-        "step recomputing the sequence (as it decoded before).",
+        "the CPU has no peak-memory counter); prefill is one eval forward of the batch (on causal LMs the next "
+        "token's logits only, as `generate`'s prefill); decode is per generated token with the KV cache (greedy; "
+        "LPT's prompt is computed from the input at prefill and stays in the cache); *no cache* is LPT decoding "
+        "without it, every step recomputing the sequence (as it decoded before).",
         "",
         "| model | method | trainable params | step ms (p20-p80) | tokens/s | activations MB | prefill ms "
         "| decode ms/token | no cache ms/token | step, activations vs prompt tuning |",
@@ -173,7 +256,7 @@ def render_end_to_end(rows: list[dict]) -> list[str]:
             f"| {r['prefill_ms']:.1f} | {decode} | {recompute} | {versus} |"
         )
     lines += ["", f"![end to end](bench/results/{PLOTS['end_to_end']})"]
-    return lines
+    return lines + render_shared_prompt(measured)
 
 
 def _folding_table(rows: list[dict]) -> list[str]:
@@ -267,7 +350,7 @@ def write_plots(payload: dict, folder: Path) -> list[Path]:
     sweep("full", COUNTED, lambda r: r["h100_us"], "H100 us (projection)", "hidden", x="hidden",
           fixed={"batch": ref["batch"], "seq_len": ref["seq_len"]})  # fmt: skip
 
-    end_to_end = payload.get("end_to_end", [])
+    end_to_end = unshared(payload.get("end_to_end", []))
     if end_to_end:
         models = list(dict.fromkeys(r["model"] for r in end_to_end))
         figure, axes = plt.subplots(2, len(models), figsize=(4.0 * len(models), 5.5), squeeze=False)

@@ -3,15 +3,17 @@
 - Op level, every op family, providers naive / compiled / torch / triton, modes forward / backward / full, over a
   batch sweep, a length sweep and a hidden-size sweep (d = 768, 1024, 4096): exact launches and bytes, the ideal
   bytes, the labelled H100 projection, CPU wall time of the providers that run on a CPU (:mod:`bench.measure`).
-- End to end, every method on the real all-MiniLM-L6-v2 and small random GPT-2 and T5 models: training step,
-  activations, prefill and decode (:mod:`prompt_ops.end_to_end`).
+- End to end, every method on the real all-MiniLM-L6-v2 and small random GPT-2, LLaMA and T5 models: training step,
+  activations, prefill and decode (:mod:`prompt_ops.end_to_end`), on the causal LMs for every method but LPT both
+  with and without the shared prompt pass, and a sweep of the two paths for prompt tuning over batch size and prompt
+  length on GPT-2 (:func:`prompt_ops.end_to_end.sweep_shared_prompt`).
 - ADePT folding, and the sm_90 compile stats of every shipped kernel config.
 
 Writes ``bench/results/ops.json`` (rows keyed by op/method, provider, mode, shape, device, with the versions and
-git commit), ``ops.csv``, ``end_to_end.csv``, ``ops.md`` and the PNG plots, prints a summary, and with
-``--update-readme`` rewrites README's benchmark section (:func:`bench.report.render_readme`): nothing in README is
-typed by hand. Run with ``TRITON_INTERPRET=1`` on a CPU machine (the Makefile sets it): fused kernels run in the
-interpreter only to be counted, never timed.
+git commit), ``ops.csv``, ``end_to_end.csv``, ``shared_prompt_sweep.csv``, ``ops.md`` and the PNG plots, prints a
+summary, and with ``--update-readme`` rewrites README's benchmark section (:func:`bench.report.render_readme`):
+nothing in README is typed by hand. Run with ``TRITON_INTERPRET=1`` on a CPU machine (the Makefile sets it): fused
+kernels run in the interpreter only to be counted, never timed.
 """
 
 from __future__ import annotations
@@ -102,7 +104,10 @@ def op_shapes(quick: bool = False):
 
 
 END_TO_END_MODELS = {"minilm": "all-MiniLM-L6-v2", "gpt2-small-random": "GPT-2 (small, random)",
+                     "llama-small-random": "LLaMA (small, random)",
                      "t5-small-random": "T5 (small, random)"}  # fmt: skip
+SWEEP_MODEL = "gpt2-small-random"
+"""The preset of the shared prompt sweep (prompt tuning, B in 1, 8, 32 and m in 20, 100, L=128)."""
 
 
 def _write_csv(path: Path, rows: list[dict], environment: dict) -> None:
@@ -143,12 +148,13 @@ def print_summary(payload: dict) -> None:
     console.print(table)
     if payload["end_to_end"]:
         e2e = Table(title="end to end (CPU): training step and inference")
-        columns = ("model", "method", "trainable", "step ms", "activations MB", "prefill ms", "decode ms/token",
-                   "no cache ms/token")  # fmt: skip
+        columns = ("model", "method", "prompt pass", "trainable", "step ms", "activations MB", "prefill ms",
+                   "decode ms/token", "no cache ms/token")  # fmt: skip
         for column in columns:
             e2e.add_column(column)
         for r in payload["end_to_end"]:
-            e2e.add_row(r["model"], r["method"], f"{r['trainable_params']:,d}", f"{r['step_ms']:.0f}",
+            e2e.add_row(r["model"], r["method"], "shared" if r["shared_prompt"] else "unshared",
+                        f"{r['trainable_params']:,d}", f"{r['step_ms']:.0f}",
                         f"{r['activation_mb']:.1f}", f"{r['prefill_ms']:.1f}", *decode_cells(r))  # fmt: skip
         console.print(e2e)
 
@@ -178,16 +184,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.measure import DEFAULT_RANKS, EmbedShape, measure_case, measure_folding
     from bench.report import render_full, render_readme, write_plots
-    from prompt_ops.end_to_end import METHODS, measure_method
+    from prompt_ops.end_to_end import METHODS, SWEEP_BATCHES, SWEEP_PROMPT_TOKENS, measure_paths, sweep_shared_prompt
     from prompt_ops.models.presets import load_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # with CUDA the kernels run compiled and are timed
     shapes = op_shapes(args.quick)
     cases = [(op, dataclasses.replace(shape, rank=rank)) for shape in shapes for op, rank in DEFAULT_RANKS.items()]
     models = {} if args.quick else END_TO_END_MODELS
-    rows, folding, end_to_end = [], [], []
+    rows, folding, end_to_end, sweep = [], [], [], []
     with Progress() as progress:
-        total = len(cases) + 3 + len(models) * len(METHODS) + 1
+        sweeps = 0 if args.quick else len(SWEEP_PROMPT_TOKENS) * len(SWEEP_BATCHES)
+        total = len(cases) + 3 + len(models) * len(METHODS) + sweeps + 1
         task = progress.add_task("measuring", total=total)
         for op, shape in cases:
             progress.update(task, description=f"{op} B={shape.batch} L={shape.seq_len} d={shape.hidden}")
@@ -202,8 +209,17 @@ def main(argv: list[str] | None = None) -> int:
             model = load_model(preset).to(device)
             for method in METHODS:
                 progress.update(task, description=f"end to end: {method} on {name}")
-                end_to_end.append(dataclasses.asdict(measure_method(model, name, method, repeat=args.repeat)))
+                end_to_end += [dataclasses.asdict(r) for r in measure_paths(model, name, method, repeat=args.repeat)]
                 progress.advance(task)
+        if sweeps:
+            model = load_model(SWEEP_MODEL).to(device)
+            for m in SWEEP_PROMPT_TOKENS:
+                for batch in SWEEP_BATCHES:
+                    progress.update(task, description=f"shared prompt sweep: m={m}, B={batch}")
+                    found = sweep_shared_prompt(model, END_TO_END_MODELS[SWEEP_MODEL], (batch,), (m,),
+                                                repeat=args.repeat)  # fmt: skip
+                    sweep += [dataclasses.asdict(r) for r in found]
+                    progress.advance(task)
         progress.update(task, description="sm_90 compile stats")
         stats = compile_stats()
         progress.advance(task)
@@ -217,16 +233,19 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "folding": folding,
         "end_to_end": end_to_end,
+        "shared_prompt_sweep": sweep,
         "compile": stats,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ops.json").write_text(json.dumps(payload, indent=2) + "\n")
     _write_csv(args.out / "ops.csv", rows, payload["environment"])
     _write_csv(args.out / "end_to_end.csv", end_to_end, payload["environment"])
+    _write_csv(args.out / "shared_prompt_sweep.csv", sweep, payload["environment"])
     (args.out / "ops.md").write_text(render_full(payload))
     written = write_plots(payload, args.out)
     print_summary(payload)
-    print(f"results: {args.out / 'ops.json'}, ops.csv, end_to_end.csv, ops.md, {len(written)} plots")
+    print(f"results: {args.out / 'ops.json'}, ops.csv, end_to_end.csv, shared_prompt_sweep.csv, ops.md, "
+          f"{len(written)} plots")  # fmt: skip
     if args.update_readme:
         update_readme(render_readme(payload))
         print(f"updated {README}")

@@ -1,5 +1,8 @@
 """``prompt-ops``: the command line. ``prompt-ops bench --model <preset or folder> --methods dept,lpt ...`` measures
-prompt-tuning methods end to end on your model (:mod:`prompt_ops.end_to_end`) and prints a table."""
+prompt-tuning methods end to end on your model (:mod:`prompt_ops.end_to_end`) and prints a table: by default each
+method on the unshared prompt path and, where the shared prompt pass applies (causal GPT-2, LLaMA, Mistral and
+Qwen2 models, every method but LPT), on the shared one too, with the shared row's step and prefill time as a
+fraction of the unshared."""
 
 from __future__ import annotations
 
@@ -27,6 +30,10 @@ def _positive(text: str) -> int:
     return value
 
 
+PROMPT_PASSES = {"both": None, "unshared": False, "shared": True}
+"""``--prompt-pass``: measure_paths (None) or measure_method with shared_prompt forced off or on."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from prompt_ops.end_to_end import DTYPES, METHODS
     from prompt_ops.models.presets import PRESETS
@@ -43,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     bench.add_argument("--backend", choices=["triton", "torch"], default=None,
                        help="the methods' backend (default: triton on CUDA, torch elsewhere)")  # fmt: skip
+    bench.add_argument("--prompt-pass", choices=sorted(PROMPT_PASSES), default="both",
+                       help="both: unshared, and shared where it applies; shared: refused where not")  # fmt: skip
     bench.add_argument("--repeat", type=int, default=5, help="timed training steps per method (>= 2)")
     bench.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     return parser
@@ -54,7 +63,7 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
     from rich.progress import Progress
     from rich.table import Table
 
-    from prompt_ops.end_to_end import DTYPES, measure_method
+    from prompt_ops.end_to_end import DTYPES, measure_method, measure_paths
     from prompt_ops.models.presets import load_model
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -64,26 +73,37 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
         task = progress.add_task("measuring", total=len(args.methods))
         for method in args.methods:
             progress.update(task, description=f"{method} on {args.model}")
-            row = measure_method(model, args.model, method, args.batch, args.seq_len, args.repeat, args.backend)
-            rows.append(dataclasses.asdict(row))
+            measure = (args.model, method, args.batch, args.seq_len, args.repeat, args.backend)
+            shared = PROMPT_PASSES[args.prompt_pass]
+            found = measure_paths(model, *measure) if shared is None else [measure_method(model, *measure, shared)]
+            rows += [dataclasses.asdict(row) for row in found]
             progress.advance(task)
     table = Table(title=f"{args.model}: B={args.batch}, L={args.seq_len}, {args.dtype} on {device}")
-    columns = ("method", "trainable", "step ms (p20-p80)", "tokens/s", "activations MB", "peak MB", "prefill ms",
-               "decode ms/token")  # fmt: skip
+    columns = ("method", "prompt pass", "trainable", "step ms (p20-p80)", "tokens/s", "activations MB", "peak MB",
+               "prefill ms", "decode ms/token", "step, prefill vs unshared")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="left" if column == "method" else "right")
     for r in rows:
         table.add_row(
-            r["method"], f"{r['trainable_params']:,d}",
+            r["method"], "shared" if r["shared_prompt"] else "unshared", f"{r['trainable_params']:,d}",
             f"{r['step_ms']:.1f} ({r['step_p20_ms']:.1f}-{r['step_p80_ms']:.1f})", f"{r['tokens_per_s']:.0f}",
             f"{r['activation_mb']:.1f}", "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.1f}",
             f"{r['prefill_ms']:.1f}", "-" if r["decode_ms_per_token"] is None else f"{r['decode_ms_per_token']:.2f}",
+            _versus_unshared(r, rows),
         )  # fmt: skip
     Console().print(table)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
     return rows
+
+
+def _versus_unshared(row: dict, rows: list[dict]) -> str:
+    """A shared row's step and prefill time over its method's unshared row's, ``"-"`` for any other row."""
+    base = next((r for r in rows if r["method"] == row["method"] and not r["shared_prompt"]), None)
+    if not row["shared_prompt"] or base is None:
+        return "-"
+    return f"{row['step_ms'] / base['step_ms']:.2f}x, {row['prefill_ms'] / base['prefill_ms']:.2f}x"
 
 
 def _check_bench_args(args: argparse.Namespace) -> None:

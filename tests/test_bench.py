@@ -10,10 +10,18 @@ import torch
 
 from bench import measure as bench_measure
 from bench.measure import BUDGETS, FAMILIES, EmbedShape, measure_case, measure_folding
-from bench.report import PLOTS, render_end_to_end, render_full, render_readme, write_plots
+from bench.report import (
+    PLOTS,
+    render_end_to_end,
+    render_full,
+    render_readme,
+    render_shared_prompt_sweep,
+    write_plots,
+)
 from bench.run import README_END, README_START, update_readme
+from prompt_ops import end_to_end
 from prompt_ops.cli import main as cli_main
-from prompt_ops.end_to_end import measure_method
+from prompt_ops.end_to_end import EndToEndRow, measure_method, measure_paths, sweep_shared_prompt
 from prompt_ops.profiling.memory import saved_activations
 from tests.conftest import INTERPRET
 
@@ -89,6 +97,10 @@ def tiny(family: str = "bert"):
     if family == "gpt2":
         config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=4, n_head=2)
         return transformers.GPT2LMHeadModel(config).eval()
+    if family == "llama":
+        config = transformers.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
+        return transformers.LlamaForCausalLM(config).eval()
     config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
                                      intermediate_size=64, max_position_embeddings=160)  # fmt: skip
     return transformers.BertModel(config).eval()
@@ -107,6 +119,7 @@ def test_end_to_end_rows():
     rows = {m: measure_method(model, "tiny-gpt2", m, 2, 16, repeat=2) for m in ("prompt_tuning", "dept", "lpt")}
     assert torch.equal(model(input_ids=torch.arange(10)[None]).logits, before)
     assert rows["prompt_tuning"].trainable_params == 100 * 32
+    assert [(r.shared_prompt, r.prompt_rows) for r in rows.values()] == [(False, 100), (False, 60), (False, 0)]
     assert rows["lpt"].trainable_params == 32 * 128 + 128 + 128 * 5 * 32 + 5 * 32
     assert 0 < rows["lpt"].activation_mb < rows["prompt_tuning"].activation_mb
     assert all(r.step_ms > 0 and r.prefill_ms > 0 and r.decode_ms_per_token > 0 for r in rows.values())
@@ -121,6 +134,105 @@ def test_end_to_end_rows():
         measure_method(model, "tiny-gpt2", "lora", 2, 16)
     with pytest.raises(ValueError, match="batch must be an int >= 1"):
         measure_method(model, "tiny-gpt2", "dept", 0, 16)
+
+
+def test_measure_paths_adds_the_shared_row_where_the_pass_applies(monkeypatch):
+    """DePT on a causal GPT-2: the unshared row, then the shared one (same trainable parameters), their step and
+    prefill timed in alternating rounds; LPT (its prompt depends on the input) and an encoder get the unshared row
+    only. The model is left as it was."""
+    model = tiny("gpt2")
+    before = model(input_ids=torch.arange(10)[None]).logits
+    timed, real = [], end_to_end.interleaved_time
+
+    def interleaved(fns, repeat, warmup):
+        timed.append(len(fns))
+        return real(fns, repeat, warmup)
+
+    monkeypatch.setattr(end_to_end, "interleaved_time", interleaved)
+    unshared, shared = measure_paths(model, "tiny-gpt2", "dept", 1, 4, repeat=2)
+    assert timed == [2, 2]  # the training step, then the prefill: both paths in each round
+    assert torch.equal(model(input_ids=torch.arange(10)[None]).logits, before)
+    assert (unshared.shared_prompt, shared.shared_prompt) == (False, True)
+    assert unshared.trainable_params == shared.trainable_params and shared.prompt_rows == 60
+    assert shared.step_ms > 0 and shared.prefill_ms > 0 and shared.decode_ms_per_token > 0
+    (lpt,) = measure_paths(tiny("bert"), "tiny-bert", "lpt", 1, 4, repeat=2)
+    assert lpt.shared_prompt is False
+
+
+def test_sweep_shared_prompt_rows():
+    """Prompt tuning on LLaMA at each (m, B), unshared then shared, no decoding. The shared pass runs the prompt at
+    batch 1, so at B = 2 autograd keeps fewer activations than the unshared path: the rows ran the path they say."""
+    rows = sweep_shared_prompt(tiny("llama"), "tiny-llama", batches=(1, 2), num_tokens=(20,), seq_len=4, repeat=2)
+    assert [(r.prompt_rows, r.batch, r.shared_prompt) for r in rows] == [
+        (20, 1, False), (20, 1, True), (20, 2, False), (20, 2, True)
+    ]  # fmt: skip
+    assert all(r.method == "prompt_tuning" and r.trainable_params == 20 * 32 for r in rows)
+    assert all(r.decode_ms_per_token is None and r.step_ms > 0 and r.prefill_ms > 0 for r in rows)
+    assert rows[3].activation_mb < rows[2].activation_mb
+
+
+@pytest.mark.parametrize(
+    "call, error, pattern",
+    [
+        (lambda: measure_method(tiny(), "x", "dept", 1, 4, shared_prompt=True), ValueError, "BertModel is not a"),
+        (lambda: measure_method(tiny("gpt2"), "x", "lpt", 1, 4, shared_prompt=True), ValueError, "depends on the"),
+        (lambda: measure_method(tiny("gpt2"), "x", "dept", 1, 4, shared_prompt=None), TypeError, "True or False"),
+        (lambda: sweep_shared_prompt(tiny(), "x"), ValueError, "sweep needs a model the shared pass covers"),
+        (lambda: sweep_shared_prompt(tiny("gpt2"), "x", batches=[1]), TypeError, "batches must be a non-empty"),
+        (lambda: sweep_shared_prompt(tiny("gpt2"), "x", num_tokens=(0,)), ValueError, "num_tokens must be an int"),
+    ],
+)
+def test_shared_prompt_refusals(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
+
+
+def synthetic_row(method: str, shared: bool, step_ms: float, prefill_ms: float, activation_mb: float, batch: int = 8,
+                  prompt_rows: int = 100) -> dict:  # fmt: skip
+    return dataclasses.asdict(
+        EndToEndRow(
+            model="gpt2",
+            method=method,
+            device="cpu",
+            dtype="float32",
+            backend="torch",
+            batch=batch,
+            seq_len=128,
+            shared_prompt=shared,
+            prompt_rows=prompt_rows,
+            trainable_params=25600,
+            step_ms=step_ms,
+            step_p20_ms=step_ms,
+            step_p80_ms=step_ms,
+            tokens_per_s=1.0,
+            activation_mb=activation_mb,
+            peak_memory_mb=None,
+            prefill_ms=prefill_ms,
+            decode_ms_per_token=1.0,
+            decode_recompute_ms_per_token=None,
+        )  # fmt: skip
+    )
+
+
+def test_report_shows_both_prompt_passes_and_their_ratio():
+    """The main table keeps the unshared rows (compared with unshared prompt tuning); the shared rows go to their
+    own table beside their unshared row, with the ratios and L / (m + L) (128 / 228 = 0.56)."""
+    rows = [synthetic_row("prompt_tuning", False, 200, 40, 50), synthetic_row("prompt_tuning", True, 130, 30, 20),
+            synthetic_row("lpt", False, 100, 20, 10, prompt_rows=0)]  # fmt: skip
+    lines = render_end_to_end(rows)
+    main = [line for line in lines if line.startswith("| gpt2 | prompt_tuning | 25,600 |")]
+    assert main == ["| gpt2 | prompt_tuning | 25,600 | 200 (200-200) | 1 | 50.0 | 40.0 | 1.00 | - | 1.00x, 1.00x |"]
+    assert "| gpt2 | lpt | 25,600 | 100 (100-100) | 1 | 10.0 | 20.0 | 1.00 | - | 0.50x, 0.20x |" in lines
+    assert "| gpt2 | prompt_tuning | 8 | 100 | 128 | 200 / 130 | 0.65x | 40.0 / 30.0 | 0.75x | 0.56 | 50.0 / 20.0 " \
+        "| 0.40x |" in lines  # fmt: skip
+    assert not any("Shared vs unshared" in line for line in render_end_to_end(rows[:1] + rows[2:]))
+    sweep = [synthetic_row("prompt_tuning", shared, 10 + shared, 5, 1, batch=32, prompt_rows=20)
+             for shared in (False, True)]  # fmt: skip
+    rendered = render_shared_prompt_sweep(sweep)
+    assert "over batch size B and prompt length m" in rendered[1]
+    assert "| gpt2 | prompt_tuning | 32 | 20 | 128 | 10 / 11 | 1.10x | 5.0 / 5.0 | 1.00x | 0.86 | 1.0 / 1.0 " \
+        "| 1.00x |" in rendered  # fmt: skip
+    assert render_shared_prompt_sweep([]) == [] == render_shared_prompt_sweep(sweep[:1])
 
 
 @pytest.mark.parametrize(
@@ -186,12 +298,17 @@ def test_cli_bench_on_a_local_folder(tmp_path, capsys, monkeypatch):
                      "--seq-len", "12", "--repeat", "2", "--out", str(out)])  # fmt: skip
     assert code == 0
     rows = json.loads(out.read_text())
-    assert [r["method"] for r in rows] == ["dept", "lpt"] and all(r["decode_ms_per_token"] > 0 for r in rows)
+    assert [(r["method"], r["shared_prompt"]) for r in rows] == [("dept", False), ("dept", True), ("lpt", False)]
+    assert all(r["decode_ms_per_token"] > 0 for r in rows)
     assert {(r["model"], r["batch"], r["seq_len"], r["dtype"], r["device"]) for r in rows} == {
         ("tiny-folder", 2, 12, "float32", "cpu")
     }
     printed = " ".join(capsys.readouterr().out.split())
     assert "tiny-folder: B=2, L=12, float32 on cpu" in printed  # the table's title
+    versus = f"{rows[1]['step_ms'] / rows[0]['step_ms']:.2f}x, {rows[1]['prefill_ms'] / rows[0]['prefill_ms']:.2f}x"
+    assert f"│ {versus} │" in printed  # the shared row's step and prefill vs the unshared row's
+    assert cli_main(["bench", "--model", "tiny-folder", "--methods", "lpt", "--prompt-pass", "shared"]) == 2
+    assert "prompt-ops bench: shared_prompt=True: LPT's prompt" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["bench", "--methods", "dept,lora"])
     assert cli_main(["bench", "--model", str(tmp_path / "missing"), "--methods", "dept"]) == 2

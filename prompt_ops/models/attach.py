@@ -15,7 +15,10 @@ What PEFT's prompt tuning does, on our fused ops (reference/methods.md §0.3, §
   numbers without position ids). User ``position_ids`` are honoured, shifted by ``m`` behind the prompt's (PEFT
   drops them). RoBERTa numbers from ``padding_idx + 1``, and so do these;
 - encoder-decoder models (T5): the prompt goes on the encoder side only; ``decoder_input_ids``,
-  ``decoder_attention_mask`` and ``labels`` pass through unchanged.
+  ``decoder_attention_mask`` and ``labels`` pass through unchanged;
+- decoder-only GPT-2, LLaMA, Mistral and Qwen2 run the prompt rows once per call, not once per row (the shared
+  prompt pass, :mod:`prompt_ops.models.shared_prompt`), with the same outputs: ``attach(..., shared_prompt=None)``
+  turns it on when no dropout acts in the base model, ``True`` forces it, ``False`` turns it off.
 """
 
 from __future__ import annotations
@@ -44,6 +47,19 @@ from prompt_ops.models.inputs import (
 )
 from prompt_ops.models.late import LatePromptTunedModel
 from prompt_ops.models.positions import model_position_ids, next_input_positions
+from prompt_ops.models.prompt_cache import PromptCache
+from prompt_ops.models.shared_prompt import (
+    PromptPass,
+    cache_argument,
+    call_refusal,
+    check_shared_prompt,
+    generate_copies,
+    generate_refusal,
+    log_fallback,
+    prompt_pass,
+    shared_forward,
+    wants_hidden_states,
+)
 from prompt_ops.models.tuned import TunedModel, model_embedding
 
 
@@ -74,12 +90,21 @@ class PromptTunedModel(TunedModel):
     """A frozen Hugging Face model behind a prompt-tuning method. Only ``prompt_module``'s parameters train.
 
     The config is checked and the module built before the model is touched: a refused config leaves it as it was.
+    ``shared_prompt``: the shared prompt pass (:mod:`prompt_ops.models.shared_prompt`) for decoder-only GPT-2,
+    LLaMA, Mistral and Qwen2; None (auto) runs it on each call where no dropout acts in the base model, True forces
+    it (with dropout active, the prompt rows then share one dropout mask across the batch), False turns it off.
+    Calls it does not cover run the unshared path, saying why at debug level. Without grad and dropout (eval
+    forward, ``generate``) the prompt's pass is computed once per adapter state and kept in ``prompt_cache``
+    (:mod:`prompt_ops.models.prompt_cache`: rebuilt after any change to a parameter, never served stale).
     """
 
-    def __init__(self, model: nn.Module, config: MethodConfig, backend: str | None = None):
+    def __init__(
+        self, model: nn.Module, config: MethodConfig, backend: str | None = None, shared_prompt: bool | None = None
+    ):
         super().__init__()
         config = check_config(config, PROMPT_CONFIGS)
         embedding = model_embedding(model)
+        self.shared_prompt = check_shared_prompt(shared_prompt, model, input_dependent=False)
         self.prompt_module: PromptModule = config.build(embedding, backend=backend)  # checks every field first
         self.config = config.snapshot()
         model.requires_grad_(False)
@@ -89,6 +114,7 @@ class PromptTunedModel(TunedModel):
         self.takes_position_ids = (
             not self.is_encoder_decoder and "position_ids" in inspect.signature(model.forward).parameters
         )
+        self.prompt_cache = PromptCache()
         self.train(model.training)  # the method's dropout follows the model's mode
 
     @property
@@ -125,6 +151,15 @@ class PromptTunedModel(TunedModel):
             position_ids,
         ).expand(shape[0], -1)
 
+    def _prompt_pass(self, embeds: torch.Tensor, model_positions: torch.Tensor, hidden: bool) -> PromptPass:
+        """The shared prompt pass over the prompt rows of ``embeds (B, m + L, d)`` at ``model_positions``' first
+        ``m`` (the same in every row), from ``prompt_cache`` where it may be kept."""
+        rows = self.num_prompt_rows
+        return self.prompt_cache.get(
+            self, lambda states: prompt_pass(self.base_model, embeds[:1, :rows], model_positions[:1, :rows], states),
+            hidden,
+        )  # fmt: skip
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -158,13 +193,18 @@ class PromptTunedModel(TunedModel):
         batch = shape[0]
         if self.is_encoder_decoder:
             return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
+        if token_labels:
+            labels = torch.cat([labels.new_full((batch, num_prompt), -100), labels], dim=1)
+        refusal = call_refusal(self.base_model, self.shared_prompt, kwargs, token_type_ids, labels)
+        if refusal is None:
+            prompt = self._prompt_pass(embeds, model_positions, wants_hidden_states(self.base_model, kwargs))
+            return shared_forward(self.base_model, embeds, mask, model_positions, labels, prompt, kwargs)
+        log_fallback(refusal)
         if model_positions is not None:
             kwargs["position_ids"] = model_positions
         if token_type_ids is not None:
             zeros = token_type_ids.new_zeros((batch, num_prompt))
             kwargs["token_type_ids"] = torch.cat([zeros, token_type_ids], dim=1)
-        if token_labels:
-            labels = torch.cat([labels.new_full((batch, num_prompt), -100), labels], dim=1)
         return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
 
     @torch.no_grad()
@@ -178,6 +218,9 @@ class PromptTunedModel(TunedModel):
         ``forward``: the prefill takes the position ids a forward pass gives (``position_ids`` honoured), and each
         row's generated tokens continue from its own last position (under ``"tokens"`` the left padding that
         generation uses counts nothing), for the model's position ids and the DePT/EPT offsets alike.
+        With the shared prompt pass on (the class docstring), the prefill starts from the prompt's cached keys and
+        values (expanded to the batch, beams and returned sequences) and runs only the input tokens, with the same
+        positions and offsets.
         Encoder-decoder models: the prompt goes to the encoder; returns what the base ``generate`` returns (the
         decoder's tokens). The input embedding swapped in for decoding is put back however ``generate`` ends.
         """
@@ -203,6 +246,14 @@ class PromptTunedModel(TunedModel):
         if self.is_encoder_decoder:
             return self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         model_positions = self._position_ids(input_ids, attention_mask, position_ids)
+        refusal = generate_refusal(self.base_model, self.shared_prompt, kwargs)
+        if refusal is None:  # transformers prefills only the embeddings past the cache's length
+            prompt = self._prompt_pass(embeds, model_positions, False)
+            kwargs[cache_argument(self.base_model)] = prompt.batch_cache(
+                batch * generate_copies(self.base_model, kwargs)
+            )
+        else:
+            log_fallback(refusal)
         if model_positions is not None:  # prefill as a forward; transformers continues each row from its last + 1
             kwargs["position_ids"] = model_positions
         start = next_input_positions(attention_mask, self.prompt_module.positions, (batch, seq_len), input_ids.device)
@@ -223,10 +274,14 @@ class PromptTunedModel(TunedModel):
 PROMPT_CONFIGS = tuple(cls for cls in CONFIGS.values() if cls is not LPTConfig)
 
 
-def attach(model: nn.Module, config: MethodConfig, backend: str | None = None) -> TunedModel:
+def attach(
+    model: nn.Module, config: MethodConfig, backend: str | None = None, shared_prompt: bool | None = None
+) -> TunedModel:
     """Freeze ``model`` and add the method of ``config``: a :class:`PromptTunedModel` for the methods that build the
     model input, a :class:`~prompt_ops.models.late.LatePromptTunedModel` for LPT (inside the layer stack). Every
-    argument is checked before the model is touched."""
+    argument is checked before the model is touched. ``shared_prompt`` as :class:`PromptTunedModel` takes it; LPT's
+    prompt depends on the input, so it never shares it and refuses ``True``."""
     if isinstance(check_config(config), LPTConfig):
+        check_shared_prompt(shared_prompt, model, input_dependent=True)
         return LatePromptTunedModel(model, config, backend=backend)
-    return PromptTunedModel(model, config, backend=backend)
+    return PromptTunedModel(model, config, backend=backend, shared_prompt=shared_prompt)

@@ -85,7 +85,13 @@ def generated_count(model: nn.Module, rows: int, seq_len: int, kwargs: dict) -> 
 
 def check_generated_length(model: nn.Module, rows: int, seq_len: int, kwargs: dict) -> None:
     """A decoder-only ``generate`` numbers ``rows`` prompt rows, the ``seq_len`` input tokens and all but the last of
-    the tokens it appends (:func:`generated_count`)."""
+    the tokens it appends (:func:`generated_count`); a ``max_length`` argument leaves room for one new token."""
+    max_length = kwargs.get("max_length")
+    if kwargs.get("max_new_tokens") is None and isinstance(max_length, int) and max_length <= rows + seq_len:
+        raise ValueError(
+            f"max_length counts the {rows} prompt rows and input_ids' {seq_len} tokens, so it must be above "
+            f"{rows + seq_len} to leave room for a new token, got {max_length}; or pass max_new_tokens"
+        )
     new, setting = generated_count(model, rows, seq_len, kwargs)
     what = f"{rows} prompt rows, input_ids' {seq_len} tokens and {setting} (all but the last new token read back)"
     check_length(model, rows + seq_len + new - 1, what)

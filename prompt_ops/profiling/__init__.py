@@ -5,14 +5,15 @@
 - :mod:`prompt_ops.profiling.ideal`: the ideal byte count of each op (every input read once, every output written
   once).
 - :func:`project_h100`: the labelled H100 time projection from bytes, flops and launches.
-- :func:`cpu_time`: wall-clock quantiles of code that really runs on the CPU.
+- :func:`cpu_time`: wall-clock quantiles of code that really runs on the CPU; :func:`interleaved_time` of several
+  pieces of code timed in alternating rounds (a comparison the machine's drift does not bias).
 
 Only :mod:`prompt_ops.profiling.kernel` imports triton, and only when used.
 """
 
 from prompt_ops.profiling.eager import EagerTraffic
 from prompt_ops.profiling.projection import H100, project_h100
-from prompt_ops.profiling.timer import cpu_time
+from prompt_ops.profiling.timer import cpu_time, interleaved_time
 
 
 def kernel_traffic(check_bounds: bool = True):
@@ -24,4 +25,4 @@ def kernel_traffic(check_bounds: bool = True):
     return _kernel_traffic(check_bounds=check_bounds)
 
 
-__all__ = ["EagerTraffic", "H100", "cpu_time", "kernel_traffic", "project_h100"]
+__all__ = ["EagerTraffic", "H100", "cpu_time", "interleaved_time", "kernel_traffic", "project_h100"]

@@ -317,6 +317,11 @@ def test_generate_puts_the_input_embedding_back_whatever_fails(where):
             r"position_ids must be in \[0, 62\) .* they and 4 generated after the last stay inside .*from 55 to 62",
         ),
         ({"position_ids": torch.arange(3)[None]}, ValueError, r"position_ids must have shape \(1, 4\)"),
+        (  # transformers said "max_length is set to -1" about an input length of 0
+            {"max_length": 6},
+            ValueError,
+            r"max_length counts the 2 prompt rows and input_ids' 4 tokens, so it must be above 6 .*, got 6",
+        ),
     ],
 )
 def test_generate_refuses_bad_arguments_and_restores_the_embedding(kwargs, error, pattern):

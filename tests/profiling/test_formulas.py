@@ -31,6 +31,27 @@ def test_cpu_time_reports_median_and_inclusive_20_80_percentiles(monkeypatch):
         timer_module.cpu_time(lambda: None, repeat=1)
 
 
+def test_interleaved_time_alternates_rounds_and_rotates_the_order(monkeypatch):
+    """Three rounds of two functions: a, b, then b, a, then a, b; each function's own durations in its stats."""
+    clock = iter(range(100))
+    monkeypatch.setattr(timer_module.time, "perf_counter", lambda: next(clock))
+    order = []
+
+    def tick(name, extra):
+        def fn():
+            order.append(name)
+            for _ in range(extra):  # a duration of 1 + extra ticks: each extra tick consumes one clock reading
+                next(clock)
+
+        return fn
+
+    first, second = timer_module.interleaved_time([tick("a", 0), tick("b", 2)], repeat=3, warmup=1)
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]  # one warm-up round, then the rotating rounds
+    assert first["median"] == 1 and second["median"] == 3
+    with pytest.raises(TypeError, match="fns must be a non-empty sequence of callables"):
+        timer_module.interleaved_time([])
+
+
 def test_dept_byte_floors():
     # forward: ids 48 + gathered rows 120 + prompt 80 + A[:L], B 64 + mask 48 in; embeddings 280 + mask 112 out
     assert dept_embed_forward_bytes(2, 3, 4, 5, 2) == 752
