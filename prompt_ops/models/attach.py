@@ -195,7 +195,7 @@ class PromptTunedModel(TunedModel):
             return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
         if token_labels:
             labels = torch.cat([labels.new_full((batch, num_prompt), -100), labels], dim=1)
-        refusal = call_refusal(self.base_model, self.shared_prompt, kwargs, token_type_ids, labels)
+        refusal = call_refusal(self.base_model, self.shared_prompt, kwargs, token_type_ids, labels, batch)
         if refusal is None:
             prompt = self._prompt_pass(embeds, model_positions, wants_hidden_states(self.base_model, kwargs))
             return shared_forward(self.base_model, embeds, mask, model_positions, labels, prompt, kwargs)
@@ -246,7 +246,7 @@ class PromptTunedModel(TunedModel):
         if self.is_encoder_decoder:
             return self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         model_positions = self._position_ids(input_ids, attention_mask, position_ids)
-        refusal = generate_refusal(self.base_model, self.shared_prompt, kwargs)
+        refusal = generate_refusal(self.base_model, self.shared_prompt, kwargs, batch)
         if refusal is None:  # transformers prefills only the embeddings past the cache's length
             prompt = self._prompt_pass(embeds, model_positions, False)
             kwargs[cache_argument(self.base_model)] = prompt.batch_cache(

@@ -104,11 +104,11 @@ def dropout_active(model: nn.Module) -> bool:
 
 
 def call_refusal(
-    model: nn.Module, setting: bool | None, kwargs: dict, token_type_ids: object, labels: object
+    model: nn.Module, setting: bool | None, kwargs: dict, token_type_ids: object, labels: object, batch: int
 ) -> str | None:
     """Why this call runs the unshared path, or None when it shares the prompt. ``setting`` is ``attach``'s
     ``shared_prompt`` (checked); ``kwargs`` the extra forward arguments; ``token_type_ids`` and ``labels`` the
-    call's (None when not given)."""
+    call's (None when not given); ``batch`` its rows."""
     if setting is False:
         return "shared_prompt=False"
     family = family_refusal(model)
@@ -116,6 +116,11 @@ def call_refusal(
         return family
     if setting is None and dropout_active(model):
         return "dropout is active in the base model (auto mode shares the prompt without dropout only)"
+    if setting is None and batch == 1 and torch.is_grad_enabled():
+        return (
+            "one row under grad: the prompt runs once either way and no prompt cache is kept, so auto mode saves "
+            "the shared pass's second model call"
+        )
     config = model.config
     others = sorted(set(kwargs) - SHARED_KWARGS) + (["token_type_ids"] if token_type_ids is not None else [])
     if others:
@@ -141,11 +146,11 @@ GENERATE_KWARGS = frozenset({
 output flags, ...) runs the unshared prefill."""
 
 
-def generate_refusal(model: nn.Module, setting: bool | None, kwargs: dict) -> str | None:
-    """Why this ``generate`` call prefills unshared, or None when it starts from the shared prompt's cache:
-    :func:`call_refusal`'s reasons, an argument outside :data:`GENERATE_KWARGS`, generation without a KV cache or
-    with chunked prefill (which slices ``input_ids``, not the embeddings)."""
-    refusal = call_refusal(model, setting, {}, None, None)
+def generate_refusal(model: nn.Module, setting: bool | None, kwargs: dict, batch: int) -> str | None:
+    """Why this ``generate`` call (of ``batch`` input rows) prefills unshared, or None when it starts from the shared
+    prompt's cache: :func:`call_refusal`'s reasons, an argument outside :data:`GENERATE_KWARGS`, generation
+    without a KV cache or with chunked prefill (which slices ``input_ids``, not the embeddings)."""
+    refusal = call_refusal(model, setting, {}, None, None, batch)
     if refusal is not None:
         return refusal
     others = sorted(set(kwargs) - GENERATE_KWARGS)

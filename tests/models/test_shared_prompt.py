@@ -154,6 +154,27 @@ def test_auto_mode_shares_the_prompt_only_where_no_dropout_acts(family, dropout,
     assert calls == ([1, 3] if shared else [3])
 
 
+@pytest.mark.parametrize(
+    "setting, grad, calls_made",
+    [
+        (None, True, [1, 1, 3]),  # one row unshared, then the batch shared (prompt, input)
+        (None, False, [1, 1, 3]),  # one row shared (prompt kept, input), then the batch from the kept prompt
+        (True, True, [1, 1, 1, 3]),  # forced: shared both times, the prompt recomputed under grad
+    ],
+)
+def test_auto_mode_runs_one_row_under_grad_unshared(setting, grad, calls_made, caplog):
+    """One row: the prompt runs once either way, so under grad (no prompt cache) auto mode skips the shared pass's
+    second model call; without grad the kept prompt pays off, and a forced pass runs as asked."""
+    tuned = attach(decoder("llama"), CONFIGS["dept"], shared_prompt=setting).eval()
+    calls = batch_calls(tuned.base_model)
+    ids, mask, _ = padded_batch("left")
+    with caplog.at_level(logging.DEBUG, logger=LOGGER), torch.set_grad_enabled(grad):
+        tuned(input_ids=ids[:1], attention_mask=mask[:1])
+        tuned(input_ids=ids, attention_mask=mask)
+    assert calls == calls_made
+    assert ("one row under grad" in caplog.text) is (setting is None and grad)
+
+
 @pytest.mark.parametrize("family", ["bert-mlm", "t5"])
 def test_encoders_and_t5_run_unshared_in_auto_mode(family, caplog):
     tuned = attach(tiny(family), CONFIGS["dept"])
