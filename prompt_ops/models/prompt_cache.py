@@ -15,8 +15,10 @@ its own mask), and never served stale. How a change is detected, on each call:
 - the adapter's parameters by content as well: in-place writes through ``param.data`` bump no version counter, so
   the cache keeps a copy of the adapter (kilobytes) and compares it, one device sync per call.
 
-What it cannot see: an in-place write through ``.data`` to a frozen base-model weight. Call
-:meth:`PromptCache.clear` after such an edit.
+What it cannot see: an in-place write through ``.data`` to a frozen base-model weight, an edit of the model's
+config (a sliding window, rope settings that change no buffer) and global precision switches (TF32 matmuls on a
+GPU). Call :meth:`PromptCache.clear` after one. Cost per call: a walk over the tensors' metadata (microseconds per
+tensor) and the adapter comparison's one synchronisation.
 """
 
 from __future__ import annotations
