@@ -155,6 +155,13 @@ def _synced(fn: Callable[[], object], device: torch.device) -> Callable[[], None
     return synced
 
 
+def _method_config(method: object) -> MethodConfig:
+    """The config of ``method``, a name in :data:`METHODS`."""
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    return METHODS[method]
+
+
 def measure_method(
     model: nn.Module,
     model_name: str,
@@ -171,13 +178,12 @@ def measure_method(
     does not apply; forced, it also runs with the base model's dropout active, the prompt rows then sharing one
     dropout mask across the batch). The model is left as it was (LPT's hooks are removed; the other methods never
     modify it)."""
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    config = _method_config(method)
     if not isinstance(shared_prompt, bool):
         raise TypeError(
             f"shared_prompt must be True or False (the row records which path ran), got {type(shared_prompt).__name__}"
         )
-    return _measure(model, model_name, method, METHODS[method], batch, seq_len, repeat, backend, (shared_prompt,))[0]
+    return _measure(model, model_name, method, config, batch, seq_len, repeat, backend, (shared_prompt,))[0]
 
 
 def measure_paths(
@@ -192,9 +198,7 @@ def measure_paths(
     """:func:`measure_method` on the unshared path and, where the shared prompt pass applies
     (:func:`shared_prompt_applies`), on the shared one: one row or two, the unshared first. The two paths' timings
     interleave (each repeat runs both in turn), so the machine's drift does not read as a difference between them."""
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    config = METHODS[method]
+    config = _method_config(method)
     paths = (False, True) if shared_prompt_applies(model, config) else (False,)
     return _measure(model, model_name, method, config, batch, seq_len, repeat, backend, paths)
 
