@@ -69,6 +69,46 @@ def dept_embed(
     return embeds, mask.to(input_ids.device)
 
 
+def mixed_dept_embed(
+    input_ids: torch.Tensor,
+    weight: torch.Tensor,
+    prompts: torch.Tensor,
+    prompt_lengths: torch.Tensor,
+    lora_a: torch.Tensor | None,
+    lora_b: torch.Tensor | None,
+    scales: torch.Tensor,
+    adapter_index: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    positions: str | torch.Tensor = "tokens",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Many prompt-tuning/DePT adapters in one batch, written row by row. Adapter ``a`` of a bank holds its prompt
+    in ``prompts[a, :prompt_lengths[a]]`` (``prompts (N, m_max, d)``), its low-rank pair zero-padded in
+    ``lora_a[a] (L_max, r_max)`` and ``lora_b[a] (r_max, d)`` (None: no offsets in the bank) and its scale in
+    ``scales[a]``. Row ``b`` is :func:`dept_embed` of adapter ``a = adapter_index[b]`` on that row alone, with
+    ``m_max - m_a`` zero slots, masked out, in front of it, so that every row has ``m_max`` prompt columns and a
+    sequence's prompt sits right before its input as it does alone; ``a = -1`` is the plain base model (every slot
+    masked, no offset). Zero padding adds nothing: padded ranks multiply zeros, padded ``A`` rows give no offset."""
+    batch, seq_len = input_ids.shape
+    slots, hidden = prompts.shape[1], weight.shape[1]
+    rows, masks = [], []
+    for b in range(batch):
+        adapter = int(adapter_index[b])
+        mask = None if attention_mask is None else attention_mask[b : b + 1]
+        where = positions[b : b + 1] if isinstance(positions, torch.Tensor) else positions
+        if adapter < 0:
+            embeds, row_mask = dept_embed(input_ids[b : b + 1], weight, prompts[0, :0], None, None, 0.0, mask, where)
+        else:
+            pair = (None, None) if lora_a is None else (lora_a[adapter], lora_b[adapter])
+            prompt = prompts[adapter, : int(prompt_lengths[adapter])]
+            embeds, row_mask = dept_embed(
+                input_ids[b : b + 1], weight, prompt, *pair, float(scales[adapter]), mask, where
+            )  # fmt: skip
+        pad = slots + seq_len - embeds.shape[1]
+        rows.append(torch.cat([embeds.new_zeros(1, pad, hidden), embeds], dim=1))
+        masks.append(torch.cat([row_mask.new_zeros(1, pad), row_mask], dim=1))
+    return torch.cat(rows), torch.cat(masks)
+
+
 def prompt_embed(
     input_ids: torch.Tensor,
     weight: torch.Tensor,
