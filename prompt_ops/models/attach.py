@@ -109,11 +109,8 @@ class PromptTunedModel(TunedModel):
         self.config = config.snapshot()
         model.requires_grad_(False)
         self.base_model = model
-        self.is_encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
-        # the input's position ids, for the models that take them (not T5: relative positions)
-        self.takes_position_ids = (
-            not self.is_encoder_decoder and "position_ids" in inspect.signature(model.forward).parameters
-        )
+        self.is_encoder_decoder = is_encoder_decoder(model)
+        self.takes_position_ids = takes_position_ids(model)
         self.prompt_cache = PromptCache()
         self.train(model.training)  # the method's dropout follows the model's mode
 
@@ -123,15 +120,8 @@ class PromptTunedModel(TunedModel):
         return getattr(self.prompt_module, "num_prompt_rows", self.prompt_module.num_tokens)
 
     def _check_position_ids(self, position_ids: torch.Tensor | None, generated: int = 0) -> None:
-        """User ``position_ids`` (their shape checked) fit the base model: a model that takes none refuses them, a
-        learned table must hold them past the prompt and the ``generated`` positions ``generate`` numbers after."""
-        if self.takes_position_ids:
-            check_position_range(self.base_model, position_ids, self.num_prompt_rows, generated)
-        elif position_ids is not None:
-            raise ValueError(
-                f"position_ids: {type(self.base_model).__name__}'s forward takes no position_ids (its positions are "
-                "not given by ids); do not pass them"
-            )
+        """:func:`check_model_position_ids` for the base model and the prompt's rows."""
+        check_model_position_ids(self.base_model, position_ids, self.num_prompt_rows, generated)
 
     def _position_ids(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None
@@ -176,36 +166,24 @@ class PromptTunedModel(TunedModel):
                 "PromptTunedModel needs input_ids (the methods' offsets are computed from the token ids); "
                 "inputs_embeds is not supported"
             )
-        shape = tuple(check_ids(input_ids).shape)
-        check_token_type_ids(token_type_ids, shape)
-        check_position_ids(position_ids, shape)
-        self._check_position_ids(position_ids)
-        token_labels = check_model_labels(labels, shape, self.base_model)
         num_prompt = self.num_prompt_rows
-        check_length(
-            self.base_model, num_prompt + shape[1], f"the {num_prompt} prompt rows and input_ids' {shape[1]} tokens"
+        token_labels = check_prompted_call(
+            self.base_model, num_prompt, input_ids, labels, token_type_ids, position_ids, kwargs
         )
-        if self.is_encoder_decoder:
-            check_decoder_inputs(self.base_model, labels, kwargs)
+        batch = input_ids.shape[0]
         self._embedding()  # refuses a sharded table (FSDP2) with how to shard instead
         embeds, mask = self.prompt_module(input_ids, attention_mask)
         model_positions = self._position_ids(input_ids, attention_mask, position_ids)
-        batch = shape[0]
         if self.is_encoder_decoder:
             return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
         if token_labels:
-            labels = torch.cat([labels.new_full((batch, num_prompt), -100), labels], dim=1)
+            labels = prompted_labels(labels, num_prompt)
         refusal = call_refusal(self.base_model, self.shared_prompt, kwargs, token_type_ids, labels, batch)
         if refusal is None:
             prompt = self._prompt_pass(embeds, model_positions, wants_hidden_states(self.base_model, kwargs))
             return shared_forward(self.base_model, embeds, mask, model_positions, labels, prompt, kwargs)
         log_fallback(refusal)
-        if model_positions is not None:
-            kwargs["position_ids"] = model_positions
-        if token_type_ids is not None:
-            zeros = token_type_ids.new_zeros((batch, num_prompt))
-            kwargs["token_type_ids"] = torch.cat([zeros, token_type_ids], dim=1)
-        return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
+        return call_prompted(self.base_model, embeds, mask, labels, model_positions, token_type_ids, kwargs)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
@@ -269,6 +247,78 @@ class PromptTunedModel(TunedModel):
 
     def extra_repr(self) -> str:
         return f"method={self.config.method}, prompt_rows={self.num_prompt_rows}"
+
+
+def is_encoder_decoder(model: nn.Module) -> bool:
+    """Whether ``model`` is an encoder-decoder model (T5), whose prompt goes to the encoder."""
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+def takes_position_ids(model: nn.Module) -> bool:
+    """Whether the prompted input gets position ids: a model whose forward takes them, not T5 (relative)."""
+    return not is_encoder_decoder(model) and "position_ids" in inspect.signature(model.forward).parameters
+
+
+def check_model_position_ids(
+    model: nn.Module, position_ids: torch.Tensor | None, num_prompt: int, generated: int = 0
+) -> None:
+    """User ``position_ids`` (their shape checked) fit ``model``: a model that takes none refuses them, a learned
+    table must hold them past ``num_prompt`` prompt rows and the ``generated`` positions ``generate`` numbers after."""
+    if takes_position_ids(model):
+        check_position_range(model, position_ids, num_prompt, generated)
+    elif position_ids is not None:
+        raise ValueError(
+            f"position_ids: {type(model).__name__}'s forward takes no position_ids (its positions are "
+            "not given by ids); do not pass them"
+        )
+
+
+def check_prompted_call(
+    model: nn.Module,
+    num_prompt: int,
+    input_ids: object,
+    labels: object,
+    token_type_ids: object,
+    position_ids: object,
+    kwargs: dict,
+) -> bool:
+    """A forward's arguments for ``model`` behind ``num_prompt`` prompt columns, each checked by name against
+    ``input_ids (B, L)`` and the model (its position table, its head's labels, an encoder-decoder's decoder input);
+    returns whether the labels are token-level (to be padded over the prompt, :func:`prompted_labels`)."""
+    shape = tuple(check_ids(input_ids).shape)
+    check_token_type_ids(token_type_ids, shape)
+    check_position_ids(position_ids, shape)
+    check_model_position_ids(model, position_ids, num_prompt)
+    token_labels = check_model_labels(labels, shape, model)
+    check_length(model, num_prompt + shape[1], f"the {num_prompt} prompt rows and input_ids' {shape[1]} tokens")
+    if is_encoder_decoder(model):
+        check_decoder_inputs(model, labels, kwargs)
+    return token_labels
+
+
+def prompted_labels(labels: torch.Tensor, num_prompt: int) -> torch.Tensor:
+    """Token-level ``labels (B, L)`` with ``-100`` (ignored) over ``num_prompt`` prompt columns in front."""
+    return torch.cat([labels.new_full((labels.shape[0], num_prompt), -100), labels], dim=1)
+
+
+def call_prompted(
+    model: nn.Module,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    labels: torch.Tensor | None,
+    model_positions: torch.Tensor | None,
+    token_type_ids: torch.Tensor | None,
+    kwargs: dict,
+):
+    """The decoder-only or encoder ``model`` on the prompted input ``embeds (B, m + L, d)`` and ``mask``, with its
+    ``position_ids`` (where it takes them) and the user's ``token_type_ids (B, L)`` extended with zeros over the
+    prompt; ``labels`` already padded over the prompt where token-level."""
+    if model_positions is not None:
+        kwargs["position_ids"] = model_positions
+    if token_type_ids is not None:
+        zeros = token_type_ids.new_zeros((token_type_ids.shape[0], embeds.shape[1] - token_type_ids.shape[1]))
+        kwargs["token_type_ids"] = torch.cat([zeros, token_type_ids], dim=1)
+    return model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
 
 
 PROMPT_CONFIGS = tuple(cls for cls in CONFIGS.values() if cls is not LPTConfig)
