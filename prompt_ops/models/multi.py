@@ -1,0 +1,207 @@
+"""Many adapters on one frozen model, mixed in one batch: ``attach_many(model, {name: folder | config}) ->
+MultiAdapterModel``, whose ``forward(..., adapter_names=[...])`` runs each row with its own adapter (PEFT's words:
+``add_adapter``, ``load_adapter``, ``delete_adapter``, ``save_adapter``).
+
+Every row has the bank's ``m_max`` prompt columns in front of its input (:mod:`prompt_ops.models.bank`): adapter
+``a``'s ``m_a`` prompt rows right before the input, ``m_max - m_a`` masked zero slots before them, and for
+``"__base__"`` rows every slot masked. Position ids follow each row's own prompt (prompt at ``0 .. m_a-1``, input
+from ``m_a``, the masked slots at 0), token-level labels get ``-100`` over the slots, and a causal LM's ``"__base__"``
+rows ignore the label of their first real token, which the plain model never predicts (here a masked column would).
+So a row's outputs, loss terms and gradients are those of its adapter attached alone
+(:func:`prompt_ops.models.attach`), and a ``"__base__"`` row's those of the plain model on its real tokens, wherever
+the model reads the real columns only: causal and masked attention (GPT-2, LLaMA), masked bidirectional attention
+with token-level heads (BERT masked LM), T5 (the prompt on the encoder; its relative bias sees distances only). A
+head that reads a fixed column (BERT's pooler reads column 0) reads a masked slot in the rows whose prompt is shorter
+than ``m_max``, so sequence classification matches the single model only where every row's adapter has ``m_max``
+prompt rows.
+
+This slice has no shared prompt pass and no ``generate``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prompt_ops.methods.base import check_backend
+from prompt_ops.methods.official import folder_path
+from prompt_ops.models.adapters import read_adapter
+from prompt_ops.models.attach import (
+    call_prompted,
+    check_prompted_call,
+    is_encoder_decoder,
+    prompted_labels,
+    takes_position_ids,
+)
+from prompt_ops.models.bank import BASE, AdapterBank, check_adapter_name, check_bank_config
+from prompt_ops.models.configs import MethodConfig
+from prompt_ops.models.inputs import first_position
+from prompt_ops.models.positions import model_position_ids
+from prompt_ops.models.shared_prompt import CAUSAL_HEADS
+from prompt_ops.models.tuned import model_embedding, write_adapter
+from prompt_ops.ops.positions import check_positions, leading_pads
+
+AdapterSource = str | os.PathLike | MethodConfig
+"""What names an adapter for :func:`attach_many`: a saved adapter folder, or a config for a new one."""
+
+
+def _resolve(
+    model: nn.Module, embedding: nn.Embedding, source: object, positions: str, argument: str
+) -> tuple[MethodConfig, dict[str, torch.Tensor] | None]:
+    """``(config, tensors)`` of an adapter ``source``: a folder read and checked against ``model``
+    (:func:`prompt_ops.models.adapters.read_adapter`), or a config (tensors None: initialised as the method does);
+    either checked for the bank."""
+    if isinstance(source, (str, os.PathLike)):
+        config, tensors = read_adapter(model, source)
+        return check_bank_config(config, embedding, positions, f"{argument} ({Path(source)})"), tensors
+    if isinstance(source, MethodConfig):
+        return check_bank_config(source, embedding, positions, argument), None
+    raise TypeError(
+        f"{argument} must be an adapter folder (str or os.PathLike) or a PromptTuningConfig / DePTConfig, got "
+        f"{type(source).__name__}"
+    )
+
+
+class MultiAdapterModel(nn.Module):
+    """A frozen Hugging Face model behind an :class:`~prompt_ops.models.bank.AdapterBank` of prompt-tuning and
+    DePT adapters; each row of a batch picks its adapter by name (the module docstring). Only the bank's stacked
+    parameters train; adding or deleting an adapter replaces them (build the optimizer again). Built by
+    :func:`attach_many`, which checks every adapter before the model is touched."""
+
+    def __init__(self, model: nn.Module, bank: AdapterBank):
+        super().__init__()
+        model.requires_grad_(False)
+        self.base_model = model
+        self.bank = bank
+        self.is_encoder_decoder = is_encoder_decoder(model)
+        self.takes_position_ids = takes_position_ids(model)
+        self.shifts_labels = not self.is_encoder_decoder and type(model).__name__.endswith(CAUSAL_HEADS)
+        self.train(model.training)
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """The bank's adapters, in the order of their index."""
+        return self.bank.names
+
+    def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        """Adapter ``name``'s parameters, unpadded, under the single-adapter names (views of the bank's)."""
+        return self.bank.adapter_state_dict(name)
+
+    def add_adapter(self, name: str, config: MethodConfig) -> None:
+        """Add a new adapter ``name`` of ``config`` (prompt tuning or DePT, initialised as the method does)."""
+        self.bank.add(name, config)
+
+    def load_adapter(self, folder: str | os.PathLike, adapter_name: str) -> None:
+        """Add the adapter saved in ``folder`` (by ``save_adapter`` here or on a single model) as ``adapter_name``;
+        the folder and the name are checked before the bank changes."""
+        folder_path("folder", folder)
+        check_adapter_name(adapter_name, "adapter_name")
+        if adapter_name in self.bank.names:
+            raise ValueError(
+                f"adapter_name: an adapter named {adapter_name!r} is already loaded ({self.bank.names}); "
+                "delete_adapter it first"
+            )
+        config, tensors = _resolve(self.base_model, self.bank.embedding, folder, self.bank.positions, "folder")
+        self.bank.add(adapter_name, config, tensors)
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove adapter ``name`` (at least one stays)."""
+        self.bank.delete(name)
+
+    def save_adapter(self, name: str, folder: str | os.PathLike) -> Path:
+        """Write adapter ``name`` into ``folder`` (created if needed) in the format of
+        :func:`prompt_ops.models.save_adapter`, loadable by :func:`prompt_ops.models.load_adapter` on a single
+        model; returns the folder."""
+        config = self.bank.config(name)
+        return write_adapter(folder, config, self.bank.adapter_state_dict(name), self.bank.embedding)
+
+    def _row_lengths(self, adapter_index: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` each row's own prompt length (0 for ``"__base__"`` rows)."""
+        lengths = self.bank.prompt_lengths[adapter_index.clamp(min=0)]
+        return torch.where(adapter_index >= 0, lengths, torch.zeros_like(lengths))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        adapter_names: list[str] | tuple[str, ...] | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """The base model's forward on the mixed batch: ``adapter_names`` names each row's adapter (or
+        ``"__base__"``), one per row of ``input_ids``; the other arguments as :class:`PromptTunedModel` takes them."""
+        if inputs_embeds is not None or input_ids is None:
+            raise ValueError(
+                "MultiAdapterModel needs input_ids (the adapters' offsets are computed from the token ids); "
+                "inputs_embeds is not supported"
+            )
+        slots = self.bank.num_slots
+        token_labels = check_prompted_call(
+            self.base_model, slots, input_ids, labels, token_type_ids, position_ids, kwargs
+        )
+        if adapter_names is None:
+            raise TypeError("adapter_names must be a list or tuple of adapter names, one per row of input_ids")
+        index = self.bank.index(adapter_names).to(input_ids.device)
+        if index.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"adapter_names must name one adapter per row of input_ids ({input_ids.shape[0]} rows), got "
+                f"{index.shape[0]} names"
+            )
+        model_embedding(self.base_model)  # refuses a sharded table
+        embeds, mask = self.bank(input_ids, attention_mask, index)
+        if self.is_encoder_decoder:
+            return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
+        model_positions = None
+        if self.takes_position_ids:
+            model_positions = model_position_ids(
+                attention_mask, self.bank.positions, tuple(input_ids.shape), input_ids.device, slots,
+                first_position(self.base_model), position_ids, self._row_lengths(index),
+            )  # fmt: skip
+        if token_labels:
+            labels = prompted_labels(labels, slots)
+            if self.shifts_labels:  # the plain model never predicts a sequence's first token; a masked column would
+                pads = torch.zeros_like(index) if attention_mask is None else leading_pads(attention_mask)
+                base = index < 0
+                labels[base, slots + pads[base]] = -100
+        return call_prompted(self.base_model, embeds, mask, labels, model_positions, token_type_ids, kwargs)
+
+    def extra_repr(self) -> str:
+        return f"adapters={self.adapter_names}"
+
+
+def attach_many(
+    model: nn.Module,
+    adapters: Mapping[str, AdapterSource],
+    backend: str | None = None,
+    positions: str = "tokens",
+) -> MultiAdapterModel:
+    """Freeze ``model`` and put the ``adapters`` (``{name: adapter folder or PromptTuningConfig / DePTConfig}``) in
+    one bank behind it: a :class:`MultiAdapterModel`. ``positions``: the bank's position convention, which every
+    adapter's config must have. Every name, folder and config is checked before the model is touched."""
+    embedding = model_embedding(model)
+    check_backend(backend)
+    check_positions(positions)
+    if not isinstance(adapters, Mapping):
+        raise TypeError(
+            f"adapters must be a mapping of adapter names to folders or configs, got {type(adapters).__name__}"
+        )
+    if not adapters:
+        raise ValueError("adapters must name at least one adapter")
+    resolved = {}
+    for name, source in adapters.items():
+        check_adapter_name(name, "adapters' keys")
+        resolved[name] = _resolve(model, embedding, source, positions, f"adapters[{name!r}]")
+    bank = AdapterBank(embedding, backend=backend, positions=positions)
+    for name, (config, tensors) in resolved.items():
+        bank.add(name, config, tensors)
+    return MultiAdapterModel(model, bank)
+
+
+__all__ = ["BASE", "MultiAdapterModel", "attach_many"]
