@@ -1,0 +1,339 @@
+"""attach_many: a mixed-adapter batch against each adapter attached alone and the plain base model, the bank's
+stacking, save/load of every adapter, and the refusals (each leaving the model as it was)."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from prompt_ops.models import (
+    AdapterBank,
+    ADePTConfig,
+    DePTConfig,
+    MultiAdapterModel,
+    PromptTuningConfig,
+    attach,
+    attach_many,
+    load_adapter,
+)
+from prompt_ops.ops import reference
+from tests.models.model_state import ModelState
+from tests.models.test_attach import HIDDEN, VOCAB, tiny
+
+transformers = pytest.importorskip("transformers")
+
+ADAPTERS = {  # ragged: m, L and r all differ; the prompt-tuning adapter sits among DePT ones
+    "long": DePTConfig(num_tokens=5, rank=3, max_length=12),
+    "plain": PromptTuningConfig(num_tokens=3),
+    "short": DePTConfig(num_tokens=2, rank=2, max_length=9, lora_alpha=4.0),
+}
+ROWS = ["long", "__base__", "plain", "short", "long", "__base__"]
+LENGTHS = [7, 4, 6, 7, 3, 5]  # real tokens per row, of L = 7
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def mixed(family: str, adapters=ADAPTERS, **kwargs) -> MultiAdapterModel:
+    """A bank over a tiny model, every adapter tensor moved off its init (zero B would hide the offsets)."""
+    multi = attach_many(tiny(family), adapters, **kwargs)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name in multi.adapter_names:
+            for tensor in multi.adapter_state_dict(name).values():
+                tensor.add_(0.1 * torch.randn_like(tensor))
+    return multi
+
+
+def batch(side: str, lengths=LENGTHS, seq_len: int = 7):
+    """Token ids, a padding mask (pads on ``side``) and token labels (-100 on the pads)."""
+    torch.manual_seed(2)
+    ids = torch.randint(1, VOCAB, (len(lengths), seq_len))
+    mask = torch.zeros(len(lengths), seq_len, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        if side == "left":
+            mask[row, seq_len - length :] = 1
+        else:
+            mask[row, :length] = 1
+    return ids, mask, ids.masked_fill(mask == 0, -100)
+
+
+def alone(multi: MultiAdapterModel, name: str):
+    """Adapter ``name`` attached alone to the same base model, with the bank's (unpadded) values."""
+    tuned = attach(multi.base_model, multi.bank.config(name), shared_prompt=False)
+    with torch.no_grad():
+        for key, param in tuned.adapter_state_dict().items():
+            param.copy_(multi.adapter_state_dict(name)[key])
+    return tuned
+
+
+def label_count(family: str, labels: torch.Tensor, base: bool) -> int:
+    """The loss terms a row contributes: a causal LM's plain model never predicts its first token."""
+    return int((labels[:, 1:] if base and family in ("gpt2", "llama") else labels).ne(-100).sum())
+
+
+CASES = [(family, side, None) for family in ("gpt2", "llama", "bert-mlm", "t5") for side in ("left", "right")]
+
+
+@pytest.mark.parametrize("family, side, backend", [*CASES, ("gpt2", "left", "triton"), ("t5", "right", "triton")])
+def test_each_row_equals_its_adapter_alone_and_base_rows_the_plain_model(family, side, backend):
+    """Outputs at every real column, the loss and every adapter's gradient of a mixed batch equal those of each
+    adapter attached alone on its rows (and of the plain model, per row, on its real tokens): mixed-batch training
+    gives each adapter the gradients of its own rows alone. The default backend, and the fused kernels."""
+    if backend == "triton":
+        pytest.importorskip("prompt_ops.kernels.mixed_embed", reason="the mixed-adapter kernels have not landed")
+    multi = mixed(family, backend=backend)
+    ids, mask, labels = batch(side)
+    if family == "t5":
+        torch.manual_seed(3)
+        labels = torch.randint(1, VOCAB, (len(ROWS), 4))
+    out = multi(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=ROWS)
+    out.loss.backward()
+    slots = multi.bank.num_slots
+    terms, total = 0, 0
+    expected_grads = {}
+    for name in [*ADAPTERS, "__base__"]:
+        rows = [b for b, row in enumerate(ROWS) if row == name]
+        if name == "__base__":  # the plain model on each row's real tokens alone
+            for b in rows:
+                real = mask[b].bool()
+                row_labels = labels[b : b + 1] if family == "t5" else labels[b : b + 1, real]
+                plain = multi.base_model(input_ids=ids[b : b + 1, real], labels=row_labels)
+                got = out.logits[b] if family == "t5" else out.logits[b, slots:][real]
+                torch.testing.assert_close(got, plain.logits[0], **TOL)
+                count = label_count(family, row_labels, base=True)
+                terms, total = terms + plain.loss.detach() * count, total + count
+            continue
+        tuned = alone(multi, name)
+        single = tuned(input_ids=ids[rows], attention_mask=mask[rows], labels=labels[rows])
+        count = label_count(family, labels[rows], base=False)
+        terms, total = terms + single.loss.detach() * count, total + count
+        grads = torch.autograd.grad(single.loss * count, list(tuned.adapter_state_dict().values()))
+        expected_grads[name] = dict(zip(tuned.adapter_state_dict(), grads, strict=True))
+        m = tuned.num_prompt_rows
+        for i, b in enumerate(rows):
+            if family == "t5":
+                torch.testing.assert_close(out.logits[b], single.logits[i], **TOL)
+                continue
+            real = torch.cat([torch.ones(m, dtype=torch.bool), mask[b].bool()])
+            torch.testing.assert_close(out.logits[b, slots - m :][real], single.logits[i][real], **TOL)
+    torch.testing.assert_close(out.loss, terms / total, **TOL)
+    for name, grads in expected_grads.items():
+        views = multi.adapter_state_dict(name)
+        index = multi.adapter_names.index(name)
+        for key, grad in grads.items():
+            bank_grad = getattr(multi.bank, {"prompt": "prompts"}.get(key, key)).grad[index]
+            got = bank_grad[tuple(slice(0, size) for size in views[key].shape)]
+            torch.testing.assert_close(got, grad / total, **TOL)
+    for key in ("prompts", "lora_a", "lora_b"):  # the padding gets no gradient
+        param = getattr(multi.bank, key)
+        padding = torch.ones_like(param, dtype=torch.bool)
+        for index, name in enumerate(multi.adapter_names):
+            view = multi.adapter_state_dict(name).get({"prompts": "prompt"}.get(key, key))
+            if view is not None:
+                padding[index][tuple(slice(0, size) for size in view.shape)] = False
+        assert param.grad[padding].eq(0).all() and param.grad[~padding].ne(0).any()
+    assert all(p.grad is None for p in multi.base_model.parameters())
+
+
+def test_sequence_classification_matches_where_every_prompt_fills_the_slots():
+    """BERT's pooler reads column 0: with every row's prompt as long as the bank's longest, no slot precedes it."""
+    adapters = {"a": DePTConfig(num_tokens=3, rank=2, max_length=9), "b": PromptTuningConfig(num_tokens=3)}
+    multi = mixed("bert", adapters)
+    ids, mask, _ = batch("right", [7, 5, 3])
+    names = ["b", "a", "b"]
+    out = multi(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 2, 1]), adapter_names=names)
+    for b, name in enumerate(names):
+        single = alone(multi, name)(input_ids=ids[b : b + 1], attention_mask=mask[b : b + 1])
+        torch.testing.assert_close(out.logits[b], single.logits[0], **TOL)
+
+
+def test_the_bank_stacks_zero_padded_tensors_and_restacks_on_add_and_delete():
+    multi = mixed("gpt2")
+    bank = multi.bank
+    values = {name: {k: v.detach().clone() for k, v in multi.adapter_state_dict(name).items()} for name in ADAPTERS}
+    assert bank.names == list(ADAPTERS) and bank.num_slots == 5
+    assert bank.prompts.shape == (3, 5, HIDDEN) and bank.lora_a.shape == (3, 12, 3) and bank.lora_b.shape == (3, 3, 16)
+    assert bank.prompt_lengths.tolist() == [5, 3, 2]
+    assert bank.scales.tolist() == pytest.approx([8 / 3**0.5, 0.0, 4 / 2**0.5])
+    assert bank.prompts[1, 3:].eq(0).all() and bank.lora_a[2, 9:].eq(0).all() and bank.lora_a[2, :, 2:].eq(0).all()
+    assert bank.lora_a[1].eq(0).all() and bank.lora_b[1].eq(0).all() and bank.lora_b[2, 2:].eq(0).all()
+    ids, mask, _ = batch("left")
+    index = bank.index(ROWS)
+    assert index.tolist() == [0, -1, 1, 2, 0, -1]
+    embeds, ext_mask = bank(ids, mask, index)
+    expected = reference.mixed_dept_embed(
+        ids, bank.embedding.weight, bank.prompts, bank.prompt_lengths, bank.lora_a, bank.lora_b, bank.scales, index,
+        attention_mask=mask,
+    )  # fmt: skip
+    torch.testing.assert_close(embeds, expected[0], **TOL)
+    assert torch.equal(ext_mask, expected[1])
+    multi.delete_adapter("long")
+    assert bank.names == ["plain", "short"] and bank.num_slots == 3 and bank.lora_a.shape == (2, 9, 2)
+    multi.add_adapter("third", PromptTuningConfig(num_tokens=4))
+    assert bank.names == ["plain", "short", "third"] and bank.prompt_lengths.tolist() == [3, 2, 4]
+    for name in ("plain", "short"):  # the others keep their values, bitwise
+        for key, value in multi.adapter_state_dict(name).items():
+            assert torch.equal(value, values[name][key])
+    only_prompts = attach_many(tiny("gpt2"), {"p": PromptTuningConfig(num_tokens=2)}).bank
+    assert only_prompts.lora_a is None and only_prompts.lora_b is None and only_prompts.scales.tolist() == [0.0]
+    assert {n for n, p in multi.named_parameters() if p.requires_grad} == {"bank.prompts", "bank.lora_a", "bank.lora_b"}
+
+
+def test_every_adapter_round_trips_through_its_folder_bitwise(tmp_path):
+    multi = mixed("gpt2")
+    for name in ADAPTERS:
+        folder = multi.save_adapter(name, tmp_path / name)
+        single = load_adapter(tiny("gpt2"), folder)  # the single-adapter format
+        assert single.config == multi.bank.config(name)
+        for key, value in single.adapter_state_dict().items():
+            assert torch.equal(value, multi.adapter_state_dict(name)[key])
+        multi.load_adapter(folder, adapter_name=f"{name}-copy")
+        for key, value in multi.adapter_state_dict(f"{name}-copy").items():
+            assert torch.equal(value, multi.adapter_state_dict(name)[key])
+    single = attach(tiny("gpt2"), DePTConfig(num_tokens=4, rank=2, max_length=10))
+    single.save_adapter(tmp_path / "single")
+    from_folders = attach_many(tiny("gpt2"), {"s": tmp_path / "single", "long": str(tmp_path / "long")})
+    for key, value in single.adapter_state_dict().items():
+        assert torch.equal(from_folders.adapter_state_dict("s")[key], value)
+    for key, value in from_folders.adapter_state_dict("long").items():
+        assert torch.equal(value, multi.adapter_state_dict("long")[key])
+
+
+def _narrow_adapter(folder):
+    """A DePT adapter saved from a GPT-2 of width 8: another base model than the tests' width-16 one."""
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=8, n_layer=1, n_head=2, n_positions=64)
+    attach(transformers.GPT2LMHeadModel(config), DePTConfig(num_tokens=2, rank=2, max_length=9)).save_adapter(folder)
+    return folder
+
+
+CALLS = {
+    "unknown name": (
+        lambda m, p: m(input_ids=torch.ones(2, 3, dtype=torch.long), adapter_names=["long", "nope"]),
+        ValueError, r"adapter_names: no adapter named 'nope'; the bank holds \['long', 'plain', 'short'\]",
+    ),
+    "too few names": (
+        lambda m, p: m(input_ids=torch.ones(2, 3, dtype=torch.long), adapter_names=["long"]),
+        ValueError, r"adapter_names must name one adapter per row of input_ids \(2 rows\), got 1",
+    ),
+    "names as a str": (
+        lambda m, p: m(input_ids=torch.ones(1, 3, dtype=torch.long), adapter_names="long"),
+        TypeError, "adapter_names must be a list or tuple of adapter names, one per row, got str",
+    ),
+    "an int name": (
+        lambda m, p: m(input_ids=torch.ones(1, 3, dtype=torch.long), adapter_names=[0]),
+        TypeError, r"adapter_names must hold str adapter names, got a int \(0\)",
+    ),
+    "no names": (
+        lambda m, p: m(input_ids=torch.ones(1, 3, dtype=torch.long)),
+        TypeError, "adapter_names must be a list or tuple",
+    ),
+    "inputs_embeds": (
+        lambda m, p: m(inputs_embeds=torch.zeros(1, 3, HIDDEN), adapter_names=["long"]),
+        ValueError, "MultiAdapterModel needs input_ids",
+    ),
+    "duplicate add": (
+        lambda m, p: m.add_adapter("plain", PromptTuningConfig(num_tokens=2)),
+        ValueError, r"name: an adapter named 'plain' is already in the bank",
+    ),
+    "duplicate load": (
+        lambda m, p: m.load_adapter(m.save_adapter("plain", p / "saved"), adapter_name="short"),
+        ValueError, "adapter_name: an adapter named 'short' is already loaded",
+    ),
+    "base name": (
+        lambda m, p: m.add_adapter("__base__", PromptTuningConfig(num_tokens=2)),
+        ValueError, "name must be a non-empty str other than '__base__'",
+    ),
+    "unsupported method": (
+        lambda m, p: m.add_adapter("adept", ADePTConfig(num_tokens=2, rank=2)),
+        ValueError, "config: the adapter bank holds prompt tuning and DePT adapters so far .*'adept'",
+    ),
+    "bad field": (
+        lambda m, p: m.add_adapter("bad", DePTConfig(num_tokens=2, rank=0)),
+        ValueError, "rank must be >= 1",
+    ),
+    "other positions": (
+        lambda m, p: m.add_adapter("abs", PromptTuningConfig(num_tokens=2, positions="absolute")),
+        ValueError, "config: positions = 'absolute', but .* the bank's way, positions = 'tokens'",
+    ),
+    "narrow adapter": (
+        lambda m, p: m.load_adapter(_narrow_adapter(p / "narrow"), adapter_name="narrow"),
+        ValueError, "adapter_config.json: the adapter was saved from a model with hidden size 8",
+    ),
+    "narrow state": (
+        lambda m, p: m.bank.add("narrow", PromptTuningConfig(num_tokens=2), {"prompt": torch.zeros(2, 8)}),
+        ValueError, r"state: prompt has shape \(2, 8\), the config implies \(2, 16\)",
+    ),
+    "missing folder": (
+        lambda m, p: m.load_adapter(p / "absent", adapter_name="x"),
+        ValueError, "absent/adapter_config.json: not found",
+    ),
+    "folder not a path": (
+        lambda m, p: m.load_adapter(3, adapter_name="x"),
+        TypeError, "folder must be a str or os.PathLike folder, got int",
+    ),
+    "unknown delete": (
+        lambda m, p: m.delete_adapter("nope"),
+        ValueError, r"name: no adapter named 'nope'; the bank holds \['long', 'plain', 'short'\]",
+    ),
+    "unknown save": (
+        lambda m, p: m.save_adapter("nope", p / "out"),
+        ValueError, "name: no adapter named 'nope'",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(CALLS))
+def test_bad_calls_are_refused_by_name_and_leave_the_model_as_it_was(case, tmp_path):
+    multi = mixed("gpt2")
+    call, error, pattern = CALLS[case]
+    before, names = ModelState.of(multi), multi.adapter_names
+    params = {name: param for name, param in multi.named_parameters()}
+    with pytest.raises(error, match=pattern):
+        call(multi, tmp_path)
+    before.assert_unchanged(multi, case)
+    assert multi.adapter_names == names
+    assert all(param is params[name] for name, param in multi.named_parameters())  # not re-stacked
+
+
+def test_deleting_the_last_adapter_is_refused():
+    multi = attach_many(tiny("gpt2"), {"only": PromptTuningConfig(num_tokens=2)})
+    with pytest.raises(ValueError, match="name: 'only' is the bank's only adapter"):
+        multi.delete_adapter("only")
+    assert multi.adapter_names == ["only"]
+
+
+@pytest.mark.parametrize(
+    "adapters, error, pattern",
+    [
+        ({}, ValueError, "adapters must name at least one adapter"),
+        ([("a", PromptTuningConfig())], TypeError, "adapters must be a mapping of adapter names"),
+        ({"__base__": PromptTuningConfig(num_tokens=2)}, ValueError, "adapters' keys must be a non-empty str other"),
+        ({3: PromptTuningConfig(num_tokens=2)}, TypeError, "adapters' keys must be a str"),
+        ({"a": {"num_tokens": 2}}, TypeError, r"adapters\['a'\] must be an adapter folder .* got dict"),
+        ({"a": PromptTuningConfig(num_tokens=2), "b": ADePTConfig()}, ValueError, r"adapters\['b'\]: the adapter bank"),
+        ({"a": "/nonexistent/adapter"}, ValueError, "/nonexistent/adapter/adapter_config.json: not found"),
+    ],
+)
+def test_a_refused_attach_many_leaves_the_model_as_it_was(adapters, error, pattern):
+    model = tiny("gpt2")
+    before = ModelState.of(model)
+    with pytest.raises(error, match=pattern):
+        attach_many(model, adapters)
+    before.assert_unchanged(model)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_an_adapter_bank_on_its_own():
+    """The bank is usable without a model: add with a state, index, forward, config copies."""
+    embedding = torch.nn.Embedding(VOCAB, HIDDEN)
+    bank = AdapterBank(embedding)
+    with pytest.raises(ValueError, match="the adapter bank is empty"):
+        bank(torch.ones(1, 2, dtype=torch.long), None, torch.tensor([-1]))
+    state = {"prompt": torch.randn(2, HIDDEN)}
+    bank.add("p", PromptTuningConfig(num_tokens=2), state)
+    assert torch.equal(bank.adapter_state_dict("p")["prompt"], state["prompt"])
+    config = bank.config("p")
+    config.num_tokens = 9
+    assert bank.config("p") == dataclasses.replace(config, num_tokens=2)  # a copy
+    embeds, mask = bank(torch.ones(2, 3, dtype=torch.long), None, bank.index(("p", "__base__")))
+    assert embeds.shape == (2, 5, HIDDEN) and mask.tolist() == [[1] * 5, [0, 0, 1, 1, 1]]
+    assert not embedding.weight.requires_grad
