@@ -26,9 +26,13 @@ summed per adapter by a one-hot ``(N, B)`` matmul: ``dP[a] = sum_{b: a_b = a} dX
 ``G'[a, j] = sum_{b: a_b = a} dX[b, m_max + j - start_b]``, ``dA = s G' B^T``, ``dB = s A^T G'`` (batched).
 Gradients reach ``prompts``, ``lora_a`` and ``lora_b`` only. The prompt padding (rows ``>= m_a``) is never read and
 gets an exact zero gradient; zero-padded ranks get exact zeros too (each term is a product with a zero factor); the
-rows of ``lora_a`` past an adapter's own length get a gradient only where a token reaches them (an input longer
-than that adapter's ``L_a``, or explicit starts), as the padded reference gives.
+rows of ``lora_a`` past an adapter's own length ``L_a`` are masked when ``max_lengths`` gives the lengths (no
+offset there, exact zero gradient); without it every adapter spans all ``L_max`` rows (its zero padding adds no
+offset, but a token that reaches a padded row, in an input longer than ``L_a`` or by an explicit start, gives that
+row a gradient, as the padded reference does).
 """
+
+import math
 
 import torch
 
@@ -69,10 +73,12 @@ def mixed_embed_fwd_torch(
     adapter_index: Tensor,
     attention_mask: Tensor | None,
     starts: Tensor | None = None,
+    max_lengths: Tensor | None = None,
     offset_rows: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Eager forward; same contract as the Triton launcher. ``starts`` ``(B,)`` int64 (None: every row at 0); only
-    the first ``offset_rows`` rows of each ``A`` can be reached (None: all ``L_max``)."""
+    """Eager forward; same contract as the Triton launcher. ``starts`` ``(B,)`` int64 (None: every row at 0);
+    ``max_lengths`` ``(N,)`` each adapter's ``L_a`` (None: ``L_max``); only the first ``offset_rows`` rows of each
+    ``A`` can be reached (None: all ``L_max``)."""
     batch, seq_len = input_ids.shape
     num, slots, hidden = prompts.shape
     adapter = adapter_index.long()
@@ -96,6 +102,8 @@ def mixed_embed_fwd_torch(
         if starts is not None:
             position = position + starts[:, None]
         inside = (adapter >= 0)[:, None] & (position >= 0) & (position < rows)
+        if max_lengths is not None:
+            inside &= position < max_lengths[safe][:, None]
         index = torch.where(inside, safe[:, None] * rows + position, num * rows)
         offset = torch.nn.functional.embedding(index, offsets)  # (B, L, d)
         torch.add(tokens, offset, out=out[:, slots:])  # in the offset's precision, rounded once
@@ -112,7 +120,7 @@ def per_adapter_sum(rows: Tensor, adapter_index: Tensor, num: int, acc: torch.dt
     ``(N, B)`` matmul (a fixed order, no scatter); ``-1`` rows add nothing."""
     batch = rows.shape[0]
     one_hot = (adapter_index[None, :] == torch.arange(num, device=rows.device)[:, None]).to(acc)  # (N, B)
-    return torch.mm(one_hot, rows.reshape(batch, -1).to(acc)).view(num, *rows.shape[1:])
+    return torch.mm(one_hot, rows.reshape(batch, math.prod(rows.shape[1:])).to(acc)).view(num, *rows.shape[1:])
 
 
 def mixed_embed_bwd_torch(
@@ -124,6 +132,7 @@ def mixed_embed_bwd_torch(
     adapter_index: Tensor,
     starts: Tensor | None,
     num_slots: int,
+    max_lengths: Tensor | None = None,
     offset_rows: int | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Eager backward: per-row alignment, per-adapter one-hot sums, then small batched matmuls (module docstring);
@@ -147,6 +156,9 @@ def mixed_embed_bwd_torch(
     else:
         rows = lora_a.shape[1] if offset_rows is None else offset_rows
         shifted = shifted_rows(grad_tokens, starts, rows)  # (B, rows, d)
+    if max_lengths is not None:  # A rows j >= L_a of the row's adapter: no offset, so no gradient
+        below = torch.arange(rows, device=grad_out.device) < max_lengths[adapter.clamp(min=0)][:, None]  # (B, rows)
+        shifted = torch.where(below[:, :, None], shifted, 0)
     summed = per_adapter_sum(shifted, adapter, num, acc)  # G' (N, rows, d)
     scale = scales.to(acc)[:, None, None]
     grad_a = torch.zeros(lora_a.shape, dtype=acc, device=grad_out.device)
@@ -160,9 +172,13 @@ def mixed_embed_bwd_torch(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def check_bank_data(prompt_lengths: Tensor, scales: Tensor, adapter_index: Tensor, num_slots: int) -> None:
+def check_bank_data(
+    prompt_lengths: Tensor, scales: Tensor, adapter_index: Tensor, num_slots: int, max_lengths: Tensor | None = None,
+    num_rows: int = 0,
+) -> None:  # fmt: skip
     """The data-dependent checks of the bank (one device sync; ``check_ids=False`` skips them): every adapter index
-    in ``[-1, N)``, every prompt length in ``[1, m_max]``, every scale finite."""
+    in ``[-1, N)``, every prompt length in ``[1, m_max]``, every scale finite, every ``max_lengths`` (if given) in
+    ``[0, L_max]`` with ``L_max = num_rows``."""
     num = prompt_lengths.shape[0]
     if adapter_index.numel():
         low, high = (int(v) for v in torch.aminmax(adapter_index))
@@ -180,6 +196,13 @@ def check_bank_data(prompt_lengths: Tensor, scales: Tensor, adapter_index: Tenso
         )
     if not bool(torch.isfinite(scales).all()):
         raise ValueError("scales must hold finite values, found NaN or infinity")
+    if max_lengths is not None:
+        low, high = (int(v) for v in torch.aminmax(max_lengths))
+        if low < 0 or high > num_rows:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"max_lengths must be in [0, L_max] = [0, {num_rows}] (L_max = lora_a.shape[1]), found {bad}"
+            )
 
 
 @custom_op("prompt_ops::mixed_dept_embed_fwd")
@@ -197,30 +220,34 @@ def mixed_dept_embed_fwd_op(
     backend: str,
     starts: Tensor | None = None,
     starts_nonpositive: bool = False,
+    max_lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Forward custom op; the data checks (``check_ids``) run here so that they also guard compiled graphs.
     ``starts`` ``(B,)`` int64 shifts each row's offset rows (None: unshifted); ``starts_nonpositive`` promises that
-    no start is positive (the string conventions), so only ``A[:, :L]`` can be reached."""
+    no start is positive (the string conventions), so only ``A[:, :L]`` can be reached; ``max_lengths`` ``(N,)``
+    each adapter's ``L_a`` (None: all ``L_max`` rows; only with offsets)."""
     if check_ids:
         check_token_data(input_ids, weight.shape[0], attention_mask)
-        check_bank_data(prompt_lengths, scales, adapter_index, prompts.shape[1])
+        num_rows = 0 if lora_a is None else lora_a.shape[1]
+        check_bank_data(prompt_lengths, scales, adapter_index, prompts.shape[1], max_lengths, num_rows)
     if backend == "triton":
         from prompt_ops.kernels.mixed_embed import mixed_embed_fwd_triton
 
         return mixed_embed_fwd_triton(
-            input_ids, weight, prompts, prompt_lengths, lora_a, lora_b, scales, adapter_index, attention_mask, starts
-        )
+            input_ids, weight, prompts, prompt_lengths, lora_a, lora_b, scales, adapter_index, attention_mask, starts,
+            max_lengths,
+        )  # fmt: skip
     rows = None if lora_a is None else covered_rows(input_ids.shape[1], lora_a.shape[1], starts_nonpositive)
     return mixed_embed_fwd_torch(
         input_ids, weight, prompts, prompt_lengths, lora_a, lora_b, scales, adapter_index, attention_mask, starts,
-        rows,
+        max_lengths, rows,
     )  # fmt: skip
 
 
 @mixed_dept_embed_fwd_op.register_fake
 def _mixed_dept_embed_fwd_fake(
     input_ids, weight, prompts, prompt_lengths, lora_a, lora_b, scales, adapter_index, attention_mask, check_ids,
-    backend, starts=None, starts_nonpositive=False,
+    backend, starts=None, starts_nonpositive=False, max_lengths=None,
 ):  # fmt: skip
     batch, seq_len = input_ids.shape
     _, slots, hidden = prompts.shape
@@ -241,20 +268,22 @@ def mixed_dept_embed_bwd_op(
     backend: str,
     starts: Tensor | None = None,
     starts_nonpositive: bool = False,
+    max_lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Backward custom op: fp32 (fp64 for fp64 inputs) ``(d_prompts, d_lora_a, d_lora_b)``; the last two are empty
-    tensors when the bank has no offsets (a custom op cannot return None). ``starts`` as in the forward."""
+    tensors when the bank has no offsets (a custom op cannot return None). ``starts``, ``max_lengths`` as in the
+    forward."""
     if backend == "triton":
         from prompt_ops.kernels.mixed_embed import mixed_embed_bwd_triton
 
         grads = mixed_embed_bwd_triton(
-            grad_out, prompt_lengths, lora_a, lora_b, scales, adapter_index, starts, num_slots
+            grad_out, prompt_lengths, lora_a, lora_b, scales, adapter_index, starts, num_slots, max_lengths
         )  # fmt: skip
     else:
         seq_len = grad_out.shape[1] - num_slots
         rows = None if lora_a is None else covered_rows(seq_len, lora_a.shape[1], starts_nonpositive)
         grads = mixed_embed_bwd_torch(
-            grad_out, prompt_lengths, lora_a, lora_b, scales, adapter_index, starts, num_slots, rows
+            grad_out, prompt_lengths, lora_a, lora_b, scales, adapter_index, starts, num_slots, max_lengths, rows
         )  # fmt: skip
     grad_prompts, grad_a, grad_b = grads
     if grad_a is None:  # two distinct empties: custom-op outputs may not alias each other
@@ -265,7 +294,7 @@ def mixed_dept_embed_bwd_op(
 @mixed_dept_embed_bwd_op.register_fake
 def _mixed_dept_embed_bwd_fake(
     grad_out, prompt_lengths, lora_a, lora_b, scales, adapter_index, num_slots, backend, starts=None,
-    starts_nonpositive=False,
+    starts_nonpositive=False, max_lengths=None,
 ):  # fmt: skip
     acc = accumulate_dtype(grad_out.dtype)
     grad_prompts = grad_out.new_empty((prompt_lengths.shape[0], num_slots, grad_out.shape[2]), dtype=acc)
@@ -275,8 +304,9 @@ def _mixed_dept_embed_bwd_fake(
 
 
 def _setup_context(ctx, inputs, output):
-    _, _, prompts, prompt_lengths, lora_a, lora_b, scales, adapter_index, _, _, backend, starts, nonpositive = inputs
-    ctx.save_for_backward(prompt_lengths, lora_a, lora_b, scales, adapter_index, starts)
+    _, _, prompts, prompt_lengths, lora_a, lora_b, scales, adapter_index, _, _, backend, starts = inputs[:12]
+    nonpositive, max_lengths = inputs[12:]
+    ctx.save_for_backward(prompt_lengths, lora_a, lora_b, scales, adapter_index, starts, max_lengths)
     ctx.num_slots = prompts.shape[1]
     ctx.prompts_dtype = prompts.dtype
     ctx.backend = backend
@@ -284,17 +314,17 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_embeds, _grad_mask):
-    prompt_lengths, lora_a, lora_b, scales, adapter_index, starts = ctx.saved_tensors
+    prompt_lengths, lora_a, lora_b, scales, adapter_index, starts, max_lengths = ctx.saved_tensors
     grad_prompts, grad_a, grad_b = mixed_dept_embed_bwd_op(
         grad_embeds, prompt_lengths, lora_a, lora_b, scales, adapter_index, ctx.num_slots, ctx.backend, starts,
-        ctx.starts_nonpositive,
+        ctx.starts_nonpositive, max_lengths,
     )  # fmt: skip
     grad_prompts = grad_prompts.to(ctx.prompts_dtype)
     if lora_a is None:
         grad_a = grad_b = None
     else:
         grad_a, grad_b = grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype)
-    return None, None, grad_prompts, None, grad_a, grad_b, None, None, None, None, None, None, None
+    return None, None, grad_prompts, None, grad_a, grad_b, None, None, None, None, None, None, None, None
 
 
 mixed_dept_embed_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -318,7 +348,7 @@ def _check_vector(name: str, value: object, size: int, source: str, dtypes: tupl
 
 
 def _validate_bank(input_ids, weight, prompts, prompt_lengths, lora_a, lora_b, scales, adapter_index,
-                   attention_mask, backend) -> str:  # fmt: skip
+                   attention_mask, backend, max_lengths) -> str:  # fmt: skip
     """The shape, dtype and device checks of :func:`mixed_dept_embed`; returns the resolved backend."""
     if (lora_a is None) != (lora_b is None):
         given, missing = ("lora_a", "lora_b") if lora_b is None else ("lora_b", "lora_a")
@@ -345,6 +375,9 @@ def _validate_bank(input_ids, weight, prompts, prompt_lengths, lora_a, lora_b, s
             f"lora_a must have shape (N, L_max, r_max) with N = prompts.shape[0] = {num}, got {tuple(lora_a.shape)}"
         )
     others = {"prompt_lengths": prompt_lengths, "scales": scales, "adapter_index": adapter_index}
+    if max_lengths is not None:
+        _check_vector("max_lengths", max_lengths, num, "N", TOKEN_ID_DTYPES)
+        others["max_lengths"] = max_lengths
     for name, value in others.items():
         if value.device != input_ids.device:
             raise ValueError(f"{name} must be on input_ids' device {input_ids.device}, got {value.device}")
@@ -365,6 +398,7 @@ def mixed_dept_embed(
     positions: str | Tensor = "tokens",
     backend: str | None = None,
     check_ids: bool | None = None,
+    max_lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Prompt tuning and DePT adapters of one bank, one adapter per row of the batch (module docstring).
 
@@ -382,11 +416,14 @@ def mixed_dept_embed(
         attention_mask: optional ``(B, L)`` mask of any bool/int/float dtype (finite values).
         positions: ``"tokens"`` (default), ``"absolute"`` or a ``(B,)`` int64/int32 tensor of row starts, as in
             :func:`prompt_ops.dept_embed`. With the two conventions ``L <= L_max`` is required; a row whose adapter
-            is shorter (``L_a < L``) gets no offset past ``L_a`` (its ``A`` padding is zero).
+            is shorter (``L_a < L``) gets no offset past ``L_a``.
         backend: ``"auto"`` (default, or ``$PROMPT_OPS_BACKEND``), ``"triton"`` or ``"torch"``.
         check_ids: validate the data (default, or ``$PROMPT_OPS_CHECK_IDS``): ids in range, a float mask finite,
             ``adapter_index`` in ``[-1, N)``, ``prompt_lengths`` in ``[1, m_max]``, ``scales`` finite. One device
             sync; pass ``False`` when capturing CUDA graphs.
+        max_lengths: optional ``(N,)`` int64 or int32 ``L_a`` of each adapter, in ``[0, L_max]``: the rows
+            ``[L_a, L_max)`` of ``lora_a[a]`` are padding, give no offset and get an exact zero gradient. None:
+            every adapter spans all ``L_max`` rows. Ignored without offsets.
 
     Returns:
         ``inputs_embeds (B, m_max + L, d)`` in ``weight.dtype`` and the mask ``(B, m_max + L)``: 0 on the slots in
@@ -395,8 +432,9 @@ def mixed_dept_embed(
         deterministically.
     """
     backend = _validate_bank(
-        input_ids, weight, prompts, prompt_lengths, lora_a, lora_b, scales, adapter_index, attention_mask, backend
-    )
+        input_ids, weight, prompts, prompt_lengths, lora_a, lora_b, scales, adapter_index, attention_mask, backend,
+        max_lengths,
+    )  # fmt: skip
     starts, nonpositive = None, False
     if lora_a is not None:
         starts, nonpositive, limited = resolve_positions(positions, input_ids, attention_mask)
@@ -408,5 +446,5 @@ def mixed_dept_embed(
                       attention_mask)  # fmt: skip
     return mixed_dept_embed_fwd_op(
         input_ids, weight, prompts, prompt_lengths, lora_a, lora_b, scales, adapter_index, attention_mask,
-        resolve_check_ids(check_ids), backend, starts, nonpositive,
+        resolve_check_ids(check_ids), backend, starts, nonpositive, max_lengths if lora_a is not None else None,
     )  # fmt: skip
