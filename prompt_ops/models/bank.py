@@ -4,9 +4,10 @@ Each adapter ``a`` has a prompt of ``m_a`` rows and (DePT) ``lora_a (L_a, r_a)``
 ``lora_alpha_a / sqrt(r_a)``. The bank holds them zero-padded in one set of parameters, the layout of
 :func:`prompt_ops.ops.mixed_embed.mixed_dept_embed`: ``prompts (N, m_max, d)``, ``lora_a (N, L_max, r_max)``,
 ``lora_b (N, r_max, d)`` (None while no adapter has offsets; a prompt-tuning adapter among DePT ones has zero rows
-and scale 0), and the buffers ``prompt_lengths (N,)`` and ``scales (N,)``. The padding stays zero: the op gives it
-no gradient. Adding or deleting an adapter re-stacks the parameters into new ``nn.Parameter`` objects (the values
-of the others kept), so an optimizer built before must be built again.
+and scale 0), and the buffers ``prompt_lengths (N,)``, ``max_lengths (N,)`` (each adapter's ``L_a``; 0 without
+offsets) and ``scales (N,)``. The padding stays zero: the op gives it no gradient, ``lora_a``'s rows past ``L_a``
+included (the op reads ``max_lengths``). Adding or deleting an adapter re-stacks the parameters into new
+``nn.Parameter`` objects (the values of the others kept), so an optimizer built before must be built again.
 
 A batch row picks its adapter by name; ``"__base__"`` runs the plain base model (:data:`BASE`). This slice holds
 prompt tuning and DePT adapters (the ``dept_embed`` op family); other methods are refused by name.
@@ -88,6 +89,7 @@ class AdapterBank(nn.Module):
     lora_a: nn.Parameter | None
     lora_b: nn.Parameter | None
     prompt_lengths: torch.Tensor | None
+    max_lengths: torch.Tensor | None
     scales: torch.Tensor | None
 
     def __init__(self, embedding: nn.Embedding, backend: str | None = None, positions: str = "tokens"):
@@ -100,7 +102,7 @@ class AdapterBank(nn.Module):
         self._configs: dict[str, MethodConfig] = {}
         for name in ("prompts", "lora_a", "lora_b"):
             self.register_parameter(name, None)
-        for name in ("prompt_lengths", "scales"):
+        for name in ("prompt_lengths", "max_lengths", "scales"):
             self.register_buffer(name, None)
 
     @property
@@ -200,10 +202,12 @@ class AdapterBank(nn.Module):
                 lora_b[index, : adapter.config.rank] = tensors["lora_b"]
         lengths = [adapter.config.num_tokens for adapter in adapters.values()]
         scales = [adapter.scale for adapter in adapters.values()]
+        max_lengths = [getattr(adapter.config, "max_length", 0) for adapter in adapters.values()]
         self.prompts = nn.Parameter(prompts)
         self.lora_a = None if lora_a is None else nn.Parameter(lora_a)
         self.lora_b = None if lora_b is None else nn.Parameter(lora_b)
         self.prompt_lengths = torch.tensor(lengths, dtype=torch.int64, device=weight.device)
+        self.max_lengths = torch.tensor(max_lengths, dtype=torch.int64, device=weight.device)
         self.scales = torch.tensor(scales, dtype=torch.float32, device=weight.device)
         self._configs = {name: adapter.config for name, adapter in adapters.items()}
 
@@ -231,6 +235,7 @@ class AdapterBank(nn.Module):
         return mixed_dept_embed(
             input_ids, self.embedding.weight, self.prompts, self.prompt_lengths, self.lora_a, self.lora_b,
             self.scales, adapter_index, attention_mask=attention_mask, positions=self.positions, backend=self.backend,
+            max_lengths=self.max_lengths,
         )  # fmt: skip
 
     def extra_repr(self) -> str:

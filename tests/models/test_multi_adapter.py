@@ -178,6 +178,26 @@ def test_the_bank_stacks_zero_padded_tensors_and_restacks_on_add_and_delete():
     assert {n for n, p in multi.named_parameters() if p.requires_grad} == {"bank.prompts", "bank.lora_a", "bank.lora_b"}
 
 
+def test_rows_past_a_shorter_adapters_offset_table_get_no_offset_and_its_padding_no_gradient():
+    """Inputs of 11 tokens: past "short"'s 9 rows of ``lora_a`` (the bank's are 12 long) its tokens get no offset,
+    as the reference over the zero-padded bank gives, and its padded rows 9..11 get exactly zero gradient (the
+    bank passes each adapter's length, so the padding stays zero under any optimizer)."""
+    multi = mixed("gpt2")
+    bank = multi.bank
+    assert bank.max_lengths.tolist() == [12, 0, 9]
+    ids, mask, _ = batch("right", lengths=[11, 11, 11], seq_len=11)
+    index = bank.index(["short", "long", "short"])
+    embeds, _ = bank(ids, mask, index)
+    expected = reference.mixed_dept_embed(
+        ids, bank.embedding.weight, bank.prompts, bank.prompt_lengths, bank.lora_a, bank.lora_b, bank.scales, index,
+        attention_mask=mask,
+    )[0]  # fmt: skip
+    torch.testing.assert_close(embeds, expected, **TOL)
+    embeds.square().sum().backward()
+    assert bank.lora_a.grad[2, 9:].eq(0).all() and bank.lora_a.grad[2, :9, :2].ne(0).any()
+    assert bank.lora_a.grad[0, 9:11].ne(0).any()  # "long" reaches its rows 9 and 10
+
+
 def test_every_adapter_round_trips_through_its_folder_bitwise(tmp_path):
     multi = mixed("gpt2")
     for name in ADAPTERS:
