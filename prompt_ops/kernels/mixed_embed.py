@@ -5,10 +5,12 @@ output columns, ``d`` hidden size, ``J = L_max`` rows and ``R = r_max`` ranks of
 runs adapter ``a = adapter_index[b]`` (``-1``: the base model) with prompt length ``m_a``, ``A`` rows ``L_a``
 (``max_lengths[a]``; ``J`` when not given), scale ``s_a`` and row start ``start_b`` (0 without starts).
 
-Forward (one launch) writes the whole model input::
+Forward (one launch) writes the whole model input, with ``f_a`` the slot column of the prompt's row 0: ``S - m_a``
+for the ``"front"`` layout (masked slots, then the prompt), ``0`` for ``"after_prompt"`` (the prompt, then the
+masked slots; ``slots_front`` picks one, an int argument, so one compiled kernel serves both)::
 
-    out[b, p]      = prompts[a, p - (S - m_a)]                 S - m_a <= p < S            mask 1
-    out[b, p]      = 0                                         p < S - m_a, or a = -1      mask 0
+    out[b, p]      = prompts[a, p - f_a]                       f_a <= p < f_a + m_a        mask 1
+    out[b, p]      = 0                                         other p < S, or a = -1      mask 0
     out[b, S + t]  = W[ids[b, t]] + s_a * A[a, j] @ B[a]       j = start_b + t             mask attention_mask[b, t]
 
 with no offset where ``a = -1`` or ``j`` is outside ``[0, L_a)``. Programs tile the ``(T, d)`` plane and walk a
@@ -16,11 +18,11 @@ group of batch rows; a program reloads its prompt tile only when the row's adapt
 and recomputes its offset slice only when the pair (adapter, start) differs, so a batch of one adapter without
 padding computes each slice once per program, as ``dept_embed`` does. Every row of the batch is in this one launch.
 
-Backward, with ``dX`` the gradient of ``out``. The slot column ``S - m_a + q`` of a row of adapter ``a`` is
+Backward, with ``dX`` the gradient of ``out``. The slot column ``f_a + q`` of a row of adapter ``a`` is
 ``prompts[a, q]`` itself, and ``out[b, S + t, i]`` depends on ``A`` and ``B`` through ``s_a sum_k A[a, j, k]
 B[a, k, i]`` with ``j = start_b + t`` inside ``[0, L_a)``, so the chain rule gives::
 
-    d_prompts[a, q] = sum_{b: a_b = a} dX[b, S - m_a + q]                                    q < m_a
+    d_prompts[a, q] = sum_{b: a_b = a} dX[b, f_a + q]                                        q < m_a
     G'[a, j]        = sum_{b: a_b = a} sum_{t: start_b + t = j, t < L} dX[b, S + t]           j < L_a
     d_A[a, j, k]    = s_a sum_i G'[a, j, i] B[a, k, i]       = s_a (G'[a] B[a]^T)[j, k]
     d_B[a, k, i]    = s_a sum_j A[a, j, k] G'[a, j, i]       = s_a (A[a]^T G'[a])[k, i]
@@ -75,6 +77,7 @@ def _mixed_embed_fwd_kernel(
     rank,  # R
     vocab,
     max_length,  # J: rows of lora_a
+    slots_front,  # 1: slots in front of the prompt (f_a = S - m_a); 0: after it (f_a = 0)
     batches_per_program,
     stride_ids_b,
     stride_ids_t,
@@ -135,8 +138,8 @@ def _mixed_embed_fwd_kernel(
         has_adapter = (adapter >= 0) & (adapter < num_adapters)
         index = tl.where(has_adapter, adapter, 0)
         num_prompt = tl.where(has_adapter, tl.load(prompt_lengths_ptr + index).to(tl.int64), 0)  # m_a (0 for -1)
-        first_slot = num_slots - num_prompt
-        slot_ok = is_slot & (rows >= first_slot)  # [BLOCK_T] the adapter's prompt rows
+        first_slot = (num_slots - num_prompt) * slots_front  # f_a
+        slot_ok = is_slot & (rows >= first_slot) & (rows < first_slot + num_prompt)  # [BLOCK_T] the prompt rows
         if (adapter != last_adapter) & has_slots:  # prompt: [BLOCK_T, BLOCK_D]
             prompt = load_tile(
                 prompts_ptr + index * stride_p_n, tl.where(slot_ok, rows - first_slot, 0), slot_ok, cols, col_ok,
@@ -203,6 +206,7 @@ def _mixed_embed_bwd_kernel(
     seq_len,
     num_rows,  # J = L_max, or 0 without offsets
     hidden,
+    slots_front,  # 1: slots in front of the prompt (f_a = S - m_a); 0: after it (f_a = 0)
     stride_g_b,
     stride_g_t,
     stride_g_d,
@@ -229,7 +233,7 @@ def _mixed_embed_bwd_kernel(
         length = num_rows
     # Padding rows (q >= m_a, j >= L_a) gather nothing and are stored as zeros.
     prompt_ok = is_slot & (rows < num_prompt)  # [BLOCK_T]
-    prompt_source = num_slots - num_prompt + rows  # [BLOCK_T] slot column of prompt row q
+    prompt_source = (num_slots - num_prompt) * slots_front + rows  # [BLOCK_T] slot column f_a + q of prompt row q
     row_ok = is_row & (j < length)  # [BLOCK_T]
 
     acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
@@ -284,6 +288,13 @@ def _forward_config(total: int, hidden: int, interpret: bool) -> EmbedConfig:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _slots_front(slots: str) -> int:
+    """The kernels' ``slots_front`` argument: 1 for the ``"front"`` layout, 0 for ``"after_prompt"``."""
+    if slots not in ("front", "after_prompt"):
+        raise ValueError(f"slots must be 'front' or 'after_prompt', got {slots!r}")
+    return int(slots == "front")
+
+
 def _vector(values: torch.Tensor | None) -> torch.Tensor | None:
     """A ``(N,)`` / ``(B,)`` argument as the contiguous vector the kernels index with unit stride."""
     return None if values is None else values.contiguous()
@@ -302,6 +313,7 @@ def mixed_embed_fwd_triton(
     starts: torch.Tensor | None,
     max_lengths: torch.Tensor | None = None,
     config: EmbedConfig | None = None,
+    slots: str = "front",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the fused mixed-adapter forward (one launch). Arguments are assumed validated (see
     ``prompt_ops.ops.mixed_embed``).
@@ -309,7 +321,8 @@ def mixed_embed_fwd_triton(
     ``prompts (N, S, d)``, ``prompt_lengths (N,)``, ``lora_a (N, J, R)`` and ``lora_b (N, R, d)`` (both None: no
     offsets in the bank), ``scales (N,)`` fp32, ``adapter_index (B,)`` in ``[-1, N)``; ``starts (B,)`` int64 row
     starts or None for all zero; ``max_lengths (N,)`` the ``A`` rows ``L_a`` of each adapter (None: every adapter
-    spans all ``J`` rows; padded rows are zero, so this only saves reads). Returns ``inputs_embeds (B, S + L, d)``
+    spans all ``J`` rows; padded rows are zero, so this only saves reads); ``slots`` the layout, ``"front"`` or
+    ``"after_prompt"`` (the module docstring). Returns ``inputs_embeds (B, S + L, d)``
     in ``weight.dtype`` and the mask ``(B, S + L)`` in the dtype of ``attention_mask`` (int64 when None).
     """
     num_batch, seq_len = input_ids.shape
@@ -337,7 +350,8 @@ def mixed_embed_fwd_triton(
     _mixed_embed_fwd_kernel[grid](
         out, mask_out, input_ids, weight, prompts, prompt_lengths, a, b, scales, lengths, adapter_index, m,
         _vector(starts) if shifted else adapter_index,
-        num_batch, num_adapters, num_slots, seq_len, hidden, a.shape[2], weight.shape[0], a.shape[1], per_program,
+        num_batch, num_adapters, num_slots, seq_len, hidden, a.shape[2], weight.shape[0], a.shape[1],
+        _slots_front(slots), per_program,
         input_ids.stride(0), input_ids.stride(1), weight.stride(0), weight.stride(1),
         prompts.stride(0), prompts.stride(1), prompts.stride(2), a.stride(0), a.stride(1), a.stride(2),
         b.stride(0), b.stride(1), b.stride(2), m.stride(0), m.stride(1),
@@ -359,13 +373,14 @@ def mixed_embed_bwd_triton(
     num_slots: int,
     max_lengths: torch.Tensor | None = None,
     config: EmbedConfig | None = None,
+    slots: str = "front",
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Launch the deterministic mixed-adapter backward. Returns fp32 ``d_prompts (N, S, d)``, ``d_lora_a (N, J,
     R)`` and ``d_lora_b (N, R, d)`` (both None without offsets), zero on the bank's padding.
 
-    ``num_slots`` is ``S = m_max``; the other arguments as in :func:`mixed_embed_fwd_triton`. Without
-    ``max_lengths`` the rows ``[L_a, J)`` of ``d_lora_a`` are not masked (the gradient of the padded ``A`` as the
-    plain formula gives it); pass them for a bank whose adapters differ in ``L_a``.
+    ``num_slots`` is ``S = m_max``; the other arguments (``slots`` included) as in :func:`mixed_embed_fwd_triton`.
+    Without ``max_lengths`` the rows ``[L_a, J)`` of ``d_lora_a`` are not masked (the gradient of the padded ``A``
+    as the plain formula gives it); pass them for a bank whose adapters differ in ``L_a``.
     One Triton launch (``d_prompts`` and ``G'``), then ``d_A = s G' B^T`` and ``d_B = s A^T G'`` as two ``bmm``.
     """
     num_batch, total, hidden = grad_out.shape
@@ -397,7 +412,8 @@ def mixed_embed_bwd_triton(
     _mixed_embed_bwd_kernel[grid](
         grad_prompts, grad_rows if has_offset else grad_prompts, grad_out, prompt_lengths, lengths, adapter_index,
         _vector(starts) if shifted else adapter_index,
-        num_batch, num_slots, seq_len, num_rows, hidden, grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
+        num_batch, num_slots, seq_len, num_rows, hidden, _slots_front(slots), grad_out.stride(0), grad_out.stride(1),
+        grad_out.stride(2),
         HAS_LENGTHS=has_lengths, HAS_STARTS=shifted, BLOCK_T=config.block_t,
         BLOCK_D=config.block_d, num_warps=config.num_warps,
     )  # fmt: skip

@@ -12,17 +12,23 @@ Row ``b`` of a batch uses adapter ``a = adapter_index[b]`` (``-1``: the plain ba
   where ``start_b + t`` is outside ``[0, L_max)``, nor on a ``-1`` row), mask ``attention_mask[b, t]``.
 
 So the prompt sits right before the input as it does when the adapter runs alone, and with positions counted from
-the first real column each row's result equals its adapter alone (the batch-invariance rule).
+the first real column each row's result equals its adapter alone (the batch-invariance rule). That is the default
+layout, ``slots="front"`` (decoder-only models, T5). ``slots="after_prompt"`` puts the masked slots between the
+prompt and the input, ``[prompt_a, slots, input]``: the prompt at columns ``[0, m_a)``, the slots at ``[m_a, m_max)``,
+so a head that reads column 0 (BERT's pooler) reads the prompt's first row as it does alone; with position ids
+that skip the slots a bidirectional encoder's row equals its adapter alone. The input is at columns ``m_max + t`` in
+both layouts (labels and ``token_type_ids`` keep fixed columns). In either, slot column ``c`` of row ``b`` shows
+prompt row ``c - f_b`` where that is in ``[0, m_a)``, with ``f_b = m_max - m_a`` (front) or ``0`` (after the prompt).
 
 Two ``torch.library`` custom ops, ``prompt_ops::mixed_dept_embed_fwd`` and ``prompt_ops::mixed_dept_embed_bwd``,
 each with a fake implementation, carry either backend; ``register_autograd`` on the forward calls the backward op.
 ``triton`` launches ``prompt_ops.kernels.mixed_embed``; ``torch`` is an efficient eager path: the prompt slots are
-one gather of the bank's prompt rows (a zero row standing in for the slots in front), the offsets one gather of the
+one gather of the bank's prompt rows (a zero row standing in for the masked slots), the offsets one gather of the
 rows of ``Q = s * bmm(A, B) (N, L_max, d)`` at ``(a_b, start_b + t)``, added in fp32 into the output (one rounding).
 
 The backward is deterministic (no scatter, no atomics): each row's gradient is first aligned to its adapter's
-rows (the prompt columns shifted by ``m_max - m_a``, the token columns gathered at A-row ``j = start_b + t``), then
-summed per adapter by a one-hot ``(N, B)`` matmul: ``dP[a] = sum_{b: a_b = a} dX[b, m_max - m_a + j]`` and
+rows (the prompt columns shifted by ``f_b``, the token columns gathered at A-row ``j = start_b + t``), then
+summed per adapter by a one-hot ``(N, B)`` matmul: ``dP[a] = sum_{b: a_b = a} dX[b, f_b + j]`` (``j < m_a``) and
 ``G'[a, j] = sum_{b: a_b = a} dX[b, m_max + j - start_b]``, ``dA = s G' B^T``, ``dB = s A^T G'`` (batched).
 Gradients reach ``prompts``, ``lora_a`` and ``lora_b`` only. The prompt padding (rows ``>= m_a``) is never read and
 gets an exact zero gradient; zero-padded ranks get exact zeros too (each term is a product with a zero factor); the
@@ -56,10 +62,29 @@ Tensor = torch.Tensor
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def row_prompt_lengths(prompt_lengths: Tensor, adapter_index: Tensor) -> Tensor:
-    """``(B,)``: the prompt length ``m_a`` of each row's adapter, 0 on ``-1`` rows. Row ``b``'s prompt fills its
-    last ``m_a`` slots: slot ``c`` shows ``prompts[a_b, c - (m_max - m_a)]`` where that index is ``>= 0``."""
-    return torch.where(adapter_index >= 0, prompt_lengths[adapter_index.clamp(min=0)], 0)
+SLOTS = ("front", "after_prompt")
+"""The layouts of a mixed row: masked slots in front of the prompt, or between the prompt and the input."""
+
+
+def check_slots(slots: object, name: str = "slots") -> str:
+    """``"front"`` or ``"after_prompt"`` (a ``ValueError`` naming ``name`` otherwise)."""
+    if not isinstance(slots, str) or slots not in SLOTS:
+        raise ValueError(
+            f"{name} must be one of {SLOTS} (masked slots in front of each row's prompt, or between the prompt and "
+            f"the input), got {slots!r}"
+        )
+    return slots
+
+
+def row_prompt_layout(
+    prompt_lengths: Tensor, adapter_index: Tensor, num_slots: int, slots: str
+) -> tuple[Tensor, Tensor]:
+    """``(m, f)``, both ``(B,)`` int64: the prompt length ``m_a`` of each row's adapter (0 on ``-1`` rows) and the
+    slot column of its prompt row 0, ``f = m_max - m_a`` (``"front"``) or 0 (``"after_prompt"``). Slot ``c`` of
+    row ``b`` shows ``prompts[a_b, c - f_b]`` where that index is in ``[0, m_b)``."""
+    lengths = torch.where(adapter_index >= 0, prompt_lengths[adapter_index.clamp(min=0)], 0)
+    first = num_slots - lengths if slots == "front" else torch.zeros_like(lengths)
+    return lengths, first
 
 
 def mixed_embed_fwd_torch(
@@ -75,24 +100,25 @@ def mixed_embed_fwd_torch(
     starts: Tensor | None = None,
     max_lengths: Tensor | None = None,
     offset_rows: int | None = None,
+    slots: str = "front",
 ) -> tuple[Tensor, Tensor]:
     """Eager forward; same contract as the Triton launcher. ``starts`` ``(B,)`` int64 (None: every row at 0);
     ``max_lengths`` ``(N,)`` each adapter's ``L_a`` (None: ``L_max``); only the first ``offset_rows`` rows of each
-    ``A`` can be reached (None: all ``L_max``)."""
+    ``A`` can be reached (None: all ``L_max``); ``slots`` the layout (:data:`SLOTS`)."""
     batch, seq_len = input_ids.shape
-    num, slots, hidden = prompts.shape
+    num, num_slots, hidden = prompts.shape
     adapter = adapter_index.long()
     safe = adapter.clamp(min=0)
-    out = weight.new_empty((batch, slots + seq_len, hidden))
-    front = slots - row_prompt_lengths(prompt_lengths, adapter)  # (B,) the zero slots in front of each prompt
-    row = torch.arange(slots, device=adapter.device) - front[:, None]  # (B, m_max): the prompt row of each slot
-    shown = row >= 0
-    table = torch.cat([prompts.reshape(num * slots, hidden), prompts.new_zeros((1, hidden))])  # zero row last
-    index = torch.where(shown, safe[:, None] * slots + row, num * slots)
-    out[:, :slots] = torch.nn.functional.embedding(index, table)  # cast to weight.dtype
+    out = weight.new_empty((batch, num_slots + seq_len, hidden))
+    lengths, first = row_prompt_layout(prompt_lengths, adapter, num_slots, slots)
+    row = torch.arange(num_slots, device=adapter.device) - first[:, None]  # (B, m_max): the prompt row of each slot
+    shown = (row >= 0) & (row < lengths[:, None])
+    table = torch.cat([prompts.reshape(num * num_slots, hidden), prompts.new_zeros((1, hidden))])  # zero row last
+    index = torch.where(shown, safe[:, None] * num_slots + row, num * num_slots)
+    out[:, :num_slots] = torch.nn.functional.embedding(index, table)  # cast to weight.dtype
     tokens = torch.nn.functional.embedding(input_ids, weight)  # (B, L, d)
     if lora_a is None:
-        out[:, slots:] = tokens
+        out[:, num_slots:] = tokens
     else:
         rows = lora_a.shape[1] if offset_rows is None else offset_rows
         offsets = lora_a.new_zeros((num * rows + 1, hidden))  # Q[a, j] at a * rows + j, a zero row last
@@ -106,12 +132,12 @@ def mixed_embed_fwd_torch(
             inside &= position < max_lengths[safe][:, None]
         index = torch.where(inside, safe[:, None] * rows + position, num * rows)
         offset = torch.nn.functional.embedding(index, offsets)  # (B, L, d)
-        torch.add(tokens, offset, out=out[:, slots:])  # in the offset's precision, rounded once
+        torch.add(tokens, offset, out=out[:, num_slots:])  # in the offset's precision, rounded once
     mask_dtype = attention_mask.dtype if attention_mask is not None else torch.int64
-    mask = torch.ones((batch, slots + seq_len), dtype=mask_dtype, device=weight.device)
-    mask[:, :slots] = shown
+    mask = torch.ones((batch, num_slots + seq_len), dtype=mask_dtype, device=weight.device)
+    mask[:, :num_slots] = shown
     if attention_mask is not None:
-        mask[:, slots:] = attention_mask
+        mask[:, num_slots:] = attention_mask
     return out, mask
 
 
@@ -134,6 +160,7 @@ def mixed_embed_bwd_torch(
     num_slots: int,
     max_lengths: Tensor | None = None,
     offset_rows: int | None = None,
+    slots: str = "front",
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Eager backward: per-row alignment, per-adapter one-hot sums, then small batched matmuls (module docstring);
     ``(d_prompts, d_lora_a, d_lora_b)`` in fp32 (fp64 for fp64 inputs)."""
@@ -141,9 +168,10 @@ def mixed_embed_bwd_torch(
     num, batch, hidden = prompt_lengths.shape[0], grad_out.shape[0], grad_out.shape[2]
     seq_len = grad_out.shape[1] - num_slots
     adapter = adapter_index.long()
-    front = num_slots - row_prompt_lengths(prompt_lengths, adapter)  # (B,)
-    column = torch.arange(num_slots, device=grad_out.device) + front[:, None]  # (B, m_max): the slot of row j
-    inside = column < num_slots  # j < m_a
+    lengths, first = row_prompt_layout(prompt_lengths, adapter, num_slots, slots)
+    row = torch.arange(num_slots, device=grad_out.device)
+    column = row + first[:, None]  # (B, m_max): the slot of prompt row j
+    inside = row < lengths[:, None]  # j < m_a
     index = torch.where(inside, column, 0)[:, :, None].expand(batch, num_slots, hidden)
     aligned = torch.where(inside[:, :, None], torch.gather(grad_out[:, :num_slots], 1, index), 0)
     grad_prompts = per_adapter_sum(aligned, adapter, num, acc)  # (N, m_max, d), rows >= m_a exactly zero
@@ -221,11 +249,12 @@ def mixed_dept_embed_fwd_op(
     starts: Tensor | None = None,
     starts_nonpositive: bool = False,
     max_lengths: Tensor | None = None,
+    slots: str = "front",
 ) -> tuple[Tensor, Tensor]:
     """Forward custom op; the data checks (``check_ids``) run here so that they also guard compiled graphs.
     ``starts`` ``(B,)`` int64 shifts each row's offset rows (None: unshifted); ``starts_nonpositive`` promises that
     no start is positive (the string conventions), so only ``A[:, :L]`` can be reached; ``max_lengths`` ``(N,)``
-    each adapter's ``L_a`` (None: all ``L_max`` rows; only with offsets)."""
+    each adapter's ``L_a`` (None: all ``L_max`` rows; only with offsets); ``slots`` the layout (:data:`SLOTS`)."""
     if check_ids:
         check_token_data(input_ids, weight.shape[0], attention_mask)
         num_rows = 0 if lora_a is None else lora_a.shape[1]
@@ -235,25 +264,25 @@ def mixed_dept_embed_fwd_op(
 
         return mixed_embed_fwd_triton(
             input_ids, weight, prompts, prompt_lengths, lora_a, lora_b, scales, adapter_index, attention_mask, starts,
-            max_lengths,
+            max_lengths, slots=slots,
         )  # fmt: skip
     rows = None if lora_a is None else covered_rows(input_ids.shape[1], lora_a.shape[1], starts_nonpositive)
     return mixed_embed_fwd_torch(
         input_ids, weight, prompts, prompt_lengths, lora_a, lora_b, scales, adapter_index, attention_mask, starts,
-        max_lengths, rows,
+        max_lengths, rows, slots,
     )  # fmt: skip
 
 
 @mixed_dept_embed_fwd_op.register_fake
 def _mixed_dept_embed_fwd_fake(
     input_ids, weight, prompts, prompt_lengths, lora_a, lora_b, scales, adapter_index, attention_mask, check_ids,
-    backend, starts=None, starts_nonpositive=False, max_lengths=None,
+    backend, starts=None, starts_nonpositive=False, max_lengths=None, slots="front",
 ):  # fmt: skip
     batch, seq_len = input_ids.shape
-    _, slots, hidden = prompts.shape
+    _, num_slots, hidden = prompts.shape
     mask_dtype = attention_mask.dtype if attention_mask is not None else torch.int64
-    embeds = weight.new_empty((batch, slots + seq_len, hidden))
-    return embeds, input_ids.new_empty((batch, slots + seq_len), dtype=mask_dtype)
+    embeds = weight.new_empty((batch, num_slots + seq_len, hidden))
+    return embeds, input_ids.new_empty((batch, num_slots + seq_len), dtype=mask_dtype)
 
 
 @custom_op("prompt_ops::mixed_dept_embed_bwd")
@@ -269,21 +298,24 @@ def mixed_dept_embed_bwd_op(
     starts: Tensor | None = None,
     starts_nonpositive: bool = False,
     max_lengths: Tensor | None = None,
+    slots: str = "front",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Backward custom op: fp32 (fp64 for fp64 inputs) ``(d_prompts, d_lora_a, d_lora_b)``; the last two are empty
-    tensors when the bank has no offsets (a custom op cannot return None). ``starts``, ``max_lengths`` as in the
-    forward."""
+    tensors when the bank has no offsets (a custom op cannot return None). ``starts``, ``max_lengths`` and
+    ``slots`` as in the forward."""
     if backend == "triton":
         from prompt_ops.kernels.mixed_embed import mixed_embed_bwd_triton
 
         grads = mixed_embed_bwd_triton(
-            grad_out, prompt_lengths, lora_a, lora_b, scales, adapter_index, starts, num_slots, max_lengths
+            grad_out, prompt_lengths, lora_a, lora_b, scales, adapter_index, starts, num_slots, max_lengths,
+            slots=slots,
         )  # fmt: skip
     else:
         seq_len = grad_out.shape[1] - num_slots
         rows = None if lora_a is None else covered_rows(seq_len, lora_a.shape[1], starts_nonpositive)
         grads = mixed_embed_bwd_torch(
-            grad_out, prompt_lengths, lora_a, lora_b, scales, adapter_index, starts, num_slots, max_lengths, rows
+            grad_out, prompt_lengths, lora_a, lora_b, scales, adapter_index, starts, num_slots, max_lengths, rows,
+            slots,
         )  # fmt: skip
     grad_prompts, grad_a, grad_b = grads
     if grad_a is None:  # two distinct empties: custom-op outputs may not alias each other
@@ -294,7 +326,7 @@ def mixed_dept_embed_bwd_op(
 @mixed_dept_embed_bwd_op.register_fake
 def _mixed_dept_embed_bwd_fake(
     grad_out, prompt_lengths, lora_a, lora_b, scales, adapter_index, num_slots, backend, starts=None,
-    starts_nonpositive=False, max_lengths=None,
+    starts_nonpositive=False, max_lengths=None, slots="front",
 ):  # fmt: skip
     acc = accumulate_dtype(grad_out.dtype)
     grad_prompts = grad_out.new_empty((prompt_lengths.shape[0], num_slots, grad_out.shape[2]), dtype=acc)
@@ -305,26 +337,27 @@ def _mixed_dept_embed_bwd_fake(
 
 def _setup_context(ctx, inputs, output):
     _, _, prompts, prompt_lengths, lora_a, lora_b, scales, adapter_index, _, _, backend, starts = inputs[:12]
-    nonpositive, max_lengths = inputs[12:]
+    nonpositive, max_lengths, slots = inputs[12:]
     ctx.save_for_backward(prompt_lengths, lora_a, lora_b, scales, adapter_index, starts, max_lengths)
     ctx.num_slots = prompts.shape[1]
     ctx.prompts_dtype = prompts.dtype
     ctx.backend = backend
     ctx.starts_nonpositive = nonpositive
+    ctx.slots = slots
 
 
 def _backward(ctx, grad_embeds, _grad_mask):
     prompt_lengths, lora_a, lora_b, scales, adapter_index, starts, max_lengths = ctx.saved_tensors
     grad_prompts, grad_a, grad_b = mixed_dept_embed_bwd_op(
         grad_embeds, prompt_lengths, lora_a, lora_b, scales, adapter_index, ctx.num_slots, ctx.backend, starts,
-        ctx.starts_nonpositive, max_lengths,
+        ctx.starts_nonpositive, max_lengths, ctx.slots,
     )  # fmt: skip
     grad_prompts = grad_prompts.to(ctx.prompts_dtype)
     if lora_a is None:
         grad_a = grad_b = None
     else:
         grad_a, grad_b = grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype)
-    return None, None, grad_prompts, None, grad_a, grad_b, None, None, None, None, None, None, None, None
+    return None, None, grad_prompts, None, grad_a, grad_b, None, None, None, None, None, None, None, None, None
 
 
 mixed_dept_embed_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -399,6 +432,7 @@ def mixed_dept_embed(
     backend: str | None = None,
     check_ids: bool | None = None,
     max_lengths: Tensor | None = None,
+    slots: str = "front",
 ) -> tuple[Tensor, Tensor]:
     """Prompt tuning and DePT adapters of one bank, one adapter per row of the batch (module docstring).
 
@@ -424,10 +458,12 @@ def mixed_dept_embed(
         max_lengths: optional ``(N,)`` int64 or int32 ``L_a`` of each adapter, in ``[0, L_max]``: the rows
             ``[L_a, L_max)`` of ``lora_a[a]`` are padding, give no offset and get an exact zero gradient. None:
             every adapter spans all ``L_max`` rows. Ignored without offsets.
+        slots: the layout of a row's ``m_max`` prompt columns: ``"front"`` (default; ``m_max - m_a`` masked slots,
+            then the prompt) or ``"after_prompt"`` (the prompt, then the masked slots).
 
     Returns:
-        ``inputs_embeds (B, m_max + L, d)`` in ``weight.dtype`` and the mask ``(B, m_max + L)``: 0 on the slots in
-        front of each row's prompt (all ``m_max`` on ``-1`` rows), 1 on its prompt, then ``attention_mask`` (ones if
+        ``inputs_embeds (B, m_max + L, d)`` in ``weight.dtype`` and the mask ``(B, m_max + L)``: 0 on each row's
+        ``m_max - m_a`` slots (all ``m_max`` on ``-1`` rows), 1 on its prompt, then ``attention_mask`` (ones if
         None), in its dtype (int64 if None). Gradients reach ``prompts``, ``lora_a`` and ``lora_b`` only,
         deterministically.
     """
@@ -435,6 +471,7 @@ def mixed_dept_embed(
         input_ids, weight, prompts, prompt_lengths, lora_a, lora_b, scales, adapter_index, attention_mask, backend,
         max_lengths,
     )  # fmt: skip
+    check_slots(slots)
     starts, nonpositive = None, False
     if lora_a is not None:
         starts, nonpositive, limited = resolve_positions(positions, input_ids, attention_mask)
@@ -446,5 +483,5 @@ def mixed_dept_embed(
                       attention_mask)  # fmt: skip
     return mixed_dept_embed_fwd_op(
         input_ids, weight, prompts, prompt_lengths, lora_a, lora_b, scales, adapter_index, attention_mask,
-        resolve_check_ids(check_ids), backend, starts, nonpositive, max_lengths if lora_a is not None else None,
+        resolve_check_ids(check_ids), backend, starts, nonpositive, max_lengths if lora_a is not None else None, slots,
     )  # fmt: skip

@@ -80,6 +80,7 @@ def mixed_dept_embed(
     adapter_index: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     positions: str | torch.Tensor = "tokens",
+    slots: str = "front",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Many prompt-tuning/DePT adapters in one batch, written row by row. Adapter ``a`` of a bank holds its prompt
     in ``prompts[a, :prompt_lengths[a]]`` (``prompts (N, m_max, d)``), its low-rank pair zero-padded in
@@ -87,9 +88,12 @@ def mixed_dept_embed(
     ``scales[a]``. Row ``b`` is :func:`dept_embed` of adapter ``a = adapter_index[b]`` on that row alone, with
     ``m_max - m_a`` zero slots, masked out, in front of it, so that every row has ``m_max`` prompt columns and a
     sequence's prompt sits right before its input as it does alone; ``a = -1`` is the plain base model (every slot
-    masked, no offset). Zero padding adds nothing: padded ranks multiply zeros, padded ``A`` rows give no offset."""
+    masked, no offset). ``slots="after_prompt"`` puts the masked slots between the prompt and the input instead
+    (``[prompt_a, slots, input]``: the prompt from column 0, as a head reading column 0 needs); the input stays at
+    columns ``m_max + t`` either way. Zero padding adds nothing: padded ranks multiply zeros, padded ``A`` rows give
+    no offset."""
     batch, seq_len = input_ids.shape
-    slots, hidden = prompts.shape[1], weight.shape[1]
+    num_slots, hidden = prompts.shape[1], weight.shape[1]
     rows, masks = [], []
     for b in range(batch):
         adapter = int(adapter_index[b])
@@ -103,9 +107,10 @@ def mixed_dept_embed(
             embeds, row_mask = dept_embed(
                 input_ids[b : b + 1], weight, prompt, *pair, float(scales[adapter]), mask, where
             )  # fmt: skip
-        pad = slots + seq_len - embeds.shape[1]
-        rows.append(torch.cat([embeds.new_zeros(1, pad, hidden), embeds], dim=1))
-        masks.append(torch.cat([row_mask.new_zeros(1, pad), row_mask], dim=1))
+        pad = num_slots + seq_len - embeds.shape[1]
+        at = 0 if slots == "front" else embeds.shape[1] - seq_len  # the slots go before the prompt or after it
+        rows.append(torch.cat([embeds[:, :at], embeds.new_zeros(1, pad, hidden), embeds[:, at:]], dim=1))
+        masks.append(torch.cat([row_mask[:, :at], row_mask.new_zeros(1, pad), row_mask[:, at:]], dim=1))
     return torch.cat(rows), torch.cat(masks)
 
 

@@ -1,7 +1,8 @@
 """Triton kernels of the mixed-adapter embedding against ``reference.mixed_dept_embed``: outputs and every gradient.
 
 Banks are ragged (every adapter has its own prompt length ``m_a``, rank ``r_a`` and ``A`` rows ``L_a``), batches mix
-adapters with base-model rows (``-1``), and rows start at 0, before 0 (leading pads) or after it.
+adapters with base-model rows (``-1``), and rows start at 0, before 0 (leading pads) or after it. Both layouts of a
+row's masked slots: in front of its prompt (``"front"``) and between its prompt and its input (``"after_prompt"``).
 """
 
 import dataclasses
@@ -23,6 +24,7 @@ BANKS = {
 # batch size -> adapter index per row (bank of N adapters: indices taken modulo N, -1 kept)
 ROWS = {1: [0], 5: [2, -1, 0, 2, 1]}
 SEQ_LEN, HIDDEN, VOCAB = 7, 37, 50
+LAYOUTS = ("front", "after_prompt")
 
 
 @dataclasses.dataclass
@@ -40,6 +42,7 @@ class MixedCase:
     ranks: list[int]
     adapter_index: torch.Tensor
     attention_mask: torch.Tensor | None
+    slots: str = "front"
 
     @property
     def params(self) -> list[torch.Tensor]:
@@ -63,7 +66,7 @@ class MixedCase:
         pair = (params[1], params[2]) if self.lora_a is not None else (None, None)
         out, mask = reference.mixed_dept_embed(
             self.input_ids, weight, params[0], self.prompt_lengths, *pair, self.scales, self.adapter_index,
-            attention_mask=self.attention_mask, positions="absolute" if starts is None else starts,
+            attention_mask=self.attention_mask, positions="absolute" if starts is None else starts, slots=self.slots,
         )  # fmt: skip
         return out, mask, params
 
@@ -82,13 +85,14 @@ def make_mixed_case(
     rows: list[int] | None = None,
     seq_len: int = SEQ_LEN,
     hidden: int = HIDDEN,
+    slots: str = "front",
 ) -> MixedCase:
     """A bank (a name of :data:`BANKS` or its adapters) and a batch of ``batch`` rows using ``rows`` (default
     :data:`ROWS`, indices taken modulo N, -1 kept); the mask left-pads row ``i >= 1`` by ``i + 1`` tokens."""
     adapters = BANKS[bank] if isinstance(bank, str) else bank
-    slots = max(m for m, _, _ in adapters)
+    num_slots = max(m for m, _, _ in adapters)
     max_rank, max_length = max(r for _, r, _ in adapters), max(length for _, _, length in adapters)
-    prompts = torch.zeros(len(adapters), slots, hidden)
+    prompts = torch.zeros(len(adapters), num_slots, hidden)
     lora_a = torch.zeros(len(adapters), max_length, max_rank)
     lora_b = torch.zeros(len(adapters), max_rank, hidden)
     scales = torch.zeros(len(adapters))
@@ -109,7 +113,7 @@ def make_mixed_case(
         ids, torch.randn(VOCAB, hidden).to(dtype), prompts.requires_grad_(True),
         torch.tensor([m for m, _, _ in adapters]), lora_a.requires_grad_(True) if with_offset else None,
         lora_b.requires_grad_(True) if with_offset else None, scales,
-        torch.tensor([length for _, _, length in adapters]), [r for _, r, _ in adapters], index, attention_mask,
+        torch.tensor([length for _, _, length in adapters]), [r for _, r, _ in adapters], index, attention_mask, slots,
     )  # fmt: skip
 
 
@@ -129,11 +133,11 @@ def run_kernels(case: MixedCase, starts, grad, forward_config=None, backward_con
     lengths = case.max_lengths if max_lengths else None
     out, mask = kernels.mixed_embed_fwd_triton(
         case.input_ids, case.weight, params[0], case.prompt_lengths, *pair, case.scales, case.adapter_index,
-        case.attention_mask, starts, lengths, forward_config,
+        case.attention_mask, starts, lengths, forward_config, slots=case.slots,
     )  # fmt: skip
     grads = kernels.mixed_embed_bwd_triton(
         grad, case.prompt_lengths, *pair, case.scales, case.adapter_index, starts, case.prompts.shape[1], lengths,
-        backward_config,
+        backward_config, slots=case.slots,
     )  # fmt: skip
     return out, mask, grads
 
@@ -154,6 +158,7 @@ def check(case: MixedCase, starts, dtype, **kwargs):
         assert torch.equal(got[pad], torch.zeros_like(got[pad])), "the bank's padding got a gradient"
 
 
+@pytest.mark.parametrize("slots", LAYOUTS)
 @pytest.mark.parametrize("bank", sorted(BANKS))
 @pytest.mark.parametrize("starts", ["none", "tokens", "explicit"])
 @pytest.mark.parametrize(
@@ -161,8 +166,8 @@ def check(case: MixedCase, starts, dtype, **kwargs):
     [(1, torch.float32), (5, torch.float32), (5, torch.bfloat16)],  # bf16 on the mixed batch only: the time limit
     ids=["B1-fp32", "B5-fp32", "B5-bf16"],
 )
-def test_launchers_match_reference(bank, starts, batch, dtype):
-    case = make_mixed_case(bank, batch, dtype)
+def test_launchers_match_reference(bank, starts, batch, dtype, slots):
+    case = make_mixed_case(bank, batch, dtype, slots=slots)
     check(case, make_starts(starts, case), dtype)
 
 
@@ -173,10 +178,11 @@ def test_realistic_shape():
     check(case, make_starts("tokens", case), torch.float32)
 
 
+@pytest.mark.parametrize("slots", LAYOUTS)
 @pytest.mark.parametrize("starts", ["none", "explicit"])
-def test_prompt_tuning_bank(starts):
+def test_prompt_tuning_bank(starts, slots):
     """A bank without offsets (``lora_a``/``lora_b`` None): prompts only, no offset gradients."""
-    case = make_mixed_case("ragged", 5)
+    case = make_mixed_case("ragged", 5, slots=slots)
     case.lora_a = case.lora_b = None
     check(case, make_starts(starts, case), torch.float32)
 
@@ -187,10 +193,11 @@ def test_mask_dtypes(mask):
     check(case, None, torch.float32)
 
 
-def test_gpu_tiles_group_rows():
+@pytest.mark.parametrize("slots", LAYOUTS)
+def test_gpu_tiles_group_rows(slots):
     """The shipped GPU tiles with several rows per program: the prompt tile and the offset slice are kept across
     rows of a repeated adapter and start, and recomputed when either changes; every mask edge is crossed."""
-    case = make_mixed_case("ragged", 5)
+    case = make_mixed_case("ragged", 5, slots=slots)
     case.adapter_index = torch.tensor([1, 1, 1, -1, 0])
     starts = torch.tensor([0, 0, 2, 2, 2])
     forward = dataclasses.replace(kernels.GPU_FWD_CONFIG, batches_per_program=3)
@@ -244,23 +251,32 @@ def test_empty_batch():
         assert torch.equal(got, torch.zeros_like(param))
 
 
-def test_launch_counts(bounds_checked):
-    """The whole mixed batch is one forward launch; the backward is one launch plus two ``bmm``."""
+@pytest.mark.parametrize("slots", LAYOUTS)
+def test_launch_counts(bounds_checked, slots):
+    """The whole mixed batch is one forward launch, in either layout; the backward is one launch plus two ``bmm``."""
     if bounds_checked is None:
         pytest.skip("launches are counted by the interpreter")
-    case = make_mixed_case("ragged", 5)
+    case = make_mixed_case("ragged", 5, slots=slots)
     starts = make_starts("tokens", case)
     launches = bounds_checked.launches
     grad = torch.randn(5, 5 + SEQ_LEN, HIDDEN)
     params = [p.detach() for p in case.params]
     kernels.mixed_embed_fwd_triton(
         case.input_ids, case.weight, *params[:1], case.prompt_lengths, *params[1:], case.scales, case.adapter_index,
-        case.attention_mask, starts, case.max_lengths,
+        case.attention_mask, starts, case.max_lengths, slots=slots,
     )  # fmt: skip
     assert bounds_checked.launches - launches == 1
     launches = bounds_checked.launches
     kernels.mixed_embed_bwd_triton(
-        grad, case.prompt_lengths, *params[1:], case.scales, case.adapter_index, starts, 5, case.max_lengths
+        grad,
+        case.prompt_lengths,
+        *params[1:],
+        case.scales,
+        case.adapter_index,
+        starts,
+        5,
+        case.max_lengths,
+        slots=slots,
     )
     assert bounds_checked.launches - launches == 1
 

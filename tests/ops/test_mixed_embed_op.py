@@ -23,6 +23,7 @@ TRITON = pytest.param(
     ),
 )
 BACKENDS = ["torch", TRITON]
+LAYOUTS = ops.SLOTS
 NAMES = ("prompts", "lora_a", "lora_b")
 RAGGED = {1: [(3, 8, 4)], 3: [(4, 7, 3), (2, 9, 5), (1, 6, 2)]}
 """``(m_a, L_a, r_a)`` per adapter: prompt lengths, A lengths and ranks all different, every ``L_a >= 6``."""
@@ -44,6 +45,7 @@ class MixedCase:
     attention_mask: torch.Tensor | None
     positions: str | torch.Tensor
     sizes: list[tuple[int, int, int]]
+    slots: str = "front"
 
     @property
     def params(self) -> list[torch.Tensor]:
@@ -55,7 +57,7 @@ class MixedCase:
                 self.adapter_index)  # fmt: skip
 
     def run(self, backend: str, **kwargs):
-        kwargs = {"attention_mask": self.attention_mask, "positions": self.positions, **kwargs}
+        kwargs = {"attention_mask": self.attention_mask, "positions": self.positions, "slots": self.slots, **kwargs}
         return ops.mixed_dept_embed(*self.args(), backend=backend, **kwargs)
 
     def reference(self):
@@ -65,7 +67,9 @@ class MixedCase:
         full = params if self.lora_a is not None else [params[0], None, None]
         args = (self.input_ids, weight, full[0], self.prompt_lengths, full[1], full[2], self.scales,
                 self.adapter_index)  # fmt: skip
-        out, mask = reference.mixed_dept_embed(*args, attention_mask=self.attention_mask, positions=self.positions)
+        out, mask = reference.mixed_dept_embed(
+            *args, attention_mask=self.attention_mask, positions=self.positions, slots=self.slots
+        )
         return out, mask, params
 
 
@@ -82,11 +86,12 @@ def make_mixed_case(
     dtype: torch.dtype = torch.float32,
     param_dtype: torch.dtype = torch.float32,
     device: str | None = None,
+    slots: str = "front",
 ) -> MixedCase:
     """A zero-padded bank of random adapters (parameters leaves that require grad) and a batch over it."""
     num = len(sizes)
-    slots, max_length, rank = (max(size[i] for size in sizes) for i in range(3))
-    prompts = torch.zeros(num, slots, hidden, dtype=param_dtype, device=device)
+    num_slots, max_length, rank = (max(size[i] for size in sizes) for i in range(3))
+    prompts = torch.zeros(num, num_slots, hidden, dtype=param_dtype, device=device)
     lora_a = torch.zeros(num, max_length, rank, dtype=param_dtype, device=device)
     lora_b = torch.zeros(num, rank, hidden, dtype=param_dtype, device=device)
     scales = torch.zeros(num, device=device)
@@ -110,6 +115,7 @@ def make_mixed_case(
         attention_mask=mask,
         positions=positions,
         sizes=sizes,
+        slots=slots,
     )
 
 
@@ -149,15 +155,18 @@ MATRIX = [  # every (N, B) with two layouts and both dtypes, every layout with b
 ]  # fmt: skip
 
 
+@pytest.mark.parametrize("slots", LAYOUTS)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "num, batch, side, positions, dtype", [pytest.param(*row, id="-".join(map(str, row))) for row in MATRIX]
 )
-def test_matches_reference(num, batch, side, positions, dtype, backend):
+def test_matches_reference(num, batch, side, positions, dtype, backend, slots):
     seq_len = 6
     mask = padded_mask([6, 3, 1, 5, 2][:batch] if batch > 1 else [4], seq_len, side)
     starts = torch.tensor([-2, 0, 3, 1, -7][:batch]) if positions == "explicit" else positions
-    case = make_mixed_case(RAGGED[num], batch_rows(num, batch), seq_len, mask=mask, positions=starts, dtype=dtype)
+    case = make_mixed_case(
+        RAGGED[num], batch_rows(num, batch), seq_len, mask=mask, positions=starts, dtype=dtype, slots=slots
+    )
     out, out_mask = case.run(backend)
     ref_out, ref_mask, ref_params = case.reference()
     assert out.dtype == dtype and out.shape == (batch, case.prompts.shape[1] + seq_len, 11)
@@ -171,14 +180,15 @@ def test_matches_reference(num, batch, side, positions, dtype, backend):
         assert_padding_has_zero_grad(case, grads)
 
 
+@pytest.mark.parametrize("slots", LAYOUTS)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dept", [False, True], ids=["prompt-only-bank", "prompt-tuning-in-dept-bank"])
-def test_prompt_tuning_adapters_match_reference(dept, backend):
+def test_prompt_tuning_adapters_match_reference(dept, backend, slots):
     """A bank without offsets (``lora_a = lora_b = None``), and prompt-tuning adapters (rank 0, scale 0) stacked
     with DePT ones."""
     sizes = [(2, 7, 0), (5, 6, 3), (1, 8, 0)]
     mask = padded_mask([6, 2, 4, 5], 6, "left")
-    case = make_mixed_case(sizes, [1, 0, -1, 2], 6, dept=dept, mask=mask)
+    case = make_mixed_case(sizes, [1, 0, -1, 2], 6, dept=dept, mask=mask, slots=slots)
     out, out_mask = case.run(backend)
     ref_out, ref_mask, ref_params = case.reference()
     assert_close(out, ref_out, torch.float32, dot=True)
@@ -189,15 +199,17 @@ def test_prompt_tuning_adapters_match_reference(dept, backend):
     assert_padding_has_zero_grad(case, grads)
 
 
+@pytest.mark.parametrize("slots", LAYOUTS)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("positions", ["tokens", "explicit"])
-def test_max_lengths_mask_the_rows_past_each_adapter(positions, backend):
+def test_max_lengths_mask_the_rows_past_each_adapter(positions, backend, slots):
     """With ``max_lengths``, tokens past an adapter's ``L_a`` (an input longer than it, or an explicit start) get no
     offset, as the zero padding gives, and the padded rows get an exact zero gradient: the reference's gradient
     with those rows zeroed (it differentiates the padded ``A`` as a whole)."""
     sizes = [(4, 7, 3), (2, 9, 5), (1, 3, 2)]  # adapter 2 is shorter than the input (L = 6)
     starts = torch.tensor([2, -1, 0, 4, 1]) if positions == "explicit" else "tokens"
-    case = make_mixed_case(sizes, [2, -1, 0, 2, 1], 6, mask=padded_mask([6, 3, 5, 4, 6], 6, "left"), positions=starts)
+    mask = padded_mask([6, 3, 5, 4, 6], 6, "left")
+    case = make_mixed_case(sizes, [2, -1, 0, 2, 1], 6, mask=mask, positions=starts, slots=slots)
     lengths = torch.tensor([size[1] for size in sizes])
     out, out_mask = case.run(backend, max_lengths=lengths)
     ref_out, ref_mask, ref_params = case.reference()
@@ -213,14 +225,17 @@ def test_max_lengths_mask_the_rows_past_each_adapter(positions, backend):
     assert_padding_has_zero_grad(case, grads)
 
 
+@pytest.mark.parametrize("slots", LAYOUTS)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_each_row_equals_its_adapter_alone(backend):
+def test_each_row_equals_its_adapter_alone(backend, slots):
     """Batch invariance through the public single-adapter op: a left-padded row's real columns (its prompt and its
-    tokens) equal ``prompt_ops.dept_embed`` of its adapter on the row alone, unpadded; slots in front are zero."""
+    tokens) equal ``prompt_ops.dept_embed`` of its adapter on the row alone, unpadded; the masked slots (in front
+    of the prompt, or between it and the input) are zero, and the input is at columns ``m_max + t`` either way."""
     lengths, seq_len = [6, 3, 5, 2], 6
-    case = make_mixed_case(RAGGED[3], [1, 0, 2, -1], seq_len, mask=padded_mask(lengths, seq_len, "left"))
+    mask = padded_mask(lengths, seq_len, "left")
+    case = make_mixed_case(RAGGED[3], [1, 0, 2, -1], seq_len, mask=mask, slots=slots)
     out, out_mask = case.run(backend)
-    slots = case.prompts.shape[1]
+    num_slots = case.prompts.shape[1]
     for row, (adapter, length) in enumerate(zip(case.adapter_index.tolist(), lengths, strict=True)):
         ids = case.input_ids[row : row + 1, seq_len - length :]
         if adapter < 0:
@@ -232,10 +247,14 @@ def test_each_row_equals_its_adapter_alone(backend):
                 case.lora_b[adapter, :r], scale=float(case.scales[adapter]), backend="torch",
             )[0][0]  # fmt: skip
             num_prompt = m
-        real = torch.cat([out[row, slots - num_prompt : slots], out[row, slots + seq_len - length :]])
+        first = num_slots - num_prompt if slots == "front" else 0  # the column of the prompt's row 0
+        prompt = slice(first, first + num_prompt)
+        real = torch.cat([out[row, prompt], out[row, num_slots + seq_len - length :]])
         assert_close(real, alone, torch.float32, dot=True)
-        assert not out[row, : slots - num_prompt].any()
-        assert out_mask[row, :slots].tolist() == [0] * (slots - num_prompt) + [1] * num_prompt
+        empty = [c for c in range(num_slots) if not first <= c < first + num_prompt]
+        assert not out[row, empty].any()
+        expected = [int(first <= c < first + num_prompt) for c in range(num_slots)]
+        assert out_mask[row, :num_slots].tolist() == expected
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -245,8 +264,9 @@ def test_backward_is_deterministic(backend):
     assert_deterministic(lambda: case.run(backend), case.params, grad)
 
 
+@pytest.mark.parametrize("slots", LAYOUTS)
 @pytest.mark.parametrize("positions", ["tokens", "explicit"])
-def test_gradcheck_fp64_torch_backend(positions):
+def test_gradcheck_fp64_torch_backend(positions, slots):
     starts = torch.tensor([-1, 2, 0]) if positions == "explicit" else "tokens"
     case = make_mixed_case(
         [(2, 4, 2), (1, 6, 3)], [1, -1, 0], 4, hidden=5, mask=padded_mask([4, 2, 3], 4, "left"), positions=starts,
@@ -255,15 +275,20 @@ def test_gradcheck_fp64_torch_backend(positions):
 
     def fn(*params):
         return ops.mixed_dept_embed(
-            *case.args(params), attention_mask=case.attention_mask, positions=case.positions, backend="torch"
+            *case.args(params),
+            attention_mask=case.attention_mask,
+            positions=case.positions,
+            backend="torch",
+            slots=slots,
         )[0]
 
     assert torch.autograd.gradcheck(fn, tuple(case.params))
 
 
+@pytest.mark.parametrize("slots", LAYOUTS)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("starts", [None, [-2, 3, 7]], ids=["unshifted", "explicit"])
-def test_opcheck(backend, starts, device):
+def test_opcheck(backend, starts, slots, device):
     """fp32 and (torch) fp64; the unshifted case also checks the backward of a bank without offsets."""
     dtypes = [torch.float32] + ([torch.float64] if backend == "torch" else [])
     for dtype in dtypes:
@@ -272,12 +297,12 @@ def test_opcheck(backend, starts, device):
             dtype=dtype, param_dtype=dtype, device=device,
         )  # fmt: skip
         row_starts = None if starts is None else torch.tensor(starts, device=device)
-        args = (*case.args(), case.attention_mask, True, backend, row_starts, False)
+        args = (*case.args(), case.attention_mask, True, backend, row_starts, False, None, slots)
         torch.library.opcheck(ops.mixed_dept_embed_fwd_op, args)
         grad = torch.randn(3, 3 + 4, 5, dtype=dtype, device=device)
         lora = [t.detach() for t in (case.lora_a, case.lora_b)]
         head = (grad, case.prompt_lengths)
-        tail = (case.scales, case.adapter_index, 3, backend, row_starts, False)
+        tail = (case.scales, case.adapter_index, 3, backend, row_starts, False, None, slots)
         torch.library.opcheck(ops.mixed_dept_embed_bwd_op, (*head, *lora, *tail))
         if starts is None and dtype == torch.float32:
             torch.library.opcheck(ops.mixed_dept_embed_bwd_op, (*head, None, None, *tail))
@@ -387,6 +412,8 @@ BAD_INPUTS = [
     ("positions", _set("positions", torch.zeros(3, dtype=torch.long)), ValueError, r"positions must have shape \(B,\)"),
     ("backend", _set("backend", "cuda"), ValueError, r"backend must be one of"),
     ("check_ids", _set("check_ids", "yes"), TypeError, r"check_ids must be a bool or None"),
+    ("slots", _set("slots", "back"), ValueError, r"slots must be one of \('front', 'after_prompt'\).*'back'"),
+    ("slots", _set("slots", None), ValueError, r"slots must be one of .*got None"),
     ("max_lengths", _set("max_lengths", [7, 9, 6]), TypeError, r"max_lengths must be a torch.Tensor of shape \(N,\)"),
     ("max_lengths", _set("max_lengths", torch.ones(3)), TypeError, r"max_lengths must hold int64 or int32"),
     ("max_lengths", _set("max_lengths", torch.ones(2, dtype=torch.long)), ValueError, r"max_lengths must have shape"),
