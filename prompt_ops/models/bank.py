@@ -5,9 +5,11 @@ Each adapter ``a`` has a prompt of ``m_a`` rows and (DePT) ``lora_a (L_a, r_a)``
 :func:`prompt_ops.ops.mixed_embed.mixed_dept_embed`: ``prompts (N, m_max, d)``, ``lora_a (N, L_max, r_max)``,
 ``lora_b (N, r_max, d)`` (None while no adapter has offsets; a prompt-tuning adapter among DePT ones has zero rows
 and scale 0), and the buffers ``prompt_lengths (N,)``, ``max_lengths (N,)`` (each adapter's ``L_a``; 0 without
-offsets) and ``scales (N,)``. The padding stays zero: the op gives it no gradient, ``lora_a``'s rows past ``L_a``
-included (the op reads ``max_lengths``). Adding or deleting an adapter re-stacks the parameters into new
-``nn.Parameter`` objects (the values of the others kept), so an optimizer built before must be built again.
+offsets) and ``scales (N,)``. ``slots`` is the layout of a row's ``m_max`` prompt columns (``"front"``: the masked
+slots in front of the prompt; ``"after_prompt"``: between the prompt and the input). The padding stays zero: the
+op gives it no gradient, ``lora_a``'s rows past ``L_a`` included (the op reads ``max_lengths``). Adding or deleting
+an adapter re-stacks the parameters into new ``nn.Parameter`` objects (the values of the others kept), so an
+optimizer built before must be built again.
 
 A batch row picks its adapter by name; ``"__base__"`` runs the plain base model (:data:`BASE`). This slice holds
 prompt tuning and DePT adapters (the ``dept_embed`` op family); other methods are refused by name.
@@ -25,7 +27,7 @@ from torch import nn
 from prompt_ops.methods.base import check_backend, check_embedding, check_sizes
 from prompt_ops.models.adapters import check_adapter_tensors
 from prompt_ops.models.configs import DePTConfig, MethodConfig, PromptTuningConfig, check_config
-from prompt_ops.ops.mixed_embed import mixed_dept_embed
+from prompt_ops.ops.mixed_embed import check_slots, mixed_dept_embed
 from prompt_ops.ops.positions import check_positions
 
 BASE = "__base__"
@@ -78,10 +80,12 @@ class _Adapter:
 
 
 class AdapterBank(nn.Module):
-    """``AdapterBank(embedding, backend=None, positions="tokens")``: named prompt-tuning and DePT adapters over the
-    frozen ``embedding``, stacked as the module docstring says. ``forward(input_ids, attention_mask, adapter_index)``
-    returns ``(inputs_embeds (B, m_max + L, d), mask (B, m_max + L))``: row ``b`` is adapter ``adapter_index[b]``'s
-    input alone with ``m_max - m_a`` masked zero slots in front (-1: the plain tokens, every slot masked).
+    """``AdapterBank(embedding, backend=None, positions="tokens", slots="front")``: named prompt-tuning and DePT
+    adapters over the frozen ``embedding``, stacked as the module docstring says. ``forward(input_ids,
+    attention_mask, adapter_index)`` returns ``(inputs_embeds (B, m_max + L, d), mask (B, m_max + L))``: row ``b`` is
+    adapter ``adapter_index[b]``'s input alone with ``m_max - m_a`` masked zero slots in front of its prompt
+    (``slots="front"``) or between its prompt and its input (``"after_prompt"``); -1: the plain tokens, every slot
+    masked.
     ``positions`` is the bank's position convention (:mod:`prompt_ops.ops.positions`); every adapter's config must
     have it. The embedding is frozen once every argument is checked."""
 
@@ -92,11 +96,14 @@ class AdapterBank(nn.Module):
     max_lengths: torch.Tensor | None
     scales: torch.Tensor | None
 
-    def __init__(self, embedding: nn.Embedding, backend: str | None = None, positions: str = "tokens"):
+    def __init__(
+        self, embedding: nn.Embedding, backend: str | None = None, positions: str = "tokens", slots: str = "front"
+    ):
         super().__init__()
         check_embedding(embedding)
         self.backend = check_backend(backend)
         self.positions = check_positions(positions)
+        self.slots = check_slots(slots)
         embedding.weight.requires_grad_(False)
         self.embedding = embedding
         self._configs: dict[str, MethodConfig] = {}
@@ -235,9 +242,9 @@ class AdapterBank(nn.Module):
         return mixed_dept_embed(
             input_ids, self.embedding.weight, self.prompts, self.prompt_lengths, self.lora_a, self.lora_b,
             self.scales, adapter_index, attention_mask=attention_mask, positions=self.positions, backend=self.backend,
-            max_lengths=self.max_lengths,
+            max_lengths=self.max_lengths, slots=self.slots,
         )  # fmt: skip
 
     def extra_repr(self) -> str:
         adapters = ", ".join(f"{name}: {config.method} m={config.num_tokens}" for name, config in self._configs.items())
-        return f"adapters=[{adapters}], positions={self.positions!r}, backend={self.backend!r}"
+        return f"adapters=[{adapters}], positions={self.positions!r}, slots={self.slots!r}, backend={self.backend!r}"

@@ -3,17 +3,20 @@ MultiAdapterModel``, whose ``forward(..., adapter_names=[...])`` runs each row w
 ``add_adapter``, ``load_adapter``, ``delete_adapter``, ``save_adapter``).
 
 Every row has the bank's ``m_max`` prompt columns in front of its input (:mod:`prompt_ops.models.bank`): adapter
-``a``'s ``m_a`` prompt rows right before the input, ``m_max - m_a`` masked zero slots before them, and for
-``"__base__"`` rows every slot masked. Position ids follow each row's own prompt (prompt at ``0 .. m_a-1``, input
-from ``m_a``, the masked slots at 0), token-level labels get ``-100`` over the slots, and a causal LM's ``"__base__"``
-rows ignore the label of their first real token, which the plain model never predicts (here a masked column would).
-So a row's outputs, loss terms and gradients are those of its adapter attached alone
-(:func:`prompt_ops.models.attach`), and a ``"__base__"`` row's those of the plain model on its real tokens, wherever
-the model reads the real columns only: causal and masked attention (GPT-2, LLaMA), masked bidirectional attention
-with token-level heads (BERT masked LM), T5 (the prompt on the encoder; its relative bias sees distances only). A
-head that reads a fixed column (BERT's pooler reads column 0) reads a masked slot in the rows whose prompt is shorter
-than ``m_max``, so sequence classification matches the single model only where every row's adapter has ``m_max``
-prompt rows.
+``a``'s ``m_a`` prompt rows and ``m_max - m_a`` masked zero slots, and for ``"__base__"`` rows every slot masked.
+Where the slots go depends on the model (:func:`slot_layout`): in front of the prompt, so the prompt sits right
+before the input, for decoder-only causal LMs (GPT-2, LLaMA) and encoder-decoder models (T5: the prompt on the
+encoder, whose relative bias sees distances only); between the prompt and the input for bidirectional encoders
+(BERT, RoBERTa), whose heads may read column 0 (BERT's pooler): there each row's prompt starts, as it does alone.
+There a ``"__base__"`` row, which has no prompt, gets in its (masked) column 0 a copy of its first real token's
+embedding, position id and token type: a masked column is no attention key, so it changes no other column, and as a
+query with the first real token's inputs over the same keys it has that token's hidden state at every layer, which
+is what the plain model's column 0 holds. The input is at columns ``m_max + t`` in both layouts. Position ids follow
+each row's own prompt (prompt at ``0 .. m_a-1``, input from ``m_a``, the masked slots at 0), token-level labels get
+``-100`` over the slots, and a causal LM's ``"__base__"`` rows ignore the label of their first real token, which the
+plain model never predicts (here a masked column would). So a row's outputs, loss terms and gradients are those of
+its adapter attached alone (:func:`prompt_ops.models.attach`), and a ``"__base__"`` row's those of the plain model
+on its real tokens: token-level heads, LM heads and BERT's sequence classification (pooler) alike.
 
 This slice has no shared prompt pass and no ``generate``.
 """
@@ -45,6 +48,8 @@ from prompt_ops.models.shared_prompt import CAUSAL_HEADS
 from prompt_ops.models.tuned import model_embedding, write_adapter
 from prompt_ops.ops.positions import check_positions, leading_pads
 
+Tensor = torch.Tensor
+
 AdapterSource = str | os.PathLike | MethodConfig
 """What names an adapter for :func:`attach_many`: a saved adapter folder, or a config for a new one."""
 
@@ -64,6 +69,42 @@ def _resolve(
         f"{argument} must be an adapter folder (str or os.PathLike) or a PromptTuningConfig / DePTConfig, got "
         f"{type(source).__name__}"
     )
+
+
+def slot_layout(model: nn.Module) -> str:
+    """Where a mixed row's masked slots go for ``model`` (the module docstring): ``"front"`` for encoder-decoder
+    models and causal LMs (a ``...ForCausalLM`` / ``...LMHeadModel`` head, or a config with ``is_decoder``),
+    ``"after_prompt"`` for the others, bidirectional encoders. (On a causal model both layouts give each row its
+    adapter's result; the front one keeps the prompt right before the input.)"""
+    causal = type(model).__name__.endswith(CAUSAL_HEADS) or getattr(getattr(model, "config", None), "is_decoder", False)
+    return "front" if is_encoder_decoder(model) or causal else "after_prompt"
+
+
+def mirror_first_token(
+    is_base: Tensor,
+    starts: Tensor,
+    embeds: Tensor,
+    model_positions: Tensor | None,
+    token_type_ids: Tensor | None,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The ``"after_prompt"`` layout's base rows (``is_base (B,)``): column 0 of ``embeds (B, T, d)``, of the model
+    position ids ``(B, T)`` and of the token types (the user's ``(B, L)``, returned extended with zeros to ``(B, T)``)
+    becomes a copy of column ``starts[b]`` (each row's first real token) in those rows (the module docstring says
+    why); the others unchanged. The mask stays 0 there."""
+    batch, total = embeds.shape[:2]
+    rows = torch.arange(batch, device=embeds.device)
+    column = torch.where(is_base[:, None], embeds[rows, starts], embeds[:, 0])  # (B, d)
+    embeds = torch.cat([column[:, None], embeds[:, 1:]], dim=1)
+    if model_positions is not None:
+        model_positions = model_positions.expand(batch, total)
+        column = torch.where(is_base, model_positions[rows, starts], model_positions[:, 0])
+        model_positions = torch.cat([column[:, None], model_positions[:, 1:]], dim=1)
+    if token_type_ids is not None:
+        slots = total - token_type_ids.shape[1]
+        token_type_ids = torch.cat([token_type_ids.new_zeros((batch, slots)), token_type_ids], dim=1)
+        column = torch.where(is_base, token_type_ids[rows, starts], token_type_ids[:, 0])
+        token_type_ids = torch.cat([column[:, None], token_type_ids[:, 1:]], dim=1)
+    return embeds, model_positions, token_type_ids
 
 
 class MultiAdapterModel(nn.Module):
@@ -162,13 +203,17 @@ class MultiAdapterModel(nn.Module):
         if self.takes_position_ids:
             model_positions = model_position_ids(
                 attention_mask, self.bank.positions, tuple(input_ids.shape), input_ids.device, slots,
-                first_position(self.base_model), position_ids, self._row_lengths(index),
+                first_position(self.base_model), position_ids, self._row_lengths(index), self.bank.slots,
             )  # fmt: skip
+        base = index < 0
+        pads = torch.zeros_like(index) if attention_mask is None else leading_pads(attention_mask)
+        if self.bank.slots == "after_prompt":
+            embeds, model_positions, token_type_ids = mirror_first_token(
+                base, slots + pads, embeds, model_positions, token_type_ids
+            )
         if token_labels:
             labels = prompted_labels(labels, slots)
             if self.shifts_labels:  # the plain model never predicts a sequence's first token; a masked column would
-                pads = torch.zeros_like(index) if attention_mask is None else leading_pads(attention_mask)
-                base = index < 0
                 labels[base, slots + pads[base]] = -100
         return call_prompted(self.base_model, embeds, mask, labels, model_positions, token_type_ids, kwargs)
 
@@ -198,10 +243,10 @@ def attach_many(
     for name, source in adapters.items():
         check_adapter_name(name, "adapters' keys")
         resolved[name] = _resolve(model, embedding, source, positions, f"adapters[{name!r}]")
-    bank = AdapterBank(embedding, backend=backend, positions=positions)
+    bank = AdapterBank(embedding, backend=backend, positions=positions, slots=slot_layout(model))
     for name, (config, tensors) in resolved.items():
         bank.add(name, config, tensors)
     return MultiAdapterModel(model, bank)
 
 
-__all__ = ["BASE", "MultiAdapterModel", "attach_many"]
+__all__ = ["BASE", "MultiAdapterModel", "attach_many", "slot_layout"]

@@ -65,6 +65,12 @@ def alone(multi: MultiAdapterModel, name: str):
     return tuned
 
 
+def prompt_columns(multi: MultiAdapterModel, num_prompt: int) -> slice:
+    """The columns of a row's ``num_prompt`` prompt rows: the last of the slots (``"front"``) or the first."""
+    first = multi.bank.num_slots - num_prompt if multi.bank.slots == "front" else 0
+    return slice(first, first + num_prompt)
+
+
 def label_count(family: str, labels: torch.Tensor, base: bool) -> int:
     """The loss terms a row contributes: a causal LM's plain model never predicts its first token."""
     return int((labels[:, 1:] if base and family in ("gpt2", "llama") else labels).ne(-100).sum())
@@ -114,7 +120,8 @@ def test_each_row_equals_its_adapter_alone_and_base_rows_the_plain_model(family,
                 torch.testing.assert_close(out.logits[b], single.logits[i], **TOL)
                 continue
             real = torch.cat([torch.ones(m, dtype=torch.bool), mask[b].bool()])
-            torch.testing.assert_close(out.logits[b, slots - m :][real], single.logits[i][real], **TOL)
+            columns = torch.cat([out.logits[b, prompt_columns(multi, m)], out.logits[b, slots:]])
+            torch.testing.assert_close(columns[real], single.logits[i][real], **TOL)
     torch.testing.assert_close(out.loss, terms / total, **TOL)
     for name, grads in expected_grads.items():
         views = multi.adapter_state_dict(name)
@@ -134,16 +141,55 @@ def test_each_row_equals_its_adapter_alone_and_base_rows_the_plain_model(family,
     assert all(p.grad is None for p in multi.base_model.parameters())
 
 
-def test_sequence_classification_matches_where_every_prompt_fills_the_slots():
-    """BERT's pooler reads column 0: with every row's prompt as long as the bank's longest, no slot precedes it."""
-    adapters = {"a": DePTConfig(num_tokens=3, rank=2, max_length=9), "b": PromptTuningConfig(num_tokens=3)}
-    multi = mixed("bert", adapters)
-    ids, mask, _ = batch("right", [7, 5, 3])
-    names = ["b", "a", "b"]
-    out = multi(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 2, 1]), adapter_names=names)
-    for b, name in enumerate(names):
-        single = alone(multi, name)(input_ids=ids[b : b + 1], attention_mask=mask[b : b + 1])
+@pytest.mark.parametrize(
+    "family, expected", [("gpt2", "front"), ("llama", "front"), ("t5", "front"), ("bert", "after_prompt"),
+                         ("bert-mlm", "after_prompt"), ("roberta", "after_prompt")],
+)  # fmt: skip
+def test_the_slot_layout_follows_the_model_kind(family, expected):
+    """Decoder-only and encoder-decoder models get the slots in front of the prompt; encoders after it."""
+    multi = attach_many(tiny(family), {"p": PromptTuningConfig(num_tokens=2)})
+    assert multi.bank.slots == expected
+
+
+@pytest.mark.parametrize(
+    "family, side, backend",
+    [("bert", "right", None), ("bert", "left", None), ("roberta", "left", None), ("bert", "left", "triton")],
+)
+def test_sequence_classification_with_ragged_prompts_equals_each_adapter_alone(family, side, backend):
+    """A pooler reads column 0: every row's prompt starts there (slots after the prompt), and a ``"__base__"`` row's
+    masked column 0 mirrors its first real token. Logits, loss and every adapter's gradient of a mixed batch with
+    prompts of 5, 3 and 2 rows (m_max = 5) and base rows equal each adapter alone on its rows and the plain model on
+    each base row's real tokens; token types at their fixed columns."""
+    if backend == "triton":
+        pytest.importorskip("prompt_ops.kernels.mixed_embed", reason="the mixed-adapter kernels have not landed")
+    multi = mixed(family, backend=backend)
+    ids, mask, _ = batch(side)
+    types = (torch.arange(7)[None, :] >= 4).long().expand(len(ROWS), 7) * mask if family == "bert" else None
+    targets = torch.tensor([0, 2, 1, 1, 2, 0])
+    out = multi(input_ids=ids, attention_mask=mask, labels=targets, adapter_names=ROWS, token_type_ids=types)
+    out.loss.backward()
+    losses, expected = [], {}
+    for b, name in enumerate(ROWS):
+        row = {"attention_mask": mask[b : b + 1], "labels": targets[b : b + 1]}
+        if types is not None:
+            row["token_type_ids"] = types[b : b + 1]
+        if name == "__base__":  # the plain model on the row's real tokens alone
+            real = mask[b].bool()
+            row = {key: value[:, real] if key != "labels" else value for key, value in row.items()}
+            single = multi.base_model(input_ids=ids[b : b + 1, real], **row)
+        else:
+            tuned = alone(multi, name)
+            single = tuned(input_ids=ids[b : b + 1], **row)
+            grads = torch.autograd.grad(single.loss / len(ROWS), list(tuned.adapter_state_dict().values()))
+            for key, grad in zip(tuned.adapter_state_dict(), grads, strict=True):
+                expected[name, key] = expected.get((name, key), 0) + grad
         torch.testing.assert_close(out.logits[b], single.logits[0], **TOL)
+        losses.append(single.loss.detach())
+    torch.testing.assert_close(out.loss, torch.stack(losses).mean(), **TOL)
+    assert {name for name, _ in expected} == set(ADAPTERS)
+    for (name, key), grad in expected.items():  # mixed-batch training gives each adapter its own rows' gradients
+        bank_grad = getattr(multi.bank, {"prompt": "prompts"}.get(key, key)).grad[multi.adapter_names.index(name)]
+        torch.testing.assert_close(bank_grad[tuple(slice(0, size) for size in grad.shape)], grad, **TOL)
 
 
 def test_the_bank_stacks_zero_padded_tensors_and_restacks_on_add_and_delete():
@@ -345,6 +391,9 @@ def test_a_refused_attach_many_leaves_the_model_as_it_was(adapters, error, patte
 def test_an_adapter_bank_on_its_own():
     """The bank is usable without a model: add with a state, index, forward, config copies."""
     embedding = torch.nn.Embedding(VOCAB, HIDDEN)
+    with pytest.raises(ValueError, match=r"slots must be one of \('front', 'after_prompt'\).*'middle'"):
+        AdapterBank(embedding, slots="middle")
+    assert embedding.weight.requires_grad  # a refused bank leaves the embedding as it was
     bank = AdapterBank(embedding)
     with pytest.raises(ValueError, match="the adapter bank is empty"):
         bank(torch.ones(1, 2, dtype=torch.long), None, torch.tensor([-1]))
