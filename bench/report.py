@@ -110,6 +110,7 @@ def render_readme(payload: dict) -> str:
     ]
     lines += render_end_to_end(payload.get("end_to_end", []))
     lines += render_shared_prompt_sweep(payload.get("shared_prompt_sweep", []))
+    lines += render_mixed(payload.get("mixed", []), payload.get("mixed_setup", {}))
     lines += _folding_table(payload.get("folding", []))
     lines += _compile_table(payload.get("compile", []))
     return "\n".join(lines) + "\n"
@@ -136,6 +137,7 @@ def render_full(payload: dict) -> str:
         )
     lines += render_end_to_end(payload.get("end_to_end", []))
     lines += render_shared_prompt_sweep(payload.get("shared_prompt_sweep", []))
+    lines += render_mixed(payload.get("mixed", []), payload.get("mixed_setup", {}))
     return "\n".join(lines) + "\n"
 
 
@@ -257,6 +259,61 @@ def render_end_to_end(rows: list[dict]) -> list[str]:
         )
     lines += ["", f"![end to end](bench/results/{PLOTS['end_to_end']})"]
     return lines + render_shared_prompt(measured)
+
+
+MIXED_PROVIDERS = ("peft_loop", "vllm_gather", "torch", "triton")
+MIXED_TIMED = ("peft_loop", "vllm_gather", "torch")
+
+
+def render_mixed(rows: list[dict], setup: dict) -> list[str]:
+    """The mixed-adapter op table (``bench.mixed``, ``setup`` from :func:`bench.mixed.setup`): one line per (B,
+    bank size, pattern); nothing without rows."""
+    if not rows:
+        return []
+    first = rows[0]
+    lines = [
+        "",
+        "Mixed-adapter batches, forward (`bench/mixed.py`): `mixed_dept_embed` on a bank of n prompt-tuning/DePT "
+        "adapters, one adapter per row, against a *PEFT loop* (a Python loop over the batch's distinct adapters, "
+        "each running the single-adapter DePT path as the official code writes it on its rows, scattered back) and "
+        "a *vLLM gather* (zero-padded stacked prompt table, a per-token index built on the host at every call, an "
+        "embedding gather over every column, a gather and a masked overwrite; vLLM had no offsets, so DePT's are "
+        "added the same way: `Q = s * bmm(A, B)` for the bank, a host-built index, a gather and a masked add; on a "
+        "GPU its host indices are also 3 host-to-device copies per call, not counted). "
+        f"L={first['seq_len']}, d={first['hidden']}, fp32; adapter a has prompt length "
+        f"{setup['prompt_lengths']}[a % 4] and rank {setup['ranks']}[a % 4] (m_max = "
+        f"{first['num_slots']}), L_max = {setup['max_length']}, lora_alpha = {setup['lora_alpha']}; "
+        "row b has b % 4 leading pads. Patterns (Punica's): *identical* one adapter, *uniform* the rows spread "
+        f"evenly over n adapters, *skewed* a Zipf draw (exponent {setup['zipf_exponent']}, seed 0), "
+        "*distinct* every row its own adapter; *n (used)* is the bank's size and the adapters the batch uses. "
+        "Launches and MB are exact counts, *ideal* reads what the used adapters need once (no padding) and writes "
+        "the output once; triton is the forward launch, counted in the interpreter at "
+        f"{setup['triton_counted']} ('-' elsewhere). H100 columns are a **projection**, CPU columns real "
+        "wall-clock medians timed in alternating rounds.",
+        "",
+        "| B | pattern | n (used) | launches PEFT loop / vLLM / torch / triton | MB PEFT loop / vLLM / torch / "
+        "triton / ideal | triton / ideal | H100 us PEFT loop / vLLM / torch / triton (proj.) | CPU ms PEFT loop / "
+        "vLLM / torch | correct |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    keys = dict.fromkeys((r["batch"], r["adapters"], r["pattern"]) for r in rows)
+    for batch, adapters, pattern in keys:
+        by = {p: _one(rows, batch=batch, adapters=adapters, pattern=pattern, provider=p) for p in MIXED_PROVIDERS}
+        some = next(r for r in by.values() if r is not None)
+        launches = " / ".join("-" if by[p] is None or by[p]["launches"] is None else str(by[p]["launches"])
+                              for p in MIXED_PROVIDERS)  # fmt: skip
+        moved = " / ".join(_mb(by[p]["bytes"]) if by[p] else "-" for p in MIXED_PROVIDERS)
+        fused = by["triton"]
+        ratio = "-" if fused is None or fused["bytes"] is None else f"{fused['bytes'] / fused['ideal_bytes']:.2f}"
+        h100 = " / ".join(f"{by[p]['h100_us']:.1f}" if by[p] and by[p]["h100_us"] is not None else "-"
+                          for p in MIXED_PROVIDERS)  # fmt: skip
+        cpu = " / ".join(_ms(by[p]["cpu_ms"]) if by[p] else "-" for p in MIXED_TIMED)
+        correct = "yes" if all(r["correct"] is not False for r in by.values() if r) else "**NO**"
+        lines.append(
+            f"| {batch} | {pattern} | {adapters} ({some['present']}) | {launches} | {moved} / "
+            f"{_mb(some['ideal_bytes'])} | {ratio} | {h100} | {cpu} | {correct} |"
+        )
+    return lines
 
 
 def _folding_table(rows: list[dict]) -> list[str]:
