@@ -237,13 +237,37 @@ class AdapterBank(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, adapter_index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._embed(input_ids, adapter_index, self.positions, attention_mask, self.slots)
+
+    def embed_tokens(self, input_ids: torch.Tensor, start: torch.Tensor, adapter_index: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``(B, n, d)`` of tokens at input positions ``start[b] ..`` (``start (B,)`` int64/int32), each
+        row with its adapter's per-token treatment and no prompt: DePT's offset for its positions (none outside
+        ``[0, L_a)``), the plain tokens for prompt-tuning and ``-1`` rows. What a full forward gives those tokens;
+        used for the tokens generated after the prefill (:class:`~prompt_ops.models.attach.DecodeEmbedding`)."""
+        return self._embed(input_ids, adapter_index, start, prompt_columns=False)[0]
+
+    def _embed(
+        self,
+        input_ids: torch.Tensor,
+        adapter_index: torch.Tensor,
+        positions: str | torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        slots: str = "front",
+        prompt_columns: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`mixed_dept_embed` of the bank at ``positions``; without ``prompt_columns`` only the input's."""
         if self.prompts is None:
             raise ValueError("the adapter bank is empty: add an adapter first")
-        return mixed_dept_embed(
-            input_ids, self.embedding.weight, self.prompts, self.prompt_lengths, self.lora_a, self.lora_b,
-            self.scales, adapter_index, attention_mask=attention_mask, positions=self.positions, backend=self.backend,
-            max_lengths=self.max_lengths, slots=self.slots,
+        prompts, lengths = self.prompts, self.prompt_lengths
+        if not prompt_columns:  # the op puts m_max >= 1 columns in front: one column of each prompt, cut off below
+            prompts, lengths = prompts[:, :1], torch.ones_like(lengths)
+        embeds, mask = mixed_dept_embed(
+            input_ids, self.embedding.weight, prompts, lengths, self.lora_a, self.lora_b, self.scales, adapter_index,
+            attention_mask=attention_mask, positions=positions, backend=self.backend, max_lengths=self.max_lengths,
+            slots=slots,
         )  # fmt: skip
+        columns = prompts.shape[1] if not prompt_columns else 0
+        return embeds[:, columns:], mask[:, columns:]
 
     def extra_repr(self) -> str:
         adapters = ", ".join(f"{name}: {config.method} m={config.num_tokens}" for name, config in self._configs.items())

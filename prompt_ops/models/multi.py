@@ -18,7 +18,11 @@ plain model never predicts (here a masked column would). So a row's outputs, los
 its adapter attached alone (:func:`prompt_ops.models.attach`), and a ``"__base__"`` row's those of the plain model
 on its real tokens: token-level heads, LM heads and BERT's sequence classification (pooler) alike.
 
-This slice has no shared prompt pass and no ``generate``.
+``generate(input_ids, attention_mask, adapter_names=[...])`` prefills with the mixed embeddings, the mask and
+the per-row position ids, and gives every generated token its own row's treatment (DePT's offset at the token's
+position for the row's adapter, none past that adapter's ``max_length``; the plain token for prompt-tuning and
+``"__base__"`` rows), so each row generates what its adapter alone generates (a ``"__base__"`` row: the plain
+model). The prompt rows run in every call (no shared prompt pass for a bank yet).
 """
 
 from __future__ import annotations
@@ -34,8 +38,11 @@ from prompt_ops.methods.base import check_backend
 from prompt_ops.methods.official import folder_path
 from prompt_ops.models.adapters import read_adapter
 from prompt_ops.models.attach import (
+    DecodeEmbedding,
     call_prompted,
+    check_generate_call,
     check_prompted_call,
+    generate_decoding,
     is_encoder_decoder,
     prompted_labels,
     takes_position_ids,
@@ -43,7 +50,7 @@ from prompt_ops.models.attach import (
 from prompt_ops.models.bank import BASE, AdapterBank, check_adapter_name, check_bank_config
 from prompt_ops.models.configs import MethodConfig
 from prompt_ops.models.inputs import first_position
-from prompt_ops.models.positions import model_position_ids
+from prompt_ops.models.positions import model_position_ids, next_input_positions
 from prompt_ops.models.shared_prompt import CAUSAL_HEADS
 from prompt_ops.models.tuned import model_embedding, write_adapter
 from prompt_ops.ops.positions import check_positions, leading_pads
@@ -165,6 +172,34 @@ class MultiAdapterModel(nn.Module):
         lengths = self.bank.prompt_lengths[adapter_index.clamp(min=0)]
         return torch.where(adapter_index >= 0, lengths, torch.zeros_like(lengths))
 
+    def _adapter_index(self, adapter_names: object, input_ids: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` adapter index of each row of ``input_ids`` (checked) from ``adapter_names``, one per row."""
+        if adapter_names is None:
+            raise TypeError("adapter_names must be a list or tuple of adapter names, one per row of input_ids")
+        index = self.bank.index(adapter_names).to(input_ids.device)
+        if index.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"adapter_names must name one adapter per row of input_ids ({input_ids.shape[0]} rows), got "
+                f"{index.shape[0]} names"
+            )
+        return index
+
+    def _model_positions(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        index: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """The base model's ``(B, m_max + L)`` position ids for the mixed input (each row's own prompt length), or
+        None for a model that takes none."""
+        if not self.takes_position_ids:
+            return None
+        return model_position_ids(
+            attention_mask, self.bank.positions, tuple(input_ids.shape), input_ids.device, self.bank.num_slots,
+            first_position(self.base_model), position_ids, self._row_lengths(index), self.bank.slots,
+        )  # fmt: skip
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -187,24 +222,12 @@ class MultiAdapterModel(nn.Module):
         token_labels = check_prompted_call(
             self.base_model, slots, input_ids, labels, token_type_ids, position_ids, kwargs
         )
-        if adapter_names is None:
-            raise TypeError("adapter_names must be a list or tuple of adapter names, one per row of input_ids")
-        index = self.bank.index(adapter_names).to(input_ids.device)
-        if index.shape[0] != input_ids.shape[0]:
-            raise ValueError(
-                f"adapter_names must name one adapter per row of input_ids ({input_ids.shape[0]} rows), got "
-                f"{index.shape[0]} names"
-            )
+        index = self._adapter_index(adapter_names, input_ids)
         model_embedding(self.base_model)  # refuses a sharded table
         embeds, mask = self.bank(input_ids, attention_mask, index)
         if self.is_encoder_decoder:
             return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
-        model_positions = None
-        if self.takes_position_ids:
-            model_positions = model_position_ids(
-                attention_mask, self.bank.positions, tuple(input_ids.shape), input_ids.device, slots,
-                first_position(self.base_model), position_ids, self._row_lengths(index), self.bank.slots,
-            )  # fmt: skip
+        model_positions = self._model_positions(input_ids, attention_mask, position_ids, index)
         base = index < 0
         pads = torch.zeros_like(index) if attention_mask is None else leading_pads(attention_mask)
         if self.bank.slots == "after_prompt":
@@ -216,6 +239,42 @@ class MultiAdapterModel(nn.Module):
             if self.shifts_labels:  # the plain model never predicts a sequence's first token; a masked column would
                 labels[base, slots + pads[base]] = -100
         return call_prompted(self.base_model, embeds, mask, labels, model_positions, token_type_ids, kwargs)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        adapter_names: list[str] | tuple[str, ...] | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """Generate with the base model's ``generate`` and its KV cache, each row with its own adapter
+        (``adapter_names``, one per row of ``input_ids``, ``"__base__"`` for the plain model); the other arguments
+        as :meth:`PromptTunedModel.generate <prompt_ops.models.attach.PromptTunedModel.generate>` takes them.
+
+        Decoder-only models: returns ``cat(input_ids, new tokens)``. The prefill is a mixed forward (the module
+        docstring: each row's prompt, mask and position ids); each row's generated tokens continue from its own last
+        position and get its adapter's per-token treatment (DePT's offset at their input positions while below the
+        adapter's ``max_length``, none after; nothing for prompt-tuning and ``"__base__"`` rows), every copy of a
+        row under beams or ``num_return_sequences`` its row's. So row ``b`` generates what its adapter attached
+        alone generates from that row. Encoder-decoder models: the prompt goes to the encoder; returns what the base
+        ``generate`` returns (the decoder's tokens). Every argument is checked before the model is touched, and the
+        input embedding swapped in for decoding is put back however ``generate`` ends."""
+        position_ids = kwargs.pop("position_ids", None)
+        batch, seq_len = check_generate_call(
+            self.base_model, self.bank.num_slots, input_ids, position_ids, kwargs, "MultiAdapterModel"
+        )
+        index = self._adapter_index(adapter_names, input_ids)
+        model_embedding(self.base_model)  # refuses a sharded table
+        embeds, mask = self.bank(input_ids, attention_mask, index)
+        if self.is_encoder_decoder:
+            return self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        model_positions = self._model_positions(input_ids, attention_mask, position_ids, index)
+        if model_positions is not None:  # prefill as a forward; transformers continues each row from its last + 1
+            kwargs["position_ids"] = model_positions
+        start = next_input_positions(attention_mask, self.bank.positions, (batch, seq_len), input_ids.device)
+        decode = DecodeEmbedding(self.bank.embedding, self.bank.embed_tokens, start, index)
+        return generate_decoding(self.base_model, decode, input_ids, embeds, mask, kwargs)
 
     def extra_repr(self) -> str:
         return f"adapters={self.adapter_names}"

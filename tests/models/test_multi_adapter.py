@@ -406,3 +406,125 @@ def test_an_adapter_bank_on_its_own():
     embeds, mask = bank(torch.ones(2, 3, dtype=torch.long), None, bank.index(("p", "__base__")))
     assert embeds.shape == (2, 5, HIDDEN) and mask.tolist() == [[1] * 5, [0, 0, 1, 1, 1]]
     assert not embedding.weight.requires_grad
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# generate: each row generates what its adapter alone (or the plain model) generates
+# ---------------------------------------------------------------------------------------------------------------
+
+GREEDY = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+BEAMS = {"num_beams": 2, "num_return_sequences": 2, "max_new_tokens": 4, "do_sample": False, "pad_token_id": 0,
+         "eos_token_id": None}  # fmt: skip
+
+
+def generating(family: str, backend: str | None = None) -> MultiAdapterModel:
+    """:func:`mixed` with large DePT offsets: a generation that dropped them after the prefill, or gave a row another
+    row's, would pick other tokens (``test_generated_tokens_get_their_own_rows_treatment`` checks it does)."""
+    multi = mixed(family, backend=backend)
+    with torch.no_grad():
+        multi.bank.lora_b.mul_(10)
+    return multi
+
+
+def generated_alone(multi: MultiAdapterModel, name: str, row: torch.Tensor, **kwargs) -> torch.Tensor:
+    """What adapter ``name`` attached alone (``"__base__"``: the plain model) generates from the ids ``row (1, n)``."""
+    model = multi.base_model if name == "__base__" else alone(multi, name)
+    return model.generate(row, **kwargs)
+
+
+@pytest.mark.parametrize("family, backend", [("gpt2", None), ("llama", None), ("gpt2", "triton")])
+def test_greedy_generation_of_each_row_equals_its_adapter_alone(family, backend):
+    """A left-padded batch of ragged adapters and base rows: each row's new tokens are those its adapter generates
+    alone from the row's real tokens (the plain model's for base rows). The "short" row's 7 tokens and 6 new ones
+    run past its 9 offset rows, which stop there as they do alone."""
+    if backend == "triton":
+        pytest.importorskip("prompt_ops.kernels.mixed_embed", reason="the mixed-adapter kernels have not landed")
+    multi = generating(family, backend)
+    ids, mask, _ = batch("left")
+    generated = multi.generate(ids, attention_mask=mask, adapter_names=ROWS, **GREEDY)
+    assert generated.shape == (len(ROWS), 7 + 6) and torch.equal(generated[:, :7], ids)
+    for b, name in enumerate(ROWS):
+        real = mask[b].bool()
+        expected = generated_alone(multi, name, ids[b : b + 1, real], **GREEDY)
+        assert torch.equal(generated[b, 7:], expected[0, int(real.sum()) :]), (b, name)
+    assert multi.base_model.get_input_embeddings() is multi.bank.embedding  # restored
+
+
+def test_generated_tokens_get_their_own_rows_treatment(monkeypatch):
+    """Guard for the test above: plain lookups after the prefill change every DePT row's tokens and no other row's
+    (prompt-tuning and base rows get the plain token)."""
+    multi = generating("gpt2")
+    ids, mask, _ = batch("left")
+    treated = multi.generate(ids, attention_mask=mask, adapter_names=ROWS, **GREEDY)
+    monkeypatch.setattr(multi.bank, "embed_tokens", lambda input_ids, start, index: multi.bank.embedding(input_ids))
+    plain = multi.generate(ids, attention_mask=mask, adapter_names=ROWS, **GREEDY)
+    for b, name in enumerate(ROWS):
+        assert torch.equal(treated[b], plain[b]) == (name in ("plain", "__base__")), (b, name)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_beams_and_returned_sequences_keep_each_rows_adapter(family):
+    """``num_return_sequences`` copies of each row come back consecutively behind its input ids; copy ``j`` of row
+    ``b`` is beam ``j`` of that row's adapter alone (each copy decodes with its row's adapter and positions)."""
+    multi = generating(family)
+    ids, mask, _ = batch("left")
+    generated = multi.generate(ids, attention_mask=mask, adapter_names=ROWS, **BEAMS)
+    assert generated.shape == (2 * len(ROWS), 7 + 4)
+    assert torch.equal(generated[:, :7], ids.repeat_interleave(2, dim=0))
+    for b, name in enumerate(ROWS):
+        real = mask[b].bool()
+        expected = generated_alone(multi, name, ids[b : b + 1, real], **BEAMS)
+        assert torch.equal(generated[2 * b : 2 * b + 2, 7:], expected[:, int(real.sum()) :]), (b, name)
+
+
+def test_t5_greedy_generation_of_each_row_equals_its_adapter_alone():
+    """The prompt goes to the encoder: each row's decoder tokens are its adapter's alone (the plain model's)."""
+    multi = generating("t5")
+    ids, mask, _ = batch("right")
+    greedy = {"max_new_tokens": 5, "do_sample": False, "eos_token_id": None}
+    generated = multi.generate(ids, attention_mask=mask, adapter_names=ROWS, **greedy)
+    assert generated.shape == (len(ROWS), 1 + 5)
+    for b, name in enumerate(ROWS):
+        expected = generated_alone(multi, name, ids[b : b + 1, mask[b].bool()], **greedy)
+        assert torch.equal(generated[b], expected[0]), (b, name)
+
+
+GENERATE_CALLS = {
+    "unknown name": (
+        {"adapter_names": ["long", "nope"]}, ValueError,
+        r"adapter_names: no adapter named 'nope'; the bank holds \['long', 'plain', 'short'\]",
+    ),
+    "too few names": (
+        {"adapter_names": ["long"]}, ValueError,
+        r"adapter_names must name one adapter per row of input_ids \(2 rows\), got 1",
+    ),
+    "no names": ({}, TypeError, "adapter_names must be a list or tuple"),
+    "names as a str": ({"adapter_names": "long"}, TypeError, "adapter_names must be a list or tuple"),
+    "inputs_embeds": (
+        {"adapter_names": ["long", "plain"], "inputs_embeds": torch.zeros(2, 3, HIDDEN)}, ValueError,
+        "MultiAdapterModel.generate builds inputs_embeds from input_ids",
+    ),
+    "no room for a new token": (
+        {"adapter_names": ["long", "plain"], "max_new_tokens": None, "max_length": 8}, ValueError,
+        "max_length counts the 5 prompt rows and input_ids' 3 tokens, so it must be above 8",
+    ),
+    "past the position table": (
+        {"adapter_names": ["long", "plain"], "max_new_tokens": 60}, ValueError,
+        "5 prompt rows, input_ids' 3 tokens and max_new_tokens = 60 .* make 67 positions",
+    ),
+    "refused inside transformers": (  # after the decode embedding is swapped in: it must be put back
+        {"adapter_names": ["long", "plain"], "num_beams": 2, "num_return_sequences": 3}, ValueError,
+        "num_return_sequences",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(GENERATE_CALLS))
+def test_bad_generate_calls_are_refused_by_name_and_leave_the_model_as_it_was(case):
+    multi = mixed("gpt2")
+    kwargs, error, pattern = GENERATE_CALLS[case]
+    before, base_before = ModelState.of(multi), ModelState.of(multi.base_model)
+    with pytest.raises(error, match=pattern):
+        multi.generate(torch.ones(2, 3, dtype=torch.long), **{"max_new_tokens": 2, "pad_token_id": 0, **kwargs})
+    before.assert_unchanged(multi, case)
+    base_before.assert_unchanged(multi.base_model, case)
