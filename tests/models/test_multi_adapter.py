@@ -32,9 +32,10 @@ LENGTHS = [7, 4, 6, 7, 3, 5]  # real tokens per row, of L = 7
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
-def mixed(family: str, adapters=ADAPTERS, **kwargs) -> MultiAdapterModel:
-    """A bank over a tiny model, every adapter tensor moved off its init (zero B would hide the offsets)."""
-    multi = attach_many(tiny(family), adapters, **kwargs)
+def mixed(family: str, adapters=ADAPTERS, initializer_range: float | None = None, **kwargs) -> MultiAdapterModel:
+    """A bank over a tiny model (``initializer_range`` as :func:`tiny` takes it), every adapter tensor moved off its
+    init (zero B would hide the offsets)."""
+    multi = attach_many(tiny(family, initializer_range), adapters, **kwargs)
     torch.manual_seed(1)
     with torch.no_grad():
         for name in multi.adapter_names:
@@ -417,10 +418,10 @@ BEAMS = {"num_beams": 2, "num_return_sequences": 2, "max_new_tokens": 4, "do_sam
          "eos_token_id": None}  # fmt: skip
 
 
-def generating(family: str, backend: str | None = None) -> MultiAdapterModel:
+def generating(family: str, backend: str | None = None, initializer_range: float | None = None) -> MultiAdapterModel:
     """:func:`mixed` with large DePT offsets: a generation that dropped them after the prefill, or gave a row another
     row's, would pick other tokens (``test_generated_tokens_get_their_own_rows_treatment`` checks it does)."""
-    multi = mixed(family, backend=backend)
+    multi = mixed(family, backend=backend, initializer_range=initializer_range)
     with torch.no_grad():
         multi.bank.lora_b.mul_(10)
     return multi
@@ -475,6 +476,22 @@ def test_beams_and_returned_sequences_keep_each_rows_adapter(family):
         real = mask[b].bool()
         expected = generated_alone(multi, name, ids[b : b + 1, real], **BEAMS)
         assert torch.equal(generated[2 * b : 2 * b + 2, 7:], expected[:, int(real.sum()) :]), (b, name)
+
+
+def test_generation_continues_user_position_ids_behind_each_rows_prompt():
+    """User positions are shifted behind each row's own prompt at prefill and continue one by one from each row's
+    last, as each adapter alone (and the plain model) continues them."""
+    multi = generating("gpt2", initializer_range=0.3)  # outputs that depend on the positions
+    names = ["short", "__base__", "long"]
+    torch.manual_seed(4)
+    ids = torch.randint(1, VOCAB, (3, 5))
+    position_ids = torch.tensor([[30, 31, 32, 33, 34], [0, 4, 8, 12, 16], [20, 22, 24, 26, 28]])
+    generated = multi.generate(ids, adapter_names=names, position_ids=position_ids, **GREEDY)
+    default = multi.generate(ids, adapter_names=names, **GREEDY)
+    for b, name in enumerate(names):
+        expected = generated_alone(multi, name, ids[b : b + 1], position_ids=position_ids[b : b + 1], **GREEDY)
+        assert torch.equal(generated[b], expected[0]), (b, name)
+        assert not torch.equal(generated[b], default[b]), (b, name)  # the positions change the tokens
 
 
 def test_t5_greedy_generation_of_each_row_equals_its_adapter_alone():
