@@ -40,6 +40,37 @@ def load_tile(ptr, rows, row_ok, cols, col_ok, stride_r, stride_c):
 
 
 @triton.jit
+def head_token_tile(num_head, total, hidden, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's tile of a ``(total, d)`` plane whose first ``num_head`` rows are a head (the prompt rows or
+    slots) and the rest one row per token column (or ``A`` row): grid axes 0 and 1 pick the row and column tile.
+
+    Returns ``rows`` and ``cols`` (int64), ``col_ok`` (``cols < d``), ``is_head`` (``rows < num_head``),
+    ``is_token`` (``num_head <= rows < total``) and ``tok`` (``rows - num_head`` on token rows, else 0)."""
+    pid_t = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1).to(tl.int64)
+    rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)  # [BLOCK_T]
+    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)  # [BLOCK_D]
+    col_ok = cols < hidden  # [BLOCK_D]
+    is_head = rows < num_head  # [BLOCK_T]
+    is_token = (rows >= num_head) & (rows < total)  # [BLOCK_T]
+    tok = tl.where(is_token, rows - num_head, 0)  # [BLOCK_T]
+    return rows, cols, col_ok, is_head, is_token, tok
+
+
+@triton.jit
+def gather_shifted_rows(grad_row_ptr, head_ok, head_source, row_ok, column, num_head, seq_len, col_ok, stride_g_t):
+    """One batch row's contribution to a gather-sum over ``dX[b] (num_head + L, d)``, as ``[BLOCK_T, BLOCK_D]``
+    fp32: column ``head_source`` where ``head_ok``, token column ``column`` (at ``num_head + column``) where
+    ``row_ok`` and ``0 <= column < L``, zeros elsewhere. ``grad_row_ptr`` already points at the row and the tile's
+    columns (``[1, BLOCK_D]``)."""
+    token_ok = row_ok & (column >= 0) & (column < seq_len)  # [BLOCK_T]
+    source = tl.where(head_ok, head_source, num_head + tl.where(token_ok, column, 0))  # [BLOCK_T]
+    return tl.load(
+        grad_row_ptr + source[:, None] * stride_g_t, mask=(head_ok | token_ok)[:, None] & col_ok[None, :], other=0.0
+    ).to(tl.float32)
+
+
+@triton.jit
 def broadcast_prompt_tile(
     out_ptr,  # (B, m+L, d) contiguous
     mask_out_ptr,  # (B, m+L) contiguous
@@ -203,4 +234,20 @@ def low_rank_tile(
     return pooled_low_rank_tile(
         a_ptr, a_ptr, b_ptr, rows, row_ok, cols, col_ok, rank, 1, stride_a_l, stride_a_r, 0, stride_b_r, stride_b_d,
         False, BLOCK_T, BLOCK_D, BLOCK_R,
+    )  # fmt: skip
+
+
+@triton.jit
+def shifted_low_rank_tile(
+    lora_a_ptr, lora_b_ptr, start, tok, is_token, max_length, cols, col_ok, rank, stride_a_l, stride_a_r,
+    stride_b_r, stride_b_d, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """``A[start + tok] @ B[:, cols]`` as ``[BLOCK_T, BLOCK_D]`` fp32: token column ``tok`` (int64) of a row starting
+    at ``start`` reads row ``start + tok`` of ``A``, and zeros where that row is outside ``[0, max_length)`` (DePT's
+    shifted offset; a mixed bank passes one adapter's factors and its own ``L_a``)."""
+    position = start + tok  # [BLOCK_T] int64
+    inside = is_token & (position >= 0) & (position < max_length)  # [BLOCK_T]
+    return low_rank_tile(
+        lora_a_ptr, lora_b_ptr, tl.where(inside, position, 0), inside, cols, col_ok, rank, stride_a_l, stride_a_r,
+        stride_b_r, stride_b_d, BLOCK_T, BLOCK_D, BLOCK_R,
     )  # fmt: skip

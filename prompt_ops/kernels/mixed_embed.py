@@ -44,7 +44,14 @@ import torch
 import triton
 import triton.language as tl
 
-from prompt_ops.kernels.common import interpreting, launch_grid, load_tile, low_rank_tile
+from prompt_ops.kernels.common import (
+    gather_shifted_rows,
+    head_token_tile,
+    interpreting,
+    launch_grid,
+    load_tile,
+    shifted_low_rank_tile,
+)
 from prompt_ops.kernels.dept_embed import (
     GPU_BWD_CONFIG,
     RANK_CHUNK,
@@ -106,13 +113,8 @@ def _mixed_embed_fwd_kernel(
     pid_d = tl.program_id(1).to(tl.int64)
     pid_b = tl.program_id(2).to(tl.int64)
     total = num_slots + seq_len
-
-    rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)  # [BLOCK_T] output column p in [0, T)
-    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)  # [BLOCK_D]
-    col_ok = cols < hidden  # [BLOCK_D]
-    is_slot = rows < num_slots  # [BLOCK_T]
-    is_token = (rows >= num_slots) & (rows < total)  # [BLOCK_T]
-    tok = tl.where(is_token, rows - num_slots, 0)  # [BLOCK_T] token column t
+    # rows: output column p in [0, T); tok: the token column t of a token column
+    rows, cols, col_ok, is_slot, is_token, tok = head_token_tile(num_slots, total, hidden, BLOCK_T, BLOCK_D)
     has_slots = pid_t * BLOCK_T < num_slots  # the tile holds prompt slots
     has_tokens = pid_t * BLOCK_T + BLOCK_T > num_slots  # the tile holds token columns
 
@@ -160,14 +162,11 @@ def _mixed_embed_fwd_kernel(
                 # A base-model row has no A rows. (The interpreter mis-broadcasts a scalar bool into a block mask, so
                 # has_adapter enters through the bound.)
                 length = tl.where(has_adapter, length, 0)
-                position = start + tok  # [BLOCK_T] A row j of each token column
-                inside = is_token & (position >= 0) & (position < length)  # [BLOCK_T]
                 scale = tl.load(scales_ptr + index).to(tl.float32)  # s_a
-                # offset: [BLOCK_T, BLOCK_D]
-                offset = scale * low_rank_tile(
-                    lora_a_ptr + index * stride_a_n, lora_b_ptr + index * stride_b_n, tl.where(inside, position, 0),
-                    inside, cols, col_ok, rank, stride_a_l, stride_a_r, stride_b_r, stride_b_d, BLOCK_T, BLOCK_D,
-                    BLOCK_R,
+                # offset: [BLOCK_T, BLOCK_D], from A row j = start + t of each token column t
+                offset = scale * shifted_low_rank_tile(
+                    lora_a_ptr + index * stride_a_n, lora_b_ptr + index * stride_b_n, start, tok, is_token, length,
+                    cols, col_ok, rank, stride_a_l, stride_a_r, stride_b_r, stride_b_d, BLOCK_T, BLOCK_D, BLOCK_R,
                 )  # fmt: skip
         last_adapter = adapter
 
@@ -215,17 +214,10 @@ def _mixed_embed_bwd_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    pid_t = tl.program_id(0).to(tl.int64)
-    pid_d = tl.program_id(1).to(tl.int64)
     adapter = tl.program_id(2).to(tl.int64)
     total = num_slots + num_rows  # program rows: the slots (prompt row q), then one per A row j (row S + j)
-
-    rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)  # [BLOCK_T]
-    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)  # [BLOCK_D]
-    col_ok = cols < hidden  # [BLOCK_D]
-    is_slot = rows < num_slots  # [BLOCK_T] row q of d_prompts[a]
-    is_row = (rows >= num_slots) & (rows < total)  # [BLOCK_T] row j of G'[a]
-    j = tl.where(is_row, rows - num_slots, 0)  # [BLOCK_T]
+    # is_slot: row q of d_prompts[a]; is_row: row j of G'[a]
+    rows, cols, col_ok, is_slot, is_row, j = head_token_tile(num_slots, total, hidden, BLOCK_T, BLOCK_D)
     num_prompt = tl.load(prompt_lengths_ptr + adapter).to(tl.int64)  # m_a
     if HAS_LENGTHS:
         length = tl.load(max_lengths_ptr + adapter).to(tl.int64)  # L_a
@@ -246,13 +238,9 @@ def _mixed_embed_bwd_kernel(
                 column = j - tl.load(start_row).to(tl.int64)  # [BLOCK_T] token column at A row j
             else:
                 column = j
-            token_ok = row_ok & (column >= 0) & (column < seq_len)  # [BLOCK_T]
-            source = tl.where(prompt_ok, prompt_source, num_slots + tl.where(token_ok, column, 0))  # [BLOCK_T]
-            acc += tl.load(
-                grad_base + source[:, None] * stride_g_t,
-                mask=(prompt_ok | token_ok)[:, None] & col_ok[None, :],
-                other=0.0,
-            ).to(tl.float32)  # [BLOCK_T, BLOCK_D]
+            acc += gather_shifted_rows(
+                grad_base, prompt_ok, prompt_source, row_ok, column, num_slots, seq_len, col_ok, stride_g_t
+            )  # [BLOCK_T, BLOCK_D]
         grad_base += stride_g_b
         adapter_row += 1
         start_row += 1
