@@ -22,11 +22,19 @@ on its real tokens: token-level heads, LM heads and BERT's sequence classificati
 the per-row position ids, and gives every generated token its own row's treatment (DePT's offset at the token's
 position for the row's adapter, none past that adapter's ``max_length``; the plain token for prompt-tuning and
 ``"__base__"`` rows), so each row generates what its adapter alone generates (a ``"__base__"`` row: the plain
-model). The prompt rows run in every call (no shared prompt pass for a bank yet).
+model).
+
+Decoder-only GPT-2, LLaMA, Mistral and Qwen2 share each adapter's prompt pass without grad (eval forward and
+``generate``'s prefill; :mod:`prompt_ops.models.mixed_prompt`): computed once per adapter state and kept per adapter
+name, the batch's pass gathered per row, so only the input tokens run, whatever the adapter mix. ``attach_many(...,
+shared_prompt=None)`` as :func:`~prompt_ops.models.attach` takes it (False turns it off); calls the pass does not
+cover (under grad, a batch of ``"__base__"`` rows only, the arguments :func:`~prompt_ops.models.shared_prompt.
+call_refusal` refuses) run every row's prompt, saying why at debug level.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,8 +58,22 @@ from prompt_ops.models.attach import (
 from prompt_ops.models.bank import BASE, AdapterBank, check_adapter_name, check_bank_config
 from prompt_ops.models.configs import MethodConfig
 from prompt_ops.models.inputs import first_position
+from prompt_ops.models.mixed_prompt import gather_passes
 from prompt_ops.models.positions import model_position_ids, next_input_positions
-from prompt_ops.models.shared_prompt import CAUSAL_HEADS
+from prompt_ops.models.prompt_cache import PromptCache
+from prompt_ops.models.shared_prompt import (
+    CAUSAL_HEADS,
+    PromptPass,
+    cache_argument,
+    call_refusal,
+    check_shared_prompt,
+    generate_copies,
+    generate_refusal,
+    log_fallback,
+    prompt_pass,
+    shared_forward,
+    wants_hidden_states,
+)
 from prompt_ops.models.tuned import model_embedding, write_adapter
 from prompt_ops.ops.positions import check_positions, leading_pads
 
@@ -118,10 +140,15 @@ class MultiAdapterModel(nn.Module):
     """A frozen Hugging Face model behind an :class:`~prompt_ops.models.bank.AdapterBank` of prompt-tuning and
     DePT adapters; each row of a batch picks its adapter by name (the module docstring). Only the bank's stacked
     parameters train; adding or deleting an adapter replaces them (build the optimizer again). Built by
-    :func:`attach_many`, which checks every adapter before the model is touched."""
+    :func:`attach_many`, which checks every adapter before the model is touched. ``prompt_caches``: each adapter's
+    kept prompt pass by name (the module docstring), emptied when an adapter is added, loaded or deleted; a kept pass
+    is also rebuilt after any change to a parameter (:mod:`prompt_ops.models.prompt_cache`; the bank's parameters
+    are stacked, so an optimizer step rebuilds every adapter's)."""
 
-    def __init__(self, model: nn.Module, bank: AdapterBank):
+    def __init__(self, model: nn.Module, bank: AdapterBank, shared_prompt: bool | None = None):
         super().__init__()
+        self.shared_prompt = check_shared_prompt(shared_prompt, model, input_dependent=False)
+        self.prompt_caches: dict[str, PromptCache] = {}
         model.requires_grad_(False)
         self.base_model = model
         self.bank = bank
@@ -142,6 +169,7 @@ class MultiAdapterModel(nn.Module):
     def add_adapter(self, name: str, config: MethodConfig) -> None:
         """Add a new adapter ``name`` of ``config`` (prompt tuning or DePT, initialised as the method does)."""
         self.bank.add(name, config)
+        self.prompt_caches.clear()
 
     def load_adapter(self, folder: str | os.PathLike, adapter_name: str) -> None:
         """Add the adapter saved in ``folder`` (by ``save_adapter`` here or on a single model) as ``adapter_name``;
@@ -155,10 +183,12 @@ class MultiAdapterModel(nn.Module):
             )
         config, tensors = _resolve(self.base_model, self.bank.embedding, folder, self.bank.positions, "folder")
         self.bank.add(adapter_name, config, tensors)
+        self.prompt_caches.clear()
 
     def delete_adapter(self, name: str) -> None:
         """Remove adapter ``name`` (at least one stays)."""
         self.bank.delete(name)
+        self.prompt_caches.clear()
 
     def save_adapter(self, name: str, folder: str | os.PathLike) -> Path:
         """Write adapter ``name`` into ``folder`` (created if needed) in the format of
@@ -200,6 +230,41 @@ class MultiAdapterModel(nn.Module):
             first_position(self.base_model), position_ids, self._row_lengths(index), self.bank.slots,
         )  # fmt: skip
 
+    def _mixed_refusal(self, refusal: str | None, index: torch.Tensor) -> str | None:
+        """Why this call runs every row's prompt, or None when it shares each adapter's prompt pass: ``refusal``
+        (:func:`~prompt_ops.models.shared_prompt.call_refusal`'s or ``generate_refusal``'s), then grad, a batch
+        without adapter rows, a layout without the slots in front."""
+        if refusal is not None:
+            return refusal
+        if torch.is_grad_enabled():
+            return "a mixed batch shares its adapters' prompt passes without grad only (eval forward, generate)"
+        if bool((index < 0).all()):
+            return "no row of the batch uses an adapter"
+        if self.bank.slots != "front":
+            return f"the bank's slots are {self.bank.slots!r}, not in front of each prompt"
+        return None
+
+    def _prompt_pass(
+        self, embeds: torch.Tensor, model_positions: torch.Tensor, index: torch.Tensor, hidden: bool
+    ) -> PromptPass:
+        """The batch's prompt pass: each adapter's of the batch, from its prompt cache (built from the prompt columns
+        of ``embeds (B, m_max + L, d)`` and ``model_positions`` of one of its rows), gathered per row."""
+        slots = self.bank.num_slots
+        rows = index.tolist()
+        used = sorted(set(rows) - {-1})
+        passes = []
+        for adapter in used:
+            name = self.bank.names[adapter]
+            row = rows.index(adapter)
+            columns = slice(slots - self.bank.config(name).num_tokens, slots)
+            embed, position = embeds[row : row + 1, columns], model_positions[row : row + 1, columns]
+            cache = self.prompt_caches.setdefault(name, PromptCache())
+            build = functools.partial(prompt_pass, self.base_model, embed, position)
+            passes.append(cache.get(self, build, hidden, self.adapter_state_dict(name)))
+        lookup = {adapter: entry for entry, adapter in enumerate(used)}
+        row_pass = torch.tensor([lookup.get(adapter, -1) for adapter in rows], device=index.device)
+        return gather_passes(self.base_model, passes, row_pass, slots, hidden)
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -238,6 +303,12 @@ class MultiAdapterModel(nn.Module):
             labels = prompted_labels(labels, slots)
             if self.shifts_labels:  # the plain model never predicts a sequence's first token; a masked column would
                 labels[base, slots + pads[base]] = -100
+        refusal = call_refusal(self.base_model, self.shared_prompt, kwargs, token_type_ids, labels, len(index))
+        refusal = self._mixed_refusal(refusal, index)
+        if refusal is None:
+            prompt = self._prompt_pass(embeds, model_positions, index, wants_hidden_states(self.base_model, kwargs))
+            return shared_forward(self.base_model, embeds, mask, model_positions, labels, prompt, kwargs)
+        log_fallback(refusal)
         return call_prompted(self.base_model, embeds, mask, labels, model_positions, token_type_ids, kwargs)
 
     @torch.no_grad()
@@ -270,6 +341,13 @@ class MultiAdapterModel(nn.Module):
         if self.is_encoder_decoder:
             return self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         model_positions = self._model_positions(input_ids, attention_mask, position_ids, index)
+        refusal = self._mixed_refusal(generate_refusal(self.base_model, self.shared_prompt, kwargs, batch), index)
+        if refusal is None:  # transformers prefills only the embeddings past the cache's length
+            prompt = self._prompt_pass(embeds, model_positions, index, False)
+            copies = generate_copies(self.base_model, kwargs)
+            kwargs[cache_argument(self.base_model)] = prompt.batch_cache(batch * copies)
+        else:
+            log_fallback(refusal)
         if model_positions is not None:  # prefill as a forward; transformers continues each row from its last + 1
             kwargs["position_ids"] = model_positions
         start = next_input_positions(attention_mask, self.bank.positions, (batch, seq_len), input_ids.device)
@@ -285,12 +363,16 @@ def attach_many(
     adapters: Mapping[str, AdapterSource],
     backend: str | None = None,
     positions: str = "tokens",
+    shared_prompt: bool | None = None,
 ) -> MultiAdapterModel:
     """Freeze ``model`` and put the ``adapters`` (``{name: adapter folder or PromptTuningConfig / DePTConfig}``) in
     one bank behind it: a :class:`MultiAdapterModel`. ``positions``: the bank's position convention, which every
-    adapter's config must have. Every name, folder and config is checked before the model is touched."""
+    adapter's config must have. ``shared_prompt``: the shared prompt pass per adapter (the module docstring), as
+    :func:`~prompt_ops.models.attach` takes it. Every name, folder and config is checked before the model is
+    touched."""
     embedding = model_embedding(model)
     check_backend(backend)
+    check_shared_prompt(shared_prompt, model, input_dependent=False)
     check_positions(positions)
     if not isinstance(adapters, Mapping):
         raise TypeError(
@@ -305,7 +387,7 @@ def attach_many(
     bank = AdapterBank(embedding, backend=backend, positions=positions, slots=slot_layout(model))
     for name, (config, tensors) in resolved.items():
         bank.add(name, config, tensors)
-    return MultiAdapterModel(model, bank)
+    return MultiAdapterModel(model, bank, shared_prompt)
 
 
 __all__ = ["BASE", "MultiAdapterModel", "attach_many", "slot_layout"]
