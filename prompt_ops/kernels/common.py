@@ -58,6 +58,18 @@ def head_token_tile(num_head, total, hidden, BLOCK_T: tl.constexpr, BLOCK_D: tl.
 
 
 @triton.jit
+def token_embedding_tile(
+    weight_ptr, ids_row_ptr, tok, is_token, vocab, cols, col_ok, stride_ids_t, stride_w_v, stride_w_d
+):  # fmt: skip
+    """``W[ids[tok], cols]`` of one batch row as ``[BLOCK_T, BLOCK_D]`` fp32 (``ids_row_ptr`` points at the row's
+    ids); zeros on rows that are not tokens and for ids outside ``[0, vocab)`` (possible only when the host check is
+    switched off: they read nothing)."""
+    ids = tl.load(ids_row_ptr + tok * stride_ids_t, mask=is_token, other=0).to(tl.int64)  # [BLOCK_T]
+    id_ok = is_token & (ids >= 0) & (ids < vocab)  # [BLOCK_T]
+    return load_tile(weight_ptr, ids, id_ok, cols, col_ok, stride_w_v, stride_w_d)
+
+
+@triton.jit
 def gather_shifted_rows(grad_row_ptr, head_ok, head_source, row_ok, column, num_head, seq_len, col_ok, stride_g_t):
     """One batch row's contribution to a gather-sum over ``dX[b] (num_head + L, d)``, as ``[BLOCK_T, BLOCK_D]``
     fp32: column ``head_source`` where ``head_ok``, token column ``column`` (at ``num_head + column``) where

@@ -63,6 +63,7 @@ from prompt_ops.kernels.common import (
     reduce_block,
     shifted_low_rank_tile,
     sum_slabs,
+    token_embedding_tile,
 )
 
 
@@ -157,10 +158,9 @@ def _dept_embed_fwd_kernel(
                 )  # fmt: skip
                 last_start = start
             start_ptr += 1
-        ids = tl.load(ids_base + tok * stride_ids_t, mask=is_token, other=0).to(tl.int64)  # [BLOCK_T]
-        # Out-of-range ids (possible only when the host check is switched off) read nothing and give zeros.
-        id_ok = is_token & (ids >= 0) & (ids < vocab)  # [BLOCK_T]
-        emb = load_tile(weight_ptr, ids, id_ok, cols, col_ok, stride_w_v, stride_w_d)  # [BLOCK_T, BLOCK_D]
+        emb = token_embedding_tile(
+            weight_ptr, ids_base, tok, is_token, vocab, cols, col_ok, stride_ids_t, stride_w_v, stride_w_d
+        )  # [BLOCK_T, BLOCK_D]
         emb = emb + offset
         value = tl.where(is_prompt[:, None], prompt, emb)  # [BLOCK_T, BLOCK_D]
         tl.store(out_base + rows[:, None] * hidden + cols[None, :], value.to(out_ptr.dtype.element_ty), mask=out_ok)
