@@ -50,6 +50,7 @@ from prompt_ops.ops.validation import (
     check_embed_sizes,
     check_tensor,
     check_token_data,
+    check_values_in,
     check_width,
     validate_embed_call,
 )
@@ -208,29 +209,19 @@ def check_bank_data(
     in ``[-1, N)``, every prompt length in ``[1, m_max]``, every scale finite, every ``max_lengths`` (if given) in
     ``[0, L_max]`` with ``L_max = num_rows``."""
     num = prompt_lengths.shape[0]
-    if adapter_index.numel():
-        low, high = (int(v) for v in torch.aminmax(adapter_index))
-        if low < -1 or high >= num:
-            bad = low if low < -1 else high
-            raise ValueError(
-                f"adapter_index must be in [-1, {num}) (-1: the base model, else a row of the bank of N = {num} "
-                f"adapters), found {bad}"
-            )
-    low, high = (int(v) for v in torch.aminmax(prompt_lengths))
-    if low < 1 or high > num_slots:
-        bad = low if low < 1 else high
-        raise ValueError(
-            f"prompt_lengths must be in [1, m_max] = [1, {num_slots}] (m_max = prompts.shape[1]), found {bad}"
-        )
+    check_values_in(
+        "adapter_index", adapter_index, -1, num - 1,
+        f"[-1, {num}) (-1: the base model, else a row of the bank of N = {num} adapters)",
+    )  # fmt: skip
+    check_values_in(
+        "prompt_lengths", prompt_lengths, 1, num_slots, f"[1, m_max] = [1, {num_slots}] (m_max = prompts.shape[1])"
+    )
     if not bool(torch.isfinite(scales).all()):
         raise ValueError("scales must hold finite values, found NaN or infinity")
     if max_lengths is not None:
-        low, high = (int(v) for v in torch.aminmax(max_lengths))
-        if low < 0 or high > num_rows:
-            bad = low if low < 0 else high
-            raise ValueError(
-                f"max_lengths must be in [0, L_max] = [0, {num_rows}] (L_max = lora_a.shape[1]), found {bad}"
-            )
+        check_values_in(
+            "max_lengths", max_lengths, 0, num_rows, f"[0, L_max] = [0, {num_rows}] (L_max = lora_a.shape[1])"
+        )
 
 
 @custom_op("prompt_ops::mixed_dept_embed_fwd")

@@ -135,13 +135,18 @@ def check_token_data(input_ids: torch.Tensor, vocab_size: int, attention_mask: t
 
 def check_ids_in_range(input_ids: torch.Tensor, vocab_size: int) -> None:
     """Every id in ``[0, vocab_size)``. Data-dependent (one device sync): switch off with ``check_ids=False``."""
-    if input_ids.numel() == 0:
+    check_values_in("input_ids", input_ids, 0, vocab_size - 1, f"[0, {vocab_size}) (the rows of weight)", "token id ")
+
+
+def check_values_in(name: str, values: torch.Tensor, low: int, high: int, bounds: str, found: str = "") -> None:
+    """Every value of the integer tensor ``values`` in ``[low, high]`` (an empty one passes), else a ``ValueError``
+    ``"<name> must be in <bounds>, found <found><value>"`` with the first bound crossed. One device sync (the smallest
+    and largest value read on the host): the data checks that ``check_ids=False`` switches off."""
+    if values.numel() == 0:
         return
-    low, high = torch.aminmax(input_ids)
-    low, high = int(low), int(high)
-    if low < 0 or high >= vocab_size:
-        bad = low if low < 0 else high
-        raise ValueError(f"input_ids must be in [0, {vocab_size}) (the rows of weight), found token id {bad}")
+    smallest, largest = (int(v) for v in torch.aminmax(values))
+    if smallest < low or largest > high:
+        raise ValueError(f"{name} must be in {bounds}, found {found}{smallest if smallest < low else largest}")
 
 
 @functools.cache
