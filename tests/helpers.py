@@ -348,3 +348,61 @@ def make_ept_case(
     ids = torch.randint(0, vocab, (batch, seq_len), device=device)
     weight = torch.randn(vocab, hidden, device=device).to(dtype)
     return EptCase(ids, weight, params, 1.1, attention_mask)
+
+
+@dataclasses.dataclass
+class MixedBankCase:
+    """Inputs of one mixed_dept_embed call shared by the kernel and op tests: a zero-padded bank (``lora_a`` and
+    ``lora_b`` None for a prompt-only bank) and a batch over it (``adapter_index`` per row, ``-1``: base model)."""
+
+    input_ids: torch.Tensor
+    weight: torch.Tensor
+    prompts: torch.Tensor
+    prompt_lengths: torch.Tensor
+    lora_a: torch.Tensor | None
+    lora_b: torch.Tensor | None
+    scales: torch.Tensor
+    adapter_index: torch.Tensor
+    attention_mask: torch.Tensor | None
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [p for p in (self.prompts, self.lora_a, self.lora_b) if p is not None]
+
+    def reference_at(self, positions, slots: str):
+        """Reference ``(out, mask, params)`` at ``positions`` in layout ``slots``, on fresh leaf copies of the
+        parameters; a fp16/bf16 table is upcast (the reference in fp32 from the same inputs, DESIGN.md §4)."""
+        weight = self.weight.float() if self.weight.dtype in LOW_PRECISION else self.weight
+        params = [p.detach().clone().requires_grad_(True) for p in self.params]
+        pair = (params[1], params[2]) if self.lora_a is not None else (None, None)
+        out, mask = reference.mixed_dept_embed(
+            self.input_ids, weight, params[0], self.prompt_lengths, *pair, self.scales, self.adapter_index,
+            attention_mask=self.attention_mask, positions=positions, slots=slots,
+        )  # fmt: skip
+        return out, mask, params
+
+
+def random_bank(
+    sizes: list[tuple[int, int, int]],
+    hidden: int,
+    scale,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(prompts, lora_a, lora_b, scales)`` of a zero-padded bank of random adapters, ``sizes`` each adapter's
+    ``(m_a, L_a, r_a)`` (``r_a = 0``: prompt tuning, zero factors and scale 0); ``scale(a, r_a)`` gives the scale of
+    a DePT adapter. Plain tensors (no grad); ``scales`` fp32."""
+    num = len(sizes)
+    num_slots, max_length, rank = (max(size[i] for size in sizes) for i in range(3))
+    prompts = torch.zeros(num, num_slots, hidden, dtype=dtype, device=device)
+    lora_a = torch.zeros(num, max_length, rank, dtype=dtype, device=device)
+    lora_b = torch.zeros(num, rank, hidden, dtype=dtype, device=device)
+    scales = torch.zeros(num, device=device)
+    for a, (m, length, r) in enumerate(sizes):
+        prompts[a, :m] = torch.randn(m, hidden, dtype=dtype, device=device)
+        if r:
+            lora_a[a, :length, :r] = torch.randn(length, r, dtype=dtype, device=device)
+            lora_b[a, :r] = 0.3 * torch.randn(r, hidden, dtype=dtype, device=device)
+            scales[a] = scale(a, r)
+    return prompts, lora_a, lora_b, scales

@@ -12,7 +12,7 @@ import torch
 
 from prompt_ops.kernels import mixed_embed as kernels
 from prompt_ops.ops import reference
-from tests.helpers import LOW_PRECISION, assert_close, assert_grads_close, tolerances
+from tests.helpers import MixedBankCase, assert_close, assert_grads_close, random_bank, tolerances
 
 # name -> adapters as (m_a, r_a, L_a); r_a = 0: a prompt-tuning adapter (zero A/B rows, scale 0).
 # The rank 17 crosses one 16-wide rank chunk; an L_a below L leaves tokens past the adapter's rows.
@@ -28,25 +28,12 @@ LAYOUTS = ("front", "after_prompt")
 
 
 @dataclasses.dataclass
-class MixedCase:
+class MixedCase(MixedBankCase):
     """Inputs of one mixed call: the zero-padded bank and the batch."""
 
-    input_ids: torch.Tensor
-    weight: torch.Tensor
-    prompts: torch.Tensor
-    prompt_lengths: torch.Tensor
-    lora_a: torch.Tensor | None
-    lora_b: torch.Tensor | None
-    scales: torch.Tensor
     max_lengths: torch.Tensor
     ranks: list[int]
-    adapter_index: torch.Tensor
-    attention_mask: torch.Tensor | None
     slots: str = "front"
-
-    @property
-    def params(self) -> list[torch.Tensor]:
-        return [p for p in (self.prompts, self.lora_a, self.lora_b) if p is not None]
 
     def padding(self) -> list[torch.Tensor]:
         """Boolean masks of the bank's padding, one per parameter."""
@@ -61,14 +48,7 @@ class MixedCase:
 
     def reference(self, starts: torch.Tensor | None):
         """Reference ``(out, mask, params)`` on fresh fp32 leaf copies (a bf16 table upcast to fp32)."""
-        weight = self.weight.float() if self.weight.dtype in LOW_PRECISION else self.weight
-        params = [p.detach().clone().requires_grad_(True) for p in self.params]
-        pair = (params[1], params[2]) if self.lora_a is not None else (None, None)
-        out, mask = reference.mixed_dept_embed(
-            self.input_ids, weight, params[0], self.prompt_lengths, *pair, self.scales, self.adapter_index,
-            attention_mask=self.attention_mask, positions="absolute" if starts is None else starts, slots=self.slots,
-        )  # fmt: skip
-        return out, mask, params
+        return self.reference_at("absolute" if starts is None else starts, self.slots)
 
     def expected_grads(self, ref_out, ref_params, grad):
         """The reference's gradients with the padding zeroed: the reference runs each adapter on its padded
@@ -90,18 +70,9 @@ def make_mixed_case(
     """A bank (a name of :data:`BANKS` or its adapters) and a batch of ``batch`` rows using ``rows`` (default
     :data:`ROWS`, indices taken modulo N, -1 kept); the mask left-pads row ``i >= 1`` by ``i + 1`` tokens."""
     adapters = BANKS[bank] if isinstance(bank, str) else bank
-    num_slots = max(m for m, _, _ in adapters)
-    max_rank, max_length = max(r for _, r, _ in adapters), max(length for _, _, length in adapters)
-    prompts = torch.zeros(len(adapters), num_slots, hidden)
-    lora_a = torch.zeros(len(adapters), max_length, max_rank)
-    lora_b = torch.zeros(len(adapters), max_rank, hidden)
-    scales = torch.zeros(len(adapters))
-    for a, (num_prompt, rank, length) in enumerate(adapters):
-        prompts[a, :num_prompt] = torch.randn(num_prompt, hidden)
-        lora_a[a, :length, :rank] = torch.randn(length, rank)
-        lora_b[a, :rank] = 0.3 * torch.randn(rank, hidden)
-        scales[a] = 0.0 if rank == 0 else 1.7 / rank**0.5
-    with_offset = max_rank > 0
+    sizes = [(m, length, rank) for m, rank, length in adapters]
+    prompts, lora_a, lora_b, scales = random_bank(sizes, hidden, lambda _, rank: 1.7 / rank**0.5)
+    with_offset = lora_a.shape[2] > 0
     ids = torch.randint(0, VOCAB, (batch, seq_len))
     index = torch.tensor([a if a < 0 else a % len(adapters) for a in (rows or ROWS[batch])])
     attention_mask = None
@@ -110,10 +81,12 @@ def make_mixed_case(
         for row in range(1, batch):
             attention_mask[row, : row + 1] = 0
     return MixedCase(
-        ids, torch.randn(VOCAB, hidden).to(dtype), prompts.requires_grad_(True),
-        torch.tensor([m for m, _, _ in adapters]), lora_a.requires_grad_(True) if with_offset else None,
-        lora_b.requires_grad_(True) if with_offset else None, scales,
-        torch.tensor([length for _, _, length in adapters]), [r for _, r, _ in adapters], index, attention_mask, slots,
+        input_ids=ids, weight=torch.randn(VOCAB, hidden).to(dtype), prompts=prompts.requires_grad_(True),
+        prompt_lengths=torch.tensor([m for m, _, _ in adapters]),
+        lora_a=lora_a.requires_grad_(True) if with_offset else None,
+        lora_b=lora_b.requires_grad_(True) if with_offset else None, scales=scales, adapter_index=index,
+        attention_mask=attention_mask, max_lengths=torch.tensor([length for _, _, length in adapters]),
+        ranks=[r for _, r, _ in adapters], slots=slots,
     )  # fmt: skip
 
 

@@ -12,8 +12,14 @@ import torch
 
 import prompt_ops
 from prompt_ops.ops import mixed_embed as ops
-from prompt_ops.ops import reference
-from tests.helpers import LOW_PRECISION, assert_close, assert_deterministic, assert_grads_close, tolerances
+from tests.helpers import (
+    MixedBankCase,
+    assert_close,
+    assert_deterministic,
+    assert_grads_close,
+    random_bank,
+    tolerances,
+)
 
 KERNELS_MISSING = importlib.util.find_spec("prompt_ops.kernels.mixed_embed") is None
 TRITON = pytest.param(
@@ -30,26 +36,13 @@ RAGGED = {1: [(3, 8, 4)], 3: [(4, 7, 3), (2, 9, 5), (1, 6, 2)]}
 
 
 @dataclasses.dataclass
-class MixedCase:
+class MixedCase(MixedBankCase):
     """Inputs of one mixed_dept_embed call; ``sizes`` lists each adapter's ``(m_a, L_a, r_a)`` (``r_a = 0``: a
     prompt-tuning adapter, zero factors and scale 0)."""
 
-    input_ids: torch.Tensor
-    weight: torch.Tensor
-    prompts: torch.Tensor
-    prompt_lengths: torch.Tensor
-    lora_a: torch.Tensor | None
-    lora_b: torch.Tensor | None
-    scales: torch.Tensor
-    adapter_index: torch.Tensor
-    attention_mask: torch.Tensor | None
     positions: str | torch.Tensor
     sizes: list[tuple[int, int, int]]
     slots: str = "front"
-
-    @property
-    def params(self) -> list[torch.Tensor]:
-        return [p for p in (self.prompts, self.lora_a, self.lora_b) if p is not None]
 
     def args(self, params=None) -> tuple:
         prompts, lora_a, lora_b = params if params is not None else (self.prompts, self.lora_a, self.lora_b)
@@ -62,15 +55,7 @@ class MixedCase:
 
     def reference(self):
         """Reference ``(out, mask, params)`` on fresh leaf copies; a fp16/bf16 table is upcast (DESIGN.md §4)."""
-        weight = self.weight.float() if self.weight.dtype in LOW_PRECISION else self.weight
-        params = [p.detach().clone().requires_grad_(True) for p in self.params]
-        full = params if self.lora_a is not None else [params[0], None, None]
-        args = (self.input_ids, weight, full[0], self.prompt_lengths, full[1], full[2], self.scales,
-                self.adapter_index)  # fmt: skip
-        out, mask = reference.mixed_dept_embed(
-            *args, attention_mask=self.attention_mask, positions=self.positions, slots=self.slots
-        )
-        return out, mask, params
+        return self.reference_at(self.positions, self.slots)
 
 
 def make_mixed_case(
@@ -89,18 +74,9 @@ def make_mixed_case(
     slots: str = "front",
 ) -> MixedCase:
     """A zero-padded bank of random adapters (parameters leaves that require grad) and a batch over it."""
-    num = len(sizes)
-    num_slots, max_length, rank = (max(size[i] for size in sizes) for i in range(3))
-    prompts = torch.zeros(num, num_slots, hidden, dtype=param_dtype, device=device)
-    lora_a = torch.zeros(num, max_length, rank, dtype=param_dtype, device=device)
-    lora_b = torch.zeros(num, rank, hidden, dtype=param_dtype, device=device)
-    scales = torch.zeros(num, device=device)
-    for a, (m, length, r) in enumerate(sizes):
-        prompts[a, :m] = torch.randn(m, hidden, dtype=param_dtype, device=device)
-        if r:
-            lora_a[a, :length, :r] = torch.randn(length, r, dtype=param_dtype, device=device)
-            lora_b[a, :r] = 0.3 * torch.randn(r, hidden, dtype=param_dtype, device=device)
-            scales[a] = (a + 4.0) / math.sqrt(r)
+    prompts, lora_a, lora_b, scales = random_bank(
+        sizes, hidden, lambda a, r: (a + 4.0) / math.sqrt(r), dtype=param_dtype, device=device
+    )
     lora = [t.requires_grad_(True) for t in (lora_a, lora_b)] if dept else [None, None]
     batch = len(adapter_index)
     return MixedCase(
