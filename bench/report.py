@@ -111,6 +111,7 @@ def render_readme(payload: dict) -> str:
     lines += render_end_to_end(payload.get("end_to_end", []))
     lines += render_shared_prompt_sweep(payload.get("shared_prompt_sweep", []))
     lines += render_mixed(payload.get("mixed", []), payload.get("mixed_setup", {}))
+    lines += render_end_to_end_mixed(payload.get("end_to_end_mixed", []))
     lines += _folding_table(payload.get("folding", []))
     lines += _compile_table(payload.get("compile", []))
     return "\n".join(lines) + "\n"
@@ -138,6 +139,7 @@ def render_full(payload: dict) -> str:
     lines += render_end_to_end(payload.get("end_to_end", []))
     lines += render_shared_prompt_sweep(payload.get("shared_prompt_sweep", []))
     lines += render_mixed(payload.get("mixed", []), payload.get("mixed_setup", {}))
+    lines += render_end_to_end_mixed(payload.get("end_to_end_mixed", []))
     return "\n".join(lines) + "\n"
 
 
@@ -312,6 +314,48 @@ def render_mixed(rows: list[dict], setup: dict) -> list[str]:
         lines.append(
             f"| {batch} | {pattern} | {adapters} ({some['present']}) | {launches} | {moved} / "
             f"{_mb(some['ideal_bytes'])} | {ratio} | {h100} | {cpu} | {correct} |"
+        )
+    return lines
+
+
+MIXED_PATHS = {"mixed": "mixed (one bank)", "one_adapter": "one adapter", "loop": "loop per adapter"}
+
+
+def render_end_to_end_mixed(rows: list[dict]) -> list[str]:
+    """The end-to-end mixed-adapter table (:func:`prompt_ops.end_to_end_mixed.measure_mixed_adapters`): one line
+    per path, the prefill and decode times also as a ratio to the one-adapter path's; nothing without rows."""
+    if not rows:
+        return []
+    first, mixed, one = rows[0], _one(rows, path="mixed"), _one(rows, path="one_adapter")
+    lines = [
+        "",
+        f"Mixed-adapter batches end to end (`prompt_ops.end_to_end_mixed`) on {first['model']}: B={first['batch']}, "
+        f"L={first['seq_len']}, {first['dtype']} on {first['device']}, the `{first['backend']}` backend, eval. "
+        f"*mixed*: one `attach_many` model, one call for the batch, row b on adapter b % n of "
+        f"{mixed['adapters'] if mixed else '-'} (the bank zero-pads prompts and ranks to the "
+        "largest); *one adapter*: the same batch through "
+        f"{one['adapters'] if one else '-'} attached alone (`attach`); *loop*: each adapter attached alone "
+        "(`attach`, the bank's weights) runs its own rows, one call per adapter in sequence, time summed. "
+        "Prefill is one eval forward with `logits_to_keep=1` (input tokens/s over its median); decode is greedy ms "
+        f"per generated token with the KV cache, (t(1 + {first['decode_tokens']}) - t(1)) / "
+        f"{first['decode_tokens']} of medians. The paths run in alternating rounds; *model calls* are the base "
+        "model's forward calls in one prefill, counted; *prompt pass kept*: each adapter's prompt pass computed "
+        "once and reused, so only the input tokens run. Goal (issue 14): mixed at most 1.1x one adapter.",
+        "",
+        "| path | adapters in batch | model calls / prefill | prompt pass kept | prefill ms (p20-p80) "
+        "| prefill tokens/s | prefill vs one adapter | decode ms/token "
+        "| decode vs one adapter | greedy tokens = mixed |",
+        "|---|---:|---:|:---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for r in rows:
+        prefill = "-" if one is None else _ratio(r["prefill_ms"], one["prefill_ms"])
+        decode = "-" if one is None else _ratio(r["decode_ms_per_token"], one["decode_ms_per_token"])
+        same = {True: "yes", False: "**NO**", None: "-"}[r["same_tokens_as_mixed"]]
+        lines.append(
+            f"| {MIXED_PATHS.get(r['path'], r['path'])} | {r['distinct_adapters']} | {r['model_calls']} "
+            f"| {'yes' if r['shared_prompt'] else 'no'} | {r['prefill_ms']:.1f} ({r['prefill_p20_ms']:.1f}-"
+            f"{r['prefill_p80_ms']:.1f}) | {r['prefill_tokens_per_s']:.0f} | {prefill} "
+            f"| {r['decode_ms_per_token']:.2f} | {decode} | {same} |"
         )
     return lines
 
