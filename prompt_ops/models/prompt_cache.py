@@ -78,14 +78,17 @@ class PromptCache:
         build: Callable[[bool], PromptPass],
         hidden: bool,
         adapter: Mapping[str, torch.Tensor] | None = None,
+        key: tuple | None = None,
     ) -> PromptPass:
         """The prompt pass of ``tuned`` (with hidden states if ``hidden``): the kept one when it is valid, else
         ``build(hidden)``, kept when it may be (no grad, no active dropout). ``adapter``: the tensors of the adapter
-        whose prompt it is, compared by content (default ``tuned.adapter_state_dict()``; one adapter of a bank)."""
+        whose prompt it is, compared by content (default ``tuned.adapter_state_dict()``; one adapter of a bank).
+        ``key``: ``state_key(tuned)`` when the caller computed it for several caches of one call (a bank's adapters
+        share the model's state, so one walk over its tensors serves them all)."""
         if torch.is_grad_enabled() or dropout_active(tuned.base_model):
             self.builds += 1
             return build(hidden)
-        key = state_key(tuned)
+        key = state_key(tuned) if key is None else key
         adapter = tuple((tuned.adapter_state_dict() if adapter is None else adapter).values())
         if not self._valid(key, adapter) or (hidden and self._pass.hidden_states is None):
             self.clear()
