@@ -33,14 +33,15 @@ from prompt_ops.models.shared_prompt import PromptPass
 
 def _right_aligned(tensors: Sequence[torch.Tensor], row_pass: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     """``(B, ...)``: row ``b`` holds ``tensors[row_pass[b]]`` (each of batch 1) in its last columns along ``dim``
-    (``width`` of them), zeros before; ``row_pass[b] == -1``: zeros."""
+    (``width`` of them), zeros before; ``row_pass[b] == -1``: zeros. Written straight into the batch's tensor, each
+    pass into the rows that use it."""
     shape = list(tensors[0].shape)
-    shape[0], shape[dim] = len(tensors) + 1, width
-    table = tensors[0].new_zeros(shape)  # the last entry stays zero: what -1 picks
-    for entry, tensor in zip(table[:-1], tensors, strict=True):
+    shape[0], shape[dim] = row_pass.shape[0], width
+    out = tensors[0].new_zeros(shape)
+    for entry, tensor in enumerate(tensors):
         rows = tensor.shape[dim]
-        entry.narrow(dim - 1, width - rows, rows).copy_(tensor[0])
-    return table[row_pass]
+        out.narrow(dim, width - rows, rows)[row_pass == entry] = tensor[0]
+    return out
 
 
 def gather_passes(
