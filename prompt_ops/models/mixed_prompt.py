@@ -45,11 +45,18 @@ def _right_aligned(tensors: Sequence[torch.Tensor], row_pass: torch.Tensor, widt
 
 
 def gather_passes(
-    model: nn.Module, passes: Sequence[PromptPass], row_pass: torch.Tensor, num_slots: int, hidden: bool
+    model: nn.Module,
+    passes: Sequence[PromptPass],
+    row_pass: torch.Tensor,
+    num_slots: int,
+    hidden: bool,
+    logit_rows: int,
 ) -> PromptPass:
     """The mixed batch's prompt pass (module docstring) from one pass per adapter of the batch (``passes``, each of
-    batch 1) and ``row_pass (B,)``, each row's pass in ``passes`` (-1: a ``"__base__"`` row): logits, hidden states
-    (if ``hidden``) and cache layers with ``num_slots`` prompt columns, each row's pass right-aligned in them."""
+    batch 1) and ``row_pass (B,)``, each row's pass in ``passes`` (-1: a ``"__base__"`` row): hidden states (if
+    ``hidden``) and cache layers with ``num_slots`` prompt columns, each row's pass right-aligned in them, and the
+    logits of the last ``logit_rows`` columns only (:func:`~prompt_ops.models.shared_prompt.prompt_logit_rows`:
+    ``(B, m_max, V)`` of them would be most of the gather's work where a prefill keeps none)."""
     from transformers import DynamicCache
 
     def gather(tensors: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
@@ -61,7 +68,9 @@ def gather_passes(
     layers = zip(*(p.layers for p in passes), strict=True)
     data = [(gather([kept.keys for kept in layer], 2), gather([kept.values for kept in layer], 2)) for layer in layers]
     cache = DynamicCache(data, config=model.config)  # the model's layer kinds, each keeping what it keeps
-    return PromptPass(gather([p.logits for p in passes], 1), states, tuple(cache.layers))
+    logits = _right_aligned([p.logits[:, p.logits.shape[1] - min(logit_rows, p.rows) :] for p in passes], row_pass,
+                            logit_rows, 1)  # fmt: skip
+    return PromptPass(logits, states, tuple(cache.layers), num_slots)
 
 
 __all__ = ["gather_passes"]

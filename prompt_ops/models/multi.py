@@ -70,6 +70,7 @@ from prompt_ops.models.shared_prompt import (
     generate_copies,
     generate_refusal,
     log_fallback,
+    prompt_logit_rows,
     prompt_pass,
     shared_forward,
     wants_hidden_states,
@@ -245,10 +246,11 @@ class MultiAdapterModel(nn.Module):
         return None
 
     def _prompt_pass(
-        self, embeds: torch.Tensor, model_positions: torch.Tensor, index: torch.Tensor, hidden: bool
+        self, embeds: torch.Tensor, model_positions: torch.Tensor, index: torch.Tensor, hidden: bool, logit_rows: int
     ) -> PromptPass:
         """The batch's prompt pass: each adapter's of the batch, from its prompt cache (built from the prompt columns
-        of ``embeds (B, m_max + L, d)`` and ``model_positions`` of one of its rows), gathered per row."""
+        of ``embeds (B, m_max + L, d)`` and ``model_positions`` of one of its rows), gathered per row, with the
+        logits of the last ``logit_rows`` prompt columns."""
         slots = self.bank.num_slots
         rows = index.tolist()
         used = sorted(set(rows) - {-1})
@@ -263,7 +265,7 @@ class MultiAdapterModel(nn.Module):
             passes.append(cache.get(self, build, hidden, self.adapter_state_dict(name), key))
         lookup = {adapter: entry for entry, adapter in enumerate(used)}
         row_pass = torch.tensor([lookup.get(adapter, -1) for adapter in rows], device=index.device)
-        return gather_passes(self.base_model, passes, row_pass, slots, hidden)
+        return gather_passes(self.base_model, passes, row_pass, slots, hidden, logit_rows)
 
     def forward(
         self,
@@ -306,7 +308,9 @@ class MultiAdapterModel(nn.Module):
         refusal = call_refusal(self.base_model, self.shared_prompt, kwargs, token_type_ids, labels, len(index))
         refusal = self._mixed_refusal(refusal, index)
         if refusal is None:
-            prompt = self._prompt_pass(embeds, model_positions, index, wants_hidden_states(self.base_model, kwargs))
+            logit_rows = prompt_logit_rows(kwargs, labels, slots, input_ids.shape[1])
+            hidden = wants_hidden_states(self.base_model, kwargs)
+            prompt = self._prompt_pass(embeds, model_positions, index, hidden, logit_rows)
             return shared_forward(self.base_model, embeds, mask, model_positions, labels, prompt, kwargs)
         log_fallback(refusal)
         return call_prompted(self.base_model, embeds, mask, labels, model_positions, token_type_ids, kwargs)
@@ -343,7 +347,7 @@ class MultiAdapterModel(nn.Module):
         model_positions = self._model_positions(input_ids, attention_mask, position_ids, index)
         refusal = self._mixed_refusal(generate_refusal(self.base_model, self.shared_prompt, kwargs, batch), index)
         if refusal is None:  # transformers prefills only the embeddings past the cache's length
-            prompt = self._prompt_pass(embeds, model_positions, index, False)
+            prompt = self._prompt_pass(embeds, model_positions, index, False, 0)  # generate keeps no prompt logits
             copies = generate_copies(self.base_model, kwargs)
             kwargs[cache_argument(self.base_model)] = prompt.batch_cache(batch * copies)
         else:

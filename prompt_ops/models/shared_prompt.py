@@ -188,6 +188,8 @@ class PromptPass:
     logits: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None
     layers: tuple[object, ...]
+    rows: int
+    """The prompt rows ``m``; ``logits`` may hold only the last of them (:func:`prompt_logit_rows`)."""
 
     def batch_cache(self, batch: int):
         """A new ``DynamicCache`` whose layers are copies of the prompt's holding its keys and values for ``batch``
@@ -223,12 +225,21 @@ def prompt_pass(model: nn.Module, embeds: torch.Tensor, position_ids: torch.Tens
         **{name: DynamicCache(config=model.config)},
     )  # fmt: skip
     layers = tuple(getattr(out, name).layers)
-    return PromptPass(out.logits, tuple(out.hidden_states) if hidden else None, layers)
+    return PromptPass(out.logits, tuple(out.hidden_states) if hidden else None, layers, embeds.shape[1])
 
 
 def _in_front(prompt: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
     """``(1 or B, m, ...)`` prompt rows (expanded to) the batch of ``rest (B, L, ...)`` put in front of it."""
     return torch.cat([prompt.expand(rest.shape[0], *prompt.shape[1:]), rest], dim=1)
+
+
+def prompt_logit_rows(kwargs: dict, labels: object, num_prompt: int, input_rows: int) -> int:
+    """How many of the last prompt rows' logits :func:`shared_forward` reads for a call with ``kwargs`` and
+    ``labels``: the rows ``logits_to_keep`` keeps (all of them for 0), and at least the last one for a loss (it
+    predicts the first input token)."""
+    keep = kwargs.get("logits_to_keep", 0)
+    kept = min(num_prompt, max(keep - input_rows, 0)) if keep else num_prompt
+    return max(kept, 1 if labels is not None else 0)
 
 
 def shared_forward(
@@ -246,7 +257,7 @@ def shared_forward(
     batch's). ``kwargs`` holds only :data:`SHARED_KWARGS` (:func:`call_refusal`)."""
     config = model.config
     name = cache_argument(model)
-    num_prompt = prompt.logits.shape[1]
+    num_prompt = prompt.rows
     hidden = wants_hidden_states(model, kwargs)
     use_cache = kwargs.get("use_cache")
     use_cache = getattr(config, "use_cache", True) if use_cache is None else use_cache
@@ -264,7 +275,7 @@ def shared_forward(
     fields = dict(out.items())  # rebuilt, not set: a ModelOutput keeps a field set after construction as no key
     kept_prompt_rows = min(num_prompt, keep - input_rows) if keep else num_prompt
     if kept_prompt_rows > 0:
-        fields["logits"] = _in_front(prompt.logits[:, num_prompt - kept_prompt_rows :], out.logits)
+        fields["logits"] = _in_front(prompt.logits[:, prompt.logits.shape[1] - kept_prompt_rows :], out.logits)
     if hidden:
         fields["hidden_states"] = tuple(
             _in_front(p, h) for p, h in zip(prompt.hidden_states, out.hidden_states, strict=True)

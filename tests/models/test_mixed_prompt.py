@@ -94,6 +94,19 @@ def test_eval_forward_runs_each_adapters_prompt_once_and_equals_the_unshared_mix
     assert {name: cache.builds for name, cache in multi.prompt_caches.items()} == {"long": 1, "plain": 1, "short": 1}
 
 
+@pytest.mark.parametrize("keep", [1, 7, 9, 12])
+def test_logits_to_keep_keeps_the_last_columns_of_the_unshared_mixed_path(keep):
+    """A prefill's count of last columns: the input only (1, 7), two prompt columns in front (9), every one (12 =
+    m_max + L). The batch's prompt logits are gathered for the kept columns only; the compared columns as above."""
+    multi = mixed_decoder("llama")
+    ids, mask, _ = batch("left")
+    want = mixed_call(multi, False, ids, mask, ROWS, logits_to_keep=keep).logits
+    got = mixed_call(multi, None, ids, mask, ROWS, logits_to_keep=keep).logits
+    columns = compared_columns(multi, ROWS, mask)[:, -keep:]
+    assert got.shape == want.shape == (len(ROWS), keep, want.shape[-1])
+    torch.testing.assert_close(got[columns], want[columns], **TOL)
+
+
 def test_the_kept_passes_are_rebuilt_after_an_optimizer_step_and_on_add_delete_and_load(tmp_path):
     """Each change moves the outputs (so a stale pass would fail the comparison) and rebuilds exactly the passes
     the next call needs; a training step itself runs every row's prompt (no kept pass under grad)."""
