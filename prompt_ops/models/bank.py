@@ -1,18 +1,32 @@
-"""A bank of named prompt-tuning and DePT adapters over one frozen input embedding, stacked for mixed batches.
+"""A bank of named adapters of several methods over one frozen input embedding, stacked for mixed batches.
 
-Each adapter ``a`` has a prompt of ``m_a`` rows and (DePT) ``lora_a (L_a, r_a)``, ``lora_b (r_a, d)`` and a scale
-``lora_alpha_a / sqrt(r_a)``. The bank holds them zero-padded in one set of parameters, the layout of
-:func:`prompt_ops.ops.mixed_embed.mixed_dept_embed`: ``prompts (N, m_max, d)``, ``lora_a (N, L_max, r_max)``,
-``lora_b (N, r_max, d)`` (None while no adapter has offsets; a prompt-tuning adapter among DePT ones has zero rows
-and scale 0), and the buffers ``prompt_lengths (N,)``, ``max_lengths (N,)`` (each adapter's ``L_a``; 0 without
-offsets) and ``scales (N,)``. ``slots`` is the layout of a row's ``m_max`` prompt columns (``"front"``: the masked
-slots in front of the prompt; ``"after_prompt"``: between the prompt and the input). The padding stays zero: the
-op gives it no gradient, ``lora_a``'s rows past ``L_a`` included (the op reads ``max_lengths``). Adding or deleting
-an adapter re-stacks the parameters into new ``nn.Parameter`` objects (the values of the others kept), so an
-optimizer built before must be built again.
+Each adapter ``a`` has a prompt of ``m_a`` rows (:meth:`AdapterBank.prompt_rows`: LAMP's ``num_tokens // pool``,
+the others' ``num_tokens``). The bank holds every adapter's tensors zero-padded in one set of stacked parameters,
+each ``(N, ...)`` with adapter ``a``'s unpadded tensor at ``[a, :size_0, :size_1, ...]`` (:data:`TABLES` says which
+tensor of which method goes where; a table is None while no adapter has it):
 
-A batch row picks its adapter by name; ``"__base__"`` runs the plain base model (:data:`BASE`). This slice holds
-prompt tuning and DePT adapters (the ``dept_embed`` op family); other methods are refused by name.
+- ``prompts (N, m_max, d)``: the prompts of prompt tuning and DePT, and EPT's short prompt; ``lora_a (N, L_max,
+  r_max)``, ``lora_b (N, r_max, d)``: DePT's and EPT's offsets; the buffers ``prompt_lengths (N,)`` (``m_a``),
+  ``max_lengths (N,)`` (each adapter's ``L_a``; 0 without offsets) and ``scales (N,)`` (``lora_alpha_a / sqrt(r_a)``;
+  0 without offsets). These are the layout of :func:`prompt_ops.ops.mixed_embed.mixed_dept_embed`, which serves the
+  rows of all four methods in one call.
+- ``lamp_u``, ``lamp_q``, ``lamp_v``: LAMP's factors; ``ept_w_down``, ``ept_w_up``, ``ept_w_gate``, ``ept_b_gate``:
+  EPT's subspace projections and gate. LAMP's and EPT's prompts are *built* from their tensors by the methods' own
+  functionals (:func:`~prompt_ops.ops.lamp.lamp_prompt`, :func:`~prompt_ops.ops.ept.ept_prompt`, reading the
+  unpadded slices, EPT's ``lora_a``/``lora_b`` included, so both of its paths' gradients reach the same stacked
+  parameters) and written over their adapters' rows of ``prompts`` out of place (``index_copy``: the stored rows get
+  no gradient from the op), for the adapters of the batch only: per call under grad; without grad kept per adapter
+  until one of its tables changes (an in-place write bumps its version counter: an optimizer step, ``copy_`` under
+  ``torch.no_grad``; a write through ``.data`` does not, call :meth:`AdapterBank.clear_built` after one).
+
+``slots`` is the layout of a row's ``m_max`` prompt columns (``"front"``: the masked slots in front of the prompt;
+``"after_prompt"``: between the prompt and the input). The padding stays zero: it gets no gradient (the op reads
+``max_lengths`` for ``lora_a``'s rows past ``L_a``; the builders read unpadded slices). Adding or deleting an
+adapter re-stacks the parameters into new ``nn.Parameter`` objects (the values of the others kept), so an optimizer
+built before must be built again.
+
+A batch row picks its adapter by name; ``"__base__"`` runs the plain base model (:data:`BASE`). The bank holds
+prompt tuning, DePT, LAMP and EPT adapters; the other methods are refused by name.
 """
 
 from __future__ import annotations
@@ -23,17 +37,50 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from prompt_ops.methods.base import check_backend, check_embedding, check_sizes
 from prompt_ops.models.adapters import check_adapter_tensors
-from prompt_ops.models.configs import DePTConfig, MethodConfig, PromptTuningConfig, check_config
+from prompt_ops.models.configs import DePTConfig, EPTConfig, LAMPConfig, MethodConfig, PromptTuningConfig, check_config
+from prompt_ops.ops.ept import ept_prompt
+from prompt_ops.ops.lamp import lamp_prompt
 from prompt_ops.ops.mixed_embed import check_slots, mixed_dept_embed
 from prompt_ops.ops.positions import check_positions
 
 BASE = "__base__"
 """The adapter name of a row that runs the plain base model (adapter index -1)."""
-BANK_CONFIGS = (PromptTuningConfig, DePTConfig)
-"""The methods a bank holds in this slice."""
+
+TABLE_DIMS: dict[str, tuple[str, ...]] = {
+    "prompts": ("longest prompt", "embedding width"),
+    "lora_a": ("longest max_length", "largest rank"),
+    "lora_b": ("largest rank", "embedding width"),
+    "lamp_u": ("longest num_tokens", "largest rank"),
+    "lamp_q": ("largest rank",),
+    "lamp_v": ("largest rank", "embedding width"),
+    "ept_w_down": ("most num_subspaces", "embedding width", "largest subspace_rank"),
+    "ept_w_up": ("most num_subspaces", "largest subspace_rank", "embedding width"),
+    "ept_w_gate": ("embedding width", "most num_subspaces"),
+    "ept_b_gate": ("most num_subspaces",),
+}
+"""The bank's stacked parameters, each ``(N, *dims)``: what sets each dimension past the adapters ``N``."""
+
+TABLES: dict[type[MethodConfig], dict[str, str]] = {
+    PromptTuningConfig: {"prompt": "prompts"},
+    DePTConfig: {"prompt": "prompts", "lora_a": "lora_a", "lora_b": "lora_b"},
+    LAMPConfig: {"u": "lamp_u", "q": "lamp_q", "v": "lamp_v"},
+    EPTConfig: {
+        "prompt": "prompts", "lora_a": "lora_a", "lora_b": "lora_b", "w_down": "ept_w_down", "w_up": "ept_w_up",
+        "w_gate": "ept_w_gate", "b_gate": "ept_b_gate",
+    },
+}  # fmt: skip
+"""Each method's tensors (the single module's names, in its order) -> the stacked parameter holding them."""
+
+BANK_CONFIGS = tuple(TABLES)
+"""The methods a bank holds."""
+OFFSET_CONFIGS = (DePTConfig, EPTConfig)
+"""The methods whose input tokens get DePT's offset by position (``max_length`` rows of ``lora_a``)."""
+BUILT_CONFIGS = (LAMPConfig, EPTConfig)
+"""The methods whose prompt is built from their tensors."""
 
 
 def check_adapter_name(name: object, argument: str = "name") -> str:
@@ -49,13 +96,15 @@ def check_adapter_name(name: object, argument: str = "name") -> str:
 def check_bank_config(
     config: object, embedding: nn.Embedding, positions: str, argument: str = "config"
 ) -> MethodConfig:
-    """A copy of ``config``, a prompt-tuning or DePT config whose position convention is the bank's ``positions``
-    and whose fields all hold for ``embedding`` (checked on the meta device: nothing is allocated or touched)."""
+    """A copy of ``config``, the config of a method the bank holds, whose position convention is the bank's
+    ``positions`` and whose fields all hold for ``embedding`` (checked on the meta device: nothing is allocated or
+    touched)."""
     config = check_config(config)
     if not isinstance(config, BANK_CONFIGS):
+        held = ", ".join(cls.__name__ for cls in BANK_CONFIGS)
         raise ValueError(
-            f"{argument}: the adapter bank holds prompt tuning and DePT adapters so far (PromptTuningConfig, "
-            f"DePTConfig), got a {config.method!r} adapter ({type(config).__name__})"
+            f"{argument}: the adapter bank holds adapters of the methods whose prompt goes in front of the input "
+            f"({held}), not {config.method!r} adapters ({type(config).__name__})"
         )
     if config.positions != positions:
         raise ValueError(
@@ -67,6 +116,22 @@ def check_bank_config(
     return config.snapshot()
 
 
+def prompt_rows(config: MethodConfig) -> int:
+    """The prompt rows the model sees for an adapter of ``config``: LAMP's ``num_tokens // pool``, else
+    ``num_tokens``."""
+    return config.num_tokens // config.pool if isinstance(config, LAMPConfig) else config.num_tokens
+
+
+def _scale(config: MethodConfig) -> float:
+    """DePT's and EPT's offset scale ``lora_alpha / sqrt(rank)``; 0 for the methods without offsets."""
+    return config.lora_alpha / math.sqrt(config.rank) if isinstance(config, OFFSET_CONFIGS) else 0.0
+
+
+def _leading(shape: Sequence[int]) -> tuple[slice, ...]:
+    """The index of the unpadded ``shape`` at the start of a zero-padded table row."""
+    return tuple(slice(0, size) for size in shape)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Adapter:
     """One adapter's config and its unpadded tensors under the method module's names (detached values)."""
@@ -74,14 +139,10 @@ class _Adapter:
     config: MethodConfig
     tensors: dict[str, torch.Tensor]
 
-    @property
-    def scale(self) -> float:
-        return self.config.lora_alpha / math.sqrt(self.config.rank) if isinstance(self.config, DePTConfig) else 0.0
-
 
 class AdapterBank(nn.Module):
-    """``AdapterBank(embedding, backend=None, positions="tokens", slots="front")``: named prompt-tuning and DePT
-    adapters over the frozen ``embedding``, stacked as the module docstring says. ``forward(input_ids,
+    """``AdapterBank(embedding, backend=None, positions="tokens", slots="front")``: named adapters of prompt tuning,
+    DePT, LAMP and EPT over the frozen ``embedding``, stacked as the module docstring says. ``forward(input_ids,
     attention_mask, adapter_index)`` returns ``(inputs_embeds (B, m_max + L, d), mask (B, m_max + L))``: row ``b`` is
     adapter ``adapter_index[b]``'s input alone with ``m_max - m_a`` masked zero slots in front of its prompt
     (``slots="front"``) or between its prompt and its input (``"after_prompt"``); -1: the plain tokens, every slot
@@ -107,7 +168,9 @@ class AdapterBank(nn.Module):
         embedding.weight.requires_grad_(False)
         self.embedding = embedding
         self._configs: dict[str, MethodConfig] = {}
-        for name in ("prompts", "lora_a", "lora_b"):
+        self._shapes: dict[str, dict[str, torch.Size]] = {}
+        self._built: dict[str, tuple[tuple, torch.Tensor]] = {}
+        for name in TABLE_DIMS:
             self.register_parameter(name, None)
         for name in ("prompt_lengths", "max_lengths", "scales"):
             self.register_buffer(name, None)
@@ -126,6 +189,10 @@ class AdapterBank(nn.Module):
         """The config of adapter ``name`` (a copy: editing it changes nothing)."""
         return dataclasses.replace(self._configs[self._known(name)])
 
+    def prompt_rows(self, name: str) -> int:
+        """``m_a``: the prompt rows the model sees for adapter ``name`` (LAMP: ``num_tokens // pool``)."""
+        return prompt_rows(self._configs[self._known(name)])
+
     def _known(self, name: object, argument: str = "name") -> str:
         if not isinstance(name, str):
             raise TypeError(f"{argument} must be a str (an adapter's name), got {type(name).__name__}")
@@ -134,18 +201,15 @@ class AdapterBank(nn.Module):
         return name
 
     def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
-        """Adapter ``name``'s parameters, unpadded, under the single-adapter module's names (``prompt``, and
-        ``lora_a``, ``lora_b`` for DePT): views of the bank's parameters, what an adapter file holds."""
+        """Adapter ``name``'s parameters, unpadded, under the single-adapter module's names (:data:`TABLES`: e.g.
+        ``prompt``, ``lora_a``, ``lora_b`` for DePT; ``u``, ``q``, ``v`` for LAMP): views of the bank's parameters,
+        what an adapter file holds."""
         index = self.names.index(self._known(name))
-        config = self._configs[name]
-        tensors = {"prompt": self.prompts[index, : config.num_tokens]}
-        if isinstance(config, DePTConfig):
-            tensors["lora_a"] = self.lora_a[index, : config.max_length, : config.rank]
-            tensors["lora_b"] = self.lora_b[index, : config.rank]
-        return tensors
+        tables = TABLES[type(self._configs[name])]
+        return {key: getattr(self, tables[key])[index][_leading(shape)] for key, shape in self._shapes[name].items()}
 
     def add(self, name: str, config: MethodConfig, state: Mapping[str, torch.Tensor] | None = None) -> None:
-        """Add adapter ``name`` of ``config`` (a :class:`PromptTuningConfig` or :class:`DePTConfig` with the bank's
+        """Add adapter ``name`` of ``config`` (a config of a method in :data:`BANK_CONFIGS` with the bank's
         ``positions``): initialised as the method's module initialises it, or with ``state``, its tensors under the
         single-adapter names (what :meth:`adapter_state_dict` gives and an adapter file holds). Everything is
         checked before the bank changes."""
@@ -163,7 +227,7 @@ class AdapterBank(nn.Module):
             check_adapter_tensors("state", expected, dict(state))
             expected = dict(state)
         adapters = self._adapters()
-        adapters[name] = _Adapter(config, {key: tensor.detach() for key, tensor in expected.items()})
+        adapters[name] = _Adapter(config, {key: expected[key].detach() for key in TABLES[type(config)]})
         self._restack(adapters)
 
     def delete(self, name: str) -> None:
@@ -189,34 +253,36 @@ class AdapterBank(nn.Module):
         weight = self.embedding.weight
         dtype = torch.float32 if self.prompts is None else self.prompts.dtype
         count, hidden = len(adapters), weight.shape[1]
-        slots = max(adapter.config.num_tokens for adapter in adapters.values())
-        low_rank = [adapter.config for adapter in adapters.values() if isinstance(adapter.config, DePTConfig)]
-        rows = max((config.max_length for config in low_rank), default=0)
-        rank = max((config.rank for config in low_rank), default=0)
+        sizes = {"prompts": [max(prompt_rows(adapter.config) for adapter in adapters.values()), hidden]}
+        for adapter in adapters.values():
+            for key, table in TABLES[type(adapter.config)].items():
+                shape = adapter.tensors[key].shape
+                sizes[table] = [max(size) for size in zip(sizes.get(table, shape), shape, strict=True)]
         check_sizes(
-            prompts={"adapters": count, "longest num_tokens": slots, "embedding width": hidden},
-            lora_a={"adapters": count, "longest max_length": rows, "largest rank": rank},
-            lora_b={"adapters": count, "largest rank": rank, "embedding width": hidden},
-        )
-        prompts = torch.zeros(count, slots, hidden, dtype=dtype, device=weight.device)
-        lora_a = torch.zeros(count, rows, rank, dtype=dtype, device=weight.device) if low_rank else None
-        lora_b = torch.zeros(count, rank, hidden, dtype=dtype, device=weight.device) if low_rank else None
+            **{table: {"adapters": count, **dict(zip(TABLE_DIMS[table], size, strict=True))} for table, size in
+               sizes.items()}
+        )  # fmt: skip
+        tables = {table: torch.zeros(count, *size, dtype=dtype, device=weight.device) for table, size in sizes.items()}
         for index, adapter in enumerate(adapters.values()):
-            tensors = adapter.tensors
-            prompts[index, : adapter.config.num_tokens] = tensors["prompt"]
-            if "lora_a" in tensors:
-                lora_a[index, : adapter.config.max_length, : adapter.config.rank] = tensors["lora_a"]
-                lora_b[index, : adapter.config.rank] = tensors["lora_b"]
-        lengths = [adapter.config.num_tokens for adapter in adapters.values()]
-        scales = [adapter.scale for adapter in adapters.values()]
-        max_lengths = [getattr(adapter.config, "max_length", 0) for adapter in adapters.values()]
-        self.prompts = nn.Parameter(prompts)
-        self.lora_a = None if lora_a is None else nn.Parameter(lora_a)
-        self.lora_b = None if lora_b is None else nn.Parameter(lora_b)
+            for key, table in TABLES[type(adapter.config)].items():
+                tables[table][index][_leading(adapter.tensors[key].shape)] = adapter.tensors[key]
+        configs = [adapter.config for adapter in adapters.values()]
+        for table in TABLE_DIMS:
+            setattr(self, table, nn.Parameter(tables[table]) if table in tables else None)
+        lengths = [prompt_rows(config) for config in configs]
+        max_lengths = [config.max_length if isinstance(config, OFFSET_CONFIGS) else 0 for config in configs]
         self.prompt_lengths = torch.tensor(lengths, dtype=torch.int64, device=weight.device)
         self.max_lengths = torch.tensor(max_lengths, dtype=torch.int64, device=weight.device)
-        self.scales = torch.tensor(scales, dtype=torch.float32, device=weight.device)
+        self.scales = torch.tensor([_scale(config) for config in configs], dtype=torch.float32, device=weight.device)
         self._configs = {name: adapter.config for name, adapter in adapters.items()}
+        self._shapes = {
+            name: {key: t.shape for key, t in adapter.tensors.items()} for name, adapter in adapters.items()
+        }
+        self.clear_built()
+
+    def clear_built(self) -> None:
+        """Drop the built prompts kept without grad (module docstring): the next call builds them again."""
+        self._built.clear()
 
     def index(self, names: Sequence[str], argument: str = "adapter_names") -> torch.Tensor:
         """``(B,)`` int64 adapter index of each row's adapter name (:data:`BASE` gives -1), on the bank's device.
@@ -241,10 +307,56 @@ class AdapterBank(nn.Module):
 
     def embed_tokens(self, input_ids: torch.Tensor, start: torch.Tensor, adapter_index: torch.Tensor) -> torch.Tensor:
         """Embeddings ``(B, n, d)`` of tokens at input positions ``start[b] ..`` (``start (B,)`` int64/int32), each
-        row with its adapter's per-token treatment and no prompt: DePT's offset for its positions (none outside
-        ``[0, L_a)``), the plain tokens for prompt-tuning and ``-1`` rows. What a full forward gives those tokens;
-        used for the tokens generated after the prefill (:class:`~prompt_ops.models.attach.DecodeEmbedding`)."""
+        row with its adapter's per-token treatment and no prompt: DePT's and EPT's offset for their positions (none
+        outside ``[0, L_a)``), the plain tokens for prompt-tuning, LAMP and ``-1`` rows. What a full forward gives
+        those tokens; used for the tokens generated after the prefill
+        (:class:`~prompt_ops.models.attach.DecodeEmbedding`)."""
         return self._embed(input_ids, adapter_index, start, prompt_columns=False)[0]
+
+    def _present(self, adapter_index: torch.Tensor) -> list[str]:
+        """The names of the adapters that rows of ``adapter_index`` use (one host sync), in bank order."""
+        used = set(adapter_index.tolist())
+        return [name for index, name in enumerate(self._configs) if index in used]
+
+    def _check_lengths(self, present: Sequence[str], seq_len: int) -> None:
+        """Under a string position convention, a row of an adapter with offsets by position needs ``L <= L_a``, as
+        the adapter alone does: refused on the host, naming the adapter."""
+        for name in present:
+            config = self._configs[name]
+            if isinstance(config, OFFSET_CONFIGS) and config.max_length < seq_len:
+                raise ValueError(
+                    f"input_ids has L = {seq_len} tokens, more than the max_length = {config.max_length} of adapter "
+                    f"{name!r} ({config.method}) that a row uses: truncate the input or give that adapter "
+                    f"max_length >= {seq_len}"
+                )
+
+    def _build(self, name: str) -> torch.Tensor:
+        """Adapter ``name``'s prompt ``(m_a, d)`` from its tensors (a LAMP or EPT adapter), with autograd."""
+        config, tensors = self._configs[name], self.adapter_state_dict(name)
+        if isinstance(config, LAMPConfig):
+            return lamp_prompt(tensors["u"], tensors["q"], tensors["v"], pool=config.pool, backend=self.backend)
+        return ept_prompt(*tensors.values(), scale=_scale(config), backend=self.backend)
+
+    def _built_prompt(self, name: str) -> torch.Tensor:
+        """:meth:`_build` per call under grad; without grad the kept one while the adapter's tables are unchanged."""
+        if torch.is_grad_enabled():
+            return self._build(name)
+        key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in self.adapter_state_dict(name).values())
+        kept = self._built.get(name)
+        if kept is None or kept[0] != key:
+            kept = self._built[name] = (key, self._build(name))
+        return kept[1]
+
+    def _prompts(self, present: Sequence[str]) -> torch.Tensor:
+        """``prompts`` with the built prompts of the ``present`` LAMP and EPT adapters over their rows (out of place;
+        the stacked parameter itself when none is present)."""
+        built = [name for name in present if isinstance(self._configs[name], BUILT_CONFIGS)]
+        if not built:
+            return self.prompts
+        slots = self.prompts.shape[1]
+        rows = [F.pad(self._built_prompt(name), (0, 0, 0, slots - self.prompt_rows(name))) for name in built]
+        index = torch.tensor([self.names.index(name) for name in built], device=self.prompts.device)
+        return self.prompts.index_copy(0, index, torch.stack(rows).to(self.prompts.dtype))
 
     def _embed(
         self,
@@ -258,9 +370,13 @@ class AdapterBank(nn.Module):
         """:func:`mixed_dept_embed` of the bank at ``positions``; without ``prompt_columns`` only the input's."""
         if self.prompts is None:
             raise ValueError("the adapter bank is empty: add an adapter first")
-        prompts, lengths = self.prompts, self.prompt_lengths
-        if not prompt_columns:  # the op puts m_max >= 1 columns in front: one column of each prompt, cut off below
-            prompts, lengths = prompts[:, :1], torch.ones_like(lengths)
+        present = self._present(adapter_index)
+        if isinstance(positions, str):
+            self._check_lengths(present, input_ids.shape[1])
+        if prompt_columns:
+            prompts, lengths = self._prompts(present), self.prompt_lengths
+        else:  # the op puts m_max >= 1 columns in front: one column of each prompt, cut off below
+            prompts, lengths = self.prompts[:, :1], torch.ones_like(self.prompt_lengths)
         embeds, mask = mixed_dept_embed(
             input_ids, self.embedding.weight, prompts, lengths, self.lora_a, self.lora_b, self.scales, adapter_index,
             attention_mask=attention_mask, positions=positions, backend=self.backend, max_lengths=self.max_lengths,
@@ -270,5 +386,7 @@ class AdapterBank(nn.Module):
         return embeds[:, columns:], mask[:, columns:]
 
     def extra_repr(self) -> str:
-        adapters = ", ".join(f"{name}: {config.method} m={config.num_tokens}" for name, config in self._configs.items())
+        adapters = ", ".join(
+            f"{name}: {config.method} m={prompt_rows(config)}" for name, config in self._configs.items()
+        )
         return f"adapters=[{adapters}], positions={self.positions!r}, slots={self.slots!r}, backend={self.backend!r}"

@@ -1,6 +1,7 @@
 """Many adapters on one frozen model, mixed in one batch: ``attach_many(model, {name: folder | config}) ->
 MultiAdapterModel``, whose ``forward(..., adapter_names=[...])`` runs each row with its own adapter (PEFT's words:
-``add_adapter``, ``load_adapter``, ``delete_adapter``, ``save_adapter``).
+``add_adapter``, ``load_adapter``, ``delete_adapter``, ``save_adapter``). The adapters may be of different methods
+(prompt tuning, DePT, LAMP, EPT: :data:`~prompt_ops.models.bank.BANK_CONFIGS`) in one model and one batch.
 
 Every row has the bank's ``m_max`` prompt columns in front of its input (:mod:`prompt_ops.models.bank`): adapter
 ``a``'s ``m_a`` prompt rows and ``m_max - m_a`` masked zero slots, and for ``"__base__"`` rows every slot masked.
@@ -19,10 +20,10 @@ its adapter attached alone (:func:`prompt_ops.models.attach`), and a ``"__base__
 on its real tokens: token-level heads, LM heads and BERT's sequence classification (pooler) alike.
 
 ``generate(input_ids, attention_mask, adapter_names=[...])`` prefills with the mixed embeddings, the mask and
-the per-row position ids, and gives every generated token its own row's treatment (DePT's offset at the token's
-position for the row's adapter, none past that adapter's ``max_length``; the plain token for prompt-tuning and
-``"__base__"`` rows), so each row generates what its adapter alone generates (a ``"__base__"`` row: the plain
-model).
+the per-row position ids, and gives every generated token its own row's treatment (DePT's and EPT's offset at the
+token's position for the row's adapter, none past that adapter's ``max_length``; the plain token for prompt-tuning,
+LAMP and ``"__base__"`` rows), so each row generates what its adapter alone generates (a ``"__base__"`` row: the
+plain model).
 
 Decoder-only GPT-2, LLaMA, Mistral and Qwen2 share each adapter's prompt pass without grad (eval forward and
 ``generate``'s prefill; :mod:`prompt_ops.models.mixed_prompt`): computed once per adapter state and kept per adapter
@@ -55,7 +56,7 @@ from prompt_ops.models.attach import (
     prompted_labels,
     takes_position_ids,
 )
-from prompt_ops.models.bank import BASE, AdapterBank, check_adapter_name, check_bank_config
+from prompt_ops.models.bank import BANK_CONFIGS, BASE, AdapterBank, check_adapter_name, check_bank_config
 from prompt_ops.models.configs import MethodConfig
 from prompt_ops.models.inputs import first_position
 from prompt_ops.models.mixed_prompt import gather_passes
@@ -96,8 +97,8 @@ def _resolve(
     if isinstance(source, MethodConfig):
         return check_bank_config(source, embedding, positions, argument), None
     raise TypeError(
-        f"{argument} must be an adapter folder (str or os.PathLike) or a PromptTuningConfig / DePTConfig, got "
-        f"{type(source).__name__}"
+        f"{argument} must be an adapter folder (str or os.PathLike) or the config of a method the bank holds "
+        f"({', '.join(cls.__name__ for cls in BANK_CONFIGS)}), got {type(source).__name__}"
     )
 
 
@@ -138,8 +139,8 @@ def mirror_first_token(
 
 
 class MultiAdapterModel(nn.Module):
-    """A frozen Hugging Face model behind an :class:`~prompt_ops.models.bank.AdapterBank` of prompt-tuning and
-    DePT adapters; each row of a batch picks its adapter by name (the module docstring). Only the bank's stacked
+    """A frozen Hugging Face model behind an :class:`~prompt_ops.models.bank.AdapterBank` of adapters of any
+    method it holds; each row of a batch picks its adapter by name (the module docstring). Only the bank's stacked
     parameters train; adding or deleting an adapter replaces them (build the optimizer again). Built by
     :func:`attach_many`, which checks every adapter before the model is touched. ``prompt_caches``: each adapter's
     kept prompt pass by name (the module docstring), emptied when an adapter is added, loaded or deleted; a kept pass
@@ -168,7 +169,7 @@ class MultiAdapterModel(nn.Module):
         return self.bank.adapter_state_dict(name)
 
     def add_adapter(self, name: str, config: MethodConfig) -> None:
-        """Add a new adapter ``name`` of ``config`` (prompt tuning or DePT, initialised as the method does)."""
+        """Add a new adapter ``name`` of ``config`` (a method the bank holds, initialised as the method does)."""
         self.bank.add(name, config)
         self.prompt_caches.clear()
 
@@ -258,7 +259,7 @@ class MultiAdapterModel(nn.Module):
         for adapter in used:
             name = self.bank.names[adapter]
             row = rows.index(adapter)
-            columns = slice(slots - self.bank.config(name).num_tokens, slots)
+            columns = slice(slots - self.bank.prompt_rows(name), slots)
             embed, position = embeds[row : row + 1, columns], model_positions[row : row + 1, columns]
             cache = self.prompt_caches.setdefault(name, PromptCache())
             build = functools.partial(prompt_pass, self.base_model, embed, position)
@@ -329,12 +330,12 @@ class MultiAdapterModel(nn.Module):
 
         Decoder-only models: returns ``cat(input_ids, new tokens)``. The prefill is a mixed forward (the module
         docstring: each row's prompt, mask and position ids); each row's generated tokens continue from its own last
-        position and get its adapter's per-token treatment (DePT's offset at their input positions while below the
-        adapter's ``max_length``, none after; nothing for prompt-tuning and ``"__base__"`` rows), every copy of a
-        row under beams or ``num_return_sequences`` its row's. So row ``b`` generates what its adapter attached
-        alone generates from that row. Encoder-decoder models: the prompt goes to the encoder; returns what the base
-        ``generate`` returns (the decoder's tokens). Every argument is checked before the model is touched, and the
-        input embedding swapped in for decoding is put back however ``generate`` ends."""
+        position and get its adapter's per-token treatment (DePT's and EPT's offset at their input positions while
+        below the adapter's ``max_length``, none after; nothing for prompt-tuning, LAMP and ``"__base__"`` rows),
+        every copy of a row under beams or ``num_return_sequences`` its row's. So row ``b`` generates what its
+        adapter attached alone generates from that row. Encoder-decoder models: the prompt goes to the encoder;
+        returns what the base ``generate`` returns (the decoder's tokens). Every argument is checked before the model
+        is touched, and the input embedding swapped in for decoding is put back however ``generate`` ends."""
         position_ids = kwargs.pop("position_ids", None)
         batch, seq_len = check_generate_call(
             self.base_model, self.bank.num_slots, input_ids, position_ids, kwargs, "MultiAdapterModel"
@@ -369,11 +370,11 @@ def attach_many(
     positions: str = "tokens",
     shared_prompt: bool | None = None,
 ) -> MultiAdapterModel:
-    """Freeze ``model`` and put the ``adapters`` (``{name: adapter folder or PromptTuningConfig / DePTConfig}``) in
-    one bank behind it: a :class:`MultiAdapterModel`. ``positions``: the bank's position convention, which every
-    adapter's config must have. ``shared_prompt``: the shared prompt pass per adapter (the module docstring), as
-    :func:`~prompt_ops.models.attach` takes it. Every name, folder and config is checked before the model is
-    touched."""
+    """Freeze ``model`` and put the ``adapters`` (``{name: adapter folder or config}``, of any methods in
+    :data:`~prompt_ops.models.bank.BANK_CONFIGS`) in one bank behind it: a :class:`MultiAdapterModel`.
+    ``positions``: the bank's position convention, which every adapter's config must have. ``shared_prompt``: the
+    shared prompt pass per adapter (the module docstring), as :func:`~prompt_ops.models.attach` takes it. Every
+    name, folder and config is checked before the model is touched."""
     embedding = model_embedding(model)
     check_backend(backend)
     check_shared_prompt(shared_prompt, model, input_dependent=False)

@@ -8,8 +8,8 @@ import torch
 
 from prompt_ops.models import (
     AdapterBank,
-    ADePTConfig,
     DePTConfig,
+    LPTConfig,
     MultiAdapterModel,
     PromptTuningConfig,
     attach,
@@ -226,19 +226,20 @@ def test_the_bank_stacks_zero_padded_tensors_and_restacks_on_add_and_delete():
 
 
 def test_rows_past_a_shorter_adapters_offset_table_get_no_offset_and_its_padding_no_gradient():
-    """Inputs of 11 tokens: past "short"'s 9 rows of ``lora_a`` (the bank's are 12 long) its tokens get no offset,
-    as the reference over the zero-padded bank gives, and its padded rows 9..11 get exactly zero gradient (the
-    bank passes each adapter's length, so the padding stays zero under any optimizer)."""
+    """Tokens at positions 0..10 (explicit starts, as generated tokens are embedded; a forward refuses inputs
+    longer than a row's adapter): past "short"'s 9 rows of ``lora_a`` (the bank's are 12 long) its tokens get no
+    offset, as the reference over the zero-padded bank gives, and its padded rows 9..11 get exactly zero gradient
+    (the bank passes each adapter's length, so the padding stays zero under any optimizer)."""
     multi = mixed("gpt2")
     bank = multi.bank
     assert bank.max_lengths.tolist() == [12, 0, 9]
-    ids, mask, _ = batch("right", lengths=[11, 11, 11], seq_len=11)
-    index = bank.index(["short", "long", "short"])
-    embeds, _ = bank(ids, mask, index)
+    ids, _, _ = batch("right", lengths=[11, 11, 11], seq_len=11)
+    index, starts = bank.index(["short", "long", "short"]), torch.zeros(3, dtype=torch.long)
+    embeds = bank.embed_tokens(ids, starts, index)
     expected = reference.mixed_dept_embed(
         ids, bank.embedding.weight, bank.prompts, bank.prompt_lengths, bank.lora_a, bank.lora_b, bank.scales, index,
-        attention_mask=mask,
-    )[0]  # fmt: skip
+        positions=starts,
+    )[0][:, bank.num_slots :]  # fmt: skip
     torch.testing.assert_close(embeds, expected, **TOL)
     embeds.square().sum().backward()
     assert bank.lora_a.grad[2, 9:].eq(0).all() and bank.lora_a.grad[2, :9, :2].ne(0).any()
@@ -310,8 +311,8 @@ CALLS = {
         ValueError, "name must be a non-empty str other than '__base__'",
     ),
     "unsupported method": (
-        lambda m, p: m.add_adapter("adept", ADePTConfig(num_tokens=2, rank=2)),
-        ValueError, "config: the adapter bank holds prompt tuning and DePT adapters so far .*'adept'",
+        lambda m, p: m.add_adapter("lpt", LPTConfig(num_tokens=2)),
+        ValueError, "config: the adapter bank holds adapters of the methods whose prompt goes in front .*'lpt'",
     ),
     "bad field": (
         lambda m, p: m.add_adapter("bad", DePTConfig(num_tokens=2, rank=0)),
@@ -376,7 +377,7 @@ def test_deleting_the_last_adapter_is_refused():
         ({"__base__": PromptTuningConfig(num_tokens=2)}, ValueError, "adapters' keys must be a non-empty str other"),
         ({3: PromptTuningConfig(num_tokens=2)}, TypeError, "adapters' keys must be a str"),
         ({"a": {"num_tokens": 2}}, TypeError, r"adapters\['a'\] must be an adapter folder .* got dict"),
-        ({"a": PromptTuningConfig(num_tokens=2), "b": ADePTConfig()}, ValueError, r"adapters\['b'\]: the adapter bank"),
+        ({"a": PromptTuningConfig(num_tokens=2), "b": LPTConfig()}, ValueError, r"adapters\['b'\]: the adapter bank"),
         ({"a": "/nonexistent/adapter"}, ValueError, "/nonexistent/adapter/adapter_config.json: not found"),
     ],
 )
