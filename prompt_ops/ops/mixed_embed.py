@@ -47,11 +47,11 @@ from prompt_ops.ops.common import accumulate_dtype, custom_op
 from prompt_ops.ops.dept_embed import check_lora_shapes, covered_rows, resolve_positions, shifted_rows
 from prompt_ops.ops.validation import (
     TOKEN_ID_DTYPES,
+    check_bank,
+    check_bank_indices,
     check_embed_sizes,
-    check_tensor,
     check_token_data,
     check_values_in,
-    check_width,
     validate_embed_call,
 )
 
@@ -208,14 +208,7 @@ def check_bank_data(
     """The data-dependent checks of the bank (one device sync; ``check_ids=False`` skips them): every adapter index
     in ``[-1, N)``, every prompt length in ``[1, m_max]``, every scale finite, every ``max_lengths`` (if given) in
     ``[0, L_max]`` with ``L_max = num_rows``."""
-    num = prompt_lengths.shape[0]
-    check_values_in(
-        "adapter_index", adapter_index, -1, num - 1,
-        f"[-1, {num}) (-1: the base model, else a row of the bank of N = {num} adapters)",
-    )  # fmt: skip
-    check_values_in(
-        "prompt_lengths", prompt_lengths, 1, num_slots, f"[1, m_max] = [1, {num_slots}] (m_max = prompts.shape[1])"
-    )
+    check_bank_indices(prompt_lengths, adapter_index, num_slots)
     if not bool(torch.isfinite(scales).all()):
         raise ValueError("scales must hold finite values, found NaN or infinity")
     if max_lengths is not None:
@@ -359,18 +352,6 @@ mixed_dept_embed_fwd_op.register_autograd(_backward, setup_context=_setup_contex
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _check_vector(name: str, value: object, size: int, source: str, dtypes: tuple[torch.dtype, ...] | None) -> None:
-    """``value`` is a ``(size,)`` tensor (``source`` says where ``size`` comes from) of one of ``dtypes`` (None:
-    any floating dtype)."""
-    value = check_tensor(name, value, 1, f"({source},)")
-    if dtypes is None and not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
-    if dtypes is not None and value.dtype not in dtypes:
-        raise TypeError(f"{name} must hold int64 or int32 values, got {value.dtype}")
-    if value.shape[0] != size:
-        raise ValueError(f"{name} must have shape ({source},) = ({size},), got {tuple(value.shape)}")
-
-
 def _validate_bank(input_ids, weight, prompts, prompt_lengths, lora_a, lora_b, scales, adapter_index,
                    attention_mask, backend, max_lengths) -> str:  # fmt: skip
     """The shape, dtype and device checks of :func:`mixed_dept_embed`; returns the resolved backend."""
@@ -384,27 +365,15 @@ def _validate_bank(input_ids, weight, prompts, prompt_lengths, lora_a, lora_b, s
     if lora_a is not None:
         params.update({"lora_a": (lora_a, 3, "(N, L_max, r_max)"), "lora_b": (lora_b, 3, "(N, r_max, d)")})
     backend = validate_embed_call(input_ids, weight, attention_mask, backend, params)
-    check_width("prompts", prompts, "(N, m_max, d)", weight.shape[1], "weight.shape[1]")
-    num, slots, _ = prompts.shape
-    if num == 0 or slots == 0:
-        raise ValueError(
-            f"prompts must have shape (N, m_max, d) with N >= 1 adapters and m_max >= 1 prompt rows, got "
-            f"{tuple(prompts.shape)}: the bank is empty"
-        )
-    _check_vector("prompt_lengths", prompt_lengths, num, "N", TOKEN_ID_DTYPES)
-    _check_vector("scales", scales, num, "N", None)
-    _check_vector("adapter_index", adapter_index, input_ids.shape[0], "B", TOKEN_ID_DTYPES)
+    vectors = {"scales": (scales, None)}
+    if max_lengths is not None:
+        vectors["max_lengths"] = (max_lengths, TOKEN_ID_DTYPES)
+    check_bank(input_ids, weight, prompts, prompt_lengths, adapter_index, vectors)
+    num = prompts.shape[0]
     if lora_a is not None and lora_a.shape[0] != num:
         raise ValueError(
             f"lora_a must have shape (N, L_max, r_max) with N = prompts.shape[0] = {num}, got {tuple(lora_a.shape)}"
         )
-    others = {"prompt_lengths": prompt_lengths, "scales": scales, "adapter_index": adapter_index}
-    if max_lengths is not None:
-        _check_vector("max_lengths", max_lengths, num, "N", TOKEN_ID_DTYPES)
-        others["max_lengths"] = max_lengths
-    for name, value in others.items():
-        if value.device != input_ids.device:
-            raise ValueError(f"{name} must be on input_ids' device {input_ids.device}, got {value.device}")
     return backend
 
 
