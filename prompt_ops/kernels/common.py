@@ -40,20 +40,30 @@ def load_tile(ptr, rows, row_ok, cols, col_ok, stride_r, stride_c):
 
 
 @triton.jit
-def head_token_tile(num_head, total, hidden, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    """This program's tile of a ``(total, d)`` plane whose first ``num_head`` rows are a head (the prompt rows or
-    slots) and the rest one row per token column (or ``A`` row): grid axes 0 and 1 pick the row and column tile.
-
-    Returns ``rows`` and ``cols`` (int64), ``col_ok`` (``cols < d``), ``is_head`` (``rows < num_head``),
-    ``is_token`` (``num_head <= rows < total``) and ``tok`` (``rows - num_head`` on token rows, else 0)."""
-    pid_t = tl.program_id(0).to(tl.int64)
-    pid_d = tl.program_id(1).to(tl.int64)
+def head_token_rows(pid_t, num_head, total, BLOCK_T: tl.constexpr):
+    """Row tile ``pid_t`` of a ``(total, *)`` plane whose first ``num_head`` rows are a head (the prompt rows or
+    slots) and the rest one row per token column (or ``A`` row): ``rows`` (int64), ``is_head``
+    (``rows < num_head``), ``is_token`` (``num_head <= rows < total``) and ``tok`` (``rows - num_head`` on token
+    rows, else 0), each ``[BLOCK_T]``."""
     rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)  # [BLOCK_T]
-    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)  # [BLOCK_D]
-    col_ok = cols < hidden  # [BLOCK_D]
     is_head = rows < num_head  # [BLOCK_T]
     is_token = (rows >= num_head) & (rows < total)  # [BLOCK_T]
     tok = tl.where(is_token, rows - num_head, 0)  # [BLOCK_T]
+    return rows, is_head, is_token, tok
+
+
+@triton.jit
+def head_token_tile(num_head, total, hidden, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's tile of a ``(total, d)`` plane (:func:`head_token_rows`): grid axes 0 and 1 pick the row and
+    column tile.
+
+    Returns ``rows`` and ``cols`` (int64), ``col_ok`` (``cols < d``), ``is_head``, ``is_token`` and ``tok`` as
+    :func:`head_token_rows` gives them."""
+    pid_t = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1).to(tl.int64)
+    rows, is_head, is_token, tok = head_token_rows(pid_t, num_head, total, BLOCK_T)
+    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)  # [BLOCK_D]
+    col_ok = cols < hidden  # [BLOCK_D]
     return rows, cols, col_ok, is_head, is_token, tok
 
 
@@ -263,3 +273,123 @@ def shifted_low_rank_tile(
         lora_a_ptr, lora_b_ptr, tl.where(inside, position, 0), inside, cols, col_ok, rank, stride_a_l, stride_a_r,
         stride_b_r, stride_b_d, BLOCK_T, BLOCK_D, BLOCK_R,
     )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ADePT's token-shared FFN offset (the single-adapter and the mixed-adapter kernels)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def ffn_hidden_tile(
+    ids,  # [BLOCK_N] int64 token ids (masked rows: any)
+    id_ok,  # [BLOCK_N]
+    n,  # [BLOCK_N] flattened token index, keys the dropout stream
+    weight_ptr,
+    w_down_ptr,  # (d, r) of the adapter
+    b_down_ptr,  # (r,) of the adapter, unit stride
+    hidden,
+    rank,
+    dropout_p,
+    seed,
+    stride_w_v,
+    stride_w_d,
+    stride_wd_d,
+    stride_wd_r,
+    HAS_DROPOUT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    """``(Hd, D)``: ``Hd = (W[ids] @ w_down + b_down) * D`` as ``[BLOCK_N, BLOCK_R]`` fp32, accumulated over
+    d-chunks, and the dropout multipliers ``D`` (ones without dropout), keyed by ``seed`` and ``n * rank + k``."""
+    r = tl.arange(0, BLOCK_R).to(tl.int64)
+    r_ok = r < rank
+    acc = tl.zeros([BLOCK_N, BLOCK_R], dtype=tl.float32)
+    for d0 in range(0, hidden, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)  # [BLOCK_D]
+        col_ok = cols < hidden
+        emb = load_tile(weight_ptr, ids, id_ok, cols, col_ok, stride_w_v, stride_w_d)  # [BLOCK_N, BLOCK_D]
+        w_down = load_tile(w_down_ptr, cols, col_ok, r, r_ok, stride_wd_d, stride_wd_r)  # [BLOCK_D, BLOCK_R]
+        acc += tl.dot(emb, w_down, input_precision="ieee")
+    bias = tl.load(b_down_ptr + r, mask=r_ok, other=0.0).to(tl.float32)  # [BLOCK_R]
+    scale = tl.full([BLOCK_N, BLOCK_R], 1.0, tl.float32)
+    if HAS_DROPOUT:
+        scale = dropout_scale(seed, n, rank, dropout_p, BLOCK_R)
+    return (acc + bias[None, :]) * scale, scale
+
+
+@triton.jit
+def ffn_offset_tile(act, w_up_ptr, b_up_ptr, rank, cols, col_ok, stride_wu_r, stride_wu_d, BLOCK_R: tl.constexpr):
+    """The offset ``relu(Hd) @ w_up[:, cols] + b_up[cols]`` as ``[BLOCK_N, BLOCK_D]`` fp32, from ``act = relu(Hd)``
+    ``[BLOCK_N, BLOCK_R]`` (``b_up`` at unit stride)."""
+    r = tl.arange(0, BLOCK_R).to(tl.int64)
+    w_up = load_tile(w_up_ptr, r, r < rank, cols, col_ok, stride_wu_r, stride_wu_d)  # [BLOCK_R, BLOCK_D]
+    b_up = tl.load(b_up_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)  # [BLOCK_D]
+    return tl.dot(act, w_up, input_precision="ieee") + b_up[None, :]
+
+
+@triton.jit
+def ffn_hidden_grad_tile(
+    grad_rows,  # [BLOCK_N] pointers to the tokens' rows of dX
+    n_ok,  # [BLOCK_N]
+    w_up_ptr,  # (r, d) of the adapter
+    hidden,
+    rank,
+    stride_g_d,
+    stride_wu_r,
+    stride_wu_d,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    """``dY @ w_up^T`` as ``[BLOCK_N, BLOCK_R]`` fp32, accumulated over d-chunks (the gradient of ``relu(Hd)``)."""
+    r = tl.arange(0, BLOCK_R).to(tl.int64)
+    r_ok = r < rank
+    grad_act = tl.zeros([BLOCK_N, BLOCK_R], dtype=tl.float32)
+    for d0 in range(0, hidden, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        col_ok = cols < hidden
+        grad_y = tl.load(
+            grad_rows[:, None] + cols[None, :] * stride_g_d, mask=n_ok[:, None] & col_ok[None, :], other=0.0
+        ).to(tl.float32)  # [BLOCK_N, BLOCK_D]
+        w_up = load_tile(w_up_ptr, r, r_ok, cols, col_ok, stride_wu_r, stride_wu_d)  # [BLOCK_R, BLOCK_D]
+        grad_act += tl.dot(grad_y, tl.trans(w_up), input_precision="ieee")  # [BLOCK_N, BLOCK_R]
+    return grad_act
+
+
+@triton.jit
+def ffn_weight_grad_terms(
+    n,  # [BLOCK_N] flattened token index: row of the (N, r) act / dH buffers
+    n_ok,  # [BLOCK_N]
+    ids,  # [BLOCK_N] int64
+    id_ok,  # [BLOCK_N]
+    grad_rows,  # [BLOCK_N] pointers to the tokens' rows of dX
+    act_ptr,  # (N, r) fp32: relu(Hd)
+    grad_h_ptr,  # (N, r) fp32: dH
+    weight_ptr,
+    cols,  # [BLOCK_D] int64
+    col_ok,  # [BLOCK_D]
+    rank,
+    stride_g_d,
+    stride_w_v,
+    stride_w_d,
+    BLOCK_R: tl.constexpr,
+):
+    """One token chunk's terms of the FFN's weight gradients over columns ``cols``: ``E^T dH`` ``[BLOCK_D,
+    BLOCK_R]``, ``sum dH`` ``[BLOCK_R]``, ``relu(Hd)^T dY`` ``[BLOCK_R, BLOCK_D]`` and ``sum dY`` ``[BLOCK_D]``."""
+    r = tl.arange(0, BLOCK_R).to(tl.int64)  # [BLOCK_R]
+    grad_y = tl.load(
+        grad_rows[:, None] + cols[None, :] * stride_g_d, mask=n_ok[:, None] & col_ok[None, :], other=0.0
+    ).to(tl.float32)  # [BLOCK_N, BLOCK_D]
+    emb = load_tile(weight_ptr, ids, id_ok, cols, col_ok, stride_w_v, stride_w_d)  # [BLOCK_N, BLOCK_D]
+    small = n[:, None] * rank + r[None, :]
+    small_ok = n_ok[:, None] & (r < rank)[None, :]
+    act = tl.load(act_ptr + small, mask=small_ok, other=0.0)  # [BLOCK_N, BLOCK_R]
+    grad_h = tl.load(grad_h_ptr + small, mask=small_ok, other=0.0)  # [BLOCK_N, BLOCK_R]
+    return (
+        tl.dot(tl.trans(emb), grad_h, input_precision="ieee"),
+        tl.sum(grad_h, axis=0),
+        tl.dot(tl.trans(act), grad_y, input_precision="ieee"),
+        tl.sum(grad_y, axis=0),
+    )
