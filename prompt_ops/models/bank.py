@@ -1,15 +1,18 @@
-"""A bank of named adapters of several methods over one frozen input embedding, stacked for mixed batches.
+"""A bank of named adapters of any prompt method over one frozen input embedding, stacked for mixed batches.
 
 Each adapter ``a`` has a prompt of ``m_a`` rows (:meth:`AdapterBank.prompt_rows`: LAMP's ``num_tokens // pool``,
 the others' ``num_tokens``). The bank holds every adapter's tensors zero-padded in one set of stacked parameters,
 each ``(N, ...)`` with adapter ``a``'s unpadded tensor at ``[a, :size_0, :size_1, ...]`` (:data:`TABLES` says which
 tensor of which method goes where; a table is None while no adapter has it):
 
-- ``prompts (N, m_max, d)``: the prompts of prompt tuning and DePT, and EPT's short prompt; ``lora_a (N, L_max,
+- ``prompts (N, m_max, d)``: the prompts of prompt tuning, DePT and ADePT, and EPT's short prompt; ``lora_a (N, L_max,
   r_max)``, ``lora_b (N, r_max, d)``: DePT's and EPT's offsets; the buffers ``prompt_lengths (N,)`` (``m_a``),
   ``max_lengths (N,)`` (each adapter's ``L_a``; 0 without offsets) and ``scales (N,)`` (``lora_alpha_a / sqrt(r_a)``;
   0 without offsets). These are the layout of :func:`prompt_ops.ops.mixed_embed.mixed_dept_embed`, which serves the
-  rows of all four methods in one call.
+  rows of prompt tuning, DePT, LAMP and EPT in one call.
+- ``adept_w_down (N, d, r_max)``, ``adept_b_down (N, r_max)``, ``adept_w_up (N, r_max, d)``, ``adept_b_up (N, d)``:
+  ADePT's token FFNs (its prompt in ``prompts``) and the buffer ``dropouts (N,)`` (its dropout probability; 0 for
+  the others), the layout of :func:`prompt_ops.ops.mixed_adept.mixed_adept_embed`, which serves ADePT's rows.
 - ``lamp_u``, ``lamp_q``, ``lamp_v``: LAMP's factors; ``ept_w_down``, ``ept_w_up``, ``ept_w_gate``, ``ept_b_gate``:
   EPT's subspace projections and gate. LAMP's and EPT's prompts are *built* from their tensors by the methods' own
   functionals (:func:`~prompt_ops.ops.lamp.lamp_prompt`, :func:`~prompt_ops.ops.ept.ept_prompt`, reading the
@@ -25,13 +28,18 @@ tensor of which method goes where; a table is None while no adapter has it):
 adapter re-stacks the parameters into new ``nn.Parameter`` objects (the values of the others kept), so an optimizer
 built before must be built again.
 
-A batch row picks its adapter by name; ``"__base__"`` runs the plain base model (:data:`BASE`). The bank holds
-prompt tuning, DePT, LAMP and EPT adapters; the other methods are refused by name.
+A batch row picks its adapter by name; ``"__base__"`` runs the plain base model (:data:`BASE`). A batch of one
+family (ADePT rows, or the others' with ``"__base__"`` rows) runs its op on the whole batch; a batch mixing them
+runs each op on its rows (an ``index_select`` of the ids, mask and starts) and puts the rows back in batch order
+(one ``index_select``: each output row has one source, so the result and its gradients are deterministic). Both ops
+lay rows out over the same ``m_max`` prompt columns. The bank holds prompt tuning, DePT, ADePT, LAMP and EPT
+adapters (:data:`BANK_CONFIGS`); LPT, whose prompt enters after a layer, is refused by name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -41,11 +49,20 @@ from torch.nn import functional as F
 
 from prompt_ops.methods.base import check_backend, check_embedding, check_sizes
 from prompt_ops.models.adapters import check_adapter_tensors
-from prompt_ops.models.configs import DePTConfig, EPTConfig, LAMPConfig, MethodConfig, PromptTuningConfig, check_config
+from prompt_ops.models.configs import (
+    ADePTConfig,
+    DePTConfig,
+    EPTConfig,
+    LAMPConfig,
+    MethodConfig,
+    PromptTuningConfig,
+    check_config,
+)
 from prompt_ops.ops.ept import ept_prompt
 from prompt_ops.ops.lamp import lamp_prompt
+from prompt_ops.ops.mixed_adept import mixed_adept_embed
 from prompt_ops.ops.mixed_embed import check_slots, mixed_dept_embed
-from prompt_ops.ops.positions import check_positions
+from prompt_ops.ops.positions import check_positions, row_starts
 
 BASE = "__base__"
 """The adapter name of a row that runs the plain base model (adapter index -1)."""
@@ -61,6 +78,10 @@ TABLE_DIMS: dict[str, tuple[str, ...]] = {
     "ept_w_up": ("most num_subspaces", "largest subspace_rank", "embedding width"),
     "ept_w_gate": ("embedding width", "most num_subspaces"),
     "ept_b_gate": ("most num_subspaces",),
+    "adept_w_down": ("embedding width", "largest rank"),
+    "adept_b_down": ("largest rank",),
+    "adept_w_up": ("largest rank", "embedding width"),
+    "adept_b_up": ("embedding width",),
 }
 """The bank's stacked parameters, each ``(N, *dims)``: what sets each dimension past the adapters ``N``."""
 
@@ -71,6 +92,10 @@ TABLES: dict[type[MethodConfig], dict[str, str]] = {
     EPTConfig: {
         "prompt": "prompts", "lora_a": "lora_a", "lora_b": "lora_b", "w_down": "ept_w_down", "w_up": "ept_w_up",
         "w_gate": "ept_w_gate", "b_gate": "ept_b_gate",
+    },
+    ADePTConfig: {
+        "prompt": "prompts", "w_down": "adept_w_down", "b_down": "adept_b_down", "w_up": "adept_w_up",
+        "b_up": "adept_b_up",
     },
 }  # fmt: skip
 """Each method's tensors (the single module's names, in its order) -> the stacked parameter holding them."""
@@ -133,6 +158,27 @@ def _leading(shape: Sequence[int]) -> tuple[slice, ...]:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Rows:
+    """The per-row inputs of a bank call: ``positions`` a convention's name or ``(B,)`` explicit starts."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
+    adapter_index: torch.Tensor
+    positions: str | torch.Tensor
+
+    def select(self, rows: list[int]) -> _Rows:
+        """The inputs of batch rows ``rows`` only (a copy of those rows of every per-row tensor)."""
+        index = torch.tensor(rows, device=self.input_ids.device)
+        mask, positions = self.attention_mask, self.positions
+        return _Rows(
+            self.input_ids.index_select(0, index),
+            None if mask is None else mask.index_select(0, index),
+            self.adapter_index.index_select(0, index),
+            positions if isinstance(positions, str) else positions.index_select(0, index),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class _Adapter:
     """One adapter's config and its unpadded tensors under the method module's names (detached values)."""
 
@@ -142,7 +188,7 @@ class _Adapter:
 
 class AdapterBank(nn.Module):
     """``AdapterBank(embedding, backend=None, positions="tokens", slots="front")``: named adapters of prompt tuning,
-    DePT, LAMP and EPT over the frozen ``embedding``, stacked as the module docstring says. ``forward(input_ids,
+    DePT, ADePT, LAMP and EPT over the frozen ``embedding``, stacked as the module docstring says. ``forward(input_ids,
     attention_mask, adapter_index)`` returns ``(inputs_embeds (B, m_max + L, d), mask (B, m_max + L))``: row ``b`` is
     adapter ``adapter_index[b]``'s input alone with ``m_max - m_a`` masked zero slots in front of its prompt
     (``slots="front"``) or between its prompt and its input (``"after_prompt"``); -1: the plain tokens, every slot
@@ -156,6 +202,7 @@ class AdapterBank(nn.Module):
     prompt_lengths: torch.Tensor | None
     max_lengths: torch.Tensor | None
     scales: torch.Tensor | None
+    dropouts: torch.Tensor | None
 
     def __init__(
         self, embedding: nn.Embedding, backend: str | None = None, positions: str = "tokens", slots: str = "front"
@@ -172,7 +219,7 @@ class AdapterBank(nn.Module):
         self._built: dict[str, tuple[tuple, torch.Tensor]] = {}
         for name in TABLE_DIMS:
             self.register_parameter(name, None)
-        for name in ("prompt_lengths", "max_lengths", "scales"):
+        for name in ("prompt_lengths", "max_lengths", "scales", "dropouts"):
             self.register_buffer(name, None)
 
     @property
@@ -274,6 +321,8 @@ class AdapterBank(nn.Module):
         self.prompt_lengths = torch.tensor(lengths, dtype=torch.int64, device=weight.device)
         self.max_lengths = torch.tensor(max_lengths, dtype=torch.int64, device=weight.device)
         self.scales = torch.tensor([_scale(config) for config in configs], dtype=torch.float32, device=weight.device)
+        dropouts = [config.dropout if isinstance(config, ADePTConfig) else 0.0 for config in configs]
+        self.dropouts = torch.tensor(dropouts, dtype=torch.float32, device=weight.device)
         self._configs = {name: adapter.config for name, adapter in adapters.items()}
         self._shapes = {
             name: {key: t.shape for key, t in adapter.tensors.items()} for name, adapter in adapters.items()
@@ -308,19 +357,16 @@ class AdapterBank(nn.Module):
     def embed_tokens(self, input_ids: torch.Tensor, start: torch.Tensor, adapter_index: torch.Tensor) -> torch.Tensor:
         """Embeddings ``(B, n, d)`` of tokens at input positions ``start[b] ..`` (``start (B,)`` int64/int32), each
         row with its adapter's per-token treatment and no prompt: DePT's and EPT's offset for their positions (none
-        outside ``[0, L_a)``), the plain tokens for prompt-tuning, LAMP and ``-1`` rows. What a full forward gives
+        outside ``[0, L_a)``), ADePT's FFN offset (no dropout), the plain tokens for prompt-tuning, LAMP and ``-1``
+        rows. What a full forward gives
         those tokens; used for the tokens generated after the prefill
         (:class:`~prompt_ops.models.attach.DecodeEmbedding`)."""
         return self._embed(input_ids, adapter_index, start, prompt_columns=False)[0]
 
-    def _present(self, adapter_index: torch.Tensor) -> list[str]:
-        """The names of the adapters that rows of ``adapter_index`` use (one host sync), in bank order."""
-        used = set(adapter_index.tolist())
-        return [name for index, name in enumerate(self._configs) if index in used]
-
     def _check_lengths(self, present: Sequence[str], seq_len: int) -> None:
         """Under a string position convention, a row of an adapter with offsets by position needs ``L <= L_a``, as
-        the adapter alone does: refused on the host, naming the adapter."""
+        the adapter alone does: refused on the host, naming the adapter. Other rows are not limited (the op, given
+        explicit starts, sets no limit of its own)."""
         for name in present:
             config = self._configs[name]
             if isinstance(config, OFFSET_CONFIGS) and config.max_length < seq_len:
@@ -367,23 +413,54 @@ class AdapterBank(nn.Module):
         slots: str = "front",
         prompt_columns: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:func:`mixed_dept_embed` of the bank at ``positions``; without ``prompt_columns`` only the input's."""
+        """The bank's rows at ``positions``, each family's through its op (module docstring); without
+        ``prompt_columns`` only the input's columns (and no dropout)."""
         if self.prompts is None:
             raise ValueError("the adapter bank is empty: add an adapter first")
-        present = self._present(adapter_index)
-        if isinstance(positions, str):
+        rows = adapter_index.tolist()  # one host sync: the adapters of the batch and each row's family
+        used = set(rows)
+        present = [name for index, name in enumerate(self._configs) if index in used]
+        if isinstance(positions, str):  # each row limited by its own adapter only: the op gets explicit starts
             self._check_lengths(present, input_ids.shape[1])
+            starts = row_starts(attention_mask, positions)
+            positions = torch.zeros_like(adapter_index) if starts is None else starts
         if prompt_columns:
             prompts, lengths = self._prompts(present), self.prompt_lengths
-        else:  # the op puts m_max >= 1 columns in front: one column of each prompt, cut off below
+        else:  # the ops put m_max >= 1 columns in front: one column of each prompt, cut off below
             prompts, lengths = self.prompts[:, :1], torch.ones_like(self.prompt_lengths)
-        embeds, mask = mixed_dept_embed(
-            input_ids, self.embedding.weight, prompts, lengths, self.lora_a, self.lora_b, self.scales, adapter_index,
-            attention_mask=attention_mask, positions=positions, backend=self.backend, max_lengths=self.max_lengths,
-            slots=slots,
-        )  # fmt: skip
+        configs = list(self._configs.values())
+        adept = [b for b, index in enumerate(rows) if index >= 0 and isinstance(configs[index], ADePTConfig)]
+        inputs = _Rows(input_ids, attention_mask, adapter_index, positions)
+        run = functools.partial(self._run, prompts=prompts, lengths=lengths, slots=slots, training=prompt_columns)
+        if not adept:
+            embeds, mask = run(inputs, adept=False)
+        elif len(adept) == len(rows):
+            embeds, mask = run(inputs, adept=True)
+        else:  # each family's op on its rows, then the rows back in batch order (each output row has one source)
+            others = sorted(set(range(len(rows))) - set(adept))
+            parts = [run(inputs.select(others), adept=False), run(inputs.select(adept), adept=True)]
+            inverse = torch.argsort(torch.tensor(others + adept, device=input_ids.device))
+            embeds, mask = (torch.cat(tensors).index_select(0, inverse) for tensors in zip(*parts, strict=True))
         columns = prompts.shape[1] if not prompt_columns else 0
         return embeds[:, columns:], mask[:, columns:]
+
+    def _run(
+        self, rows: _Rows, adept: bool, prompts: torch.Tensor, lengths: torch.Tensor, slots: str, training: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One family's op on ``rows``: :func:`mixed_adept_embed` for ADePT rows (dropout while the bank trains and
+        ``training``), else :func:`mixed_dept_embed` (prompt tuning, DePT, LAMP, EPT and ``-1`` rows)."""
+        weight, ids, index = self.embedding.weight, rows.input_ids, rows.adapter_index
+        if adept:
+            ffn = (self.adept_w_down, self.adept_b_down, self.adept_w_up, self.adept_b_up)
+            return mixed_adept_embed(
+                ids, weight, prompts, lengths, *ffn, index, attention_mask=rows.attention_mask, slots=slots,
+                dropout=self.dropouts, training=self.training and training, backend=self.backend,
+            )  # fmt: skip
+        return mixed_dept_embed(
+            ids, weight, prompts, lengths, self.lora_a, self.lora_b, self.scales, index,
+            attention_mask=rows.attention_mask, positions=rows.positions, backend=self.backend,
+            max_lengths=self.max_lengths, slots=slots,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         adapters = ", ".join(

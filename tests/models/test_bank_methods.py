@@ -1,0 +1,243 @@
+"""The adapter bank's LAMP, EPT and ADePT adapters, alone and mixed with prompt tuning, DePT and ``"__base__"`` rows
+in one batch: each row equals its adapter attached alone (outputs, loss, every adapter's gradients from its own
+rows), greedy generation, the kept built prompts, save/load, the max_length refusal, ADePT's dropout."""
+
+import pytest
+import torch
+
+from prompt_ops.models import (
+    ADePTConfig,
+    DePTConfig,
+    EPTConfig,
+    LAMPConfig,
+    PromptTuningConfig,
+    attach_many,
+    load_adapter,
+)
+from prompt_ops.models import bank as bank_module
+from prompt_ops.models.bank import TABLES
+from tests.models.model_state import ModelState
+from tests.models.test_attach import VOCAB, tiny
+from tests.models.test_multi_adapter import (
+    GREEDY,
+    TOL,
+    alone,
+    batch,
+    generated_alone,
+    label_count,
+    mixed,
+    prompt_columns,
+)
+
+transformers = pytest.importorskip("transformers")
+
+BANKS = {  # ragged within each bank: prompt rows, ranks, lengths, subspaces all differ
+    "lamp": {"lamp_a": LAMPConfig(num_tokens=6, rank=2, pool=2), "lamp_b": LAMPConfig(num_tokens=4, rank=3, pool=1)},
+    "ept": {
+        "ept_a": EPTConfig(num_tokens=3, rank=2, max_length=9, num_subspaces=2, subspace_rank=2),
+        "ept_b": EPTConfig(num_tokens=2, rank=3, max_length=12, num_subspaces=3, subspace_rank=1, lora_alpha=4.0),
+    },
+    "adept": {"adept_a": ADePTConfig(num_tokens=3, rank=2), "adept_b": ADePTConfig(num_tokens=5, rank=4)},
+    "all": {
+        "pt": PromptTuningConfig(num_tokens=2),
+        "dept": DePTConfig(num_tokens=4, rank=2, max_length=10),
+        "lamp": LAMPConfig(num_tokens=6, rank=2, pool=2),
+        "ept": EPTConfig(num_tokens=3, rank=2, max_length=8, num_subspaces=2, subspace_rank=2),
+        "adept": ADePTConfig(num_tokens=5, rank=3),
+    },
+}
+ROWS = {
+    "lamp": ["lamp_a", "__base__", "lamp_b", "lamp_a"],
+    "ept": ["ept_b", "ept_a", "__base__", "ept_a"],
+    "adept": ["adept_a", "adept_b", "__base__", "adept_b"],
+    "all": ["lamp", "__base__", "ept", "adept", "pt", "dept", "adept", "lamp"],
+}
+LENGTHS = [7, 4, 6, 5, 3, 7, 6, 5]  # real tokens per row, of L = 7
+
+
+def table_grad(multi, name: str, key: str, shape: torch.Size) -> torch.Tensor:
+    """The gradient of adapter ``name``'s tensor ``key`` (unpadded ``shape``) in the bank's stacked parameter (zeros
+    where no row reached that parameter)."""
+    table = getattr(multi.bank, TABLES[type(multi.bank.config(name))][key])
+    if table.grad is None:
+        return torch.zeros(shape)
+    return table.grad[multi.adapter_names.index(name)][tuple(slice(0, size) for size in shape)]
+
+
+def assert_padding_has_no_gradient(multi) -> None:
+    """Every stacked parameter's gradient is exactly zero outside the adapters' unpadded tensors."""
+    for table_name, table in multi.bank.named_parameters():
+        if table.grad is None:
+            continue
+        padding = torch.ones_like(table, dtype=torch.bool)
+        for index, name in enumerate(multi.adapter_names):
+            for key, view in multi.adapter_state_dict(name).items():
+                if TABLES[type(multi.bank.config(name))][key] == table_name:
+                    padding[index][tuple(slice(0, size) for size in view.shape)] = False
+        assert table.grad[padding].eq(0).all(), table_name
+
+
+def assert_rows_equal_each_adapter_alone(multi, family: str, side: str, rows: list[str]) -> None:
+    """A mixed forward and backward: each adapter row's outputs (prompt and real columns) equal its adapter alone
+    on its rows, each ``"__base__"`` row's the plain model on its real tokens, the loss their label-weighted mean,
+    and each adapter's gradient in the bank the gradient it gets alone from its own rows."""
+    ids, mask, labels = batch(side, LENGTHS[: len(rows)])
+    if family == "t5":
+        torch.manual_seed(3)
+        labels = torch.randint(1, VOCAB, (len(rows), 4))
+    out = multi(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=rows)
+    out.loss.backward()
+    slots, terms, total, expected = multi.bank.num_slots, 0.0, 0, {}
+    for name in dict.fromkeys(rows):
+        picked = [b for b, row in enumerate(rows) if row == name]
+        for b in picked if name == "__base__" else []:  # the plain model on the row's real tokens
+            real = mask[b].bool()
+            row_labels = labels[b : b + 1] if family == "t5" else labels[b : b + 1, real]
+            plain = multi.base_model(input_ids=ids[b : b + 1, real], labels=row_labels)
+            torch.testing.assert_close(out.logits[b] if family == "t5" else out.logits[b, slots:][real],
+                                       plain.logits[0], **TOL)  # fmt: skip
+            count = label_count(family, row_labels, base=True)
+            terms, total = terms + plain.loss.detach() * count, total + count
+        if name == "__base__":
+            continue
+        tuned = alone(multi, name)
+        single = tuned(input_ids=ids[picked], attention_mask=mask[picked], labels=labels[picked])
+        count = label_count(family, labels[picked], base=False)
+        terms, total = terms + single.loss.detach() * count, total + count
+        params = tuned.adapter_state_dict()
+        expected[name] = dict(zip(params, torch.autograd.grad(single.loss * count, list(params.values())), strict=True))
+        m = tuned.num_prompt_rows
+        assert m == multi.bank.prompt_rows(name)
+        for i, b in enumerate(picked):
+            if family == "t5":
+                torch.testing.assert_close(out.logits[b], single.logits[i], **TOL)
+                continue
+            real = torch.cat([torch.ones(m, dtype=torch.bool), mask[b].bool()])
+            columns = torch.cat([out.logits[b, prompt_columns(multi, m)], out.logits[b, slots:]])
+            torch.testing.assert_close(columns[real], single.logits[i][real], **TOL)
+    torch.testing.assert_close(out.loss, terms / total, **TOL)
+    for name, grads in expected.items():
+        for key, grad in grads.items():
+            assert grad.ne(0).any(), (name, key)  # the comparison below means something
+            torch.testing.assert_close(table_grad(multi, name, key, grad.shape), grad / total, **TOL, msg=(name, key))
+    assert_padding_has_no_gradient(multi)
+    assert all(p.grad is None for p in multi.base_model.parameters())
+
+
+CASES = [
+    *[(bank, family, side, None) for bank in ("lamp", "ept", "adept") for family, side in
+      (("gpt2", "left"), ("bert-mlm", "right"))],
+    *[("all", family, side, None) for family in ("gpt2", "bert-mlm") for side in ("left", "right")],
+    ("all", "t5", "right", None),
+    ("all", "gpt2", "left", "triton"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("bank, family, side, backend", CASES)
+def test_each_row_equals_its_adapter_alone_and_base_rows_the_plain_model(bank, family, side, backend):
+    multi = mixed(family, BANKS[bank], backend=backend)
+    assert_rows_equal_each_adapter_alone(multi, family, side, ROWS[bank])
+
+
+def test_greedy_generation_of_each_row_equals_its_adapter_alone(monkeypatch):
+    """A left-padded GPT-2 batch of every method and base rows, with large EPT and ADePT offsets: each row's new
+    tokens are its adapter's alone (the plain model's); plain lookups after the prefill change the EPT, DePT and
+    ADePT rows' tokens and no other row's (so the comparison sees the decode path)."""
+    multi = mixed("gpt2", BANKS["all"])
+    with torch.no_grad():
+        multi.bank.lora_b.mul_(10)
+        multi.adapter_state_dict("adept")["w_up"].mul_(30)
+    rows = ROWS["all"]
+    ids, mask, _ = batch("left", LENGTHS)
+    generated = multi.generate(ids, attention_mask=mask, adapter_names=rows, **GREEDY)
+    for b, name in enumerate(rows):
+        real = mask[b].bool()
+        expected = generated_alone(multi, name, ids[b : b + 1, real], **GREEDY)
+        assert torch.equal(generated[b, 7:], expected[0, int(real.sum()) :]), (b, name)
+    monkeypatch.setattr(multi.bank, "embed_tokens", lambda input_ids, start, index: multi.bank.embedding(input_ids))
+    plain = multi.generate(ids, attention_mask=mask, adapter_names=rows, **GREEDY)
+    for b, name in enumerate(rows):
+        assert torch.equal(generated[b], plain[b]) == (name in ("pt", "lamp", "__base__")), (b, name)
+
+
+def test_built_prompts_are_kept_without_grad_and_rebuilt_after_an_optimizer_step(monkeypatch):
+    """Without grad each present LAMP/EPT adapter's prompt is built once and kept; an optimizer step changes its
+    tensors, so the next call builds it again and every row still equals its adapter alone with the new values."""
+    builds = []
+    for functional in ("lamp_prompt", "ept_prompt"):
+        original = getattr(bank_module, functional)
+        monkeypatch.setattr(bank_module, functional, lambda *a, _f=original, **k: builds.append(1) or _f(*a, **k))
+    multi = mixed("gpt2", BANKS["all"])
+    rows = ["lamp", "pt", "__base__", "ept"]
+    ids, mask, labels = batch("left", LENGTHS[:4])
+    with torch.no_grad():
+        before = multi(input_ids=ids, attention_mask=mask, adapter_names=rows).logits
+        multi(input_ids=ids, attention_mask=mask, adapter_names=rows)
+    assert len(builds) == 2  # lamp and ept once each, kept for the second call
+    optimizer = torch.optim.SGD([p for p in multi.parameters() if p.requires_grad], lr=1.0)
+    multi(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=rows).loss.backward()
+    optimizer.step()
+    assert len(builds) == 4  # under grad: built per call
+    with torch.no_grad():
+        after = multi(input_ids=ids, attention_mask=mask, adapter_names=rows).logits
+    assert len(builds) == 6
+    for name in ("lamp", "ept"):
+        b = rows.index(name)
+        single = alone(multi, name)(input_ids=ids[b : b + 1], attention_mask=mask[b : b + 1]).logits[0]
+        real = mask[b].bool()
+        torch.testing.assert_close(after[b, multi.bank.num_slots :][real], single[-7:][real], **TOL)
+        assert not torch.allclose(after[b], before[b]), name  # the step changed this row
+
+
+def test_every_method_round_trips_through_its_folder_bitwise(tmp_path):
+    multi = mixed("gpt2", BANKS["all"])
+    for name in BANKS["all"]:
+        folder = multi.save_adapter(name, tmp_path / name)
+        single = load_adapter(tiny("gpt2"), folder)  # the single-adapter format
+        assert single.config == multi.bank.config(name)
+        assert single.adapter_state_dict().keys() == multi.adapter_state_dict(name).keys()
+        for key, value in single.adapter_state_dict().items():
+            assert torch.equal(value, multi.adapter_state_dict(name)[key])
+        multi.load_adapter(folder, adapter_name=f"{name}-copy")
+        for key, value in multi.adapter_state_dict(f"{name}-copy").items():
+            assert torch.equal(value, multi.adapter_state_dict(name)[key])
+    from_folders = attach_many(tiny("gpt2"), {name: tmp_path / name for name in BANKS["all"]})
+    for name in BANKS["all"]:
+        for key, value in from_folders.adapter_state_dict(name).items():
+            assert torch.equal(value, multi.adapter_state_dict(name)[key])
+
+
+@pytest.mark.parametrize("name, max_length", [("ept", 8), ("dept", 10)])
+def test_rows_longer_than_their_adapters_max_length_are_refused_by_name(name, max_length):
+    """As each adapter alone refuses an input longer than its offsets; rows of other adapters are not limited."""
+    multi = mixed("gpt2", BANKS["all"])
+    ids = torch.randint(1, VOCAB, (2, max_length + 1))
+    before = ModelState.of(multi)
+    pattern = f"input_ids has L = {max_length + 1} tokens, more than the max_length = {max_length} of adapter '{name}'"
+    with pytest.raises(ValueError, match=pattern):
+        multi(input_ids=ids, adapter_names=["pt", name])
+    before.assert_unchanged(multi, name)
+    assert multi(input_ids=ids, adapter_names=["pt", "lamp"]).logits.shape[1] == multi.bank.num_slots + max_length + 1
+    assert multi(input_ids=ids[:, :max_length], adapter_names=["pt", name]).logits.isfinite().all()
+
+
+def test_adept_dropout_in_training_trains_only_the_adapters_of_the_batch():
+    """Training mode with ADePT dropout 0.5: the ADePT rows' token embeddings change from call to call, the other
+    rows' do not; the backward reaches the present adapters only, and the padding gets exactly zero."""
+    adapters = {**BANKS["adept"], "lamp": BANKS["all"]["lamp"], "pt": BANKS["all"]["pt"]}
+    adapters = {name: (ADePTConfig(num_tokens=c.num_tokens, rank=c.rank, dropout=0.5) if name.startswith("adept")
+                       else c) for name, c in adapters.items()}  # fmt: skip
+    multi = mixed("gpt2", adapters)
+    multi.train()
+    bank, rows = multi.bank, ["adept_a", "pt", "__base__", "adept_a"]
+    ids, mask, labels = batch("right", LENGTHS[:4])
+    first, _ = bank(ids, mask, bank.index(rows))
+    second, _ = bank(ids, mask, bank.index(rows))
+    for b, name in enumerate(rows):
+        assert torch.equal(first[b], second[b]) == (name != "adept_a"), (b, name)
+    multi(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=rows).loss.backward()
+    for name in multi.adapter_names:
+        for key, view in multi.adapter_state_dict(name).items():
+            grad = table_grad(multi, name, key, view.shape)
+            assert grad.ne(0).any() == (name in rows), (name, key)
+    assert_padding_has_no_gradient(multi)
