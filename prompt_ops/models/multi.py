@@ -1,7 +1,7 @@
 """Many adapters on one frozen model, mixed in one batch: ``attach_many(model, {name: folder | config}) ->
 MultiAdapterModel``, whose ``forward(..., adapter_names=[...])`` runs each row with its own adapter (PEFT's words:
 ``add_adapter``, ``load_adapter``, ``delete_adapter``, ``save_adapter``). The adapters may be of different methods
-(prompt tuning, DePT, LAMP, EPT: :data:`~prompt_ops.models.bank.BANK_CONFIGS`) in one model and one batch.
+(prompt tuning, DePT, ADePT, LAMP, EPT: :data:`~prompt_ops.models.bank.BANK_CONFIGS`) in one model and one batch.
 
 Every row has the bank's ``m_max`` prompt columns in front of its input (:mod:`prompt_ops.models.bank`): adapter
 ``a``'s ``m_a`` prompt rows and ``m_max - m_a`` masked zero slots, and for ``"__base__"`` rows every slot masked.
@@ -21,9 +21,9 @@ on its real tokens: token-level heads, LM heads and BERT's sequence classificati
 
 ``generate(input_ids, attention_mask, adapter_names=[...])`` prefills with the mixed embeddings, the mask and
 the per-row position ids, and gives every generated token its own row's treatment (DePT's and EPT's offset at the
-token's position for the row's adapter, none past that adapter's ``max_length``; the plain token for prompt-tuning,
-LAMP and ``"__base__"`` rows), so each row generates what its adapter alone generates (a ``"__base__"`` row: the
-plain model).
+token's position for the row's adapter, none past that adapter's ``max_length``; ADePT's FFN offset; the plain
+token for prompt-tuning, LAMP and ``"__base__"`` rows), so each row generates what its adapter alone generates (a
+``"__base__"`` row: the plain model).
 
 Decoder-only GPT-2, LLaMA, Mistral and Qwen2 share each adapter's prompt pass without grad (eval forward and
 ``generate``'s prefill; :mod:`prompt_ops.models.mixed_prompt`): computed once per adapter state and kept per adapter
@@ -331,7 +331,8 @@ class MultiAdapterModel(nn.Module):
         Decoder-only models: returns ``cat(input_ids, new tokens)``. The prefill is a mixed forward (the module
         docstring: each row's prompt, mask and position ids); each row's generated tokens continue from its own last
         position and get its adapter's per-token treatment (DePT's and EPT's offset at their input positions while
-        below the adapter's ``max_length``, none after; nothing for prompt-tuning, LAMP and ``"__base__"`` rows),
+        below the adapter's ``max_length``, none after; ADePT's FFN offset; nothing for prompt-tuning, LAMP and
+        ``"__base__"`` rows),
         every copy of a row under beams or ``num_return_sequences`` its row's. So row ``b`` generates what its
         adapter attached alone generates from that row. Encoder-decoder models: the prompt goes to the encoder;
         returns what the base ``generate`` returns (the decoder's tokens). Every argument is checked before the model
