@@ -420,10 +420,12 @@ class AdapterBank(nn.Module):
         rows = adapter_index.tolist()  # one host sync: the adapters of the batch and each row's family
         used = set(rows)
         present = [name for index, name in enumerate(self._configs) if index in used]
-        if isinstance(positions, str):  # each row limited by its own adapter only: the op gets explicit starts
+        if isinstance(positions, str):
             self._check_lengths(present, input_ids.shape[1])
-            starts = row_starts(attention_mask, positions)
-            positions = torch.zeros_like(adapter_index) if starts is None else starts
+            if self.lora_a is not None and input_ids.shape[1] > self.lora_a.shape[1]:
+                # no row has offsets here (checked above): explicit starts, so the op sets no length limit of its own
+                starts = row_starts(attention_mask, positions)
+                positions = torch.zeros_like(adapter_index) if starts is None else starts
         if prompt_columns:
             prompts, lengths = self._prompts(present), self.prompt_lengths
         else:  # the ops put m_max >= 1 columns in front: one column of each prompt, cut off below
