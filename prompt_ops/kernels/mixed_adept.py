@@ -34,7 +34,9 @@ offsets); (2) grid (token tiles, batch rows): each adapter row recomputes ``Hd``
 them) and writes the small ``relu(Hd)`` and ``dH`` (``B L x R`` fp32); (3) grid (d tiles, adapters): program
 ``(., a)`` walks the batch rows in order and accumulates the four weight gradients over the rows of adapter ``a``
 in registers (a fixed summation order: deterministic, no atomics; ``dY`` and ``E`` read once in all). An adapter
-without rows gets zeros; zero-padded ranks get exact zeros (``dH`` and ``relu(Hd)`` vanish there).
+without rows gets zeros; zero-padded ranks get exact zeros (``dH`` and ``relu(Hd)`` vanish there). Launch (3) has
+``d / BLOCK_D`` programs per adapter, each walking all of its adapter's tokens: with few adapters and many tokens a
+GPU is under-filled there (``adept_embed``'s weight launch splits the tokens and sums the partials; not done here).
 """
 
 from __future__ import annotations
