@@ -35,6 +35,7 @@ call_refusal` refuses) run every row's prompt, saying why at debug level.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Mapping
@@ -57,8 +58,9 @@ from prompt_ops.models.attach import (
     takes_position_ids,
 )
 from prompt_ops.models.bank import BANK_CONFIGS, BASE, AdapterBank, check_adapter_name, check_bank_config
-from prompt_ops.models.configs import MethodConfig
+from prompt_ops.models.configs import LPTConfig, MethodConfig
 from prompt_ops.models.inputs import first_position
+from prompt_ops.models.mixed_late import LateAdapters, check_insertion, check_late_config
 from prompt_ops.models.mixed_prompt import gather_passes
 from prompt_ops.models.positions import model_position_ids, next_input_positions
 from prompt_ops.models.prompt_cache import PromptCache, state_key
@@ -83,6 +85,8 @@ Tensor = torch.Tensor
 
 AdapterSource = str | os.PathLike | MethodConfig
 """What names an adapter for :func:`attach_many`: a saved adapter folder, or a config for a new one."""
+LATE_REFUSAL = "LPT rows insert their generated prompt inside the stack, after layer k"
+"""Why a batch with LPT rows runs every row's prompt (no shared prompt pass)."""
 
 
 def _resolve(
@@ -90,16 +94,26 @@ def _resolve(
 ) -> tuple[MethodConfig, dict[str, torch.Tensor] | None]:
     """``(config, tensors)`` of an adapter ``source``: a folder read and checked against ``model``
     (:func:`prompt_ops.models.adapters.read_adapter`), or a config (tensors None: initialised as the method does);
-    either checked for the bank."""
+    either checked for the bank (LPT: for the model's LPT adapters, :func:`~prompt_ops.models.mixed_late.
+    check_late_config`)."""
     if isinstance(source, (str, os.PathLike)):
         config, tensors = read_adapter(model, source)
-        return check_bank_config(config, embedding, positions, f"{argument} ({Path(source)})"), tensors
+        return _check_config(model, embedding, config, positions, f"{argument} ({Path(source)})"), tensors
     if isinstance(source, MethodConfig):
-        return check_bank_config(source, embedding, positions, argument), None
+        return _check_config(model, embedding, source, positions, argument), None
     raise TypeError(
         f"{argument} must be an adapter folder (str or os.PathLike) or the config of a method the bank holds "
         f"({', '.join(cls.__name__ for cls in BANK_CONFIGS)}), got {type(source).__name__}"
     )
+
+
+def _check_config(
+    model: nn.Module, embedding: nn.Embedding, config: MethodConfig, positions: str, argument: str
+) -> MethodConfig:
+    """``config`` checked for the bank, or (LPT) resolved and checked for ``model``'s LPT adapters."""
+    if isinstance(config, LPTConfig):
+        return check_late_config(model, config, positions, argument)
+    return check_bank_config(config, embedding, positions, argument)
 
 
 def slot_layout(model: nn.Module) -> str:
@@ -147,13 +161,16 @@ class MultiAdapterModel(nn.Module):
     is also rebuilt after any change to a parameter (:mod:`prompt_ops.models.prompt_cache`; the bank's parameters
     are stacked, so an optimizer step rebuilds every adapter's)."""
 
-    def __init__(self, model: nn.Module, bank: AdapterBank, shared_prompt: bool | None = None):
+    def __init__(
+        self, model: nn.Module, bank: AdapterBank, shared_prompt: bool | None = None, late: LateAdapters | None = None
+    ):
         super().__init__()
         self.shared_prompt = check_shared_prompt(shared_prompt, model, input_dependent=False)
         self.prompt_caches: dict[str, PromptCache] = {}
         model.requires_grad_(False)
         self.base_model = model
         self.bank = bank
+        self.late = late  # the LPT adapters (prompt_ops.models.mixed_late), None until the first one
         self.is_encoder_decoder = is_encoder_decoder(model)
         self.takes_position_ids = takes_position_ids(model)
         self.shifts_labels = not self.is_encoder_decoder and type(model).__name__.endswith(CAUSAL_HEADS)
@@ -161,43 +178,71 @@ class MultiAdapterModel(nn.Module):
 
     @property
     def adapter_names(self) -> list[str]:
-        """The bank's adapters, in the order of their index."""
-        return self.bank.names
+        """The bank's adapters, in the order of their index, then the LPT adapters."""
+        return self.bank.names + self._late_names
+
+    @property
+    def _late_names(self) -> list[str]:
+        return [] if self.late is None else self.late.names
 
     def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
         """Adapter ``name``'s parameters, unpadded, under the single-adapter names (views of the bank's)."""
+        if name in self._late_names:
+            return self.late.adapter_state_dict(name)
         return self.bank.adapter_state_dict(name)
 
+    def _check_new_name(self, name: object, argument: str) -> None:
+        check_adapter_name(name, argument)
+        if name in self.adapter_names:
+            raise ValueError(
+                f"{argument}: an adapter named {name!r} is already loaded ({self.adapter_names}); delete_adapter it "
+                "first"
+            )
+
+    def _add(self, name: str, config: MethodConfig, tensors: dict[str, torch.Tensor] | None, argument: str) -> None:
+        """Add a checked adapter to the bank, or (LPT) to the LPT adapters (created with the first)."""
+        if not isinstance(config, LPTConfig):
+            self.bank.add(name, config, tensors)
+            return
+        late = self.late or LateAdapters(self.base_model, backend=self.bank.backend, positions=self.bank.positions)
+        late.add(name, config, tensors, argument)
+        self.late = late
+        late.train(self.training)
+
     def add_adapter(self, name: str, config: MethodConfig) -> None:
-        """Add a new adapter ``name`` of ``config`` (a method the bank holds, initialised as the method does)."""
-        self.bank.add(name, config)
+        """Add a new adapter ``name`` of ``config`` (a method the bank holds, or LPT; initialised as the method
+        does)."""
+        if isinstance(config, LPTConfig):
+            self._check_new_name(name, "name")
+            config = check_late_config(self.base_model, config, self.bank.positions)
+        elif name in self._late_names:  # the bank refuses its own names
+            self._check_new_name(name, "name")
+        self._add(name, config, None, "config")
         self.prompt_caches.clear()
 
     def load_adapter(self, folder: str | os.PathLike, adapter_name: str) -> None:
         """Add the adapter saved in ``folder`` (by ``save_adapter`` here or on a single model) as ``adapter_name``;
         the folder and the name are checked before the bank changes."""
         folder_path("folder", folder)
-        check_adapter_name(adapter_name, "adapter_name")
-        if adapter_name in self.bank.names:
-            raise ValueError(
-                f"adapter_name: an adapter named {adapter_name!r} is already loaded ({self.bank.names}); "
-                "delete_adapter it first"
-            )
+        self._check_new_name(adapter_name, "adapter_name")
         config, tensors = _resolve(self.base_model, self.bank.embedding, folder, self.bank.positions, "folder")
-        self.bank.add(adapter_name, config, tensors)
+        self._add(adapter_name, config, tensors, "folder")
         self.prompt_caches.clear()
 
     def delete_adapter(self, name: str) -> None:
-        """Remove adapter ``name`` (at least one stays)."""
-        self.bank.delete(name)
+        """Remove adapter ``name`` (the bank keeps at least one of its adapters)."""
+        if name in self._late_names:
+            self.late.delete(name)
+        else:
+            self.bank.delete(name)
         self.prompt_caches.clear()
 
     def save_adapter(self, name: str, folder: str | os.PathLike) -> Path:
         """Write adapter ``name`` into ``folder`` (created if needed) in the format of
         :func:`prompt_ops.models.save_adapter`, loadable by :func:`prompt_ops.models.load_adapter` on a single
         model; returns the folder."""
-        config = self.bank.config(name)
-        return write_adapter(folder, config, self.bank.adapter_state_dict(name), self.bank.embedding)
+        config = self.late.config(name) if name in self._late_names else self.bank.config(name)
+        return write_adapter(folder, config, self.adapter_state_dict(name), self.bank.embedding)
 
     def _row_lengths(self, adapter_index: torch.Tensor) -> torch.Tensor:
         """``(B,)`` each row's own prompt length (0 for ``"__base__"`` rows)."""
@@ -208,7 +253,8 @@ class MultiAdapterModel(nn.Module):
         """``(B,)`` adapter index of each row of ``input_ids`` (checked) from ``adapter_names``, one per row."""
         if adapter_names is None:
             raise TypeError("adapter_names must be a list or tuple of adapter names, one per row of input_ids")
-        index = self.bank.index(adapter_names).to(input_ids.device)
+        names = adapter_names if self.late is None else self.late.bank_names(adapter_names)  # LPT rows: base rows
+        index = self.bank.index(names).to(input_ids.device)
         if index.shape[0] != input_ids.shape[0]:
             raise ValueError(
                 f"adapter_names must name one adapter per row of input_ids ({input_ids.shape[0]} rows), got "
@@ -231,6 +277,17 @@ class MultiAdapterModel(nn.Module):
             attention_mask, self.bank.positions, tuple(input_ids.shape), input_ids.device, self.bank.num_slots,
             first_position(self.base_model), position_ids, self._row_lengths(index), self.bank.slots,
         )  # fmt: skip
+
+    def _late_rows(self, adapter_names, input_ids: torch.Tensor, labels, attention_mask, source_columns=None):
+        """The call's LPT rows (:meth:`LateAdapters.rows <prompt_ops.models.mixed_late.LateAdapters.rows>`), None
+        without any; ``labels``: token-level ones, as the caller gave them."""
+        if self.late is None:
+            return None
+        return self.late.rows(adapter_names, input_ids.device, labels, attention_mask, source_columns)
+
+    def _late_active(self, rows):
+        """The LPT hooks act on the calls within (nothing to do without LPT rows)."""
+        return contextlib.nullcontext() if rows is None else self.late.active(rows)
 
     def _mixed_refusal(self, refusal: str | None, index: torch.Tensor) -> str | None:
         """Why this call runs every row's prompt, or None when it shares each adapter's prompt pass: ``refusal``
@@ -291,10 +348,12 @@ class MultiAdapterModel(nn.Module):
             self.base_model, slots, input_ids, labels, token_type_ids, position_ids, kwargs
         )
         index = self._adapter_index(adapter_names, input_ids)
+        late = self._late_rows(adapter_names, input_ids, labels if token_labels else None, attention_mask)
         model_embedding(self.base_model)  # refuses a sharded table
         embeds, mask = self.bank(input_ids, attention_mask, index)
         if self.is_encoder_decoder:
-            return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
+            with self._late_active(late):
+                return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
         model_positions = self._model_positions(input_ids, attention_mask, position_ids, index)
         base = index < 0
         pads = torch.zeros_like(index) if attention_mask is None else leading_pads(attention_mask)
@@ -307,14 +366,15 @@ class MultiAdapterModel(nn.Module):
             if self.shifts_labels:  # the plain model never predicts a sequence's first token; a masked column would
                 labels[base, slots + pads[base]] = -100
         refusal = call_refusal(self.base_model, self.shared_prompt, kwargs, token_type_ids, labels, len(index))
-        refusal = self._mixed_refusal(refusal, index)
+        refusal = self._mixed_refusal(refusal or (LATE_REFUSAL if late is not None else None), index)
         if refusal is None:
             logit_rows = prompt_logit_rows(kwargs, labels, slots, input_ids.shape[1])
             hidden = wants_hidden_states(self.base_model, kwargs)
             prompt = self._prompt_pass(embeds, model_positions, index, hidden, logit_rows)
             return shared_forward(self.base_model, embeds, mask, model_positions, labels, prompt, kwargs)
         log_fallback(refusal)
-        return call_prompted(self.base_model, embeds, mask, labels, model_positions, token_type_ids, kwargs)
+        with self._late_active(late):
+            return call_prompted(self.base_model, embeds, mask, labels, model_positions, token_type_ids, kwargs)
 
     @torch.no_grad()
     def generate(
@@ -342,12 +402,15 @@ class MultiAdapterModel(nn.Module):
             self.base_model, self.bank.num_slots, input_ids, position_ids, kwargs, "MultiAdapterModel"
         )
         index = self._adapter_index(adapter_names, input_ids)
+        late = self._late_rows(adapter_names, input_ids, None, attention_mask, self.bank.num_slots + seq_len)
         model_embedding(self.base_model)  # refuses a sharded table
         embeds, mask = self.bank(input_ids, attention_mask, index)
         if self.is_encoder_decoder:
-            return self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+            with self._late_active(late):
+                return self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         model_positions = self._model_positions(input_ids, attention_mask, position_ids, index)
-        refusal = self._mixed_refusal(generate_refusal(self.base_model, self.shared_prompt, kwargs, batch), index)
+        refusal = generate_refusal(self.base_model, self.shared_prompt, kwargs, batch)
+        refusal = self._mixed_refusal(refusal or (LATE_REFUSAL if late is not None else None), index)
         if refusal is None:  # transformers prefills only the embeddings past the cache's length
             prompt = self._prompt_pass(embeds, model_positions, index, False, 0)  # generate keeps no prompt logits
             copies = generate_copies(self.base_model, kwargs)
@@ -358,7 +421,8 @@ class MultiAdapterModel(nn.Module):
             kwargs["position_ids"] = model_positions
         start = next_input_positions(attention_mask, self.bank.positions, (batch, seq_len), input_ids.device)
         decode = DecodeEmbedding(self.bank.embedding, self.bank.embed_tokens, start, index)
-        return generate_decoding(self.base_model, decode, input_ids, embeds, mask, kwargs)
+        with self._late_active(late):
+            return generate_decoding(self.base_model, decode, input_ids, embeds, mask, kwargs)
 
     def extra_repr(self) -> str:
         return f"adapters={self.adapter_names}"
@@ -390,10 +454,21 @@ def attach_many(
     for name, source in adapters.items():
         check_adapter_name(name, "adapters' keys")
         resolved[name] = _resolve(model, embedding, source, positions, f"adapters[{name!r}]")
+    late_configs = {name: config for name, (config, _) in resolved.items() if isinstance(config, LPTConfig)}
+    check_insertion(late_configs)
+    if len(late_configs) == len(resolved):
+        raise ValueError(
+            "adapters: a mixed-adapter model needs at least one adapter of a method the bank holds next to its LPT "
+            f"adapters ({sorted(late_configs)}); a single LPT adapter attaches alone with prompt_ops.models.attach"
+        )
+    late = LateAdapters(model, backend=backend, positions=positions) if late_configs else None  # checks the stack
     bank = AdapterBank(embedding, backend=backend, positions=positions, slots=slot_layout(model))
     for name, (config, tensors) in resolved.items():
-        bank.add(name, config, tensors)
-    return MultiAdapterModel(model, bank, shared_prompt)
+        if name not in late_configs:
+            bank.add(name, config, tensors)
+    for name in late_configs:  # the hooks go on the model's stack with the first
+        late.add(name, *resolved[name], f"adapters[{name!r}]")
+    return MultiAdapterModel(model, bank, shared_prompt, late)
 
 
 __all__ = ["BASE", "MultiAdapterModel", "attach_many", "slot_layout"]

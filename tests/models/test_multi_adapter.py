@@ -310,9 +310,9 @@ CALLS = {
         lambda m, p: m.add_adapter("__base__", PromptTuningConfig(num_tokens=2)),
         ValueError, "name must be a non-empty str other than '__base__'",
     ),
-    "unsupported method": (
+    "LPT on a 1-layer model": (  # LPT adapters mix in (tests/models/test_mixed_late.py); this model has no k
         lambda m, p: m.add_adapter("lpt", LPTConfig(num_tokens=2)),
-        ValueError, "config: the adapter bank holds adapters of the methods whose prompt goes in front .*'lpt'",
+        ValueError, "config: LPT needs a model with at least 2 layers",
     ),
     "bad field": (
         lambda m, p: m.add_adapter("bad", DePTConfig(num_tokens=2, rank=0)),
@@ -377,7 +377,7 @@ def test_deleting_the_last_adapter_is_refused():
         ({"__base__": PromptTuningConfig(num_tokens=2)}, ValueError, "adapters' keys must be a non-empty str other"),
         ({3: PromptTuningConfig(num_tokens=2)}, TypeError, "adapters' keys must be a str"),
         ({"a": {"num_tokens": 2}}, TypeError, r"adapters\['a'\] must be an adapter folder .* got dict"),
-        ({"a": PromptTuningConfig(num_tokens=2), "b": LPTConfig()}, ValueError, r"adapters\['b'\]: the adapter bank"),
+        ({"a": PromptTuningConfig(num_tokens=2), "b": LPTConfig()}, ValueError, r"adapters\['b'\]: LPT needs a model"),
         ({"a": "/nonexistent/adapter"}, ValueError, "/nonexistent/adapter/adapter_config.json: not found"),
     ],
 )

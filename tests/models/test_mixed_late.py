@@ -1,0 +1,211 @@
+"""LPT adapters in a mixed-adapter batch: each LPT row against its adapter attached alone
+(:func:`prompt_ops.models.attach` with the same tensors, on a fresh copy of the base model), the other rows against
+theirs (a DePT or prompt-tuning adapter alone, the plain model for ``"__base__"``): outputs, loss terms, every
+adapter's gradients, greedy generation; save/load; the refusals leave the model as it was."""
+
+import pytest
+import torch
+
+from prompt_ops.models import DePTConfig, LPTConfig, PromptTuningConfig, attach, attach_many, load_adapter
+from tests.models.model_state import ModelState
+from tests.models.test_lpt import VOCAB, tiny
+
+transformers = pytest.importorskip("transformers")
+
+ADAPTERS = {  # ragged LPT prompts (n 3 and 2), generators (NPG and APPG, h 8 and 6), and a DePT adapter
+    "npg": LPTConfig(layer=2, num_tokens=3, hidden_size=8, dropout=0.0),
+    "dept": DePTConfig(num_tokens=4, rank=2, max_length=12),
+    "appg": LPTConfig(layer=2, num_tokens=2, hidden_size=6, mode="pool", dropout=0.0),
+}
+ROWS = ["npg", "__base__", "dept", "appg", "npg", "appg"]
+LENGTHS = [7, 4, 6, 7, 3, 5]  # real tokens per row, of L = 7
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def mixed(family: str, adapters=ADAPTERS):
+    """The adapters over a tiny 4-layer model, every tensor moved off its init."""
+    multi = attach_many(tiny(family, head=True), adapters)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name in multi.adapter_names:
+            for tensor in multi.adapter_state_dict(name).values():
+                tensor.add_(0.1 * torch.randn_like(tensor))
+    return multi
+
+
+def alone(multi, family: str, name: str):
+    """Adapter ``name`` attached alone to a fresh copy of the base model (the same weights), with its values."""
+    config = multi.late.config(name) if name in multi.late.names else multi.bank.config(name)
+    tuned = attach(tiny(family, head=True), config, shared_prompt=False) if name != "__base__" else None
+    with torch.no_grad():
+        for key, param in tuned.adapter_state_dict().items():
+            param.copy_(multi.adapter_state_dict(name)[key])
+    return tuned
+
+
+def batch(side: str, lengths=LENGTHS, seq_len: int = 7):
+    torch.manual_seed(2)
+    ids = torch.randint(2, VOCAB, (len(lengths), seq_len))
+    mask = torch.zeros(len(lengths), seq_len, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        if side == "left":
+            mask[row, seq_len - length :] = 1
+        else:
+            mask[row, :length] = 1
+    return ids, mask
+
+
+def causal_labels(ids, mask):
+    """Token labels: each row's first two real tokens are its source (-100), the rest targets; pads -100."""
+    labels = ids.masked_fill(mask == 0, -100)
+    first = (mask.cumsum(1) <= 2) & (mask != 0)
+    return labels.masked_fill(first, -100)
+
+
+def alone_rows(multi, family: str, name: str, ids, mask, labels):
+    """``(logits at each row's real columns, loss terms, number of terms, gradients of the summed terms)`` of
+    adapter ``name`` alone (the plain model for ``"__base__"``) on ``ids``' rows. A causal LM runs the padded rows as
+    a batch (the adapters number positions from each row's first real token); the plain model, and BERT (whose
+    pooler reads column 0, a pad under left padding), each row's real tokens alone."""
+    tuned = alone(multi, family, name) if name != "__base__" else tiny(family, head=True)
+    params = tuned.adapter_state_dict() if name != "__base__" else {}
+    causal = family != "bert"
+    if causal and name != "__base__":
+        calls = [(ids, mask, labels)]
+    else:  # each row's real tokens alone
+        calls = [(ids[b : b + 1, mask[b].bool()], None, labels[b : b + 1, mask[b].bool()] if causal else
+                  labels[b : b + 1]) for b in range(len(ids))]  # fmt: skip
+    logits, terms, count = [], 0.0, 0
+    for row_ids, row_mask, row_labels in calls:
+        single = tuned(input_ids=row_ids, attention_mask=row_mask, labels=row_labels)
+        start = getattr(tuned, "num_prompt_rows", 0)  # prompt tuning's columns come first
+        for i in range(len(row_ids)):
+            logits.append(single.logits[i, start:][row_mask[i].bool()] if row_mask is not None else single.logits[i])
+        shifted = row_labels[:, 1:] if name == "__base__" and causal else row_labels  # never predicts token 0
+        terms, count = terms + single.loss * int(shifted.ne(-100).sum()), count + int(shifted.ne(-100).sum())
+    grads = dict(zip(params, torch.autograd.grad(terms, list(params.values())), strict=True)) if params else {}
+    return logits, terms.detach(), count, grads
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_each_row_equals_its_adapter_alone(family, side):
+    """Logits at every real column, the loss and every adapter's gradients of a mixed batch equal each adapter's
+    alone on its rows (the plain model for ``"__base__"``): LPT rows, DePT rows and base rows together."""
+    multi = mixed(family)
+    ids, mask = batch(side)
+    causal = family != "bert"
+    labels = causal_labels(ids, mask) if causal else torch.tensor([0, 1, 2, 1, 0, 2])  # BERT: one class per row
+    out = multi(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=ROWS)
+    out.loss.backward()
+    slots = multi.bank.num_slots
+    terms, total, expected = 0.0, 0, {}
+    for name in [*ADAPTERS, "__base__"]:
+        rows = [b for b, row in enumerate(ROWS) if row == name]
+        logits, loss_terms, count, grads = alone_rows(multi, family, name, ids[rows], mask[rows], labels[rows])
+        for b, want in zip(rows, logits, strict=True):
+            got = out.logits[b, slots:][mask[b].bool()] if causal else out.logits[b]
+            torch.testing.assert_close(got, want, **TOL, msg=f"{name} row {b}")
+        terms, total, expected[name] = terms + loss_terms, total + count, grads
+    torch.testing.assert_close(out.loss, terms / total, **TOL)
+    for name, grads in expected.items():  # the mixed loss is the mean over every row's terms
+        assert name == "__base__" or any(bool(grad.abs().max() > 0) for grad in grads.values())
+        for key, grad in grads.items():
+            torch.testing.assert_close(_grad_view(multi, name, key) * total, grad, **TOL, msg=f"{name}.{key}")
+
+
+def _grad_view(multi, name: str, key: str) -> torch.Tensor:
+    """The gradient of adapter ``name``'s tensor ``key``: the unpadded slice of its stacked parameter's gradient."""
+    view = multi.adapter_state_dict(name)[key]
+    storage = view.untyped_storage().data_ptr()
+    (table,) = [param for param in multi.parameters() if param.untyped_storage().data_ptr() == storage]
+    return table.grad.as_strided(view.shape, view.stride(), view.storage_offset())
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_greedy_generate_per_row_equals_each_adapter_alone(side):
+    """Each row of a mixed ``generate`` (KV cache: the LPT rows' prompt in the upper layers' cache) gives the tokens
+    its adapter alone gives from that row; a ``"__base__"`` row the plain model's from its real tokens (left padding)
+    and what it gives in a batch without LPT rows."""
+    multi = mixed("gpt2")
+    ids, mask = batch(side)
+    settings = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0}
+    out = multi.generate(input_ids=ids, attention_mask=mask, adapter_names=ROWS, **settings)
+    without = [name if name == "dept" else "__base__" for name in ROWS]  # no LPT row: the hooks do nothing
+    unhooked = multi.generate(input_ids=ids, attention_mask=mask, adapter_names=without, **settings)
+    for b, name in enumerate(ROWS):
+        if name == "__base__":
+            real = mask[b].bool()
+            plain = tiny("gpt2", head=True).generate(input_ids=ids[b : b + 1, real], **settings)
+            if side == "left":  # right-padded, the new tokens follow the pads: no plain call on real tokens has that
+                assert torch.equal(out[b, ids.shape[1] :], plain[0, real.sum() :]), b
+            assert torch.equal(out[b], unhooked[b]), b
+            continue
+        want = alone(multi, "gpt2", name).generate(input_ids=ids[b : b + 1], attention_mask=mask[b : b + 1], **settings)
+        assert torch.equal(out[b], want[0]), (b, name)
+
+
+def test_save_and_load_an_lpt_adapter(tmp_path):
+    """An LPT adapter saved from the mixed model loads alone (load_adapter) and back into a mixed model, bitwise."""
+    multi = mixed("gpt2")
+    multi.save_adapter("npg", tmp_path)
+    single = load_adapter(tiny("gpt2", head=True), tmp_path)
+    for key, tensor in single.adapter_state_dict().items():
+        assert torch.equal(tensor, multi.adapter_state_dict("npg")[key])
+    multi.load_adapter(tmp_path, adapter_name="again")
+    for key, tensor in multi.adapter_state_dict("again").items():
+        assert torch.equal(tensor, multi.adapter_state_dict("npg")[key])
+    ids, mask = batch("left")
+    out = multi(input_ids=ids, attention_mask=mask, adapter_names=["again"] * len(ids)).logits
+    ref = multi(input_ids=ids, attention_mask=mask, adapter_names=["npg"] * len(ids)).logits
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    multi.delete_adapter("again")
+    assert multi.adapter_names == ["dept", "npg", "appg"]
+
+
+def test_refusals_leave_the_model_unchanged():
+    """A second insertion layer, LPT adapters only, and an LPT adapter with another position convention are refused
+    by name, attach_many's before the model is touched, add_adapter's with the mixed model as it was."""
+    model = tiny("gpt2", head=True)
+    before = ModelState.of(model)
+    with pytest.raises(ValueError, match=r"LPT adapter 'late3' has layer = 3, but 'npg' inserts .* after layer 2"):
+        attach_many(model, {**ADAPTERS, "late3": LPTConfig(layer=3, num_tokens=2, hidden_size=4)})
+    with pytest.raises(ValueError, match="needs at least one adapter of a method the bank holds"):
+        attach_many(model, {"npg": ADAPTERS["npg"]})
+    with pytest.raises(ValueError, match="positions = 'absolute'"):
+        attach_many(model, {"dept": ADAPTERS["dept"], "x": LPTConfig(layer=2, positions="absolute")})
+    before.assert_unchanged(model)
+    multi = mixed("gpt2")
+    state = ModelState.of(multi)
+    with pytest.raises(ValueError, match="'late3' has layer = 3"):
+        multi.add_adapter("late3", LPTConfig(layer=3, num_tokens=2, hidden_size=4))
+    with pytest.raises(ValueError, match="already loaded"):
+        multi.add_adapter("npg", LPTConfig(layer=2))
+    with pytest.raises(ValueError, match="already has an LPT attached"):
+        attach(multi.base_model, LPTConfig(layer=2))
+    state.assert_unchanged(multi)
+    assert multi.adapter_names == ["dept", "npg", "appg"]
+
+
+def test_a_batch_without_lpt_rows_is_untouched_by_the_hooks_and_pt_rows_mix_with_lpt():
+    """Without LPT rows the stack runs as before (the shared prompt pass included); a prompt-tuning adapter added at
+    runtime mixes with the LPT rows."""
+    multi = mixed("gpt2")
+    ids, mask = batch("right")
+    rows = ["dept", "__base__", "dept", "__base__", "dept", "dept"]
+    with torch.no_grad():
+        got = multi(input_ids=ids, attention_mask=mask, adapter_names=rows).logits
+        multi.late.delete("npg"), multi.late.delete("appg")  # no hooks left
+        want = multi(input_ids=ids, attention_mask=mask, adapter_names=rows).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    multi = mixed("gpt2")
+    multi.add_adapter("pt", PromptTuningConfig(num_tokens=5))
+    rows = ["pt", "npg", "pt", "appg", "dept", "npg"]
+    out = multi(input_ids=ids, attention_mask=mask, adapter_names=rows).logits
+    slots = multi.bank.num_slots
+    for b, name in enumerate(rows):
+        tuned = alone(multi, "gpt2", name)
+        single = tuned(input_ids=ids[b : b + 1], attention_mask=mask[b : b + 1]).logits
+        real = mask[b].bool()
+        start = getattr(tuned, "num_prompt_rows", 0)
+        torch.testing.assert_close(out[b, slots:][real], single[0, start:][real], **TOL)
