@@ -1,7 +1,9 @@
 """Many adapters on one frozen model, mixed in one batch: ``attach_many(model, {name: folder | config}) ->
 MultiAdapterModel``, whose ``forward(..., adapter_names=[...])`` runs each row with its own adapter (PEFT's words:
 ``add_adapter``, ``load_adapter``, ``delete_adapter``, ``save_adapter``). The adapters may be of different methods
-(prompt tuning, DePT, ADePT, LAMP, EPT: :data:`~prompt_ops.models.bank.BANK_CONFIGS`) in one model and one batch.
+(prompt tuning, DePT, ADePT, LAMP, EPT: :data:`~prompt_ops.models.bank.BANK_CONFIGS`) in one model and one batch,
+and LPT adapters next to them (:mod:`prompt_ops.models.mixed_late`: an LPT row is a ``"__base__"`` row at the input,
+its generated prompt inserted after layer ``k``; the LPT adapters of a model share ``k``).
 
 Every row has the bank's ``m_max`` prompt columns in front of its input (:mod:`prompt_ops.models.bank`): adapter
 ``a``'s ``m_a`` prompt rows and ``m_max - m_a`` masked zero slots, and for ``"__base__"`` rows every slot masked.
