@@ -97,8 +97,9 @@ def _group_hidden(input_ids, weight, w_down, b_down, adapter, rows, multipliers,
     multipliers (None: eval)."""
     emb = torch.nn.functional.embedding(input_ids[rows].reshape(-1), weight).to(acc)  # (n, d)
     scale = None
-    if multipliers is not None:
-        scale = multipliers.view(input_ids.shape[0], -1)[rows].view(emb.shape[0], -1)
+    if multipliers is not None:  # explicit sizes: -1 is ambiguous when L = 0
+        rank = multipliers.shape[1]
+        scale = multipliers.view(*input_ids.shape, rank)[rows].view(emb.shape[0], rank)  # (n, r_max)
     return emb, ffn_hidden_torch(emb, w_down[adapter], b_down[adapter], scale), scale
 
 

@@ -219,11 +219,14 @@ def test_compile_fullgraph(backend, compiler, device):
     assert_grads_close(grads, torch.autograd.grad(ref_loss, ref_params), ADEPT_BANK_NAMES)
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "dropout"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_empty_batch_and_sequence(backend):
+def test_empty_batch_and_sequence(backend, training):
+    """B = 0 or L = 0, in eval and with active dropout (no tokens to draw multipliers for)."""
+    dropout = torch.tensor([0.5, 0.1, 0.3]) if training else None
     for batch, seq_len in ((0, 4), (3, 0)):
         case = make_mixed_adept_case(RAGGED[3], [2, -1, 0][:batch], seq_len)
-        out, mask = run(case, backend)
+        out, mask = run(case, backend, dropout=dropout, training=training, seed=5)
         assert out.shape == (batch, 4 + seq_len, 11) and mask.shape == (batch, 4 + seq_len)
         if batch:
             ref_out, ref_mask, _ = case.reference()
