@@ -58,11 +58,20 @@ from prompt_ops.models.configs import (
     PromptTuningConfig,
     check_config,
 )
+from prompt_ops.ops.backend import resolve_check_ids
 from prompt_ops.ops.ept import ept_prompt
 from prompt_ops.ops.lamp import lamp_prompt
 from prompt_ops.ops.mixed_adept import mixed_adept_embed
 from prompt_ops.ops.mixed_embed import check_slots, mixed_dept_embed
 from prompt_ops.ops.positions import check_positions, row_starts
+from prompt_ops.ops.validation import (
+    TOKEN_ID_DTYPES,
+    check_adapter_indices,
+    check_token_data,
+    check_values_in,
+    check_vector,
+    validate_embed_call,
+)
 
 BASE = "__base__"
 """The adapter name of a row that runs the plain base model (adapter index -1)."""
@@ -192,7 +201,8 @@ class AdapterBank(nn.Module):
     attention_mask, adapter_index)`` returns ``(inputs_embeds (B, m_max + L, d), mask (B, m_max + L))``: row ``b`` is
     adapter ``adapter_index[b]``'s input alone with ``m_max - m_a`` masked zero slots in front of its prompt
     (``slots="front"``) or between its prompt and its input (``"after_prompt"``); -1: the plain tokens, every slot
-    masked.
+    masked. An empty bank (before the first :meth:`add`, or after the last :meth:`delete`) has ``m_max = 0``: every
+    row is a -1 row, its plain tokens with the mask as given (what a mixed-adapter model of LPT adapters only needs).
     ``positions`` is the bank's position convention (:mod:`prompt_ops.ops.positions`); every adapter's config must
     have it. The embedding is frozen once every argument is checked."""
 
@@ -271,6 +281,9 @@ class AdapterBank(nn.Module):
                 raise TypeError(
                     f"state must be a mapping of tensor names to tensors or None, got {type(state).__name__}"
                 )
+            meta = sorted(str(key) for key, tensor in state.items() if tensor.device.type == "meta")
+            if meta:
+                raise ValueError(f"state: {', '.join(meta)} on the meta device, which holds no data to add")
             check_adapter_tensors("state", expected, dict(state))
             expected = dict(state)
         adapters = self._adapters()
@@ -278,13 +291,9 @@ class AdapterBank(nn.Module):
         self._restack(adapters)
 
     def delete(self, name: str) -> None:
-        """Remove adapter ``name`` (the others keep their values). The bank keeps at least one adapter."""
+        """Remove adapter ``name`` (the others keep their values). The last one may go: an empty bank's rows are the
+        plain tokens (:meth:`forward`)."""
         self._known(name)
-        if len(self._configs) == 1:
-            raise ValueError(
-                f"name: {name!r} is the bank's only adapter and a bank keeps at least one; the plain base model is "
-                "the tuned model's base_model"
-            )
         adapters = self._adapters()
         del adapters[name]
         self._restack(adapters)
@@ -296,7 +305,14 @@ class AdapterBank(nn.Module):
         }
 
     def _restack(self, adapters: dict[str, _Adapter]) -> None:
-        """Stack ``adapters`` into new zero-padded parameters (sizes checked before anything is replaced)."""
+        """Stack ``adapters`` into new zero-padded parameters (sizes checked before anything is replaced); none: every
+        table and buffer None (an empty bank)."""
+        if not adapters:
+            for name in (*TABLE_DIMS, "prompt_lengths", "max_lengths", "scales", "dropouts"):
+                setattr(self, name, None)
+            self._configs, self._shapes = {}, {}
+            self.clear_built()
+            return
         weight = self.embedding.weight
         dtype = torch.float32 if self.prompts is None else self.prompts.dtype
         count, hidden = len(adapters), weight.shape[1]
@@ -376,6 +392,26 @@ class AdapterBank(nn.Module):
                     f"max_length >= {seq_len}"
                 )
 
+    def _check_rows(
+        self,
+        input_ids: object,
+        attention_mask: object,
+        adapter_index: object,
+        positions: str | object,
+    ) -> None:
+        """The per-row arguments of a bank call, checked before the batch is split by family (the ops check the
+        rest, the values of ids and mask among it): ``input_ids (B, L)`` int64/int32 and ``attention_mask`` None or
+        ``(B, L)`` on the table's device, ``adapter_index`` and explicit starts (``positions`` when not a
+        convention's name: :meth:`embed_tokens`' ``start``) ``(B,)`` int64/int32 on the ids' device."""
+        validate_embed_call(input_ids, self.embedding.weight, attention_mask, self.backend, {})
+        vectors = {"adapter_index": adapter_index}
+        if not isinstance(positions, str):
+            vectors["start"] = positions
+        for name, value in vectors.items():
+            check_vector(name, value, input_ids.shape[0], "B", TOKEN_ID_DTYPES)
+            if value.device != input_ids.device:
+                raise ValueError(f"{name} must be on input_ids' device {input_ids.device}, got {value.device}")
+
     def _build(self, name: str) -> torch.Tensor:
         """Adapter ``name``'s prompt ``(m_a, d)`` from its tensors (a LAMP or EPT adapter), with autograd."""
         config, tensors = self._configs[name], self.adapter_state_dict(name)
@@ -416,8 +452,10 @@ class AdapterBank(nn.Module):
         """The bank's rows at ``positions``, each family's through its op (module docstring); without
         ``prompt_columns`` only the input's columns (and no dropout)."""
         if self.prompts is None:
-            raise ValueError("the adapter bank is empty: add an adapter first")
+            return self._plain(input_ids, attention_mask, adapter_index)
+        self._check_rows(input_ids, attention_mask, adapter_index, positions)
         rows = adapter_index.tolist()  # one host sync: the adapters of the batch and each row's family
+        check_adapter_indices(torch.tensor(rows, dtype=torch.int64), len(self._configs))  # on the host
         used = set(rows)
         present = [name for index, name in enumerate(self._configs) if index in used]
         if isinstance(positions, str):
@@ -445,6 +483,20 @@ class AdapterBank(nn.Module):
             embeds, mask = (torch.cat(tensors).index_select(0, inverse) for tensors in zip(*parts, strict=True))
         columns = prompts.shape[1] if not prompt_columns else 0
         return embeds[:, columns:], mask[:, columns:]
+
+    def _plain(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, adapter_index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """An empty bank's rows (every one a -1 row, ``m_max = 0``): the plain token embeddings and the mask as given
+        (int64 ones when None), the arguments checked as the ops check theirs."""
+        weight = self.embedding.weight
+        validate_embed_call(input_ids, weight, attention_mask, self.backend, {})
+        check_vector("adapter_index", adapter_index, input_ids.shape[0], "B", TOKEN_ID_DTYPES)
+        if resolve_check_ids(None):
+            check_token_data(input_ids, weight.shape[0], attention_mask)
+            check_values_in("adapter_index", adapter_index, -1, -1, "[-1, 0) (the bank is empty)")
+        mask = torch.ones_like(input_ids, dtype=torch.int64) if attention_mask is None else attention_mask
+        return F.embedding(input_ids, weight), mask
 
     def _run(
         self, rows: _Rows, adept: bool, prompts: torch.Tensor, lengths: torch.Tensor, slots: str, training: bool

@@ -72,6 +72,11 @@ from prompt_ops.ops.validation import TOKEN_ID_DTYPES, check_ids_in_range, check
 
 IGNORE_INDEX = -100
 """The label of a token no loss is computed for: on a causal LM, the source tokens."""
+SOURCE_WITH_CACHE = (
+    "source_lengths applies to a pass that computes the prompt (no cache, or an empty one); with a filled cache the "
+    "prompt is already in it"
+)
+"""Why ``source_lengths`` is refused for a pass that continues a filled cache."""
 
 
 @dataclasses.dataclass
@@ -154,6 +159,42 @@ class LateHooks:
         ]
         handles += [block.register_forward_pre_hook(self._extend, with_kwargs=True) for block in stack.layers[layer:]]
         return handles  # the layer hooks act only within a pass through the stack (between _enter and _leave)
+
+    def _check_source_lengths(self, source_lengths: object, batch: int | None) -> None:
+        """``source_lengths``: a ``(B,)`` integer tensor, on a causal model (values: :meth:`_check_source_values`)."""
+        if source_lengths is None:
+            return
+        if not self.stack.causal:
+            raise ValueError(
+                f"source_lengths applies to causal models (GPT-2, LLaMA), this is {self.stack.family}: its tokens "
+                "all see each other below layer k, so a prompt computed from part of the input hides nothing"
+            )
+        if not isinstance(source_lengths, torch.Tensor):
+            raise TypeError(f"source_lengths must be a torch.Tensor (B,) of ints, got {type(source_lengths).__name__}")
+        if source_lengths.dtype not in TOKEN_ID_DTYPES:
+            raise TypeError(f"source_lengths must be an int64 or int32 tensor, got {source_lengths.dtype}")
+        if source_lengths.dim() != 1 or (batch is not None and source_lengths.shape[0] != batch):
+            raise ValueError(f"source_lengths must have shape (B,) = ({batch},), got {tuple(source_lengths.shape)}")
+
+    @staticmethod
+    def _check_source_values(
+        source_lengths: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``source_lengths (B,)`` as int64 on ``mask``'s device, each in ``[1, real tokens of its row]`` of the 2-D
+        ``mask`` (only the rows where ``rows (B,)`` bool is set, when given): a ``ValueError`` naming the first
+        row that is not."""
+        lengths = source_lengths.to(device=mask.device, dtype=torch.int64)
+        count = (mask != 0).sum(1)
+        bad = (lengths < 1) | (lengths > count)
+        if rows is not None:
+            bad &= rows.to(mask.device)
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"source_lengths[{row}] = {int(lengths[row])}, but row {row} has {int(count[row])} real tokens: "
+                "source_lengths counts a row's source tokens from its first real token, each in [1, real tokens]"
+            )
+        return lengths
 
     def _cached_length(self, arguments: dict, layer: int, inserted: int) -> int:
         """Positions already in the cache given to a causal stack (0 without one): it must be a ``DynamicCache``
@@ -330,22 +371,10 @@ class LatePromptTunedModel(LateHooks, TunedModel):
         pending = pending or _Pending()
         if past:
             if pending.source_lengths is not None:
-                raise ValueError(
-                    "source_lengths applies to a pass that computes the prompt (no cache, or an empty one); with a "
-                    "filled cache the prompt is already in it"
-                )
+                raise ValueError(SOURCE_WITH_CACHE)
             return None
-        count = (mask != 0).sum(1)
         if pending.source_lengths is not None:
-            lengths = pending.source_lengths.to(device=mask.device, dtype=torch.int64)
-            bad = (lengths < 1) | (lengths > count)
-            if bool(bad.any()):
-                row = int(bad.nonzero()[0, 0])
-                raise ValueError(
-                    f"source_lengths[{row}] = {int(lengths[row])}, but row {row} has {int(count[row])} real tokens: "
-                    "source_lengths counts a row's source tokens from its first real token, each in [1, real tokens]"
-                )
-            return lengths
+            return self._check_source_values(pending.source_lengths, mask)
         if pending.labels is not None:
             return source_from_labels(pending.labels.to(mask.device), mask)
         if self._source_columns is not None and mask.shape[1] > self._source_columns:
@@ -389,22 +418,6 @@ class LatePromptTunedModel(LateHooks, TunedModel):
         finally:
             torch.set_grad_enabled(grad_enabled)
             self._call = self._pending = self._source_columns = None
-
-    def _check_source_lengths(self, source_lengths: object, batch: int | None) -> None:
-        """``source_lengths``: a ``(B,)`` integer tensor, on a causal model (values are checked in the pass)."""
-        if source_lengths is None:
-            return
-        if not self.stack.causal:
-            raise ValueError(
-                f"source_lengths applies to causal models (GPT-2, LLaMA), this is {self.stack.family}: its tokens "
-                "all see each other below layer k, so a prompt computed from part of the input hides nothing"
-            )
-        if not isinstance(source_lengths, torch.Tensor):
-            raise TypeError(f"source_lengths must be a torch.Tensor (B,) of ints, got {type(source_lengths).__name__}")
-        if source_lengths.dtype not in TOKEN_ID_DTYPES:
-            raise TypeError(f"source_lengths must be an int64 or int32 tensor, got {source_lengths.dtype}")
-        if source_lengths.dim() != 1 or (batch is not None and source_lengths.shape[0] != batch):
-            raise ValueError(f"source_lengths must have shape (B,) = ({batch},), got {tuple(source_lengths.shape)}")
 
     def forward(self, *args, source_lengths: torch.Tensor | None = None, **kwargs):
         """The base model's forward, with LPT inside its stack. Outputs have the input's length.

@@ -36,6 +36,7 @@ from prompt_ops.methods.base import check_backend, check_sizes
 from prompt_ops.models.adapters import check_adapter_tensors
 from prompt_ops.models.configs import LPTConfig, check_config
 from prompt_ops.models.late import (
+    SOURCE_WITH_CACHE,
     LateHooks,
     StackPass,
     _output_hidden,
@@ -90,13 +91,16 @@ def _width(config: LPTConfig, model_dim: int) -> int:
 @dataclasses.dataclass
 class _Rows:
     """The LPT rows of one mixed call: ``index (B,)`` each row's LPT adapter (-1: not an LPT row); ``source_lengths
-    (B,)`` each LPT row's source tokens (None: every real token); ``source_columns``: while generating, the columns
-    of the input given (a pass over more columns recomputes without a cache: the source stays the input);
-    ``frozen``: no row's adapter trains below layer ``k`` (the other adapters' prompts enter at the input, and their
-    gradients flow through layers ``1..k``), so those layers run without grad as LPT alone runs them."""
+    (B,)`` each LPT row's source tokens (None: every real token; 0 on the other rows); ``given``: the caller gave
+    them (``source_lengths``, refused for a pass that continues a filled cache, as LPT alone refuses it), rather
+    than the labels; ``source_columns``: while generating, the columns of the input given (a pass over more columns
+    recomputes without a cache: the source stays the input); ``frozen``: no row's adapter trains below layer ``k``
+    (the other adapters' prompts enter at the input, and their gradients flow through layers ``1..k``), so those
+    layers run without grad as LPT alone runs them."""
 
     index: Tensor
     source_lengths: Tensor | None = None
+    given: bool = False
     source_columns: int | None = None
     frozen: bool = False  # every row is an LPT or "__base__" row: nothing below layer k trains
 
@@ -225,26 +229,31 @@ class LateAdapters(LateHooks, nn.Module):
         self,
         names: Sequence[str],
         device: torch.device,
+        attention_mask: Tensor,
         labels: Tensor | None = None,
-        attention_mask: Tensor | None = None,
+        source_lengths: object = None,
         source_columns: int | None = None,
     ) -> _Rows | None:
         """The LPT rows of a call whose rows are the adapters ``names`` (checked by the bank), or None when none
-        is an LPT row. ``labels (B, L)``: token-level labels of a causal LM, each LPT row's source as LPT alone
-        takes it (:func:`~prompt_ops.models.late.source_from_labels`, on the caller's ``attention_mask``);
-        ``source_columns``: as :class:`_Rows` takes it."""
+        is an LPT row. ``attention_mask (B, L)``: the caller's (ones when it gave none). Each LPT row's source as
+        LPT alone takes it: ``source_lengths (B,)`` (causal models; checked here as LPT alone checks it, its values on
+        the LPT rows only: the other rows' are not read), else ``labels (B, L)``, token-level labels of a causal LM
+        (:func:`~prompt_ops.models.late.source_from_labels`); ``source_columns``: as :class:`_Rows` takes it."""
         known = {name: index for index, name in enumerate(self._configs)}
         index = torch.tensor([known.get(name, -1) for name in names], dtype=torch.int64, device=device)
-        if not bool((index >= 0).any()):
+        late = index >= 0
+        if not bool(late.any()):
             return None
+        self._check_source_lengths(source_lengths, index.shape[0])
         lengths = None
-        if labels is not None and self.stack.causal:
-            late = (index >= 0).nonzero().squeeze(1)
-            mask = torch.ones_like(labels) if attention_mask is None else attention_mask.to(labels.device)
-            found = source_from_labels(labels[late], mask[late])
-            lengths = torch.zeros_like(index).index_copy(0, late, found.to(index.device))
+        if source_lengths is not None:
+            lengths = self._check_source_values(source_lengths, attention_mask, late).to(device).masked_fill(~late, 0)
+        elif labels is not None and self.stack.causal:
+            rows = late.nonzero().squeeze(1)
+            found = source_from_labels(labels[rows], attention_mask.to(labels.device)[rows])
+            lengths = torch.zeros_like(index).index_copy(0, rows, found.to(device))
         frozen = all(name in self._configs or name == "__base__" for name in names)
-        return _Rows(index, lengths, source_columns, frozen)
+        return _Rows(index, lengths, source_lengths is not None, source_columns, frozen)
 
     @contextlib.contextmanager
     def active(self, rows: _Rows | None) -> Iterator[None]:
@@ -273,6 +282,8 @@ class LateAdapters(LateHooks, nn.Module):
             return None
         shape, _, past, mask = found
         positions = self._pass_positions(arguments.get("position_ids"), mask, past, self.positions)
+        if past and rows.given:
+            raise ValueError(SOURCE_WITH_CACHE)
         source = None
         if not past and rows.source_lengths is not None:
             source = self._per_row(rows.source_lengths, shape[0])

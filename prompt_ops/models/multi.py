@@ -232,7 +232,13 @@ class MultiAdapterModel(nn.Module):
         self.prompt_caches.clear()
 
     def delete_adapter(self, name: str) -> None:
-        """Remove adapter ``name`` (the bank keeps at least one of its adapters)."""
+        """Remove adapter ``name``; the model keeps at least one adapter (the bank's last one may go while LPT
+        adapters remain, and the other way round)."""
+        if self.adapter_names == [name]:
+            raise ValueError(
+                f"name: {name!r} is the model's only adapter and a mixed-adapter model keeps at least one; the plain "
+                "base model is its base_model"
+            )
         if name in self._late_names:
             self.late.delete(name)
         else:
@@ -247,7 +253,9 @@ class MultiAdapterModel(nn.Module):
         return write_adapter(folder, config, self.adapter_state_dict(name), self.bank.embedding)
 
     def _row_lengths(self, adapter_index: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` each row's own prompt length (0 for ``"__base__"`` rows)."""
+        """``(B,)`` each row's own prompt length (0 for ``"__base__"`` rows, and every row of an empty bank)."""
+        if self.bank.prompt_lengths is None:
+            return torch.zeros_like(adapter_index)
         lengths = self.bank.prompt_lengths[adapter_index.clamp(min=0)]
         return torch.where(adapter_index >= 0, lengths, torch.zeros_like(lengths))
 
@@ -280,12 +288,22 @@ class MultiAdapterModel(nn.Module):
             first_position(self.base_model), position_ids, self._row_lengths(index), self.bank.slots,
         )  # fmt: skip
 
-    def _late_rows(self, adapter_names, input_ids: torch.Tensor, labels, attention_mask, source_columns=None):
+    def _late_rows(
+        self, adapter_names, input_ids: torch.Tensor, attention_mask, labels=None, source_lengths=None, **kwargs
+    ):
         """The call's LPT rows (:meth:`LateAdapters.rows <prompt_ops.models.mixed_late.LateAdapters.rows>`), None
-        without any; ``labels``: token-level ones, as the caller gave them."""
-        if self.late is None:
-            return None
-        return self.late.rows(adapter_names, input_ids.device, labels, attention_mask, source_columns)
+        without any; ``labels``: token-level ones, as the caller gave them. ``source_lengths`` for a batch without
+        LPT rows is a ``ValueError``."""
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        rows = None
+        if self.late is not None:
+            rows = self.late.rows(adapter_names, input_ids.device, mask, labels, source_lengths, **kwargs)
+        if rows is None and source_lengths is not None:
+            raise ValueError(
+                "source_lengths says the source of each LPT row of a batch (the tokens its prompt is computed from), "
+                f"but no row of this batch uses an LPT adapter ({self._late_names or 'the model has none'})"
+            )
+        return rows
 
     def _late_active(self, rows):
         """The LPT hooks act on the calls within (nothing to do without LPT rows)."""
@@ -336,10 +354,15 @@ class MultiAdapterModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        source_lengths: torch.Tensor | None = None,
         **kwargs,
     ):
         """The base model's forward on the mixed batch: ``adapter_names`` names each row's adapter (or
-        ``"__base__"``), one per row of ``input_ids``; the other arguments as :class:`PromptTunedModel` takes them."""
+        ``"__base__"``), one per row of ``input_ids``; the other arguments as :class:`PromptTunedModel` takes them.
+        ``source_lengths (B,)`` (causal models, a batch with LPT rows): each LPT row's count of source tokens from
+        its first real token, as :meth:`LatePromptTunedModel.forward <prompt_ops.models.late.LatePromptTunedModel.
+        forward>` takes it (the other rows' values are not read); without it, token-level ``labels`` tell an LPT
+        row's source, and without either its whole input is."""
         if inputs_embeds is not None or input_ids is None:
             raise ValueError(
                 "MultiAdapterModel needs input_ids (the adapters' offsets are computed from the token ids); "
@@ -350,7 +373,9 @@ class MultiAdapterModel(nn.Module):
             self.base_model, slots, input_ids, labels, token_type_ids, position_ids, kwargs
         )
         index = self._adapter_index(adapter_names, input_ids)
-        late = self._late_rows(adapter_names, input_ids, labels if token_labels else None, attention_mask)
+        late = self._late_rows(
+            adapter_names, input_ids, attention_mask, labels if token_labels else None, source_lengths
+        )
         model_embedding(self.base_model)  # refuses a sharded table
         embeds, mask = self.bank(input_ids, attention_mask, index)
         if self.is_encoder_decoder:
@@ -400,11 +425,16 @@ class MultiAdapterModel(nn.Module):
         returns what the base ``generate`` returns (the decoder's tokens). Every argument is checked before the model
         is touched, and the input embedding swapped in for decoding is put back however ``generate`` ends."""
         position_ids = kwargs.pop("position_ids", None)
+        if kwargs.pop("source_lengths", None) is not None:
+            raise ValueError(
+                "MultiAdapterModel.generate does not take source_lengths: the input_ids given to generate are the "
+                "source each LPT row's prompt is computed from"
+            )
         batch, seq_len = check_generate_call(
             self.base_model, self.bank.num_slots, input_ids, position_ids, kwargs, "MultiAdapterModel"
         )
         index = self._adapter_index(adapter_names, input_ids)
-        late = self._late_rows(adapter_names, input_ids, None, attention_mask, self.bank.num_slots + seq_len)
+        late = self._late_rows(adapter_names, input_ids, attention_mask, source_columns=self.bank.num_slots + seq_len)
         model_embedding(self.base_model)  # refuses a sharded table
         embeds, mask = self.bank(input_ids, attention_mask, index)
         if self.is_encoder_decoder:
@@ -458,11 +488,6 @@ def attach_many(
         resolved[name] = _resolve(model, embedding, source, positions, f"adapters[{name!r}]")
     late_configs = {name: config for name, (config, _) in resolved.items() if isinstance(config, LPTConfig)}
     check_insertion(late_configs)
-    if len(late_configs) == len(resolved):
-        raise ValueError(
-            "adapters: a mixed-adapter model needs at least one adapter of a method the bank holds next to its LPT "
-            f"adapters ({sorted(late_configs)}); a single LPT adapter attaches alone with prompt_ops.models.attach"
-        )
     late = LateAdapters(model, backend=backend, positions=positions) if late_configs else None  # checks the stack
     bank = AdapterBank(embedding, backend=backend, positions=positions, slots=slot_layout(model))
     for name, (config, tensors) in resolved.items():

@@ -18,13 +18,14 @@ ADAPTERS = {  # ragged LPT prompts (n 3 and 2), generators (NPG and APPG, h 8 an
     "appg": LPTConfig(layer=2, num_tokens=2, hidden_size=6, mode="pool", dropout=0.0),
 }
 ROWS = ["npg", "__base__", "dept", "appg", "npg", "appg"]
+LATE_ROWS = ["npg", "__base__", "appg", "appg", "npg", "__base__"]  # a model of LPT adapters only (an empty bank)
 LENGTHS = [7, 4, 6, 7, 3, 5]  # real tokens per row, of L = 7
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
-def mixed(family: str, adapters=ADAPTERS):
+def mixed(family: str, adapters=ADAPTERS, backend=None):
     """The adapters over a tiny 4-layer model, every tensor moved off its init."""
-    multi = attach_many(tiny(family, head=True), adapters)
+    multi = attach_many(tiny(family, head=True), adapters, backend=backend)
     torch.manual_seed(1)
     with torch.no_grad():
         for name in multi.adapter_names:
@@ -36,7 +37,7 @@ def mixed(family: str, adapters=ADAPTERS):
 def alone(multi, family: str, name: str):
     """Adapter ``name`` attached alone to a fresh copy of the base model (the same weights), with its values."""
     config = multi.late.config(name) if name in multi.late.names else multi.bank.config(name)
-    tuned = attach(tiny(family, head=True), config, shared_prompt=False) if name != "__base__" else None
+    tuned = attach(tiny(family, head=True), config, backend=multi.bank.backend, shared_prompt=False)
     with torch.no_grad():
         for key, param in tuned.adapter_state_dict().items():
             param.copy_(multi.adapter_state_dict(name)[key])
@@ -87,21 +88,37 @@ def alone_rows(multi, family: str, name: str, ids, mask, labels):
     return logits, terms.detach(), count, grads
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_each_row_equals_its_adapter_alone(family, side):
+def late_only(family: str, folder):
+    """A model of LPT adapters only: ``"npg"`` from a config, ``"appg"`` from an adapter folder saved alone."""
+    single = attach(tiny(family, head=True), ADAPTERS["appg"])
+    with torch.no_grad():
+        for param in single.adapter_state_dict().values():
+            param.add_(0.1 * torch.randn_like(param))
+    single.save_adapter(folder)
+    return mixed(family, {"npg": ADAPTERS["npg"], "appg": folder})
+
+
+@pytest.mark.parametrize(
+    "family, side, only_lpt",
+    [(family, side, False) for family in ("gpt2", "llama", "bert") for side in ("left", "right")]
+    + [("gpt2", "left", True), ("bert", "left", True)],
+)
+def test_each_row_equals_its_adapter_alone(family, side, only_lpt, tmp_path):
     """Logits at every real column, the loss and every adapter's gradients of a mixed batch equal each adapter's
-    alone on its rows (the plain model for ``"__base__"``): LPT rows, DePT rows and base rows together."""
-    multi = mixed(family)
+    alone on its rows (the plain model for ``"__base__"``): LPT rows, DePT rows and base rows together; and on a
+    model of LPT adapters only (config and folder; an empty bank, no prompt column at the input)."""
+    multi = late_only(family, tmp_path / "appg") if only_lpt else mixed(family)
+    names = LATE_ROWS if only_lpt else ROWS
     ids, mask = batch(side)
     causal = family != "bert"
     labels = causal_labels(ids, mask) if causal else torch.tensor([0, 1, 2, 1, 0, 2])  # BERT: one class per row
-    out = multi(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=ROWS)
+    out = multi(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=names)
     out.loss.backward()
     slots = multi.bank.num_slots
+    assert slots == (0 if only_lpt else 4)
     terms, total, expected = 0.0, 0, {}
-    for name in [*ADAPTERS, "__base__"]:
-        rows = [b for b, row in enumerate(ROWS) if row == name]
+    for name in [*multi.adapter_names, "__base__"]:
+        rows = [b for b, row in enumerate(names) if row == name]
         logits, loss_terms, count, grads = alone_rows(multi, family, name, ids[rows], mask[rows], labels[rows])
         for b, want in zip(rows, logits, strict=True):
             got = out.logits[b, slots:][mask[b].bool()] if causal else out.logits[b]
@@ -122,18 +139,19 @@ def _grad_view(multi, name: str, key: str) -> torch.Tensor:
     return table.grad.as_strided(view.shape, view.stride(), view.storage_offset())
 
 
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_greedy_generate_per_row_equals_each_adapter_alone(side):
+@pytest.mark.parametrize("side, only_lpt", [("left", False), ("right", False), ("left", True)])
+def test_greedy_generate_per_row_equals_each_adapter_alone(side, only_lpt, tmp_path):
     """Each row of a mixed ``generate`` (KV cache: the LPT rows' prompt in the upper layers' cache) gives the tokens
     its adapter alone gives from that row; a ``"__base__"`` row the plain model's from its real tokens (left padding)
-    and what it gives in a batch without LPT rows."""
-    multi = mixed("gpt2")
+    and what it gives in a batch without LPT rows. Also on a model of LPT adapters only (an empty bank)."""
+    multi = late_only("gpt2", tmp_path / "appg") if only_lpt else mixed("gpt2")
+    names = LATE_ROWS if only_lpt else ROWS
     ids, mask = batch(side)
     settings = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0}
-    out = multi.generate(input_ids=ids, attention_mask=mask, adapter_names=ROWS, **settings)
-    without = [name if name == "dept" else "__base__" for name in ROWS]  # no LPT row: the hooks do nothing
+    out = multi.generate(input_ids=ids, attention_mask=mask, adapter_names=names, **settings)
+    without = [name if name == "dept" else "__base__" for name in names]  # no LPT row: the hooks do nothing
     unhooked = multi.generate(input_ids=ids, attention_mask=mask, adapter_names=without, **settings)
-    for b, name in enumerate(ROWS):
+    for b, name in enumerate(names):
         if name == "__base__":
             real = mask[b].bool()
             plain = tiny("gpt2", head=True).generate(input_ids=ids[b : b + 1, real], **settings)
@@ -164,14 +182,12 @@ def test_save_and_load_an_lpt_adapter(tmp_path):
 
 
 def test_refusals_leave_the_model_unchanged():
-    """A second insertion layer, LPT adapters only, and an LPT adapter with another position convention are refused
-    by name, attach_many's before the model is touched, add_adapter's with the mixed model as it was."""
+    """A second insertion layer and an LPT adapter with another position convention are refused by name,
+    attach_many's before the model is touched, add_adapter's with the mixed model as it was."""
     model = tiny("gpt2", head=True)
     before = ModelState.of(model)
     with pytest.raises(ValueError, match=r"LPT adapter 'late3' has layer = 3, but 'npg' inserts .* after layer 2"):
         attach_many(model, {**ADAPTERS, "late3": LPTConfig(layer=3, num_tokens=2, hidden_size=4)})
-    with pytest.raises(ValueError, match="needs at least one adapter of a method the bank holds"):
-        attach_many(model, {"npg": ADAPTERS["npg"]})
     with pytest.raises(ValueError, match="positions = 'absolute'"):
         attach_many(model, {"dept": ADAPTERS["dept"], "x": LPTConfig(layer=2, positions="absolute")})
     before.assert_unchanged(model)
@@ -209,3 +225,132 @@ def test_a_batch_without_lpt_rows_is_untouched_by_the_hooks_and_pt_rows_mix_with
         real = mask[b].bool()
         start = getattr(tuned, "num_prompt_rows", 0)
         torch.testing.assert_close(out[b, slots:][real], single[0, start:][real], **TOL)
+
+
+def _assert_causal_rows_alone(multi, names, ids, mask, out, **alone_kwargs):
+    """``out`` (a GPT-2 mixed call's logits) at each row's real columns equals its adapter's alone on its padded rows
+    (``alone_kwargs``: per-row tensors, given to the adapter alone for its rows), the plain model's on a
+    ``"__base__"`` row's real tokens."""
+    for name in sorted(set(names)):
+        rows = [b for b, row in enumerate(names) if row == name]
+        for b in rows:
+            real = mask[b].bool()
+            if name == "__base__":
+                want = tiny("gpt2", head=True)(input_ids=ids[b : b + 1, real]).logits[0]
+            else:
+                tuned = alone(multi, "gpt2", name)
+                extra = {key: value[b : b + 1] for key, value in alone_kwargs.items()}
+                single = tuned(input_ids=ids[b : b + 1], attention_mask=mask[b : b + 1], **extra).logits
+                want = single[0, getattr(tuned, "num_prompt_rows", 0) :][real]
+            torch.testing.assert_close(out[b, multi.bank.num_slots :][real], want, **TOL, msg=f"{name} row {b}")
+
+
+def test_the_bank_s_last_adapter_goes_while_lpt_adapters_remain():
+    """Deleting the bank's last adapter leaves an empty bank (no prompt column) and LPT rows that still equal their
+    adapters alone; the model's last adapter cannot go; a bank adapter added again mixes with the LPT rows."""
+    multi = mixed("gpt2")
+    ids, mask = batch("left")
+    multi.delete_adapter("dept")
+    assert multi.adapter_names == ["npg", "appg"] and multi.bank.num_slots == 0 and multi.bank.prompts is None
+    with torch.no_grad():
+        _assert_causal_rows_alone(multi, LATE_ROWS, ids, mask, multi(input_ids=ids, attention_mask=mask,
+                                  adapter_names=LATE_ROWS).logits)  # fmt: skip
+    multi.delete_adapter("appg")
+    state = ModelState.of(multi)
+    with pytest.raises(ValueError, match="name: 'npg' is the model's only adapter and a mixed-adapter model keeps"):
+        multi.delete_adapter("npg")
+    state.assert_unchanged(multi)
+    multi.add_adapter("pt", PromptTuningConfig(num_tokens=3))
+    with torch.no_grad():
+        multi.bank.prompts.normal_()
+        rows = ["pt", "npg", "__base__", "npg", "pt", "pt"]
+        _assert_causal_rows_alone(multi, rows, ids, mask, multi(input_ids=ids, attention_mask=mask,
+                                  adapter_names=rows).logits)  # fmt: skip
+
+
+def test_source_lengths_set_each_lpt_row_s_source_as_alone():
+    """``source_lengths`` gives each LPT row the source it gives LPT alone (over the labels' source; the other rows'
+    values are not read), and changes what those rows get."""
+    multi = mixed("gpt2")
+    ids, mask = batch("left")
+    labels = causal_labels(ids, mask)
+    lengths = torch.tensor([5, 0, -3, 7, 1, 4])  # rows 1 and 2 (base, DePT): not read
+    with torch.no_grad():
+        out = multi(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=ROWS, source_lengths=lengths)
+        _assert_causal_rows_alone(multi, ROWS, ids, mask, out.logits, labels=labels, source_lengths=lengths)
+        from_labels = multi(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=ROWS).logits
+    assert not torch.allclose(out.logits[0], from_labels[0])  # row 0: 5 source tokens, not the labels' 2
+
+
+def test_source_lengths_refusals_leave_the_model_as_it_was():
+    """``source_lengths`` is refused as LPT alone refuses it (a bidirectional model, a wrong type, dtype, shape or
+    value on an LPT row), for a batch without LPT rows, and by generate; the model is left as it was."""
+    multi = mixed("gpt2")
+    ids, mask = batch("left")
+    state = ModelState.of(multi)
+    lengths = torch.tensor([2, 1, 1, 2, 2, 2])
+    cases = [
+        ({"source_lengths": lengths, "adapter_names": ["dept", "__base__"] * 3}, ValueError,
+         r"no row of this batch uses an LPT adapter \(\['npg', 'appg'\]\)"),
+        ({"source_lengths": lengths[:4]}, ValueError, r"source_lengths must have shape \(B,\) = \(6,\), got \(4,\)"),
+        ({"source_lengths": lengths.float()}, TypeError, "source_lengths must be an int64 or int32 tensor"),
+        ({"source_lengths": [2] * 6}, TypeError, "source_lengths must be a torch.Tensor"),
+        ({"source_lengths": torch.tensor([2, 1, 1, 2, 4, 2])}, ValueError,
+         r"source_lengths\[4\] = 4, but row 4 has 3 real tokens"),
+        ({"source_lengths": torch.tensor([0, 1, 1, 2, 2, 2])}, ValueError, r"source_lengths\[0\] = 0"),
+    ]  # fmt: skip
+    for kwargs, error, pattern in cases:
+        with pytest.raises(error, match=pattern):
+            multi(input_ids=ids, attention_mask=mask, **{"adapter_names": ROWS, **kwargs})
+    with pytest.raises(ValueError, match="MultiAdapterModel.generate does not take source_lengths"):
+        multi.generate(input_ids=ids, attention_mask=mask, adapter_names=ROWS, source_lengths=lengths)
+    state.assert_unchanged(multi)
+    bank_only = attach_many(tiny("gpt2", head=True), {"dept": ADAPTERS["dept"]})
+    with pytest.raises(ValueError, match=r"no row of this batch uses an LPT adapter \(the model has none\)"):
+        bank_only(input_ids=ids, attention_mask=mask, adapter_names=["dept"] * 6, source_lengths=lengths)
+    bert = mixed("bert")
+    single = alone(bert, "bert", "npg")
+    with pytest.raises(ValueError, match="source_lengths applies to causal models") as alone_error:
+        single(input_ids=ids, attention_mask=mask, source_lengths=lengths)
+    with pytest.raises(ValueError, match="source_lengths applies to causal models") as mixed_error:
+        bert(input_ids=ids, attention_mask=mask, adapter_names=ROWS, source_lengths=lengths)
+    assert str(mixed_error.value) == str(alone_error.value)
+
+
+def test_t5_rows_equal_each_adapter_alone():
+    """T5 (the LPT prompt inserted in the encoder stack): each row's decoder logits, the loss and every adapter's
+    gradients equal its adapter's alone on its rows (the plain model for ``"__base__"``), left padding."""
+    multi = mixed("t5")
+    ids, mask = batch("left")
+    labels = torch.randint(1, VOCAB, (len(ids), 3))
+    out = multi(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=ROWS)
+    out.loss.backward()
+    for name in [*ADAPTERS, "__base__"]:
+        rows = [b for b, row in enumerate(ROWS) if row == name]
+        tuned = alone(multi, "t5", name) if name != "__base__" else tiny("t5", head=True)
+        single = tuned(input_ids=ids[rows], attention_mask=mask[rows], labels=labels[rows])
+        torch.testing.assert_close(out.logits[rows], single.logits, **TOL, msg=name)
+        if name == "__base__":
+            continue
+        params = tuned.adapter_state_dict()
+        grads = torch.autograd.grad(single.loss * len(rows) / len(ROWS), list(params.values()))  # the batch mean
+        assert any(bool(grad.abs().max() > 0) for grad in grads)
+        for key, grad in zip(params, grads, strict=True):
+            torch.testing.assert_close(_grad_view(multi, name, key), grad, **TOL, msg=f"{name}.{key}")
+
+
+def test_triton_backend_rows_equal_each_adapter_alone():
+    """The triton backend (the bank's mixed op and LPT's generators): each row's logits equal its adapter's alone
+    on the same backend, and the LPT rows' gradients too."""
+    multi = mixed("gpt2", backend="triton")
+    names = ["npg", "dept", "appg", "__base__"]
+    ids, mask = batch("right", lengths=[5, 3, 4, 2], seq_len=5)
+    out = multi(input_ids=ids, attention_mask=mask, adapter_names=names).logits
+    _assert_causal_rows_alone(multi, names, ids, mask, out.detach())
+    out[0, multi.bank.num_slots :][mask[0].bool()].square().sum().backward()  # row 0 only: the npg adapter's
+    tuned = alone(multi, "gpt2", "npg")
+    single = tuned(input_ids=ids[:1], attention_mask=mask[:1]).logits
+    params = tuned.adapter_state_dict()
+    grads = torch.autograd.grad(single.square().sum(), list(params.values()))
+    for key, grad in zip(params, grads, strict=True):
+        torch.testing.assert_close(_grad_view(multi, "npg", key), grad, **TOL, msg=key)

@@ -364,7 +364,7 @@ def test_bad_calls_are_refused_by_name_and_leave_the_model_as_it_was(case, tmp_p
 
 def test_deleting_the_last_adapter_is_refused():
     multi = attach_many(tiny("gpt2"), {"only": PromptTuningConfig(num_tokens=2)})
-    with pytest.raises(ValueError, match="name: 'only' is the bank's only adapter"):
+    with pytest.raises(ValueError, match="name: 'only' is the model's only adapter"):
         multi.delete_adapter("only")
     assert multi.adapter_names == ["only"]
 
@@ -397,8 +397,13 @@ def test_an_adapter_bank_on_its_own():
         AdapterBank(embedding, slots="middle")
     assert embedding.weight.requires_grad  # a refused bank leaves the embedding as it was
     bank = AdapterBank(embedding)
-    with pytest.raises(ValueError, match="the adapter bank is empty"):
-        bank(torch.ones(1, 2, dtype=torch.long), None, torch.tensor([-1]))
+    ids = torch.tensor([[3, 1, 4], [1, 5, 9]])
+    embeds, mask = bank(ids, None, torch.tensor([-1, -1]))  # empty: the plain tokens, no prompt column
+    assert torch.equal(embeds, embedding.weight[ids]) and mask.tolist() == [[1] * 3] * 2
+    given = torch.tensor([[0, 1, 1], [1, 1, 0]])
+    assert bank(ids, given, torch.tensor([-1, -1]))[1] is given
+    with pytest.raises(ValueError, match=r"adapter_index must be in \[-1, 0\) \(the bank is empty\), found 0"):
+        bank(ids, None, torch.tensor([-1, 0]))
     state = {"prompt": torch.randn(2, HIDDEN)}
     bank.add("p", PromptTuningConfig(num_tokens=2), state)
     assert torch.equal(bank.adapter_state_dict("p")["prompt"], state["prompt"])
@@ -408,6 +413,11 @@ def test_an_adapter_bank_on_its_own():
     embeds, mask = bank(torch.ones(2, 3, dtype=torch.long), None, bank.index(("p", "__base__")))
     assert embeds.shape == (2, 5, HIDDEN) and mask.tolist() == [[1] * 5, [0, 0, 1, 1, 1]]
     assert not embedding.weight.requires_grad
+    bank.delete("p")  # the last adapter may go: empty again
+    assert bank.names == [] and bank.num_slots == 0 and bank.prompts is None and bank.prompt_lengths is None
+    assert torch.equal(
+        bank.embed_tokens(ids, torch.zeros(2, dtype=torch.long), torch.tensor([-1, -1])), embedding.weight[ids]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
