@@ -66,6 +66,7 @@ from prompt_ops.ops.mixed_embed import check_slots, mixed_dept_embed
 from prompt_ops.ops.positions import check_positions, row_starts
 from prompt_ops.ops.validation import (
     TOKEN_ID_DTYPES,
+    check_adapter_indices,
     check_token_data,
     check_values_in,
     check_vector,
@@ -280,6 +281,9 @@ class AdapterBank(nn.Module):
                 raise TypeError(
                     f"state must be a mapping of tensor names to tensors or None, got {type(state).__name__}"
                 )
+            meta = sorted(str(key) for key, tensor in state.items() if tensor.device.type == "meta")
+            if meta:
+                raise ValueError(f"state: {', '.join(meta)} on the meta device, which holds no data to add")
             check_adapter_tensors("state", expected, dict(state))
             expected = dict(state)
         adapters = self._adapters()
@@ -388,6 +392,26 @@ class AdapterBank(nn.Module):
                     f"max_length >= {seq_len}"
                 )
 
+    def _check_rows(
+        self,
+        input_ids: object,
+        attention_mask: object,
+        adapter_index: object,
+        positions: str | object,
+    ) -> None:
+        """The per-row arguments of a bank call, checked before the batch is split by family (the ops check the
+        rest, the values of ids and mask among it): ``input_ids (B, L)`` int64/int32 and ``attention_mask`` None or
+        ``(B, L)`` on the table's device, ``adapter_index`` and explicit starts (``positions`` when not a
+        convention's name: :meth:`embed_tokens`' ``start``) ``(B,)`` int64/int32 on the ids' device."""
+        validate_embed_call(input_ids, self.embedding.weight, attention_mask, self.backend, {})
+        vectors = {"adapter_index": adapter_index}
+        if not isinstance(positions, str):
+            vectors["start"] = positions
+        for name, value in vectors.items():
+            check_vector(name, value, input_ids.shape[0], "B", TOKEN_ID_DTYPES)
+            if value.device != input_ids.device:
+                raise ValueError(f"{name} must be on input_ids' device {input_ids.device}, got {value.device}")
+
     def _build(self, name: str) -> torch.Tensor:
         """Adapter ``name``'s prompt ``(m_a, d)`` from its tensors (a LAMP or EPT adapter), with autograd."""
         config, tensors = self._configs[name], self.adapter_state_dict(name)
@@ -429,7 +453,9 @@ class AdapterBank(nn.Module):
         ``prompt_columns`` only the input's columns (and no dropout)."""
         if self.prompts is None:
             return self._plain(input_ids, attention_mask, adapter_index)
+        self._check_rows(input_ids, attention_mask, adapter_index, positions)
         rows = adapter_index.tolist()  # one host sync: the adapters of the batch and each row's family
+        check_adapter_indices(torch.tensor(rows, dtype=torch.int64), len(self._configs))  # on the host
         used = set(rows)
         present = [name for index, name in enumerate(self._configs) if index in used]
         if isinstance(positions, str):

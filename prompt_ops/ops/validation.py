@@ -300,14 +300,20 @@ def check_bank(
             raise ValueError(f"{name} must be on input_ids' device {input_ids.device}, got {value.device}")
 
 
-def check_bank_indices(prompt_lengths: torch.Tensor, adapter_index: torch.Tensor, num_slots: int) -> None:
-    """The data checks every mixed-adapter op shares (``check_ids=False`` skips them): every adapter index in
-    ``[-1, N)`` and every prompt length in ``[1, m_max]`` (``m_max = num_slots``)."""
-    num = prompt_lengths.shape[0]
+def check_adapter_indices(adapter_index: torch.Tensor, num: int) -> None:
+    """Every value of the integer tensor ``adapter_index`` in ``[-1, N)`` (``N = num`` adapters; one device sync
+    unless it is on the host)."""
     check_values_in(
         "adapter_index", adapter_index, -1, num - 1,
         f"[-1, {num}) (-1: the base model, else a row of the bank of N = {num} adapters)",
     )  # fmt: skip
+
+
+def check_bank_indices(prompt_lengths: torch.Tensor, adapter_index: torch.Tensor, num_slots: int) -> None:
+    """The data checks every mixed-adapter op shares (``check_ids=False`` skips them): every adapter index in
+    ``[-1, N)`` and every prompt length in ``[1, m_max]`` (``m_max = num_slots``)."""
+    num = prompt_lengths.shape[0]
+    check_adapter_indices(adapter_index, num)
     check_values_in(
         "prompt_lengths", prompt_lengths, 1, num_slots, f"[1, m_max] = [1, {num_slots}] (m_max = prompts.shape[1])"
     )

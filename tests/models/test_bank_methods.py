@@ -15,7 +15,7 @@ from prompt_ops.models import (
     load_adapter,
 )
 from prompt_ops.models import bank as bank_module
-from prompt_ops.models.bank import TABLES
+from prompt_ops.models.bank import TABLES, AdapterBank
 from tests.models.model_state import ModelState
 from tests.models.test_attach import VOCAB, tiny
 from tests.models.test_multi_adapter import (
@@ -241,3 +241,78 @@ def test_adept_dropout_in_training_trains_only_the_adapters_of_the_batch():
             grad = table_grad(multi, name, key, view.shape)
             assert grad.ne(0).any() == (name in rows), (name, key)
     assert_padding_has_no_gradient(multi)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# bad input to the bank itself
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def small_bank() -> AdapterBank:
+    """Every method in one bank over a bare embedding (ADePT with dropout, so training mode draws multipliers)."""
+    torch.manual_seed(0)
+    bank = AdapterBank(torch.nn.Embedding(VOCAB, 8), backend="torch")
+    adapters = {**BANKS["all"], "adept": ADePTConfig(num_tokens=5, rank=3, dropout=0.2)}
+    for name, config in adapters.items():
+        bank.add(name, config)
+    return bank
+
+
+def _forward(ids=None, mask=None, index=None):
+    good_ids, good_mask = torch.randint(0, VOCAB, (3, 5)), torch.ones(3, 5, dtype=torch.long)
+    good_index = torch.tensor([3, 4, -1])  # ept and adept rows: both families' ops
+    return lambda bank: bank(
+        good_ids if ids is None else ids, good_mask if mask is None else mask, good_index if index is None else index
+    )
+
+
+def _embed_tokens(start):
+    return lambda bank: bank.embed_tokens(torch.randint(0, VOCAB, (3, 2)), start, torch.tensor([1, 4, -1]))
+
+
+BANK_BAD_INPUTS = [
+    ("index-past-N", _forward(index=torch.tensor([3, 5, -1])), ValueError, r"adapter_index must be in \[-1, 5\).*5"),
+    ("index-past-N-one-family", _forward(index=torch.tensor([0, 7, 1])), ValueError, r"adapter_index must be in"),
+    ("index-below-1", _forward(index=torch.tensor([4, -2, 0])), ValueError, r"adapter_index must be in.*-2"),
+    ("index-list", _forward(index=[3, 4, -1]), TypeError, r"adapter_index must be a torch.Tensor"),
+    ("index-2d", _forward(index=torch.tensor([[3, 4, -1]])), ValueError, r"adapter_index must have shape \(B,\)"),
+    ("index-float", _forward(index=torch.tensor([3.0, 4.0, 0.0])), TypeError, r"adapter_index must hold int64"),
+    ("index-short", _forward(index=torch.tensor([3, 4])), ValueError, r"adapter_index must have shape \(B,\) = \(3,\)"),
+    ("index-long", _forward(index=torch.tensor([3, 4, 0, 1])), ValueError, r"adapter_index must have shape \(B,\)"),
+    ("index-meta", _forward(index=torch.tensor([3, 4, 0], device="meta")), ValueError, r"adapter_index must be on"),
+    ("mask-rows", _forward(mask=torch.ones(4, 5)), ValueError, r"attention_mask must have shape \(B, L\)"),
+    ("ids-list", _forward(ids=[[1, 2, 3]] * 3), TypeError, r"input_ids must be a torch.Tensor"),
+    ("ids-1d", _forward(ids=torch.tensor([1, 2, 3])), ValueError, r"input_ids must have shape \(B, L\)"),
+    ("start-list", _embed_tokens([0, 1, 2]), TypeError, r"start must be a torch.Tensor"),
+    ("start-short", _embed_tokens(torch.tensor([0, 1])), ValueError, r"start must have shape \(B,\) = \(3,\)"),
+    ("start-float", _embed_tokens(torch.tensor([0.0, 1.0, 2.0])), TypeError, r"start must hold int64 or int32"),
+]
+
+
+@pytest.mark.parametrize("call, error, pattern", [pytest.param(*case[1:], id=case[0]) for case in BANK_BAD_INPUTS])
+def test_bank_refuses_bad_rows_by_name_and_stays_as_it_was(call, error, pattern):
+    """Every per-row argument is checked before the batch is split by family: no IndexError from a list lookup, no
+    row silently dropped or added by a short/long index, a mask of the wrong batch caught in a mixed batch."""
+    bank = small_bank()
+    before = ModelState.of(bank)
+    with pytest.raises(error, match=pattern):
+        call(bank)
+    before.assert_unchanged(bank)
+
+
+def test_bank_runs_an_empty_sequence_in_training_with_dropout():
+    bank = small_bank().train()
+    embeds, mask = bank(torch.zeros(3, 0, dtype=torch.long), None, torch.tensor([4, 1, -1]))
+    assert embeds.shape == (3, bank.num_slots, 8) and mask.shape == (3, bank.num_slots)
+    embeds.sum().backward()
+    assert not bank.adept_w_down.grad.any()  # no tokens: no FFN gradient
+
+
+def test_add_refuses_a_state_on_the_meta_device_by_name():
+    bank = small_bank()
+    state = {key: value.to("meta") for key, value in bank.adapter_state_dict("adept").items()}
+    before = ModelState.of(bank)
+    with pytest.raises(ValueError, match=r"state: .*meta device"):
+        bank.add("copy", bank.config("adept"), state)
+    before.assert_unchanged(bank)
+    assert bank.names == list(BANKS["all"])
