@@ -17,9 +17,12 @@ adapter with another is refused naming it and both layers. Their generators are 
 h_max)``, ``b_down (N, h_max)``, ``w_up (N, h_max, W_max)``, ``b_up (N, W_max)``, ``W`` being ``n*d`` for NPG and
 ``d`` for the pooling generators), but run one :func:`~prompt_ops.ops.lpt.lpt_prompt` call per distinct LPT adapter
 of the batch on the unpadded slices (so the padding gets exactly zero gradient, and each adapter's gradients come
-from its own rows only, deterministically): not one launch for the whole batch. The source of a causal row is what
-LPT alone takes from token-level ``labels`` (or the whole input); the ``source_lengths`` keyword is not taken. A
-mixed batch with LPT rows runs every row's prompt (the shared prompt pass is off: LPT's prompt is inside the stack).
+from its own rows only, deterministically): not one launch for the whole batch. The source of a causal LPT row is
+what LPT alone takes: the mixed forward's ``source_lengths`` (checked and refused as LPT alone checks and refuses
+it; a batch without LPT rows refuses it), else token-level ``labels``, else the whole input (``generate``). A mixed
+batch with LPT rows runs every row's prompt (the shared prompt pass is off: LPT's prompt is inside the stack). A
+model may hold LPT adapters only: its adapter bank is then empty (``m_max = 0``, every row's plain tokens at the
+input).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 MultiAdapterModel``, whose ``forward(..., adapter_names=[...])`` runs each row with its own adapter (PEFT's words:
 ``add_adapter``, ``load_adapter``, ``delete_adapter``, ``save_adapter``). The adapters may be of different methods
 (prompt tuning, DePT, ADePT, LAMP, EPT: :data:`~prompt_ops.models.bank.BANK_CONFIGS`) in one model and one batch,
-and LPT adapters next to them (:mod:`prompt_ops.models.mixed_late`: an LPT row is a ``"__base__"`` row at the input,
-its generated prompt inserted after layer ``k``; the LPT adapters of a model share ``k``).
+and LPT adapters next to them or alone (:mod:`prompt_ops.models.mixed_late`: an LPT row is a ``"__base__"`` row at
+the input, its generated prompt inserted after layer ``k``; the LPT adapters of a model share ``k``; a model of LPT
+adapters only has an empty bank, ``m_max = 0``). A model keeps at least one adapter.
 
 Every row has the bank's ``m_max`` prompt columns in front of its input (:mod:`prompt_ops.models.bank`): adapter
 ``a``'s ``m_a`` prompt rows and ``m_max - m_a`` masked zero slots, and for ``"__base__"`` rows every slot masked.
