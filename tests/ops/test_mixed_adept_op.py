@@ -18,7 +18,7 @@ from tests.helpers import (
     make_mixed_adept_case,
     tolerances,
 )
-from tests.ops.test_mixed_embed_op import batch_rows, padded_mask
+from tests.ops.test_mixed_embed_op import _set, _with, batch_rows, padded_mask
 
 BACKENDS = ["torch", "triton"]
 LAYOUTS = ("front", "after_prompt")
@@ -239,14 +239,6 @@ def test_empty_batch_and_sequence(backend, training):
 # ----------------------------------------------------------------------------------------------------------------
 # bad input
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _set(name: str, value):
-    return lambda args: {**args, name: value}
-
-
-def _with(name: str, make):
-    return lambda args: {**args, name: make(args[name])}
 
 
 BAD_INPUTS = [
