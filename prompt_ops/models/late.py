@@ -100,11 +100,13 @@ class _Pending:
     labels: torch.Tensor | None = None  # token-level labels of a causal LM (the source is what carries -100)
 
 
-def _output_hidden(output):
+def output_hidden(output):
+    """The hidden states of a layer's output (a tensor, or the first entry of a tuple)."""
     return output[0] if isinstance(output, tuple) else output
 
 
-def _replace_hidden(output, hidden):
+def replace_hidden(output, hidden):
+    """``output`` with its hidden states replaced by ``hidden`` (same kind: tensor or tuple)."""
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
@@ -260,8 +262,8 @@ class LateHooks:
         """Layer ``k``'s output with its hidden states replaced by ``buffer (B, n + T, d)`` (the ``n`` inserted rows
         in front), ``keep (B, n + T)`` and ``positions`` the upper layers' mask and positions."""
         call.upper = self.stack.upper_layer_inputs(keep, positions, buffer)
-        call.inserted = buffer.shape[1] - _output_hidden(output).shape[1]
-        return _replace_hidden(output, buffer)
+        call.inserted = buffer.shape[1] - output_hidden(output).shape[1]
+        return replace_hidden(output, buffer)
 
     def _leave(self, entry, args, output):
         """Registered with ``always_call=True``: runs however the pass ends, an exception included."""
@@ -281,7 +283,7 @@ class LateHooks:
     def _drop_prompt_rows(self, layer, args, output):
         if self._call is None or not self._call.inserted:
             return None
-        return _replace_hidden(output, _output_hidden(output)[:, self._call.inserted :])
+        return replace_hidden(output, output_hidden(output)[:, self._call.inserted :])
 
 
 def source_from_labels(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -386,7 +388,7 @@ class LatePromptTunedModel(LateHooks, TunedModel):
         if call is None:  # the layer called on its own, outside a pass through the stack
             return None
         torch.set_grad_enabled(call.grad_enabled)
-        hidden = _output_hidden(output)
+        hidden = output_hidden(output)
         num_tokens = self.num_tokens
         if call.past:  # the prompt rows are in the upper layers' cache
             self._continue_cached(call, call.mask.new_ones(call.mask.shape[0], num_tokens), num_tokens, hidden)

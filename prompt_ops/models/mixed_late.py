@@ -42,8 +42,8 @@ from prompt_ops.models.late import (
     SOURCE_WITH_CACHE,
     LateHooks,
     StackPass,
-    _output_hidden,
     lpt_stack,
+    output_hidden,
     read_index,
     source_from_labels,
 )
@@ -302,7 +302,7 @@ class LateAdapters(LateHooks, nn.Module):
         if call is None:
             return None
         torch.set_grad_enabled(call.grad_enabled)
-        hidden = _output_hidden(output)
+        hidden = output_hidden(output)
         batch, slots = hidden.shape[0], self.num_slots
         index = self._per_row(self._rows.index, batch)
         lengths = torch.where(index >= 0, self.prompt_lengths[index.clamp(min=0)], 0)  # (B,) n_a, 0 for other rows
