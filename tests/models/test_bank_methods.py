@@ -64,15 +64,15 @@ def table_grad(multi, name: str, key: str, shape: torch.Size) -> torch.Tensor:
     return table.grad[multi.adapter_names.index(name)][tuple(slice(0, size) for size in shape)]
 
 
-def assert_padding_has_no_gradient(multi) -> None:
+def assert_padding_has_no_gradient(bank: AdapterBank) -> None:
     """Every stacked parameter's gradient is exactly zero outside the adapters' unpadded tensors."""
-    for table_name, table in multi.bank.named_parameters():
+    for table_name, table in bank.named_parameters():
         if table.grad is None:
             continue
         padding = torch.ones_like(table, dtype=torch.bool)
-        for index, name in enumerate(multi.adapter_names):
-            for key, view in multi.adapter_state_dict(name).items():
-                if TABLES[type(multi.bank.config(name))][key] == table_name:
+        for index, name in enumerate(bank.names):
+            for key, view in bank.adapter_state_dict(name).items():
+                if TABLES[type(bank.config(name))][key] == table_name:
                     padding[index][tuple(slice(0, size) for size in view.shape)] = False
         assert table.grad[padding].eq(0).all(), table_name
 
@@ -120,7 +120,7 @@ def assert_rows_equal_each_adapter_alone(multi, family: str, side: str, rows: li
         for key, grad in grads.items():
             assert grad.ne(0).any(), (name, key)  # the comparison below means something
             torch.testing.assert_close(table_grad(multi, name, key, grad.shape), grad / total, **TOL, msg=(name, key))
-    assert_padding_has_no_gradient(multi)
+    assert_padding_has_no_gradient(multi.bank)
     assert all(p.grad is None for p in multi.base_model.parameters())
 
 
@@ -240,7 +240,7 @@ def test_adept_dropout_in_training_trains_only_the_adapters_of_the_batch():
         for key, view in multi.adapter_state_dict(name).items():
             grad = table_grad(multi, name, key, view.shape)
             assert grad.ne(0).any() == (name in rows), (name, key)
-    assert_padding_has_no_gradient(multi)
+    assert_padding_has_no_gradient(multi.bank)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -316,3 +316,57 @@ def test_add_refuses_a_state_on_the_meta_device_by_name():
         bank.add("copy", bank.config("adept"), state)
     before.assert_unchanged(bank)
     assert bank.names == list(BANKS["all"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the bank alone against each method's module alone
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def module_alone(bank: AdapterBank, name: str) -> torch.nn.Module:
+    """Adapter ``name`` as its method's own module over the bank's embedding, with the bank's unpadded values."""
+    module = bank.config(name).build(bank.embedding, backend=bank.backend).eval()
+    with torch.no_grad():
+        for key, value in bank.adapter_state_dict(name).items():
+            getattr(module, key).copy_(value)
+    return module
+
+
+@pytest.mark.parametrize("slots", ["front", "after_prompt"])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_bank_rows_and_gradients_equal_each_module_alone(dtype, backend, slots):
+    """A left-padded batch of every method, ``"__base__"`` and a repeated adapter over an fp32 or bf16 table: each
+    row's prompt and token columns and mask equal its method's module on its rows alone, each adapter's gradient in
+    the stacked tables the module's gradient from those rows (bf16 outputs, fp32 masters), the padding exactly 0."""
+    torch.manual_seed(0)
+    bank = AdapterBank(torch.nn.Embedding(VOCAB, 8).to(dtype), backend=backend, slots=slots).eval()
+    for name, config in BANKS["all"].items():
+        bank.add(name, config)
+        with torch.no_grad():  # off the init (zero offsets would hide them), the padding left zero
+            for tensor in bank.adapter_state_dict(name).values():
+                tensor.add_(0.5 * torch.randn_like(tensor))
+    rows = ["adept", "ept", "__base__", "lamp", "dept", "pt", "adept"]
+    ids, mask, _ = batch("left", [7, 4, 6, 2, 7, 3, 5])
+    out, out_mask = bank(ids, mask, bank.index(rows))
+    grad = torch.randn(out.shape)
+    (out.float() * grad).sum().backward()
+    slots_count, tol = bank.num_slots, ({"rtol": 1.6e-2, "atol": 1e-2} if dtype == torch.bfloat16 else TOL)
+    for name in BANKS["all"]:
+        picked = [b for b, row in enumerate(rows) if row == name]
+        module, m = module_alone(bank, name), bank.prompt_rows(name)
+        first = slots_count - m if slots == "front" else 0
+        columns = list(range(first, first + m)) + list(range(slots_count, out.shape[1]))
+        expected, expected_mask = module(ids[picked], mask[picked])
+        torch.testing.assert_close(out[picked][:, columns].float(), expected.float(), **tol, msg=name)
+        assert torch.equal(out_mask[picked][:, columns], expected_mask), name
+        (expected.float() * grad[picked][:, columns]).sum().backward()
+        for key, value in bank.adapter_state_dict(name).items():
+            got = getattr(bank, TABLES[type(bank.config(name))][key]).grad[bank.names.index(name)]
+            want = getattr(module, key).grad
+            scale = want.abs().max()
+            assert scale > 0, (name, key)
+            assert (got[tuple(slice(0, s) for s in value.shape)] - want).abs().max() <= 1e-4 * scale, (name, key)
+    base = rows.index("__base__")
+    assert torch.equal(out[base, slots_count:], bank.embedding.weight[ids[base]]) and not out[base, :slots_count].any()
+    assert_padding_has_no_gradient(bank)
