@@ -58,7 +58,7 @@ from prompt_ops.models.configs import (
     PromptTuningConfig,
     check_config,
 )
-from prompt_ops.ops.backend import resolve_check_ids
+from prompt_ops.ops.backend import resolve_backend, resolve_check_ids
 from prompt_ops.ops.ept import ept_prompt
 from prompt_ops.ops.lamp import lamp_prompt
 from prompt_ops.ops.mixed_adept import mixed_adept_embed
@@ -420,10 +420,13 @@ class AdapterBank(nn.Module):
         return ept_prompt(*tensors.values(), scale=_scale(config), backend=self.backend)
 
     def _built_prompt(self, name: str) -> torch.Tensor:
-        """:meth:`_build` per call under grad; without grad the kept one while the adapter's tables are unchanged."""
+        """:meth:`_build` per call under grad; without grad the kept one while the adapter's tables and the resolved
+        backend (the attribute, or ``$PROMPT_OPS_BACKEND`` when it is None) are unchanged."""
         if torch.is_grad_enabled():
             return self._build(name)
-        key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in self.adapter_state_dict(name).values())
+        tensors = self.adapter_state_dict(name).values()
+        backend = resolve_backend(self.backend, self.embedding.weight.device)
+        key = (backend, *((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors))
         kept = self._built.get(name)
         if kept is None or kept[0] != key:
             kept = self._built[name] = (key, self._build(name))

@@ -370,3 +370,42 @@ def test_bank_rows_and_gradients_equal_each_module_alone(dtype, backend, slots):
     base = rows.index("__base__")
     assert torch.equal(out[base, slots_count:], bank.embedding.weight[ids[base]]) and not out[base, :slots_count].any()
     assert_padding_has_no_gradient(bank)
+
+
+def test_kept_built_prompts_never_outlive_a_change(monkeypatch):
+    """Without grad a LAMP/EPT prompt is built once and kept, and built again after anything that changes what it
+    would be: the tables' dtype, a re-stack (add or delete), the backend (the attribute or ``$PROMPT_OPS_BACKEND``),
+    loaded values; after each the row equals the module alone."""
+    builds = []
+    original = bank_module.lamp_prompt
+    monkeypatch.setattr(bank_module, "lamp_prompt", lambda *a, **k: builds.append(1) or original(*a, **k))
+    bank = small_bank().eval()
+    ids, index = torch.randint(0, VOCAB, (1, 4)), bank.index(["lamp"])
+
+    def row_equals_module_alone():
+        with torch.no_grad():
+            out = bank(ids, None, index)[0]
+            expected = module_alone(bank, "lamp")(ids)[0]
+        m = bank.prompt_rows("lamp")
+        columns = list(range(bank.num_slots - m, out.shape[1]))
+        torch.testing.assert_close(out[:, columns], expected, **TOL)
+
+    row_equals_module_alone()
+    row_equals_module_alone()
+    assert len(builds) == 1
+    changes = {
+        "dtype": lambda: bank.to(torch.float64),
+        "dtype back": lambda: bank.to(torch.float32),
+        "add": lambda: bank.add("more", PromptTuningConfig(num_tokens=1)),
+        "backend attribute": lambda: setattr(bank, "backend", "triton"),
+        "backend variable": lambda: (
+            setattr(bank, "backend", None),
+            monkeypatch.setenv("PROMPT_OPS_BACKEND", "torch"),
+        ),
+        "loaded values": lambda: bank.load_state_dict({**bank.state_dict(), "lamp_q": bank.lamp_q.detach() * 3}),
+    }
+    for change, make in changes.items():
+        before = len(builds)
+        make()
+        row_equals_module_alone()
+        assert len(builds) == before + 1, change
