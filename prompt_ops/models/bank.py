@@ -20,7 +20,8 @@ tensor of which method goes where; a table is None while no adapter has it):
   parameters) and written over their adapters' rows of ``prompts`` out of place (``index_copy``: the stored rows get
   no gradient from the op), for the adapters of the batch only: per call under grad; without grad kept per adapter
   until one of its tables changes (an in-place write bumps its version counter: an optimizer step, ``copy_`` under
-  ``torch.no_grad``; a write through ``.data`` does not, call :meth:`AdapterBank.clear_built` after one).
+  ``torch.no_grad``; a write through ``.data`` does not, call :meth:`AdapterBank.clear_built` after one) or the
+  resolved backend does.
 
 ``slots`` is the layout of a row's ``m_max`` prompt columns (``"front"``: the masked slots in front of the prompt;
 ``"after_prompt"``: between the prompt and the input). The padding stays zero: it gets no gradient (the op reads
