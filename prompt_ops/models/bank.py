@@ -69,7 +69,6 @@ from prompt_ops.ops.validation import (
     TOKEN_ID_DTYPES,
     check_adapter_indices,
     check_token_data,
-    check_values_in,
     check_vector,
     validate_embed_call,
 )
@@ -128,6 +127,16 @@ def check_adapter_name(name: object, argument: str = "name") -> str:
     return name
 
 
+def check_same_positions(config: MethodConfig, positions: str, argument: str = "config") -> None:
+    """Every adapter of a mixed-adapter model numbers its tokens the model's way: ``config.positions`` must be
+    ``positions`` (a ``ValueError`` naming ``argument`` and both)."""
+    if config.positions != positions:
+        raise ValueError(
+            f"{argument}: positions = {config.positions!r}, but every row of a mixed batch numbers its tokens the "
+            f"bank's way, positions = {positions!r}: set the adapter's positions to {positions!r}"
+        )
+
+
 def check_bank_config(
     config: object, embedding: nn.Embedding, positions: str, argument: str = "config"
 ) -> MethodConfig:
@@ -141,11 +150,7 @@ def check_bank_config(
             f"{argument}: the adapter bank holds adapters of the methods whose prompt goes in front of the input "
             f"({held}), not {config.method!r} adapters ({type(config).__name__})"
         )
-    if config.positions != positions:
-        raise ValueError(
-            f"{argument}: positions = {config.positions!r}, but every row of a mixed batch numbers its tokens the "
-            f"bank's way, positions = {positions!r}: set the adapter's positions to {positions!r}"
-        )
+    check_same_positions(config, positions, argument)
     with torch.device("meta"):
         config.build(nn.Embedding(embedding.num_embeddings, embedding.embedding_dim))  # checks every field by name
     return config.snapshot()
@@ -455,11 +460,11 @@ class AdapterBank(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The bank's rows at ``positions``, each family's through its op (module docstring); without
         ``prompt_columns`` only the input's columns (and no dropout)."""
-        if self.prompts is None:
-            return self._plain(input_ids, attention_mask, adapter_index)
         self._check_rows(input_ids, attention_mask, adapter_index, positions)
         rows = adapter_index.tolist()  # one host sync: the adapters of the batch and each row's family
         check_adapter_indices(torch.tensor(rows, dtype=torch.int64), len(self._configs))  # on the host
+        if self.prompts is None:
+            return self._plain(input_ids, attention_mask)
         used = set(rows)
         present = [name for index, name in enumerate(self._configs) if index in used]
         if isinstance(positions, str):
@@ -488,17 +493,12 @@ class AdapterBank(nn.Module):
         columns = prompts.shape[1] if not prompt_columns else 0
         return embeds[:, columns:], mask[:, columns:]
 
-    def _plain(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, adapter_index: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """An empty bank's rows (every one a -1 row, ``m_max = 0``): the plain token embeddings and the mask as given
-        (int64 ones when None), the arguments checked as the ops check theirs."""
+    def _plain(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """An empty bank's rows (every one a -1 row, ``m_max = 0``, checked by the caller): the plain token embeddings
+        and the mask as given (int64 ones when None); the ids' values checked as the ops check them."""
         weight = self.embedding.weight
-        validate_embed_call(input_ids, weight, attention_mask, self.backend, {})
-        check_vector("adapter_index", adapter_index, input_ids.shape[0], "B", TOKEN_ID_DTYPES)
         if resolve_check_ids(None):
             check_token_data(input_ids, weight.shape[0], attention_mask)
-            check_values_in("adapter_index", adapter_index, -1, -1, "[-1, 0) (the bank is empty)")
         mask = torch.ones_like(input_ids, dtype=torch.int64) if attention_mask is None else attention_mask
         return F.embedding(input_ids, weight), mask
 

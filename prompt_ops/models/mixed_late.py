@@ -37,6 +37,7 @@ from torch.nn import functional as F
 
 from prompt_ops.methods.base import check_backend, check_sizes
 from prompt_ops.models.adapters import check_adapter_tensors
+from prompt_ops.models.bank import check_same_positions
 from prompt_ops.models.configs import LPTConfig, check_config
 from prompt_ops.models.late import (
     SOURCE_WITH_CACHE,
@@ -59,11 +60,7 @@ def check_late_config(model: nn.Module, config: object, positions: str, argument
     convention is the bank's ``positions`` and whose fields all hold (checked on the meta device)."""
     config = check_config(config, (LPTConfig,))
     stack = lpt_stack(model)
-    if config.positions != positions:
-        raise ValueError(
-            f"{argument}: positions = {config.positions!r}, but every row of a mixed batch numbers its tokens the "
-            f"bank's way, positions = {positions!r}: set the adapter's positions to {positions!r}"
-        )
+    check_same_positions(config, positions, argument)
     try:
         config = config.resolved(len(stack.layers), stack.causal)
         with torch.device("meta"):

@@ -402,7 +402,7 @@ def test_an_adapter_bank_on_its_own():
     assert torch.equal(embeds, embedding.weight[ids]) and mask.tolist() == [[1] * 3] * 2
     given = torch.tensor([[0, 1, 1], [1, 1, 0]])
     assert bank(ids, given, torch.tensor([-1, -1]))[1] is given
-    with pytest.raises(ValueError, match=r"adapter_index must be in \[-1, 0\) \(the bank is empty\), found 0"):
+    with pytest.raises(ValueError, match=r"adapter_index must be in \[-1, 0\) .*N = 0 adapters.*found 0"):
         bank(ids, None, torch.tensor([-1, 0]))
     state = {"prompt": torch.randn(2, HIDDEN)}
     bank.add("p", PromptTuningConfig(num_tokens=2), state)
