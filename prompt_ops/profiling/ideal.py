@@ -106,6 +106,30 @@ def mixed_dept_embed_forward_bytes(
     return read + batch * (num_slots + seq_len) * (hidden * _size(weight_dtype) + out_mask)
 
 
+def mixed_adept_embed_forward_bytes(
+    batch: int,
+    seq_len: int,
+    num_slots: int,
+    hidden: int,
+    prompt_lengths: Sequence[int],
+    ranks: Sequence[int],
+    weight_dtype: torch.dtype = torch.float32,
+    ids_dtype: torch.dtype = torch.int64,
+    mask_dtype: torch.dtype | None = torch.int64,
+    param_dtype: torch.dtype = torch.float32,
+    index_dtype: torch.dtype = torch.int64,
+) -> int:
+    """Forward of ``mixed_adept_embed`` in eval (no dropout): :func:`mixed_dept_embed_forward_bytes` without offsets
+    (per batch row its ids, table rows, mask and adapter index; per adapter used its ``m_a`` prompt rows and length;
+    the embeddings and extended mask out), plus each adapter's FFN at its own rank ``r_a`` (``w_down``, ``b_down``,
+    ``w_up``, ``b_up``), each adapter once however many rows use it; the bank's rank padding is never needed."""
+    without_offsets = mixed_dept_embed_forward_bytes(
+        batch, seq_len, num_slots, hidden, prompt_lengths, [0] * len(ranks), None, weight_dtype, ids_dtype,
+        mask_dtype, param_dtype, index_dtype,
+    )  # fmt: skip
+    return without_offsets + sum((2 * hidden * r + r + hidden) * _size(param_dtype) for r in ranks)
+
+
 def adept_embed_forward_bytes(
     batch: int,
     seq_len: int,
