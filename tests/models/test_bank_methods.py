@@ -22,11 +22,12 @@ from tests.models.test_multi_adapter import (
     GREEDY,
     TOL,
     alone,
+    assert_padding_has_no_gradient,
+    assert_rows_equal_each_adapter_alone,
     batch,
     generated_alone,
-    label_count,
     mixed,
-    prompt_columns,
+    table_grad,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -55,75 +56,6 @@ ROWS = {
 LENGTHS = [7, 4, 6, 5, 3, 7, 6, 5]  # real tokens per row, of L = 7
 
 
-def table_grad(multi, name: str, key: str, shape: torch.Size) -> torch.Tensor:
-    """The gradient of adapter ``name``'s tensor ``key`` (unpadded ``shape``) in the bank's stacked parameter (zeros
-    where no row reached that parameter)."""
-    table = getattr(multi.bank, TABLES[type(multi.bank.config(name))][key])
-    if table.grad is None:
-        return torch.zeros(shape)
-    return table.grad[multi.adapter_names.index(name)][tuple(slice(0, size) for size in shape)]
-
-
-def assert_padding_has_no_gradient(bank: AdapterBank) -> None:
-    """Every stacked parameter's gradient is exactly zero outside the adapters' unpadded tensors."""
-    for table_name, table in bank.named_parameters():
-        if table.grad is None:
-            continue
-        padding = torch.ones_like(table, dtype=torch.bool)
-        for index, name in enumerate(bank.names):
-            for key, view in bank.adapter_state_dict(name).items():
-                if TABLES[type(bank.config(name))][key] == table_name:
-                    padding[index][tuple(slice(0, size) for size in view.shape)] = False
-        assert table.grad[padding].eq(0).all(), table_name
-
-
-def assert_rows_equal_each_adapter_alone(multi, family: str, side: str, rows: list[str]) -> None:
-    """A mixed forward and backward: each adapter row's outputs (prompt and real columns) equal its adapter alone
-    on its rows, each ``"__base__"`` row's the plain model on its real tokens, the loss their label-weighted mean,
-    and each adapter's gradient in the bank the gradient it gets alone from its own rows."""
-    ids, mask, labels = batch(side, LENGTHS[: len(rows)])
-    if family == "t5":
-        torch.manual_seed(3)
-        labels = torch.randint(1, VOCAB, (len(rows), 4))
-    out = multi(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=rows)
-    out.loss.backward()
-    slots, terms, total, expected = multi.bank.num_slots, 0.0, 0, {}
-    for name in dict.fromkeys(rows):
-        picked = [b for b, row in enumerate(rows) if row == name]
-        for b in picked if name == "__base__" else []:  # the plain model on the row's real tokens
-            real = mask[b].bool()
-            row_labels = labels[b : b + 1] if family == "t5" else labels[b : b + 1, real]
-            plain = multi.base_model(input_ids=ids[b : b + 1, real], labels=row_labels)
-            torch.testing.assert_close(out.logits[b] if family == "t5" else out.logits[b, slots:][real],
-                                       plain.logits[0], **TOL)  # fmt: skip
-            count = label_count(family, row_labels, base=True)
-            terms, total = terms + plain.loss.detach() * count, total + count
-        if name == "__base__":
-            continue
-        tuned = alone(multi, name)
-        single = tuned(input_ids=ids[picked], attention_mask=mask[picked], labels=labels[picked])
-        count = label_count(family, labels[picked], base=False)
-        terms, total = terms + single.loss.detach() * count, total + count
-        params = tuned.adapter_state_dict()
-        expected[name] = dict(zip(params, torch.autograd.grad(single.loss * count, list(params.values())), strict=True))
-        m = tuned.num_prompt_rows
-        assert m == multi.bank.prompt_rows(name)
-        for i, b in enumerate(picked):
-            if family == "t5":
-                torch.testing.assert_close(out.logits[b], single.logits[i], **TOL)
-                continue
-            real = torch.cat([torch.ones(m, dtype=torch.bool), mask[b].bool()])
-            columns = torch.cat([out.logits[b, prompt_columns(multi, m)], out.logits[b, slots:]])
-            torch.testing.assert_close(columns[real], single.logits[i][real], **TOL)
-    torch.testing.assert_close(out.loss, terms / total, **TOL)
-    for name, grads in expected.items():
-        for key, grad in grads.items():
-            assert grad.ne(0).any(), (name, key)  # the comparison below means something
-            torch.testing.assert_close(table_grad(multi, name, key, grad.shape), grad / total, **TOL, msg=(name, key))
-    assert_padding_has_no_gradient(multi.bank)
-    assert all(p.grad is None for p in multi.base_model.parameters())
-
-
 CASES = [
     *[(bank, family, side, None) for bank in ("lamp", "ept", "adept") for family, side in
       (("gpt2", "left"), ("bert-mlm", "right"))],
@@ -136,7 +68,7 @@ CASES = [
 @pytest.mark.parametrize("bank, family, side, backend", CASES)
 def test_each_row_equals_its_adapter_alone_and_base_rows_the_plain_model(bank, family, side, backend):
     multi = mixed(family, BANKS[bank], backend=backend)
-    assert_rows_equal_each_adapter_alone(multi, family, side, ROWS[bank])
+    assert_rows_equal_each_adapter_alone(multi, family, side, ROWS[bank], LENGTHS[: len(ROWS[bank])])
 
 
 def test_greedy_generation_of_each_row_equals_its_adapter_alone(monkeypatch):
