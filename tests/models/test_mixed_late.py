@@ -9,6 +9,7 @@ import torch
 from prompt_ops.models import DePTConfig, LPTConfig, PromptTuningConfig, attach, attach_many, load_adapter
 from tests.models.model_state import ModelState
 from tests.models.test_lpt import VOCAB, tiny
+from tests.models.test_multi_adapter import padding_mask, perturbed
 
 transformers = pytest.importorskip("transformers")
 
@@ -25,13 +26,7 @@ TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 def mixed(family: str, adapters=ADAPTERS, backend=None):
     """The adapters over a tiny 4-layer model, every tensor moved off its init."""
-    multi = attach_many(tiny(family, head=True), adapters, backend=backend)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name in multi.adapter_names:
-            for tensor in multi.adapter_state_dict(name).values():
-                tensor.add_(0.1 * torch.randn_like(tensor))
-    return multi
+    return perturbed(attach_many(tiny(family, head=True), adapters, backend=backend))
 
 
 def alone(multi, family: str, name: str):
@@ -47,13 +42,7 @@ def alone(multi, family: str, name: str):
 def batch(side: str, lengths=LENGTHS, seq_len: int = 7):
     torch.manual_seed(2)
     ids = torch.randint(2, VOCAB, (len(lengths), seq_len))
-    mask = torch.zeros(len(lengths), seq_len, dtype=torch.long)
-    for row, length in enumerate(lengths):
-        if side == "left":
-            mask[row, seq_len - length :] = 1
-        else:
-            mask[row, :length] = 1
-    return ids, mask
+    return ids, padding_mask(side, lengths, seq_len)
 
 
 def causal_labels(ids, mask):

@@ -36,7 +36,11 @@ TOL = {"rtol": 1e-5, "atol": 1e-5}
 def mixed(family: str, adapters=ADAPTERS, initializer_range: float | None = None, **kwargs) -> MultiAdapterModel:
     """A bank over a tiny model (``initializer_range`` as :func:`tiny` takes it), every adapter tensor moved off its
     init (zero B would hide the offsets)."""
-    multi = attach_many(tiny(family, initializer_range), adapters, **kwargs)
+    return perturbed(attach_many(tiny(family, initializer_range), adapters, **kwargs))
+
+
+def perturbed(multi: MultiAdapterModel) -> MultiAdapterModel:
+    """``multi`` with every adapter tensor moved off its init by seeded noise (in place)."""
     torch.manual_seed(1)
     with torch.no_grad():
         for name in multi.adapter_names:
@@ -45,16 +49,22 @@ def mixed(family: str, adapters=ADAPTERS, initializer_range: float | None = None
     return multi
 
 
-def batch(side: str, lengths=LENGTHS, seq_len: int = 7):
-    """Token ids, a padding mask (pads on ``side``) and token labels (-100 on the pads)."""
-    torch.manual_seed(2)
-    ids = torch.randint(1, VOCAB, (len(lengths), seq_len))
+def padding_mask(side: str, lengths, seq_len: int) -> torch.Tensor:
+    """A ``(len(lengths), seq_len)`` int64 mask of each row's ``lengths[row]`` real tokens, the pads on ``side``."""
     mask = torch.zeros(len(lengths), seq_len, dtype=torch.long)
     for row, length in enumerate(lengths):
         if side == "left":
             mask[row, seq_len - length :] = 1
         else:
             mask[row, :length] = 1
+    return mask
+
+
+def batch(side: str, lengths=LENGTHS, seq_len: int = 7):
+    """Token ids, a padding mask (pads on ``side``) and token labels (-100 on the pads)."""
+    torch.manual_seed(2)
+    ids = torch.randint(1, VOCAB, (len(lengths), seq_len))
+    mask = padding_mask(side, lengths, seq_len)
     return ids, mask, ids.masked_fill(mask == 0, -100)
 
 
