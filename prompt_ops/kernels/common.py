@@ -68,6 +68,39 @@ def head_token_tile(num_head, total, hidden, BLOCK_T: tl.constexpr, BLOCK_D: tl.
 
 
 @triton.jit
+def bank_prompt_rows(adapter, num_adapters, prompt_lengths_ptr, rows, is_slot, num_slots, slots_front):
+    """A bank row's prompt slots: ``adapter`` its index ``a`` (int64), ``rows``/``is_slot`` its output columns
+    (:func:`head_token_rows` over ``S = num_slots`` slots), ``slots_front`` 1 when the ``S - m_a`` masked slots
+    stand in front of the prompt (``f_a = S - m_a``), 0 when after it (``f_a = 0``).
+
+    Returns ``has_adapter`` (``a`` in ``[0, N)``; any other index, possible only when the host check is off, reads
+    nothing, as the base model), ``index`` (``a``, or 0 without an adapter: a safe address), ``slot_ok`` (the
+    ``[BLOCK_T]`` columns holding prompt rows ``[f_a, f_a + m_a)``) and ``prompt_row`` (their prompt row, else 0)."""
+    has_adapter = (adapter >= 0) & (adapter < num_adapters)
+    index = tl.where(has_adapter, adapter, 0)
+    num_prompt = tl.where(has_adapter, tl.load(prompt_lengths_ptr + index).to(tl.int64), 0)  # m_a (0 for -1)
+    first_slot = (num_slots - num_prompt) * slots_front  # f_a
+    slot_ok = is_slot & (rows >= first_slot) & (rows < first_slot + num_prompt)  # [BLOCK_T] the prompt rows
+    return has_adapter, index, slot_ok, tl.where(slot_ok, rows - first_slot, 0)
+
+
+@triton.jit
+def store_bank_mask(
+    mask_out_row_ptr, mask_row_ptr, rows, total, is_slot, slot_ok, is_token, tok, stride_mask_t,
+    HAS_MASK: tl.constexpr, BLOCK_T: tl.constexpr,
+):  # fmt: skip
+    """One row's extended mask over the ``[BLOCK_T]`` output columns ``rows`` of ``total``: 1 on its prompt slots
+    (``slot_ok``), 0 on the other slots, then the given mask row (``mask_row_ptr``, when ``HAS_MASK``) or ones on
+    its token columns ``tok``, rounded to the dtype of ``mask_out_row_ptr`` (the row's first output entry)."""
+    if HAS_MASK:
+        given = tl.load(mask_row_ptr + tok * stride_mask_t, mask=is_token, other=1).to(tl.float32)  # [BLOCK_T]
+    else:
+        given = tl.full([BLOCK_T], 1.0, tl.float32)
+    keep = tl.where(is_slot, tl.where(slot_ok, 1.0, 0.0), given)  # [BLOCK_T]
+    tl.store(mask_out_row_ptr + rows, keep.to(mask_out_row_ptr.dtype.element_ty), mask=rows < total)
+
+
+@triton.jit
 def token_embedding_tile(
     weight_ptr, ids_row_ptr, tok, is_token, vocab, cols, col_ok, stride_ids_t, stride_w_v, stride_w_d
 ):  # fmt: skip

@@ -47,6 +47,7 @@ import triton.language as tl
 
 from prompt_ops.kernels.adept_embed import GPU_CONFIG, FFNConfig, block_rank, default_config
 from prompt_ops.kernels.common import (
+    bank_prompt_rows,
     ffn_hidden_grad_tile,
     ffn_hidden_tile,
     ffn_offset_tile,
@@ -55,6 +56,7 @@ from prompt_ops.kernels.common import (
     interpreting,
     launch_grid,
     load_tile,
+    store_bank_mask,
 )
 from prompt_ops.kernels.mixed_embed import mixed_embed_bwd_triton
 
@@ -109,13 +111,9 @@ def _mixed_adept_fwd_kernel(
     # rows: output column p in [0, T); tok: the token column t of a token column
     rows, is_slot, is_token, tok = head_token_rows(pid_t, num_slots, total, BLOCK_T)
     adapter = tl.load(adapter_ptr + b).to(tl.int64)
-    # An index outside [0, N) (possible only when the host check is off) reads nothing, as the base model.
-    has_adapter = (adapter >= 0) & (adapter < num_adapters)
-    index = tl.where(has_adapter, adapter, 0)
-    num_prompt = tl.where(has_adapter, tl.load(prompt_lengths_ptr + index).to(tl.int64), 0)  # m_a (0 for -1)
-    first_slot = (num_slots - num_prompt) * slots_front  # f_a
-    slot_ok = is_slot & (rows >= first_slot) & (rows < first_slot + num_prompt)  # [BLOCK_T] the prompt rows
-    prompt_row = tl.where(slot_ok, rows - first_slot, 0)  # [BLOCK_T]
+    has_adapter, index, slot_ok, prompt_row = bank_prompt_rows(
+        adapter, num_adapters, prompt_lengths_ptr, rows, is_slot, num_slots, slots_front
+    )
     ids = tl.load(ids_ptr + b * stride_ids_b + tok * stride_ids_t, mask=is_token, other=0).to(tl.int64)  # [BLOCK_T]
     id_ok = is_token & (ids >= 0) & (ids < vocab)  # [BLOCK_T] out-of-range ids read nothing
 
@@ -151,12 +149,10 @@ def _mixed_adept_fwd_kernel(
         tl.store(
             out_row[:, None] + cols[None, :], value.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :]
         )
-    if HAS_MASK:
-        given = tl.load(mask_ptr + b * stride_mask_b + tok * stride_mask_t, mask=is_token, other=1).to(tl.float32)
-    else:
-        given = tl.full([BLOCK_T], 1.0, tl.float32)
-    keep = tl.where(is_slot, tl.where(slot_ok, 1.0, 0.0), given)  # [BLOCK_T]
-    tl.store(mask_out_ptr + b * total + rows, keep.to(mask_out_ptr.dtype.element_ty), mask=row_ok)
+    store_bank_mask(
+        mask_out_ptr + b * total, mask_ptr + b * stride_mask_b, rows, total, is_slot, slot_ok, is_token, tok,
+        stride_mask_t, HAS_MASK, BLOCK_T,
+    )  # fmt: skip
 
 
 @triton.jit

@@ -45,12 +45,14 @@ import triton
 import triton.language as tl
 
 from prompt_ops.kernels.common import (
+    bank_prompt_rows,
     gather_shifted_rows,
     head_token_tile,
     interpreting,
     launch_grid,
     load_tile,
     shifted_low_rank_tile,
+    store_bank_mask,
     token_embedding_tile,
 )
 from prompt_ops.kernels.dept_embed import (
@@ -137,17 +139,13 @@ def _mixed_embed_fwd_kernel(
     offset = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
     for _ in range(0, count):
         adapter = tl.load(adapter_row).to(tl.int64)
-        # An index outside [0, N) (possible only when the host check is off) reads nothing, as the base model.
-        has_adapter = (adapter >= 0) & (adapter < num_adapters)
-        index = tl.where(has_adapter, adapter, 0)
-        num_prompt = tl.where(has_adapter, tl.load(prompt_lengths_ptr + index).to(tl.int64), 0)  # m_a (0 for -1)
-        first_slot = (num_slots - num_prompt) * slots_front  # f_a
-        slot_ok = is_slot & (rows >= first_slot) & (rows < first_slot + num_prompt)  # [BLOCK_T] the prompt rows
+        has_adapter, index, slot_ok, prompt_row = bank_prompt_rows(
+            adapter, num_adapters, prompt_lengths_ptr, rows, is_slot, num_slots, slots_front
+        )
         if (adapter != last_adapter) & has_slots:  # prompt: [BLOCK_T, BLOCK_D]
             prompt = load_tile(
-                prompts_ptr + index * stride_p_n, tl.where(slot_ok, rows - first_slot, 0), slot_ok, cols, col_ok,
-                stride_p_m, stride_p_d,
-            )  # fmt: skip
+                prompts_ptr + index * stride_p_n, prompt_row, slot_ok, cols, col_ok, stride_p_m, stride_p_d
+            )
         if HAS_OFFSET:
             changed = adapter != last_adapter
             start = 0
@@ -178,12 +176,10 @@ def _mixed_embed_fwd_kernel(
         value = tl.where(is_slot[:, None], prompt, emb)  # [BLOCK_T, BLOCK_D]
         tl.store(out_base + rows[:, None] * hidden + cols[None, :], value.to(out_ptr.dtype.element_ty), mask=out_ok)
         if pid_d == 0:
-            if HAS_MASK:
-                given = tl.load(mask_base + tok * stride_mask_t, mask=is_token, other=1).to(tl.float32)  # [BLOCK_T]
-            else:
-                given = tl.full([BLOCK_T], 1.0, tl.float32)
-            keep = tl.where(is_slot, tl.where(slot_ok, 1.0, 0.0), given)  # [BLOCK_T]
-            tl.store(mask_out_base + rows, keep.to(mask_out_ptr.dtype.element_ty), mask=rows < total)
+            store_bank_mask(
+                mask_out_base, mask_base, rows, total, is_slot, slot_ok, is_token, tok, stride_mask_t, HAS_MASK,
+                BLOCK_T,
+            )  # fmt: skip
         adapter_row += 1
         start_row += 1
         ids_base += stride_ids_b
