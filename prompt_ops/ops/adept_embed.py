@@ -12,7 +12,7 @@ import numbers
 import torch
 
 from prompt_ops.ops.backend import resolve_check_ids
-from prompt_ops.ops.common import accumulate_dtype, custom_op
+from prompt_ops.ops.common import accumulate_dtype, custom_op, fake_embed_outputs
 from prompt_ops.ops.validation import (
     check_embed_sizes,
     check_int32_index,
@@ -142,11 +142,7 @@ def adept_embed_fwd_op(
 def _adept_embed_fwd_fake(
     input_ids, weight, prompt, w_down, b_down, w_up, b_up, attention_mask, dropout_p, seed, check_ids, backend
 ):
-    batch, seq_len = input_ids.shape
-    num_prompt, hidden_size = prompt.shape
-    mask_dtype = attention_mask.dtype if attention_mask is not None else torch.int64
-    embeds = weight.new_empty((batch, num_prompt + seq_len, hidden_size))
-    return embeds, input_ids.new_empty((batch, num_prompt + seq_len), dtype=mask_dtype)
+    return fake_embed_outputs(input_ids, weight, *prompt.shape, attention_mask)
 
 
 @custom_op("prompt_ops::adept_embed_bwd")

@@ -21,7 +21,7 @@ positive, which the string conventions guarantee, else ``[0, L_max)``).
 import torch
 
 from prompt_ops.ops.backend import resolve_check_ids
-from prompt_ops.ops.common import accumulate_dtype, custom_op
+from prompt_ops.ops.common import accumulate_dtype, custom_op, fake_embed_outputs
 from prompt_ops.ops.positions import POSITIONS, check_positions, row_starts
 from prompt_ops.ops.validation import check_embed_sizes, check_scale, check_token_data, validate_embed_call
 
@@ -163,11 +163,7 @@ def _dept_embed_fwd_fake(
     input_ids, weight, prompt, lora_a, lora_b, attention_mask, scale, check_ids, backend, starts=None,
     starts_nonpositive=False,
 ):  # fmt: skip
-    batch, seq_len = input_ids.shape
-    num_prompt, hidden = prompt.shape
-    mask_dtype = attention_mask.dtype if attention_mask is not None else torch.int64
-    embeds = weight.new_empty((batch, num_prompt + seq_len, hidden))
-    return embeds, input_ids.new_empty((batch, num_prompt + seq_len), dtype=mask_dtype)
+    return fake_embed_outputs(input_ids, weight, *prompt.shape, attention_mask)
 
 
 @custom_op("prompt_ops::dept_embed_bwd")

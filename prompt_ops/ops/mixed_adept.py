@@ -42,7 +42,7 @@ from prompt_ops.ops.adept_embed import (
     resolve_seed,
 )
 from prompt_ops.ops.backend import resolve_check_ids
-from prompt_ops.ops.common import accumulate_dtype, custom_op
+from prompt_ops.ops.common import accumulate_dtype, custom_op, fake_embed_outputs
 from prompt_ops.ops.mixed_embed import check_slots, mixed_embed_bwd_torch, mixed_embed_fwd_torch
 from prompt_ops.ops.validation import (
     check_bank,
@@ -60,6 +60,12 @@ FFN_NAMES = ("w_down", "b_down", "w_up", "b_up")
 # ----------------------------------------------------------------------------------------------------------------
 # torch backend
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def ffn_shapes(num: int, hidden: int, rank: int) -> tuple[tuple[int, ...], ...]:
+    """The shapes of a bank's stacked FFN tensors ``w_down (N, d, r_max)``, ``b_down (N, r_max)``, ``w_up (N, r_max,
+    d)`` and ``b_up (N, d)`` (and of their gradients)."""
+    return (num, hidden, rank), (num, rank), (num, rank, hidden), (num, hidden)
 
 
 def no_offsets(prompt_lengths: Tensor) -> Tensor:
@@ -160,8 +166,7 @@ def mixed_adept_bwd_torch(
         grad_out, prompt_lengths, None, None, no_offsets(prompt_lengths), adapter_index, None, num_slots, slots=slots
     )[0]
     acc = accumulate_dtype(weight.dtype, w_down.dtype)
-    shapes = ((num, hidden, rank), (num, rank), (num, rank, hidden), (num, hidden))
-    grads = [torch.zeros(shape, dtype=acc, device=grad_out.device) for shape in shapes]
+    grads = [torch.zeros(shape, dtype=acc, device=grad_out.device) for shape in ffn_shapes(num, hidden, rank)]
     multipliers = None
     if dropout is not None:
         multipliers = dropout_multipliers_mixed(adapter_index, seq_len, rank, dropout, seed, acc)
@@ -222,11 +227,7 @@ def _mixed_adept_embed_fwd_fake(
     input_ids, weight, prompts, prompt_lengths, w_down, b_down, w_up, b_up, adapter_index, attention_mask, dropout,
     seed, check_ids, backend, slots,
 ):  # fmt: skip
-    batch, seq_len = input_ids.shape
-    _, num_slots, hidden = prompts.shape
-    mask_dtype = attention_mask.dtype if attention_mask is not None else torch.int64
-    embeds = weight.new_empty((batch, num_slots + seq_len, hidden))
-    return embeds, input_ids.new_empty((batch, num_slots + seq_len), dtype=mask_dtype)
+    return fake_embed_outputs(input_ids, weight, prompts.shape[1], prompts.shape[2], attention_mask)
 
 
 @custom_op("prompt_ops::mixed_adept_embed_bwd")
@@ -264,8 +265,7 @@ def _mixed_adept_embed_bwd_fake(
     num, hidden, rank = w_down.shape
     acc = accumulate_dtype(weight.dtype, w_down.dtype)
     grad_prompts = grad_out.new_empty((num, num_slots, hidden), dtype=accumulate_dtype(grad_out.dtype))
-    shapes = ((num, hidden, rank), (num, rank), (num, rank, hidden), (num, hidden))
-    return grad_prompts, *(w_down.new_empty(shape, dtype=acc) for shape in shapes)
+    return grad_prompts, *(w_down.new_empty(shape, dtype=acc) for shape in ffn_shapes(num, hidden, rank))
 
 
 def _setup_context(ctx, inputs, output):

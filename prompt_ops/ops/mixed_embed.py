@@ -43,7 +43,7 @@ import math
 import torch
 
 from prompt_ops.ops.backend import resolve_check_ids
-from prompt_ops.ops.common import accumulate_dtype, custom_op
+from prompt_ops.ops.common import accumulate_dtype, custom_op, fake_embed_outputs
 from prompt_ops.ops.dept_embed import check_lora_shapes, covered_rows, resolve_positions, shifted_rows
 from prompt_ops.ops.validation import (
     TOKEN_ID_DTYPES,
@@ -262,11 +262,7 @@ def _mixed_dept_embed_fwd_fake(
     input_ids, weight, prompts, prompt_lengths, lora_a, lora_b, scales, adapter_index, attention_mask, check_ids,
     backend, starts=None, starts_nonpositive=False, max_lengths=None, slots="front",
 ):  # fmt: skip
-    batch, seq_len = input_ids.shape
-    _, num_slots, hidden = prompts.shape
-    mask_dtype = attention_mask.dtype if attention_mask is not None else torch.int64
-    embeds = weight.new_empty((batch, num_slots + seq_len, hidden))
-    return embeds, input_ids.new_empty((batch, num_slots + seq_len), dtype=mask_dtype)
+    return fake_embed_outputs(input_ids, weight, prompts.shape[1], prompts.shape[2], attention_mask)
 
 
 @custom_op("prompt_ops::mixed_dept_embed_bwd")
