@@ -18,6 +18,17 @@ def random_mask(batch: int, seq_len: int, dtype_name: str | None, device: str | 
     return (torch.rand(batch, seq_len, device=device) > 0.3).to(getattr(torch, dtype_name))
 
 
+def padded_mask(lengths: list[int], seq_len: int, side: str) -> torch.Tensor:
+    """``(B, L)`` int64 ones over each row's ``lengths[b]`` real tokens, zeros on the ``side`` padding."""
+    mask = torch.zeros(len(lengths), seq_len, dtype=torch.int64)
+    for row, length in enumerate(lengths):
+        if side == "left":
+            mask[row, seq_len - length :] = 1
+        else:
+            mask[row, :length] = 1
+    return mask
+
+
 def assert_deterministic(run, params: list[torch.Tensor], grad: torch.Tensor) -> None:
     """Two runs of ``run() -> (out, mask)`` give bitwise the same outputs and parameter gradients."""
     runs = []

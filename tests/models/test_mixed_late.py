@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from prompt_ops.models import DePTConfig, LPTConfig, PromptTuningConfig, attach, attach_many, load_adapter
+from tests.helpers import padded_mask
 from tests.models.model_state import ModelState
 from tests.models.test_lpt import VOCAB, tiny
-from tests.models.test_multi_adapter import padding_mask, perturbed
+from tests.models.test_multi_adapter import perturbed
 
 transformers = pytest.importorskip("transformers")
 
@@ -42,7 +43,7 @@ def alone(multi, family: str, name: str):
 def batch(side: str, lengths=LENGTHS, seq_len: int = 7):
     torch.manual_seed(2)
     ids = torch.randint(2, VOCAB, (len(lengths), seq_len))
-    return ids, padding_mask(side, lengths, seq_len)
+    return ids, padded_mask(lengths, seq_len, side)
 
 
 def causal_labels(ids, mask):

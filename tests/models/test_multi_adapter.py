@@ -18,6 +18,7 @@ from prompt_ops.models import (
 )
 from prompt_ops.models.bank import TABLES
 from prompt_ops.ops import reference
+from tests.helpers import padded_mask
 from tests.models.model_state import ModelState
 from tests.models.test_attach import HIDDEN, VOCAB, tiny
 
@@ -49,22 +50,11 @@ def perturbed(multi: MultiAdapterModel) -> MultiAdapterModel:
     return multi
 
 
-def padding_mask(side: str, lengths, seq_len: int) -> torch.Tensor:
-    """A ``(len(lengths), seq_len)`` int64 mask of each row's ``lengths[row]`` real tokens, the pads on ``side``."""
-    mask = torch.zeros(len(lengths), seq_len, dtype=torch.long)
-    for row, length in enumerate(lengths):
-        if side == "left":
-            mask[row, seq_len - length :] = 1
-        else:
-            mask[row, :length] = 1
-    return mask
-
-
 def batch(side: str, lengths=LENGTHS, seq_len: int = 7):
     """Token ids, a padding mask (pads on ``side``) and token labels (-100 on the pads)."""
     torch.manual_seed(2)
     ids = torch.randint(1, VOCAB, (len(lengths), seq_len))
-    mask = padding_mask(side, lengths, seq_len)
+    mask = padded_mask(lengths, seq_len, side)
     return ids, mask, ids.masked_fill(mask == 0, -100)
 
 

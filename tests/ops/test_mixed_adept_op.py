@@ -16,9 +16,10 @@ from tests.helpers import (
     assert_deterministic,
     assert_grads_close,
     make_mixed_adept_case,
+    padded_mask,
     tolerances,
 )
-from tests.ops.test_mixed_embed_op import _set, _with, batch_rows, padded_mask
+from tests.ops.test_mixed_embed_op import _set, _with, batch_rows
 
 BACKENDS = ["torch", "triton"]
 LAYOUTS = ("front", "after_prompt")

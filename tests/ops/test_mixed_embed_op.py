@@ -17,6 +17,7 @@ from tests.helpers import (
     assert_close,
     assert_deterministic,
     assert_grads_close,
+    padded_mask,
     random_bank,
     tolerances,
 )
@@ -93,17 +94,6 @@ def make_mixed_case(
         sizes=sizes,
         slots=slots,
     )
-
-
-def padded_mask(lengths: list[int], seq_len: int, side: str) -> torch.Tensor:
-    """``(B, L)`` int64 ones over each row's ``lengths[b]`` real tokens, zeros on the ``side`` padding."""
-    mask = torch.zeros(len(lengths), seq_len, dtype=torch.int64)
-    for row, length in enumerate(lengths):
-        if side == "left":
-            mask[row, seq_len - length :] = 1
-        else:
-            mask[row, :length] = 1
-    return mask
 
 
 def batch_rows(num: int, batch: int) -> list[int]:
