@@ -19,7 +19,7 @@ from tests.helpers import (
     padded_mask,
     tolerances,
 )
-from tests.ops.test_mixed_embed_op import _set, _with, batch_rows
+from tests.ops.test_mixed_embed_op import _set, _with, assert_row_is_alone, batch_rows
 
 BACKENDS = ["torch", "triton"]
 LAYOUTS = ("front", "after_prompt")
@@ -91,12 +91,7 @@ def test_each_row_equals_its_adapter_alone(backend, slots):
             ffn = (case.w_down[adapter, :, :r], case.b_down[adapter, :r], case.w_up[adapter, :r], case.b_up[adapter])
             alone = prompt_ops.adept_embed(ids, case.weight, case.prompts[adapter, :num_prompt], *ffn, backend=backend)
             alone = alone[0][0]
-        first = num_slots - num_prompt if slots == "front" else 0  # the column of the prompt's row 0
-        real = torch.cat([out[row, first : first + num_prompt], out[row, num_slots + seq_len - length :]])
-        assert_close(real, alone, torch.float32, dot=True)
-        empty = [c for c in range(num_slots) if not first <= c < first + num_prompt]
-        assert not out[row, empty].any()
-        assert out_mask[row, :num_slots].tolist() == [int(first <= c < first + num_prompt) for c in range(num_slots)]
+        assert_row_is_alone(out, out_mask, row, alone, num_prompt, num_slots, length, slots)
 
 
 def expected_multipliers(case: MixedAdeptCase, backend: str, dropout: torch.Tensor, seed: int) -> torch.Tensor:

@@ -213,14 +213,22 @@ def test_each_row_equals_its_adapter_alone(backend, slots):
                 case.lora_b[adapter, :r], scale=float(case.scales[adapter]), backend="torch",
             )[0][0]  # fmt: skip
             num_prompt = m
-        first = num_slots - num_prompt if slots == "front" else 0  # the column of the prompt's row 0
-        prompt = slice(first, first + num_prompt)
-        real = torch.cat([out[row, prompt], out[row, num_slots + seq_len - length :]])
-        assert_close(real, alone, torch.float32, dot=True)
-        empty = [c for c in range(num_slots) if not first <= c < first + num_prompt]
-        assert not out[row, empty].any()
-        expected = [int(first <= c < first + num_prompt) for c in range(num_slots)]
-        assert out_mask[row, :num_slots].tolist() == expected
+        assert_row_is_alone(out, out_mask, row, alone, num_prompt, num_slots, length, slots)
+
+
+def assert_row_is_alone(out, out_mask, row: int, alone, num_prompt: int, num_slots: int, length: int, slots: str):
+    """Row ``row`` of a bank op's ``(out, out_mask)`` (``num_slots`` prompt slots in the ``slots`` layout, its input
+    left-padded to ``length`` real tokens): its prompt columns and real token columns equal ``alone`` (its
+    adapter's ``num_prompt`` prompt rows, then its tokens, on the row alone); its other slots are zero and masked,
+    its prompt slots unmasked."""
+    first = num_slots - num_prompt if slots == "front" else 0  # the column of the prompt's row 0
+    prompt = slice(first, first + num_prompt)
+    real = torch.cat([out[row, prompt], out[row, out.shape[1] - length :]])
+    assert_close(real, alone, torch.float32, dot=True)
+    empty = [c for c in range(num_slots) if not first <= c < first + num_prompt]
+    assert not out[row, empty].any()
+    expected = [int(first <= c < first + num_prompt) for c in range(num_slots)]
+    assert out_mask[row, :num_slots].tolist() == expected
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
