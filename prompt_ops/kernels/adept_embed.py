@@ -38,14 +38,15 @@ import triton
 import triton.language as tl
 
 from prompt_ops.kernels.common import (
+    add_ffn_weight_grads,
     broadcast_prompt_tile,
     dropout_scale,
     ffn_hidden_grad_tile,
     ffn_hidden_tile,
     ffn_offset_tile,
-    ffn_weight_grad_terms,
     interpreting,
     load_tile,
+    store_ffn_grads,
     sum_partials,
     sum_prompt_grad_tile,
 )
@@ -239,8 +240,6 @@ def _adept_embed_bwd_weights_kernel(
     pid_s = tl.program_id(1).to(tl.int64)
     cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)  # [BLOCK_D]
     col_ok = cols < hidden
-    r = tl.arange(0, BLOCK_R).to(tl.int64)  # [BLOCK_R]
-    r_ok = r < rank
     num_tokens = num_batch * seq_len
     start = pid_s * tokens_per_split
     stop = tl.minimum(start + tokens_per_split, num_tokens)
@@ -257,22 +256,17 @@ def _adept_embed_bwd_weights_kernel(
         ids = tl.load(ids_ptr + b * stride_ids_b + t * stride_ids_t, mask=n_ok, other=0).to(tl.int64)
         id_ok = n_ok & (ids >= 0) & (ids < vocab)
         grad_rows = grad_out_ptr + b * stride_g_b + (num_prompt + t) * stride_g_t  # [BLOCK_N] pointers
-        w_down_term, b_down_term, w_up_term, b_up_term = ffn_weight_grad_terms(
-            n, n_ok, ids, id_ok, grad_rows, act_ptr, grad_h_ptr, weight_ptr, cols, col_ok, rank, stride_g_d,
-            stride_w_v, stride_w_d, BLOCK_R,
+        acc_w_down, acc_b_down, acc_w_up, acc_b_up = add_ffn_weight_grads(
+            acc_w_down, acc_b_down, acc_w_up, acc_b_up, n, n_ok, ids, id_ok, grad_rows, act_ptr, grad_h_ptr,
+            weight_ptr, cols, col_ok, rank, stride_g_d, stride_w_v, stride_w_d, BLOCK_R,
         )  # fmt: skip
-        acc_w_down += w_down_term  # [BLOCK_D, BLOCK_R]
-        acc_b_down += b_down_term  # [BLOCK_R]
-        acc_w_up += w_up_term  # [BLOCK_R, BLOCK_D]
-        acc_b_up += b_up_term  # [BLOCK_D]
 
     slab = part_ptr + pid_s * (2 * hidden * rank + rank + hidden)
-    tl.store(slab + cols[:, None] * rank + r[None, :], acc_w_down, mask=col_ok[:, None] & r_ok[None, :])
-    if pid_d == 0:
-        tl.store(slab + hidden * rank + r, acc_b_down, mask=r_ok)
     up = slab + hidden * rank + rank
-    tl.store(up + r[:, None] * hidden + cols[None, :], acc_w_up, mask=r_ok[:, None] & col_ok[None, :])
-    tl.store(up + rank * hidden + cols, acc_b_up, mask=col_ok)
+    store_ffn_grads(
+        slab, slab + hidden * rank, up, up + rank * hidden, acc_w_down, acc_b_down, acc_w_up, acc_b_up, cols, col_ok,
+        hidden, rank, pid_d == 0, BLOCK_R,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------

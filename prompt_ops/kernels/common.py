@@ -392,7 +392,11 @@ def ffn_hidden_grad_tile(
 
 
 @triton.jit
-def ffn_weight_grad_terms(
+def add_ffn_weight_grads(
+    acc_w_down,  # [BLOCK_D, BLOCK_R] fp32 running sums
+    acc_b_down,  # [BLOCK_R]
+    acc_w_up,  # [BLOCK_R, BLOCK_D]
+    acc_b_up,  # [BLOCK_D]
     n,  # [BLOCK_N] flattened token index: row of the (N, r) act / dH buffers
     n_ok,  # [BLOCK_N]
     ids,  # [BLOCK_N] int64
@@ -409,8 +413,9 @@ def ffn_weight_grad_terms(
     stride_w_d,
     BLOCK_R: tl.constexpr,
 ):
-    """One token chunk's terms of the FFN's weight gradients over columns ``cols``: ``E^T dH`` ``[BLOCK_D,
-    BLOCK_R]``, ``sum dH`` ``[BLOCK_R]``, ``relu(Hd)^T dY`` ``[BLOCK_R, BLOCK_D]`` and ``sum dY`` ``[BLOCK_D]``."""
+    """The four running sums of the FFN's weight gradients over columns ``cols`` plus one token chunk's terms:
+    ``E^T dH`` ``[BLOCK_D, BLOCK_R]``, ``sum dH`` ``[BLOCK_R]``, ``relu(Hd)^T dY`` ``[BLOCK_R, BLOCK_D]`` and ``sum
+    dY`` ``[BLOCK_D]``."""
     r = tl.arange(0, BLOCK_R).to(tl.int64)  # [BLOCK_R]
     grad_y = tl.load(
         grad_rows[:, None] + cols[None, :] * stride_g_d, mask=n_ok[:, None] & col_ok[None, :], other=0.0
@@ -420,9 +425,25 @@ def ffn_weight_grad_terms(
     small_ok = n_ok[:, None] & (r < rank)[None, :]
     act = tl.load(act_ptr + small, mask=small_ok, other=0.0)  # [BLOCK_N, BLOCK_R]
     grad_h = tl.load(grad_h_ptr + small, mask=small_ok, other=0.0)  # [BLOCK_N, BLOCK_R]
-    return (
-        tl.dot(tl.trans(emb), grad_h, input_precision="ieee"),
-        tl.sum(grad_h, axis=0),
-        tl.dot(tl.trans(act), grad_y, input_precision="ieee"),
-        tl.sum(grad_y, axis=0),
-    )
+    acc_w_down += tl.dot(tl.trans(emb), grad_h, input_precision="ieee")
+    acc_b_down += tl.sum(grad_h, axis=0)
+    acc_w_up += tl.dot(tl.trans(act), grad_y, input_precision="ieee")
+    acc_b_up += tl.sum(grad_y, axis=0)
+    return acc_w_down, acc_b_down, acc_w_up, acc_b_up
+
+
+@triton.jit
+def store_ffn_grads(
+    w_down_ptr, b_down_ptr, w_up_ptr, b_up_ptr, acc_w_down, acc_b_down, acc_w_up, acc_b_up, cols, col_ok, hidden,
+    rank, with_b_down, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """Store one column tile's FFN gradient sums (:func:`add_ffn_weight_grads`) into contiguous fp32 planes: ``w_down
+    (d, r)``, ``b_down (r,)`` (only when ``with_b_down``: one column tile writes it), ``w_up (r, d)``, ``b_up
+    (d,)``."""
+    r = tl.arange(0, BLOCK_R).to(tl.int64)  # [BLOCK_R]
+    r_ok = r < rank
+    tl.store(w_down_ptr + cols[:, None] * rank + r[None, :], acc_w_down, mask=col_ok[:, None] & r_ok[None, :])
+    if with_b_down:
+        tl.store(b_down_ptr + r, acc_b_down, mask=r_ok)
+    tl.store(w_up_ptr + r[:, None] * hidden + cols[None, :], acc_w_up, mask=r_ok[:, None] & col_ok[None, :])
+    tl.store(b_up_ptr + cols, acc_b_up, mask=col_ok)

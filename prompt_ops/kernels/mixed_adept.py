@@ -47,16 +47,17 @@ import triton.language as tl
 
 from prompt_ops.kernels.adept_embed import GPU_CONFIG, FFNConfig, block_rank, default_config
 from prompt_ops.kernels.common import (
+    add_ffn_weight_grads,
     bank_prompt_rows,
     ffn_hidden_grad_tile,
     ffn_hidden_tile,
     ffn_offset_tile,
-    ffn_weight_grad_terms,
     head_token_rows,
     interpreting,
     launch_grid,
     load_tile,
     store_bank_mask,
+    store_ffn_grads,
 )
 from prompt_ops.kernels.mixed_embed import mixed_embed_bwd_triton
 
@@ -256,8 +257,6 @@ def _mixed_adept_bwd_weights_kernel(
     adapter = tl.program_id(1).to(tl.int64)
     cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)  # [BLOCK_D]
     col_ok = cols < hidden
-    r = tl.arange(0, BLOCK_R).to(tl.int64)  # [BLOCK_R]
-    r_ok = r < rank
 
     acc_w_down = tl.zeros([BLOCK_D, BLOCK_R], dtype=tl.float32)
     acc_b_down = tl.zeros([BLOCK_R], dtype=tl.float32)
@@ -275,32 +274,21 @@ def _mixed_adept_bwd_weights_kernel(
                 n_ok = t < seq_len
                 ids = tl.load(ids_base + t * stride_ids_t, mask=n_ok, other=0).to(tl.int64)
                 id_ok = n_ok & (ids >= 0) & (ids < vocab)
-                w_down_term, b_down_term, w_up_term, b_up_term = ffn_weight_grad_terms(
-                    row_start + t, n_ok, ids, id_ok, grad_base + t * stride_g_t, act_ptr, grad_h_ptr, weight_ptr,
-                    cols, col_ok, rank, stride_g_d, stride_w_v, stride_w_d, BLOCK_R,
+                acc_w_down, acc_b_down, acc_w_up, acc_b_up = add_ffn_weight_grads(
+                    acc_w_down, acc_b_down, acc_w_up, acc_b_up, row_start + t, n_ok, ids, id_ok,
+                    grad_base + t * stride_g_t, act_ptr, grad_h_ptr, weight_ptr, cols, col_ok, rank, stride_g_d,
+                    stride_w_v, stride_w_d, BLOCK_R,
                 )  # fmt: skip
-                acc_w_down += w_down_term  # [BLOCK_D, BLOCK_R]
-                acc_b_down += b_down_term  # [BLOCK_R]
-                acc_w_up += w_up_term  # [BLOCK_R, BLOCK_D]
-                acc_b_up += b_up_term  # [BLOCK_D]
         adapter_row += 1
         ids_base += stride_ids_b
         grad_base += stride_g_b
         row_start += seq_len
 
-    tl.store(
-        grad_w_down_ptr + (adapter * hidden + cols[:, None]) * rank + r[None, :],
-        acc_w_down,
-        mask=col_ok[:, None] & r_ok[None, :],
-    )
-    if pid_d == 0:
-        tl.store(grad_b_down_ptr + adapter * rank + r, acc_b_down, mask=r_ok)
-    tl.store(
-        grad_w_up_ptr + (adapter * rank + r[:, None]) * hidden + cols[None, :],
-        acc_w_up,
-        mask=r_ok[:, None] & col_ok[None, :],
-    )
-    tl.store(grad_b_up_ptr + adapter * hidden + cols, acc_b_up, mask=col_ok)
+    store_ffn_grads(
+        grad_w_down_ptr + adapter * hidden * rank, grad_b_down_ptr + adapter * rank,
+        grad_w_up_ptr + adapter * rank * hidden, grad_b_up_ptr + adapter * hidden, acc_w_down, acc_b_down, acc_w_up,
+        acc_b_up, cols, col_ok, hidden, rank, pid_d == 0, BLOCK_R,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------
