@@ -341,3 +341,19 @@ def test_kept_built_prompts_never_outlive_a_change(monkeypatch):
         make()
         row_equals_module_alone()
         assert len(builds) == before + 1, change
+
+
+def test_a_full_bank_refuses_the_adapter_that_would_overflow_a_table(monkeypatch):
+    """A bank is full when one more adapter would make a stacked table hold more elements than a method parameter
+    may (the limit every method module has): ``add_adapter`` (and ``load_adapter``, through the same bank call)
+    refuses that adapter by naming the table and what sets its size, and the model and bank stay as they were."""
+    multi = mixed("gpt2")
+    prompts = multi.bank.prompts
+    limit = prompts.numel() + prompts[0].numel() - 1  # room for the adapters there are, not one more
+    monkeypatch.setattr("prompt_ops.methods.base.MAX_PARAMETER_ELEMENTS", limit)
+    before = ModelState.of(multi)
+    pattern = r"prompts \(adapters=4, longest prompt=5, embedding width=16\) would hold 320 elements, more than the 319"
+    with pytest.raises(ValueError, match=pattern):
+        multi.add_adapter("one_more", PromptTuningConfig(num_tokens=2))
+    before.assert_unchanged(multi, "a refused add_adapter")
+    assert multi.adapter_names == list(mixed("gpt2").adapter_names) and multi.bank.prompts is prompts
