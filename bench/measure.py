@@ -452,7 +452,8 @@ def _make_cpu_inputs(family: Family, shape: EmbedShape, seed: int) -> Inputs:
     return Inputs(ids, weight, mask, params, shape.pool, hidden_states, windows, starts)
 
 
-def _count_eager(fn) -> tuple[EagerTraffic, int]:
+def count_eager(fn) -> tuple[EagerTraffic, int]:
+    """The eager launches and bytes of ``fn()`` and its flops."""
     with FlopCounterMode(display=False) as flops, EagerTraffic() as traffic:
         fn()
     return traffic, flops.get_total_flops()
@@ -466,7 +467,8 @@ def count_fused(fn):
     return result, launches, kernel.unique_bytes + around.bytes, kernel.requested_bytes + around.bytes
 
 
-def _close(got: list[torch.Tensor], want: list[torch.Tensor]) -> bool:
+def outputs_close(got: list[torch.Tensor], want: list[torch.Tensor]) -> bool:
+    """The bench's correctness gate: same count, each pair within rtol 1e-4, atol 1e-3 (in fp32)."""
     return len(got) == len(want) and all(
         torch.allclose(g.flatten().float(), w.flatten().float(), rtol=1e-4, atol=1e-3)
         for g, w in zip(got, want, strict=True)
@@ -512,7 +514,11 @@ class Case:
         """Outputs, mask and every gradient of an autograd-running provider against the reference."""
         out, mask = self.forward_fn(provider)()
         grads = torch.autograd.grad(out, self.params, self.grad)
-        return _close([out], [self.ref_out]) and torch.equal(mask, self.ref_mask) and _close(grads, self.ref_grads)
+        return (
+            outputs_close([out], [self.ref_out])
+            and torch.equal(mask, self.ref_mask)
+            and outputs_close(grads, self.ref_grads)
+        )
 
     def timed(self, provider: str, mode: str) -> Callable:
         """What a timing of ``mode`` runs: the forward, the backward of a forward made beforehand, or both."""
@@ -532,9 +538,9 @@ def provider_counts(case: Case, provider: str) -> dict[str, tuple[int | None, in
     if provider == "compiled":
         return dict.fromkeys(MODES, (None, None, None))
     if provider in ("naive", "torch"):
-        forward, _ = _count_eager(case.forward_fn(provider))
+        forward, _ = count_eager(case.forward_fn(provider))
         out, _ = case.forward_fn(provider)()
-        backward, _ = _count_eager(lambda: torch.autograd.grad(out, case.params, case.grad, retain_graph=True))
+        backward, _ = count_eager(lambda: torch.autograd.grad(out, case.params, case.grad, retain_graph=True))
         counts = {"forward": (forward.launches, forward.bytes), "backward": (backward.launches, backward.bytes)}
         correct = {"forward": None, "backward": None}
     else:
@@ -548,8 +554,8 @@ def provider_counts(case: Case, provider: str) -> dict[str, tuple[int | None, in
             grads = (grads[0], *split_ffn_grads(grads[1], case.shape.hidden, case.shape.rank))
         counts = {"forward": (fwd_launches, fwd_bytes), "backward": (bwd_launches, bwd_bytes)}
         correct = {
-            "forward": _close([out], [case.ref_out]) and torch.equal(mask, case.ref_mask),
-            "backward": _close([g for g in grads if g is not None], list(case.ref_grads)),
+            "forward": outputs_close([out], [case.ref_out]) and torch.equal(mask, case.ref_mask),
+            "backward": outputs_close([g for g in grads if g is not None], list(case.ref_grads)),
         }
     result = {mode: (*counts[mode], correct[mode]) for mode in ("forward", "backward")}
     full_correct = None if correct["forward"] is None else correct["forward"] and correct["backward"]

@@ -110,6 +110,8 @@ def render_readme(payload: dict) -> str:
     ]
     lines += render_end_to_end(payload.get("end_to_end", []))
     lines += render_shared_prompt_sweep(payload.get("shared_prompt_sweep", []))
+    lines += render_mixed(payload.get("mixed", []), payload.get("mixed_setup", {}))
+    lines += render_end_to_end_mixed(payload.get("end_to_end_mixed", []))
     lines += _folding_table(payload.get("folding", []))
     lines += _compile_table(payload.get("compile", []))
     return "\n".join(lines) + "\n"
@@ -136,6 +138,8 @@ def render_full(payload: dict) -> str:
         )
     lines += render_end_to_end(payload.get("end_to_end", []))
     lines += render_shared_prompt_sweep(payload.get("shared_prompt_sweep", []))
+    lines += render_mixed(payload.get("mixed", []), payload.get("mixed_setup", {}))
+    lines += render_end_to_end_mixed(payload.get("end_to_end_mixed", []))
     return "\n".join(lines) + "\n"
 
 
@@ -257,6 +261,103 @@ def render_end_to_end(rows: list[dict]) -> list[str]:
         )
     lines += ["", f"![end to end](bench/results/{PLOTS['end_to_end']})"]
     return lines + render_shared_prompt(measured)
+
+
+MIXED_PROVIDERS = ("peft_loop", "vllm_gather", "torch", "triton")
+MIXED_TIMED = ("peft_loop", "vllm_gather", "torch")
+
+
+def render_mixed(rows: list[dict], setup: dict) -> list[str]:
+    """The mixed-adapter op table (``bench.mixed``, ``setup`` from :func:`bench.mixed.setup`): one line per (B,
+    bank size, pattern); nothing without rows."""
+    if not rows:
+        return []
+    first = rows[0]
+    lines = [
+        "",
+        "Mixed-adapter batches, forward (`bench/mixed.py`): `mixed_dept_embed` on a bank of n prompt-tuning/DePT "
+        "adapters, one adapter per row, against a *PEFT loop* (a Python loop over the batch's distinct adapters, "
+        "each running the single-adapter DePT path as the official code writes it on its rows, scattered back) and "
+        "a *vLLM gather* (zero-padded stacked prompt table, a per-token index built on the host at every call, an "
+        "embedding gather over every column, a gather and a masked overwrite; vLLM had no offsets, so DePT's are "
+        "added the same way: `Q = s * bmm(A, B)` for the bank, a host-built index, a gather and a masked add; on a "
+        "GPU its host indices are also 3 host-to-device copies per call, not counted). "
+        f"L={first['seq_len']}, d={first['hidden']}, fp32; adapter a has prompt length "
+        f"{setup['prompt_lengths']}[a % 4] and rank {setup['ranks']}[a % 4] (m_max = "
+        f"{first['num_slots']}), L_max = {setup['max_length']}, lora_alpha = {setup['lora_alpha']}; "
+        "row b has b % 4 leading pads. Patterns (Punica's): *identical* one adapter, *uniform* the rows spread "
+        f"evenly over n adapters, *skewed* a Zipf draw (exponent {setup['zipf_exponent']}, seed 0), "
+        "*distinct* every row its own adapter; *n (used)* is the bank's size and the adapters the batch uses. "
+        "Launches and MB are exact counts, *ideal* reads what the used adapters need once (no padding) and writes "
+        "the output once; triton is the forward launch, counted in the interpreter at "
+        f"{setup['triton_counted']} ('-' elsewhere). H100 columns are a **projection**, CPU columns real "
+        "wall-clock medians timed in alternating rounds.",
+        "",
+        "| B | pattern | n (used) | launches PEFT loop / vLLM / torch / triton | MB PEFT loop / vLLM / torch / "
+        "triton / ideal | triton / ideal | H100 us PEFT loop / vLLM / torch / triton (proj.) | CPU ms PEFT loop / "
+        "vLLM / torch | correct |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    keys = dict.fromkeys((r["batch"], r["adapters"], r["pattern"]) for r in rows)
+    for batch, adapters, pattern in keys:
+        by = {p: _one(rows, batch=batch, adapters=adapters, pattern=pattern, provider=p) for p in MIXED_PROVIDERS}
+        some = next(r for r in by.values() if r is not None)
+        launches = " / ".join("-" if by[p] is None or by[p]["launches"] is None else str(by[p]["launches"])
+                              for p in MIXED_PROVIDERS)  # fmt: skip
+        moved = " / ".join(_mb(by[p]["bytes"]) if by[p] else "-" for p in MIXED_PROVIDERS)
+        fused = by["triton"]
+        ratio = "-" if fused is None or fused["bytes"] is None else f"{fused['bytes'] / fused['ideal_bytes']:.2f}"
+        h100 = " / ".join(f"{by[p]['h100_us']:.1f}" if by[p] and by[p]["h100_us"] is not None else "-"
+                          for p in MIXED_PROVIDERS)  # fmt: skip
+        cpu = " / ".join(_ms(by[p]["cpu_ms"]) if by[p] else "-" for p in MIXED_TIMED)
+        correct = "yes" if all(r["correct"] is not False for r in by.values() if r) else "**NO**"
+        lines.append(
+            f"| {batch} | {pattern} | {adapters} ({some['present']}) | {launches} | {moved} / "
+            f"{_mb(some['ideal_bytes'])} | {ratio} | {h100} | {cpu} | {correct} |"
+        )
+    return lines
+
+
+MIXED_PATHS = {"mixed": "mixed (one bank)", "one_adapter": "one adapter", "loop": "loop per adapter"}
+
+
+def render_end_to_end_mixed(rows: list[dict]) -> list[str]:
+    """The end-to-end mixed-adapter table (:func:`prompt_ops.end_to_end_mixed.measure_mixed_adapters`): one line
+    per path, the prefill and decode times also as a ratio to the one-adapter path's; nothing without rows."""
+    if not rows:
+        return []
+    first, mixed, one = rows[0], _one(rows, path="mixed"), _one(rows, path="one_adapter")
+    lines = [
+        "",
+        f"Mixed-adapter batches end to end (`prompt_ops.end_to_end_mixed`) on {first['model']}: B={first['batch']}, "
+        f"L={first['seq_len']}, {first['dtype']} on {first['device']}, the `{first['backend']}` backend, eval. "
+        f"*mixed*: one `attach_many` model, one call for the batch, row b on adapter b % n of "
+        f"{mixed['adapters'] if mixed else '-'} (the bank zero-pads prompts and ranks to the "
+        "largest); *one adapter*: the same batch through "
+        f"{one['adapters'] if one else '-'} attached alone (`attach`); *loop*: each adapter attached alone "
+        "(`attach`, the bank's weights) runs its own rows, one call per adapter in sequence, time summed. "
+        "Prefill is one eval forward with `logits_to_keep=1` (input tokens/s over its median); decode is greedy ms "
+        f"per generated token with the KV cache, (t(1 + {first['decode_tokens']}) - t(1)) / "
+        f"{first['decode_tokens']} of medians. The paths run in alternating rounds; *model calls* are the base "
+        "model's forward calls in one prefill, counted; *prompt pass kept*: each adapter's prompt pass computed "
+        "once and reused, so only the input tokens run. Goal (issue 14): mixed at most 1.1x one adapter.",
+        "",
+        "| path | adapters in batch | model calls / prefill | prompt pass kept | prefill ms (p20-p80) "
+        "| prefill tokens/s | prefill vs one adapter | decode ms/token "
+        "| decode vs one adapter | greedy tokens = mixed |",
+        "|---|---:|---:|:---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for r in rows:
+        prefill = "-" if one is None else _ratio(r["prefill_ms"], one["prefill_ms"])
+        decode = "-" if one is None else _ratio(r["decode_ms_per_token"], one["decode_ms_per_token"])
+        same = {True: "yes", False: "**NO**", None: "-"}[r["same_tokens_as_mixed"]]
+        lines.append(
+            f"| {MIXED_PATHS.get(r['path'], r['path'])} | {r['distinct_adapters']} | {r['model_calls']} "
+            f"| {'yes' if r['shared_prompt'] else 'no'} | {r['prefill_ms']:.1f} ({r['prefill_p20_ms']:.1f}-"
+            f"{r['prefill_p80_ms']:.1f}) | {r['prefill_tokens_per_s']:.0f} | {prefill} "
+            f"| {r['decode_ms_per_token']:.2f} | {decode} | {same} |"
+        )
+    return lines
 
 
 def _folding_table(rows: list[dict]) -> list[str]:

@@ -7,10 +7,15 @@
   activations, prefill and decode (:mod:`prompt_ops.end_to_end`), on the causal LMs for every method but LPT both
   with and without the shared prompt pass, and a sweep of the two paths for prompt tuning over batch size and prompt
   length on GPT-2 (:func:`prompt_ops.end_to_end.sweep_shared_prompt`).
+- Mixed-adapter batches (:mod:`bench.mixed`): the fused mixed op's forward against a PEFT-style loop and a
+  vLLM-style gather over B, the bank's size and Punica's popularity patterns, on the CPU; and end to end on the
+  GPT-2 preset (:mod:`prompt_ops.end_to_end_mixed`): prefill and greedy decode of a batch mixing 8 adapters against
+  the same batch on one adapter and against looping per adapter.
 - ADePT folding, and the sm_90 compile stats of every shipped kernel config.
 
 Writes ``bench/results/ops.json`` (rows keyed by op/method, provider, mode, shape, device, with the versions and
-git commit), ``ops.csv``, ``end_to_end.csv``, ``shared_prompt_sweep.csv``, ``ops.md`` and the PNG plots, prints a
+git commit; the mixed-adapter rows under ``mixed`` and ``end_to_end_mixed``), ``ops.csv``, ``mixed.csv``,
+``end_to_end.csv``, ``end_to_end_mixed.csv``, ``shared_prompt_sweep.csv``, ``ops.md`` and the PNG plots, prints a
 summary, and with ``--update-readme`` rewrites README's benchmark section (:func:`bench.report.render_readme`):
 nothing in README is typed by hand. Run with ``TRITON_INTERPRET=1`` on a CPU machine (the Makefile sets it): fused
 kernels run in the interpreter only to be counted, never timed.
@@ -103,11 +108,20 @@ def op_shapes(quick: bool = False):
     return shapes
 
 
+def mixed_shapes(quick: bool = False):
+    """The mixed-adapter grid (:func:`bench.mixed.grid`); ``quick``: B = 8 only."""
+    from bench.mixed import grid
+
+    return grid(batches=(8,)) if quick else grid()
+
+
 END_TO_END_MODELS = {"minilm": "all-MiniLM-L6-v2", "gpt2-small-random": "GPT-2 (small, random)",
                      "llama-small-random": "LLaMA (small, random)",
                      "t5-small-random": "T5 (small, random)"}  # fmt: skip
 SWEEP_MODEL = "gpt2-small-random"
 """The preset of the shared prompt sweep (prompt tuning, B in 1, 8, 32 and m in 20, 100, L=128)."""
+MIXED_MODEL = "gpt2-small-random"
+"""The preset of the end-to-end mixed-adapter measurement (:data:`prompt_ops.end_to_end_mixed.MIX`, B=8, L=128)."""
 
 
 def _write_csv(path: Path, rows: list[dict], environment: dict) -> None:
@@ -183,22 +197,30 @@ def main(argv: list[str] | None = None) -> int:
     from rich.progress import Progress
 
     from bench.measure import DEFAULT_RANKS, EmbedShape, measure_case, measure_folding
+    from bench.mixed import measure_mixed
+    from bench.mixed import setup as mixed_setup
     from bench.report import render_full, render_readme, write_plots
     from prompt_ops.end_to_end import METHODS, SWEEP_BATCHES, SWEEP_PROMPT_TOKENS, measure_paths, sweep_shared_prompt
+    from prompt_ops.end_to_end_mixed import measure_mixed_adapters
     from prompt_ops.models.presets import load_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # with CUDA the kernels run compiled and are timed
     shapes = op_shapes(args.quick)
     cases = [(op, dataclasses.replace(shape, rank=rank)) for shape in shapes for op, rank in DEFAULT_RANKS.items()]
     models = {} if args.quick else END_TO_END_MODELS
-    rows, folding, end_to_end, sweep = [], [], [], []
+    mixed_cases = mixed_shapes(args.quick)
+    rows, mixed, folding, end_to_end, sweep, end_to_end_mixed = [], [], [], [], [], []
     with Progress() as progress:
         sweeps = 0 if args.quick else len(SWEEP_PROMPT_TOKENS) * len(SWEEP_BATCHES)
-        total = len(cases) + 3 + len(models) * len(METHODS) + sweeps + 1
+        total = len(cases) + len(mixed_cases) + 3 + len(models) * len(METHODS) + sweeps + (not args.quick) + 1
         task = progress.add_task("measuring", total=total)
         for op, shape in cases:
             progress.update(task, description=f"{op} B={shape.batch} L={shape.seq_len} d={shape.hidden}")
             rows += [dataclasses.asdict(row) for row in measure_case(op, shape, repeat=args.repeat, device=device)]
+            progress.advance(task)
+        for shape in mixed_cases:  # on the CPU: the Triton launch is counted in the interpreter, never timed
+            progress.update(task, description=f"mixed adapters B={shape.batch} n={shape.adapters} {shape.pattern}")
+            mixed += [dataclasses.asdict(row) for row in measure_mixed(shape, repeat=args.repeat)]
             progress.advance(task)
         for batch in (1, 8, 32):
             progress.update(task, description=f"ADePT folding B={batch}")
@@ -220,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
                                                 repeat=args.repeat)  # fmt: skip
                     sweep += [dataclasses.asdict(r) for r in found]
                     progress.advance(task)
+        if not args.quick:
+            progress.update(task, description="end to end: 8 mixed adapters vs one vs a loop")
+            model = load_model(MIXED_MODEL).to(device)
+            found = measure_mixed_adapters(model, END_TO_END_MODELS[MIXED_MODEL], repeat=args.repeat)
+            end_to_end_mixed += [dataclasses.asdict(r) for r in found]
+            progress.advance(task)
         progress.update(task, description="sm_90 compile stats")
         stats = compile_stats()
         progress.advance(task)
@@ -231,27 +259,36 @@ def main(argv: list[str] | None = None) -> int:
         "reference_shape": reference,
         "ranks": DEFAULT_RANKS,
         "rows": rows,
+        "mixed": mixed,
+        "mixed_setup": mixed_setup(),
         "folding": folding,
         "end_to_end": end_to_end,
         "shared_prompt_sweep": sweep,
+        "end_to_end_mixed": end_to_end_mixed,
         "compile": stats,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ops.json").write_text(json.dumps(payload, indent=2) + "\n")
     _write_csv(args.out / "ops.csv", rows, payload["environment"])
+    _write_csv(args.out / "mixed.csv", mixed, payload["environment"])
     _write_csv(args.out / "end_to_end.csv", end_to_end, payload["environment"])
     _write_csv(args.out / "shared_prompt_sweep.csv", sweep, payload["environment"])
+    _write_csv(args.out / "end_to_end_mixed.csv", end_to_end_mixed, payload["environment"])
     (args.out / "ops.md").write_text(render_full(payload))
     written = write_plots(payload, args.out)
     print_summary(payload)
-    print(f"results: {args.out / 'ops.json'}, ops.csv, end_to_end.csv, shared_prompt_sweep.csv, ops.md, "
-          f"{len(written)} plots")  # fmt: skip
+    print(f"results: {args.out / 'ops.json'}, ops.csv, mixed.csv, end_to_end.csv, end_to_end_mixed.csv, "
+          f"shared_prompt_sweep.csv, ops.md, {len(written)} plots")  # fmt: skip
     if args.update_readme:
         update_readme(render_readme(payload))
         print(f"updated {README}")
     failing = [f"{r['op']} {r['provider']} {r['mode']} B={r['batch']} L={r['seq_len']} d={r['hidden']}"
                for r in rows if r["correct"] is False]  # fmt: skip
+    failing += [f"mixed {r['provider']} B={r['batch']} n={r['adapters']} {r['pattern']}"
+                for r in mixed if r["correct"] is False]  # fmt: skip
     failing += [f"ADePT folding B={r['batch']}" for r in folding if not r["outputs_match"]]
+    failing += [f"end-to-end mixed {r['path']}: greedy tokens differ from the mixed batch's"
+                for r in end_to_end_mixed if r["same_tokens_as_mixed"] is False]  # fmt: skip
     if failing:
         print(f"OUTPUT DIFFERS FROM THE REFERENCE (reported, not timed): {', '.join(failing)}", file=sys.stderr)
         return 1

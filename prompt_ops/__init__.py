@@ -9,6 +9,9 @@ Functional ops (``backend="auto" | "triton" | "torch"``):
 - :func:`ept_prompt`, :func:`ept_embed`: EPT's fused, multi-space-projected prompt, and its input with DePT's offset.
 - :func:`lpt_prompt`, :func:`lpt_insert`: LPT's instance-dependent prompt generated from intermediate hidden states
   (NPG or APPG), and its insertion in front of them.
+- :func:`mixed_dept_embed`, :func:`mixed_adept_embed`: a mixed-adapter batch (one adapter per row) from a zero-padded
+  bank in one launch: prompt-tuning and DePT-style adapters (LAMP and EPT prompts too), and ADePT adapters
+  (:class:`prompt_ops.models.AdapterBank` and :func:`prompt_ops.models.attach_many` in a model).
 
 Modules over a frozen ``nn.Embedding``: :class:`PromptTuning`, :class:`DePT`, :class:`ADePT`, :class:`LAMP`,
 :class:`EPT`; LPT's generator :class:`LPT` (attached inside a model's layer stack by
@@ -28,6 +31,8 @@ from prompt_ops.ops.dept_embed import dept_embed, prompt_embed
 from prompt_ops.ops.ept import ept_embed, ept_prompt
 from prompt_ops.ops.lamp import lamp_embed, lamp_prompt
 from prompt_ops.ops.lpt import lpt_insert, lpt_prompt
+from prompt_ops.ops.mixed_adept import mixed_adept_embed
+from prompt_ops.ops.mixed_embed import mixed_dept_embed
 
 __version__ = "0.1.0"
 
@@ -46,6 +51,8 @@ __all__ = [
     "lamp_prompt",
     "lpt_insert",
     "lpt_prompt",
+    "mixed_adept_embed",
+    "mixed_dept_embed",
     "prompt_embed",
     "__version__",
 ]

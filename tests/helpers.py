@@ -18,6 +18,17 @@ def random_mask(batch: int, seq_len: int, dtype_name: str | None, device: str | 
     return (torch.rand(batch, seq_len, device=device) > 0.3).to(getattr(torch, dtype_name))
 
 
+def padded_mask(lengths: list[int], seq_len: int, side: str) -> torch.Tensor:
+    """``(B, L)`` int64 ones over each row's ``lengths[b]`` real tokens, zeros on the ``side`` padding."""
+    mask = torch.zeros(len(lengths), seq_len, dtype=torch.int64)
+    for row, length in enumerate(lengths):
+        if side == "left":
+            mask[row, seq_len - length :] = 1
+        else:
+            mask[row, :length] = 1
+    return mask
+
+
 def assert_deterministic(run, params: list[torch.Tensor], grad: torch.Tensor) -> None:
     """Two runs of ``run() -> (out, mask)`` give bitwise the same outputs and parameter gradients."""
     runs = []
@@ -348,3 +359,160 @@ def make_ept_case(
     ids = torch.randint(0, vocab, (batch, seq_len), device=device)
     weight = torch.randn(vocab, hidden, device=device).to(dtype)
     return EptCase(ids, weight, params, 1.1, attention_mask)
+
+
+@dataclasses.dataclass
+class MixedBankCase:
+    """Inputs of one mixed_dept_embed call shared by the kernel and op tests: a zero-padded bank (``lora_a`` and
+    ``lora_b`` None for a prompt-only bank) and a batch over it (``adapter_index`` per row, ``-1``: base model)."""
+
+    input_ids: torch.Tensor
+    weight: torch.Tensor
+    prompts: torch.Tensor
+    prompt_lengths: torch.Tensor
+    lora_a: torch.Tensor | None
+    lora_b: torch.Tensor | None
+    scales: torch.Tensor
+    adapter_index: torch.Tensor
+    attention_mask: torch.Tensor | None
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [p for p in (self.prompts, self.lora_a, self.lora_b) if p is not None]
+
+    def reference_at(self, positions, slots: str):
+        """Reference ``(out, mask, params)`` at ``positions`` in layout ``slots``, on fresh leaf copies of the
+        parameters; a fp16/bf16 table is upcast (the reference in fp32 from the same inputs, DESIGN.md §4)."""
+        weight = self.weight.float() if self.weight.dtype in LOW_PRECISION else self.weight
+        params = [p.detach().clone().requires_grad_(True) for p in self.params]
+        pair = (params[1], params[2]) if self.lora_a is not None else (None, None)
+        out, mask = reference.mixed_dept_embed(
+            self.input_ids, weight, params[0], self.prompt_lengths, *pair, self.scales, self.adapter_index,
+            attention_mask=self.attention_mask, positions=positions, slots=slots,
+        )  # fmt: skip
+        return out, mask, params
+
+
+def random_bank(
+    sizes: list[tuple[int, int, int]],
+    hidden: int,
+    scale,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(prompts, lora_a, lora_b, scales)`` of a zero-padded bank of random adapters, ``sizes`` each adapter's
+    ``(m_a, L_a, r_a)`` (``r_a = 0``: prompt tuning, zero factors and scale 0); ``scale(a, r_a)`` gives the scale of
+    a DePT adapter. Plain tensors (no grad); ``scales`` fp32."""
+    num = len(sizes)
+    num_slots, max_length, rank = (max(size[i] for size in sizes) for i in range(3))
+    prompts = torch.zeros(num, num_slots, hidden, dtype=dtype, device=device)
+    lora_a = torch.zeros(num, max_length, rank, dtype=dtype, device=device)
+    lora_b = torch.zeros(num, rank, hidden, dtype=dtype, device=device)
+    scales = torch.zeros(num, device=device)
+    for a, (m, length, r) in enumerate(sizes):
+        prompts[a, :m] = torch.randn(m, hidden, dtype=dtype, device=device)
+        if r:
+            lora_a[a, :length, :r] = torch.randn(length, r, dtype=dtype, device=device)
+            lora_b[a, :r] = 0.3 * torch.randn(r, hidden, dtype=dtype, device=device)
+            scales[a] = scale(a, r)
+    return prompts, lora_a, lora_b, scales
+
+
+ADEPT_BANK_NAMES = ("prompts", "w_down", "b_down", "w_up", "b_up")
+
+
+@dataclasses.dataclass
+class MixedAdeptCase:
+    """Inputs of one mixed_adept_embed call shared by the kernel and op tests: a zero-padded bank of ADePT adapters
+    (``sizes`` each adapter's ``(m_a, r_a)``) and a batch over it (``adapter_index`` per row, ``-1``: base model)."""
+
+    input_ids: torch.Tensor
+    weight: torch.Tensor
+    prompts: torch.Tensor
+    prompt_lengths: torch.Tensor
+    w_down: torch.Tensor
+    b_down: torch.Tensor
+    w_up: torch.Tensor
+    b_up: torch.Tensor
+    adapter_index: torch.Tensor
+    attention_mask: torch.Tensor | None
+    sizes: list[tuple[int, int]]
+    slots: str = "front"
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [self.prompts, self.w_down, self.b_down, self.w_up, self.b_up]
+
+    def args(self, params=None) -> tuple:
+        """The positional arguments of ``mixed_adept_embed`` (``params`` in place of the bank's, if given)."""
+        prompts, w_down, b_down, w_up, b_up = params if params is not None else self.params
+        return (self.input_ids, self.weight, prompts, self.prompt_lengths, w_down, b_down, w_up, b_up,
+                self.adapter_index)  # fmt: skip
+
+    def reference(self, dropout_scale: torch.Tensor | None = None):
+        """Reference ``(out, mask, params)`` on fresh leaf copies; a fp16/bf16 table is upcast (DESIGN.md §4)."""
+        weight = self.weight.float() if self.weight.dtype in LOW_PRECISION else self.weight
+        params = [p.detach().clone().requires_grad_(True) for p in self.params]
+        out, mask = reference.mixed_adept_embed(
+            self.input_ids, weight, params[0], self.prompt_lengths, *params[1:], self.adapter_index,
+            attention_mask=self.attention_mask, slots=self.slots, dropout_scale=dropout_scale,
+        )  # fmt: skip
+        return out, mask, params
+
+    def padding(self) -> list[torch.Tensor]:
+        """Boolean masks of the bank's padding, one per parameter: prompt rows ``>= m_a``, ranks ``>= r_a``."""
+        num_slots, rank = self.prompts.shape[1], self.w_down.shape[2]
+        lengths = torch.tensor([m for m, _ in self.sizes])
+        ranks = torch.tensor([r for _, r in self.sizes])
+        padded_rank = torch.arange(rank)[None, :] >= ranks[:, None]  # (N, R)
+        masks = [
+            (torch.arange(num_slots)[None, :] >= lengths[:, None])[:, :, None],
+            padded_rank[:, None, :],
+            padded_rank,
+            padded_rank[:, :, None],
+            torch.zeros(self.b_up.shape, dtype=torch.bool),
+        ]
+        return [mask.to(p.device).expand_as(p) for mask, p in zip(masks, self.params, strict=True)]
+
+
+def make_mixed_adept_case(
+    sizes: list[tuple[int, int]],
+    adapter_index: list[int],
+    seq_len: int,
+    *,
+    hidden: int = 11,
+    vocab: int = 40,
+    mask: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    param_dtype: torch.dtype = torch.float32,
+    device: str | None = None,
+    slots: str = "front",
+) -> MixedAdeptCase:
+    """A zero-padded bank of random ADePT adapters (``sizes``: ``(m_a, r_a)`` each; parameters are leaves that
+    require grad, every FFN tensor off its zero init) and a batch of ``len(adapter_index)`` rows over it."""
+    num = len(sizes)
+    num_slots, rank = (max(size[i] for size in sizes) for i in range(2))
+    bank = [
+        torch.zeros(num, num_slots, hidden, dtype=param_dtype, device=device),
+        torch.zeros(num, hidden, rank, dtype=param_dtype, device=device),
+        torch.zeros(num, rank, dtype=param_dtype, device=device),
+        torch.zeros(num, rank, hidden, dtype=param_dtype, device=device),
+        0.5 * torch.randn(num, hidden, dtype=param_dtype, device=device),
+    ]
+    for a, (m, r) in enumerate(sizes):
+        bank[0][a, :m] = torch.randn(m, hidden, dtype=param_dtype, device=device)
+        bank[1][a, :, :r] = hidden**-0.5 * torch.randn(hidden, r, dtype=param_dtype, device=device)
+        bank[2][a, :r] = 0.5 * torch.randn(r, dtype=param_dtype, device=device)
+        bank[3][a, :r] = hidden**-0.5 * torch.randn(r, hidden, dtype=param_dtype, device=device)
+    return MixedAdeptCase(
+        torch.randint(0, vocab, (len(adapter_index), seq_len), device=device),
+        torch.randn(vocab, hidden, device=device).to(dtype),
+        *(p.requires_grad_(True) for p in bank[:1]),
+        torch.tensor([m for m, _ in sizes], device=device),
+        *(p.requires_grad_(True) for p in bank[1:]),
+        torch.tensor(adapter_index, dtype=torch.int64, device=device),
+        mask,
+        sizes,
+        slots,
+    )

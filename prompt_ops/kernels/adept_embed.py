@@ -38,52 +38,18 @@ import triton
 import triton.language as tl
 
 from prompt_ops.kernels.common import (
+    add_ffn_weight_grads,
     broadcast_prompt_tile,
     dropout_scale,
+    ffn_hidden_grad_tile,
+    ffn_hidden_tile,
+    ffn_offset_tile,
     interpreting,
     load_tile,
+    store_ffn_grads,
     sum_partials,
     sum_prompt_grad_tile,
 )
-
-
-@triton.jit
-def _dropped_hidden(
-    ids,  # [BLOCK_N] int64 token ids (masked rows: any)
-    id_ok,  # [BLOCK_N]
-    n,  # [BLOCK_N] flattened token index, keys the dropout stream
-    weight_ptr,
-    w_down_ptr,
-    b_down_ptr,
-    hidden,
-    rank,
-    dropout_p,
-    seed,
-    stride_w_v,
-    stride_w_d,
-    stride_wd_d,
-    stride_wd_r,
-    HAS_DROPOUT: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-):
-    """``(Hd, D)``: ``Hd = (W[ids] @ w_down + b_down) * D`` as ``[BLOCK_N, BLOCK_R]`` fp32, accumulated over
-    d-chunks, and the dropout multipliers ``D`` (ones without dropout)."""
-    r = tl.arange(0, BLOCK_R).to(tl.int64)
-    r_ok = r < rank
-    acc = tl.zeros([BLOCK_N, BLOCK_R], dtype=tl.float32)
-    for d0 in range(0, hidden, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)  # [BLOCK_D]
-        col_ok = cols < hidden
-        emb = load_tile(weight_ptr, ids, id_ok, cols, col_ok, stride_w_v, stride_w_d)  # [BLOCK_N, BLOCK_D]
-        w_down = load_tile(w_down_ptr, cols, col_ok, r, r_ok, stride_wd_d, stride_wd_r)  # [BLOCK_D, BLOCK_R]
-        acc += tl.dot(emb, w_down, input_precision="ieee")
-    bias = tl.load(b_down_ptr + r, mask=r_ok, other=0.0).to(tl.float32)  # [BLOCK_R]
-    scale = tl.full([BLOCK_N, BLOCK_R], 1.0, tl.float32)
-    if HAS_DROPOUT:
-        scale = dropout_scale(seed, n, rank, dropout_p, BLOCK_R)
-    return (acc + bias[None, :]) * scale, scale
 
 
 @triton.jit
@@ -151,23 +117,20 @@ def _adept_embed_fwd_kernel(
             pid, num_batch, seq_len, ids_ptr, stride_ids_b, stride_ids_t, vocab, BLOCK_N
         )
         # [BLOCK_N, BLOCK_R] hidden after dropout, and the dropout multipliers
-        h, _ = _dropped_hidden(
+        h, _ = ffn_hidden_tile(
             ids, id_ok, n, weight_ptr, w_down_ptr, b_down_ptr, hidden, rank, dropout_p, seed,
             stride_w_v, stride_w_d, stride_wd_d, stride_wd_r, HAS_DROPOUT, BLOCK_N, BLOCK_D, BLOCK_R,
         )  # fmt: skip
         act = tl.maximum(h, 0.0)  # [BLOCK_N, BLOCK_R]
 
-        r = tl.arange(0, BLOCK_R).to(tl.int64)
-        r_ok = r < rank
         total = num_prompt + seq_len
         out_row = b * total + num_prompt + t  # [BLOCK_N]
         for d0 in range(0, hidden, BLOCK_D):
             cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)  # [BLOCK_D]
             col_ok = cols < hidden
             emb = load_tile(weight_ptr, ids, id_ok, cols, col_ok, stride_w_v, stride_w_d)  # [BLOCK_N, BLOCK_D]
-            w_up = load_tile(w_up_ptr, r, r_ok, cols, col_ok, stride_wu_r, stride_wu_d)  # [BLOCK_R, BLOCK_D]
-            b_up = tl.load(b_up_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)  # [BLOCK_D]
-            value = emb + tl.dot(act, w_up, input_precision="ieee") + b_up[None, :]
+            offset = ffn_offset_tile(act, w_up_ptr, b_up_ptr, rank, cols, col_ok, stride_wu_r, stride_wu_d, BLOCK_R)
+            value = emb + offset  # [BLOCK_N, BLOCK_D]
             tl.store(
                 out_ptr + out_row[:, None] * hidden + cols[None, :],
                 value.to(out_ptr.dtype.element_ty),
@@ -229,7 +192,7 @@ def _adept_embed_bwd_hidden_kernel(
             pid, num_batch, seq_len, ids_ptr, stride_ids_b, stride_ids_t, vocab, BLOCK_N
         )
         # [BLOCK_N, BLOCK_R] hidden after dropout, and the dropout multipliers
-        h, scale = _dropped_hidden(
+        h, scale = ffn_hidden_tile(
             ids, id_ok, n, weight_ptr, w_down_ptr, b_down_ptr, hidden, rank, dropout_p, seed,
             stride_w_v, stride_w_d, stride_wd_d, stride_wd_r, HAS_DROPOUT, BLOCK_N, BLOCK_D, BLOCK_R,
         )  # fmt: skip
@@ -237,15 +200,9 @@ def _adept_embed_bwd_hidden_kernel(
         r = tl.arange(0, BLOCK_R).to(tl.int64)
         r_ok = r < rank
         grad_rows = grad_out_ptr + b * stride_g_b + (num_prompt + t) * stride_g_t  # [BLOCK_N] pointers
-        grad_act = tl.zeros([BLOCK_N, BLOCK_R], dtype=tl.float32)
-        for d0 in range(0, hidden, BLOCK_D):
-            cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
-            col_ok = cols < hidden
-            grad_y = tl.load(
-                grad_rows[:, None] + cols[None, :] * stride_g_d, mask=n_ok[:, None] & col_ok[None, :], other=0.0
-            ).to(tl.float32)  # [BLOCK_N, BLOCK_D]
-            w_up = load_tile(w_up_ptr, r, r_ok, cols, col_ok, stride_wu_r, stride_wu_d)  # [BLOCK_R, BLOCK_D]
-            grad_act += tl.dot(grad_y, tl.trans(w_up), input_precision="ieee")  # [BLOCK_N, BLOCK_R]
+        grad_act = ffn_hidden_grad_tile(
+            grad_rows, n_ok, w_up_ptr, hidden, rank, stride_g_d, stride_wu_r, stride_wu_d, BLOCK_N, BLOCK_D, BLOCK_R
+        )  # [BLOCK_N, BLOCK_R]
         grad_h = tl.where(h > 0.0, grad_act, 0.0) * scale  # [BLOCK_N, BLOCK_R]
         store_ok = n_ok[:, None] & r_ok[None, :]
         offsets = n[:, None] * rank + r[None, :]
@@ -283,8 +240,6 @@ def _adept_embed_bwd_weights_kernel(
     pid_s = tl.program_id(1).to(tl.int64)
     cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)  # [BLOCK_D]
     col_ok = cols < hidden
-    r = tl.arange(0, BLOCK_R).to(tl.int64)  # [BLOCK_R]
-    r_ok = r < rank
     num_tokens = num_batch * seq_len
     start = pid_s * tokens_per_split
     stop = tl.minimum(start + tokens_per_split, num_tokens)
@@ -300,30 +255,18 @@ def _adept_embed_bwd_weights_kernel(
         t = n % seq_len
         ids = tl.load(ids_ptr + b * stride_ids_b + t * stride_ids_t, mask=n_ok, other=0).to(tl.int64)
         id_ok = n_ok & (ids >= 0) & (ids < vocab)
-        tile_ok = n_ok[:, None] & col_ok[None, :]
         grad_rows = grad_out_ptr + b * stride_g_b + (num_prompt + t) * stride_g_t  # [BLOCK_N] pointers
-        grad_y = tl.load(
-            grad_rows[:, None] + cols[None, :] * stride_g_d,
-            mask=tile_ok,
-            other=0.0,
-        ).to(tl.float32)  # [BLOCK_N, BLOCK_D]
-        emb = load_tile(weight_ptr, ids, id_ok, cols, col_ok, stride_w_v, stride_w_d)  # [BLOCK_N, BLOCK_D]
-        small = n[:, None] * rank + r[None, :]
-        small_ok = n_ok[:, None] & r_ok[None, :]
-        act = tl.load(act_ptr + small, mask=small_ok, other=0.0)  # [BLOCK_N, BLOCK_R]
-        grad_h = tl.load(grad_h_ptr + small, mask=small_ok, other=0.0)  # [BLOCK_N, BLOCK_R]
-        acc_w_up += tl.dot(tl.trans(act), grad_y, input_precision="ieee")
-        acc_w_down += tl.dot(tl.trans(emb), grad_h, input_precision="ieee")
-        acc_b_up += tl.sum(grad_y, axis=0)
-        acc_b_down += tl.sum(grad_h, axis=0)
+        acc_w_down, acc_b_down, acc_w_up, acc_b_up = add_ffn_weight_grads(
+            acc_w_down, acc_b_down, acc_w_up, acc_b_up, n, n_ok, ids, id_ok, grad_rows, act_ptr, grad_h_ptr,
+            weight_ptr, cols, col_ok, rank, stride_g_d, stride_w_v, stride_w_d, BLOCK_R,
+        )  # fmt: skip
 
     slab = part_ptr + pid_s * (2 * hidden * rank + rank + hidden)
-    tl.store(slab + cols[:, None] * rank + r[None, :], acc_w_down, mask=col_ok[:, None] & r_ok[None, :])
-    if pid_d == 0:
-        tl.store(slab + hidden * rank + r, acc_b_down, mask=r_ok)
     up = slab + hidden * rank + rank
-    tl.store(up + r[:, None] * hidden + cols[None, :], acc_w_up, mask=r_ok[:, None] & col_ok[None, :])
-    tl.store(up + rank * hidden + cols, acc_b_up, mask=col_ok)
+    store_ffn_grads(
+        slab, slab + hidden * rank, up, up + rank * hidden, acc_w_down, acc_b_down, acc_w_up, acc_b_up, cols, col_ok,
+        hidden, rank, pid_d == 0, BLOCK_R,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------

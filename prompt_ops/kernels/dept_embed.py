@@ -53,29 +53,18 @@ import triton.language as tl
 
 from prompt_ops.kernels.common import (
     REDUCE_BLOCK,
+    gather_shifted_rows,
+    head_token_tile,
     interpreting,
     launch_grid,
     load_tile,
     low_rank_tile,
     pooled_low_rank_tile,
     reduce_block,
+    shifted_low_rank_tile,
     sum_slabs,
+    token_embedding_tile,
 )
-
-
-@triton.jit
-def _shifted_low_rank_tile(
-    lora_a_ptr, lora_b_ptr, start, tok, is_token, max_length, cols, col_ok, rank, stride_a_l, stride_a_r,
-    stride_b_r, stride_b_d, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
-):  # fmt: skip
-    """``A[start + tok] @ B[:, cols]`` as ``[BLOCK_T, BLOCK_D]`` fp32: token column ``tok`` of a row starting at
-    ``start`` reads row ``start + tok`` of ``A``, and zeros where that row is outside ``[0, L_max)``."""
-    position = start.to(tl.int64) + tok  # [BLOCK_T]
-    inside = is_token & (position >= 0) & (position < max_length)  # [BLOCK_T]
-    return low_rank_tile(
-        lora_a_ptr, lora_b_ptr, tl.where(inside, position, 0), inside, cols, col_ok, rank, stride_a_l, stride_a_r,
-        stride_b_r, stride_b_d, BLOCK_T, BLOCK_D, BLOCK_R,
-    )  # fmt: skip
 
 
 @triton.jit
@@ -125,17 +114,11 @@ def _dept_embed_fwd_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_R: tl.constexpr,
 ):
-    pid_t = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1).to(tl.int64)
     pid_b = tl.program_id(2).to(tl.int64)
     total = num_prompt + seq_len
-
-    rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)  # [BLOCK_T] output row p in [0, T)
-    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)  # [BLOCK_D]
-    col_ok = cols < hidden  # [BLOCK_D]
-    is_prompt = rows < num_prompt  # [BLOCK_T]
-    is_token = (rows >= num_prompt) & (rows < total)  # [BLOCK_T]
-    tok = tl.where(is_token, rows - num_prompt, 0)  # [BLOCK_T] token position t
+    # rows: output row p in [0, T); tok: the token position t of a token row
+    rows, cols, col_ok, is_prompt, is_token, tok = head_token_tile(num_prompt, total, hidden, BLOCK_T, BLOCK_D)
 
     # Prompt rows: loaded (or, for LAMP, computed from the factors) once, stored for every batch row of this program.
     if FACTORED_PROMPT:
@@ -169,16 +152,15 @@ def _dept_embed_fwd_kernel(
         if HAS_OFFSET and HAS_STARTS:
             start = tl.load(start_ptr)
             if start != last_start:
-                offset = scale * _shifted_low_rank_tile(
+                offset = scale * shifted_low_rank_tile(
                     lora_a_ptr, lora_b_ptr, start, tok, is_token, max_length, cols, col_ok, rank, stride_a_l,
                     stride_a_r, stride_b_r, stride_b_d, BLOCK_T, BLOCK_D, BLOCK_R,
                 )  # fmt: skip
                 last_start = start
             start_ptr += 1
-        ids = tl.load(ids_base + tok * stride_ids_t, mask=is_token, other=0).to(tl.int64)  # [BLOCK_T]
-        # Out-of-range ids (possible only when the host check is switched off) read nothing and give zeros.
-        id_ok = is_token & (ids >= 0) & (ids < vocab)  # [BLOCK_T]
-        emb = load_tile(weight_ptr, ids, id_ok, cols, col_ok, stride_w_v, stride_w_d)  # [BLOCK_T, BLOCK_D]
+        emb = token_embedding_tile(
+            weight_ptr, ids_base, tok, is_token, vocab, cols, col_ok, stride_ids_t, stride_w_v, stride_w_d
+        )  # [BLOCK_T, BLOCK_D]
         emb = emb + offset
         value = tl.where(is_prompt[:, None], prompt, emb)  # [BLOCK_T, BLOCK_D]
         tl.store(out_base + rows[:, None] * hidden + cols[None, :], value.to(out_ptr.dtype.element_ty), mask=out_ok)
@@ -227,13 +209,8 @@ def _dept_embed_bwd_kernel(
     pid_t = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1).to(tl.int64)
     total = num_prompt + num_rows  # program rows: the prompt's, then one per A row j (row m + j)
-
-    rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)  # [BLOCK_T]
-    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)  # [BLOCK_D]
-    col_ok = cols < hidden
-    is_prompt = rows < num_prompt
-    is_token = (rows >= num_prompt) & (rows < total)  # [BLOCK_T] rows of G (or G') in this tile
-    tok = tl.where(is_token, rows - num_prompt, 0)  # [BLOCK_T] A row j
+    # is_token: the rows of G (or G') in this tile; tok: their A row j
+    rows, cols, col_ok, is_prompt, is_token, tok = head_token_tile(num_prompt, total, hidden, BLOCK_T, BLOCK_D)
     in_ok = (rows < total)[:, None] & col_ok[None, :]  # [BLOCK_T, BLOCK_D]
 
     # Batch reduction first, in fp32 registers.
@@ -243,11 +220,9 @@ def _dept_embed_bwd_kernel(
         start_ptr = starts_ptr
         for _ in range(0, num_batch):
             column = tok - tl.load(start_ptr).to(tl.int64)  # [BLOCK_T] token column at A row j
-            source_ok = is_prompt | (is_token & (column >= 0) & (column < seq_len))  # [BLOCK_T]
-            source = tl.where(is_prompt, rows, num_prompt + tl.where(source_ok, column, 0))  # [BLOCK_T]
-            acc += tl.load(
-                grad_base + source[:, None] * stride_g_t, mask=source_ok[:, None] & col_ok[None, :], other=0.0
-            ).to(tl.float32)  # [BLOCK_T, BLOCK_D]
+            acc += gather_shifted_rows(
+                grad_base, is_prompt, rows, is_token, column, num_prompt, seq_len, col_ok, stride_g_t
+            )  # [BLOCK_T, BLOCK_D]
             grad_base += stride_g_b
             start_ptr += 1
     else:

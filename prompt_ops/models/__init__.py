@@ -9,6 +9,7 @@ adapters; transformers is only needed to have a model.
 
 from prompt_ops.models.adapters import load_adapter, save_adapter
 from prompt_ops.models.attach import PromptTunedModel, attach
+from prompt_ops.models.bank import AdapterBank
 from prompt_ops.models.configs import (
     ADePTConfig,
     DePTConfig,
@@ -19,19 +20,23 @@ from prompt_ops.models.configs import (
     PromptTuningConfig,
 )
 from prompt_ops.models.late import LatePromptTunedModel
+from prompt_ops.models.multi import MultiAdapterModel, attach_many
 from prompt_ops.models.peft_bridge import bridge_peft, load_bridge, save_bridge
 
 __all__ = [
     "ADePTConfig",
+    "AdapterBank",
     "DePTConfig",
     "EPTConfig",
     "LAMPConfig",
     "LPTConfig",
     "LatePromptTunedModel",
     "MethodConfig",
+    "MultiAdapterModel",
     "PromptTunedModel",
     "PromptTuningConfig",
     "attach",
+    "attach_many",
     "bridge_peft",
     "load_adapter",
     "load_bridge",

@@ -101,8 +101,9 @@ def _resolve(config: MethodConfig, model: nn.Module, embedding: nn.Embedding, co
     return config, {name: p for name, p in probe.named_parameters() if not name.startswith("embedding.")}
 
 
-def _check_tensors(source: Path, expected: dict[str, torch.Tensor], tensors: dict) -> None:
-    """Names, shapes and dtypes of the file's tensors against the parameters the config implies."""
+def check_adapter_tensors(source: Path | str, expected: dict[str, torch.Tensor], tensors: dict) -> None:
+    """Names, shapes, dtypes and values (finite) of an adapter's tensors against the parameters the config implies;
+    ``source`` (the file, or the argument that holds them) names them in errors."""
     missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or extra:
         raise ValueError(f"{source}: expected tensors {sorted(expected)}; missing {missing}, unexpected {extra}")
@@ -117,18 +118,13 @@ def _check_tensors(source: Path, expected: dict[str, torch.Tensor], tensors: dic
     check_finite(source, tensors)
 
 
-def load_adapter(
-    model: nn.Module, directory: str | os.PathLike, backend: str | None = None, positions: str | None = None
-) -> TunedModel:
-    """Rebuild the prompt-tuned model from a saved (or an official DePT) adapter folder. Everything is checked
-    before ``model`` is touched; a bad file is a ``ValueError`` naming it.
-
-    ``positions`` overrides the saved position convention (``"tokens"`` or ``"absolute"``, see
-    :mod:`prompt_ops.ops.positions`); None keeps the saved one. Adapters saved before the option existed, and
-    official DePT folders, load with ``"tokens"``: pass ``positions="absolute"`` for an adapter trained on inputs
-    left-padded the way the official decoder-only DePT setup pads them."""
+def read_adapter(
+    model: nn.Module, directory: str | os.PathLike, positions: str | None = None
+) -> tuple[MethodConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of a saved (or an official DePT) adapter folder, every one checked against ``model``
+    (its width and vocabulary, the config's fields, each tensor's name, shape, dtype and values) without touching
+    it; a bad file is a ``ValueError`` naming it. ``positions`` as :func:`load_adapter` takes it."""
     folder = folder_path("directory", directory)
-    check_backend(backend)
     if positions is not None:
         check_positions(positions)
     embedding = model_embedding(model)
@@ -141,7 +137,23 @@ def load_adapter(
     source = folder / (OFFICIAL_WEIGHTS_FILE if official else WEIGHTS_FILE)
     _check_model_sizes(config_path, sizes, embedding)
     config, expected = _resolve(config, model, embedding, config_path)
-    _check_tensors(source, expected, tensors)
+    check_adapter_tensors(source, expected, tensors)
+    return config, tensors
+
+
+def load_adapter(
+    model: nn.Module, directory: str | os.PathLike, backend: str | None = None, positions: str | None = None
+) -> TunedModel:
+    """Rebuild the prompt-tuned model from a saved (or an official DePT) adapter folder. Everything is checked
+    before ``model`` is touched; a bad file is a ``ValueError`` naming it.
+
+    ``positions`` overrides the saved position convention (``"tokens"`` or ``"absolute"``, see
+    :mod:`prompt_ops.ops.positions`); None keeps the saved one. Adapters saved before the option existed, and
+    official DePT folders, load with ``"tokens"``: pass ``positions="absolute"`` for an adapter trained on inputs
+    left-padded the way the official decoder-only DePT setup pads them."""
+    folder_path("directory", directory)
+    check_backend(backend)
+    config, tensors = read_adapter(model, directory, positions)
     tuned = attach(model, config, backend=backend)
     with torch.no_grad():
         for name, param in tuned.adapter_state_dict().items():

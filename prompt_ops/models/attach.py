@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -63,25 +64,38 @@ from prompt_ops.models.shared_prompt import (
 from prompt_ops.models.tuned import TunedModel, model_embedding
 
 
-class _DecodeEmbedding(nn.Module):
+class DecodeEmbedding(nn.Module):
     """Stands in for the input embedding while a decoder-only model generates: the tokens produced after the
-    prefill get the method's per-token treatment for their input positions (``PromptModule.embed_tokens``), so that
-    cached generation sees what a full forward pass would. ``start (B,)``: each row's input position (prompt
-    excluded) of its first generated token."""
+    prefill get the adapter's per-token treatment for their input positions, ``embed_tokens(input_ids, start,
+    *rows)`` (:meth:`PromptModule.embed_tokens`; a mixed batch's :meth:`AdapterBank.embed_tokens
+    <prompt_ops.models.bank.AdapterBank.embed_tokens>`), so that cached generation sees what a full forward pass
+    would. ``embedding``: the table it stands in for (its ``weight`` is what transformers may read). ``start
+    (B,)``: each row's input position (prompt excluded) of its first generated token; ``rows``: other ``(B,)``
+    per-row tensors ``embed_tokens`` takes (a mixed batch's adapter index)."""
 
-    def __init__(self, prompt_module: PromptModule, start: torch.Tensor):
+    def __init__(
+        self,
+        embedding: nn.Embedding,
+        embed_tokens: Callable[..., torch.Tensor],
+        start: torch.Tensor,
+        *rows: torch.Tensor,
+    ):
         super().__init__()
-        self.prompt_module = prompt_module
+        self.embedding = embedding
+        self.embed_tokens = embed_tokens
         self.position = start  # (B,) input position of the next token embedded in each row
+        self.rows = rows
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.prompt_module.embedding.weight
+        return self.embedding.weight
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         # generate expands each row into consecutive copies (beams, return sequences), which share its position
-        start = self.position.repeat_interleave(input_ids.shape[0] // self.position.shape[0])
-        embeds = self.prompt_module.embed_tokens(input_ids, start)
+        # and its other per-row values
+        copies = input_ids.shape[0] // self.position.shape[0]
+        rows = [row.repeat_interleave(copies) for row in self.rows]
+        embeds = self.embed_tokens(input_ids, self.position.repeat_interleave(copies), *rows)
         self.position = self.position + input_ids.shape[1]
         return embeds
 
@@ -109,11 +123,8 @@ class PromptTunedModel(TunedModel):
         self.config = config.snapshot()
         model.requires_grad_(False)
         self.base_model = model
-        self.is_encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
-        # the input's position ids, for the models that take them (not T5: relative positions)
-        self.takes_position_ids = (
-            not self.is_encoder_decoder and "position_ids" in inspect.signature(model.forward).parameters
-        )
+        self.is_encoder_decoder = is_encoder_decoder(model)
+        self.takes_position_ids = takes_position_ids(model)
         self.prompt_cache = PromptCache()
         self.train(model.training)  # the method's dropout follows the model's mode
 
@@ -121,17 +132,6 @@ class PromptTunedModel(TunedModel):
     def num_prompt_rows(self) -> int:
         """Rows the prompt adds in front of the input (LAMP: after pooling)."""
         return getattr(self.prompt_module, "num_prompt_rows", self.prompt_module.num_tokens)
-
-    def _check_position_ids(self, position_ids: torch.Tensor | None, generated: int = 0) -> None:
-        """User ``position_ids`` (their shape checked) fit the base model: a model that takes none refuses them, a
-        learned table must hold them past the prompt and the ``generated`` positions ``generate`` numbers after."""
-        if self.takes_position_ids:
-            check_position_range(self.base_model, position_ids, self.num_prompt_rows, generated)
-        elif position_ids is not None:
-            raise ValueError(
-                f"position_ids: {type(self.base_model).__name__}'s forward takes no position_ids (its positions are "
-                "not given by ids); do not pass them"
-            )
 
     def _position_ids(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None
@@ -176,36 +176,24 @@ class PromptTunedModel(TunedModel):
                 "PromptTunedModel needs input_ids (the methods' offsets are computed from the token ids); "
                 "inputs_embeds is not supported"
             )
-        shape = tuple(check_ids(input_ids).shape)
-        check_token_type_ids(token_type_ids, shape)
-        check_position_ids(position_ids, shape)
-        self._check_position_ids(position_ids)
-        token_labels = check_model_labels(labels, shape, self.base_model)
         num_prompt = self.num_prompt_rows
-        check_length(
-            self.base_model, num_prompt + shape[1], f"the {num_prompt} prompt rows and input_ids' {shape[1]} tokens"
+        token_labels = check_prompted_call(
+            self.base_model, num_prompt, input_ids, labels, token_type_ids, position_ids, kwargs
         )
-        if self.is_encoder_decoder:
-            check_decoder_inputs(self.base_model, labels, kwargs)
+        batch = input_ids.shape[0]
         self._embedding()  # refuses a sharded table (FSDP2) with how to shard instead
         embeds, mask = self.prompt_module(input_ids, attention_mask)
         model_positions = self._position_ids(input_ids, attention_mask, position_ids)
-        batch = shape[0]
         if self.is_encoder_decoder:
             return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
         if token_labels:
-            labels = torch.cat([labels.new_full((batch, num_prompt), -100), labels], dim=1)
+            labels = prompted_labels(labels, num_prompt)
         refusal = call_refusal(self.base_model, self.shared_prompt, kwargs, token_type_ids, labels, batch)
         if refusal is None:
             prompt = self._prompt_pass(embeds, model_positions, wants_hidden_states(self.base_model, kwargs))
             return shared_forward(self.base_model, embeds, mask, model_positions, labels, prompt, kwargs)
         log_fallback(refusal)
-        if model_positions is not None:
-            kwargs["position_ids"] = model_positions
-        if token_type_ids is not None:
-            zeros = token_type_ids.new_zeros((batch, num_prompt))
-            kwargs["token_type_ids"] = torch.cat([zeros, token_type_ids], dim=1)
-        return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
+        return call_prompted(self.base_model, embeds, mask, labels, model_positions, token_type_ids, kwargs)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
@@ -225,21 +213,10 @@ class PromptTunedModel(TunedModel):
         decoder's tokens). The input embedding swapped in for decoding is put back however ``generate`` ends.
         """
         self._check_loaded()
-        if "inputs_embeds" in kwargs:
-            raise ValueError("PromptTunedModel.generate builds inputs_embeds from input_ids; do not pass inputs_embeds")
-        batch, seq_len = check_ids(input_ids).shape
         position_ids = kwargs.pop("position_ids", None)
-        check_position_ids(position_ids, (batch, seq_len))
-        check_generate_kwargs(kwargs)
-        rows = self.num_prompt_rows
-        generated = 0  # positions numbered after the input's (the last new token is not read back)
-        if self.is_encoder_decoder:
-            check_length(self.base_model, rows + seq_len, f"the {rows} prompt rows and input_ids' {seq_len} tokens")
-        else:
-            check_generated_length(self.base_model, rows, seq_len, kwargs)
-            generated = generated_count(self.base_model, rows, seq_len, kwargs)[0] - 1
-        self._check_position_ids(position_ids, generated)
-        check_generation_fits(self.base_model, batch, kwargs)
+        batch, seq_len = check_generate_call(
+            self.base_model, self.num_prompt_rows, input_ids, position_ids, kwargs, "PromptTunedModel"
+        )
         if self.training:
             warnings.warn("generate() in training mode: ADePT's dropout acts at prefill; call .eval()", stacklevel=2)
         embeds, mask = self.prompt_module(input_ids, attention_mask)
@@ -257,18 +234,134 @@ class PromptTunedModel(TunedModel):
         if model_positions is not None:  # prefill as a forward; transformers continues each row from its last + 1
             kwargs["position_ids"] = model_positions
         start = next_input_positions(attention_mask, self.prompt_module.positions, (batch, seq_len), input_ids.device)
-        original = self.base_model.get_input_embeddings()
-        self.base_model.set_input_embeddings(_DecodeEmbedding(self.prompt_module, start))
-        try:
-            new_tokens = self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
-        finally:
-            self.base_model.set_input_embeddings(original)
-        # num_return_sequences > 1 gives consecutive copies of each row, which repeat its input ids
-        inputs = input_ids.repeat_interleave(new_tokens.shape[0] // batch, dim=0)
-        return torch.cat([inputs, new_tokens.to(input_ids.dtype)], dim=1)
+        decode = DecodeEmbedding(self.prompt_module.embedding, self.prompt_module.embed_tokens, start)
+        return generate_decoding(self.base_model, decode, input_ids, embeds, mask, kwargs)
 
     def extra_repr(self) -> str:
         return f"method={self.config.method}, prompt_rows={self.num_prompt_rows}"
+
+
+def is_encoder_decoder(model: nn.Module) -> bool:
+    """Whether ``model`` is an encoder-decoder model (T5), whose prompt goes to the encoder."""
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+def takes_position_ids(model: nn.Module) -> bool:
+    """Whether the prompted input gets position ids: a model whose forward takes them, not T5 (relative)."""
+    return not is_encoder_decoder(model) and "position_ids" in inspect.signature(model.forward).parameters
+
+
+def check_model_position_ids(
+    model: nn.Module, position_ids: torch.Tensor | None, num_prompt: int, generated: int = 0
+) -> None:
+    """User ``position_ids`` (their shape checked) fit ``model``: a model that takes none refuses them, a learned
+    table must hold them past ``num_prompt`` prompt rows and the ``generated`` positions ``generate`` numbers after."""
+    if takes_position_ids(model):
+        check_position_range(model, position_ids, num_prompt, generated)
+    elif position_ids is not None:
+        raise ValueError(
+            f"position_ids: {type(model).__name__}'s forward takes no position_ids (its positions are "
+            "not given by ids); do not pass them"
+        )
+
+
+def check_prompted_call(
+    model: nn.Module,
+    num_prompt: int,
+    input_ids: object,
+    labels: object,
+    token_type_ids: object,
+    position_ids: object,
+    kwargs: dict,
+) -> bool:
+    """A forward's arguments for ``model`` behind ``num_prompt`` prompt columns, each checked by name against
+    ``input_ids (B, L)`` and the model (its position table, its head's labels, an encoder-decoder's decoder input);
+    returns whether the labels are token-level (to be padded over the prompt, :func:`prompted_labels`)."""
+    shape = tuple(check_ids(input_ids).shape)
+    check_token_type_ids(token_type_ids, shape)
+    check_position_ids(position_ids, shape)
+    check_model_position_ids(model, position_ids, num_prompt)
+    token_labels = check_model_labels(labels, shape, model)
+    check_length(model, num_prompt + shape[1], f"the {num_prompt} prompt rows and input_ids' {shape[1]} tokens")
+    if is_encoder_decoder(model):
+        check_decoder_inputs(model, labels, kwargs)
+    return token_labels
+
+
+def prompted_labels(labels: torch.Tensor, num_prompt: int) -> torch.Tensor:
+    """Token-level ``labels (B, L)`` with ``-100`` (ignored) over ``num_prompt`` prompt columns in front."""
+    return torch.cat([labels.new_full((labels.shape[0], num_prompt), -100), labels], dim=1)
+
+
+def check_generate_call(
+    model: nn.Module,
+    num_prompt: int,
+    input_ids: object,
+    position_ids: object,
+    kwargs: dict,
+    caller: str,
+) -> tuple[int, int]:
+    """A prompted ``generate``'s arguments for ``model`` behind ``num_prompt`` prompt columns, each checked by name
+    before anything runs: no ``inputs_embeds`` (``caller``, the class, builds them), ``input_ids (B, L)``, the
+    ``position_ids`` (shape, and with the positions the generation numbers after them, the model's position table),
+    the length and beam arguments in ``kwargs``, the lengths they make (the prompt on an encoder-decoder's encoder;
+    a decoder-only model numbers the prompt, the input and all but the last new token) and the memory they need.
+    Returns ``(B, L)``."""
+    if "inputs_embeds" in kwargs:
+        raise ValueError(f"{caller}.generate builds inputs_embeds from input_ids; do not pass inputs_embeds")
+    batch, seq_len = check_ids(input_ids).shape
+    check_position_ids(position_ids, (batch, seq_len))
+    check_generate_kwargs(kwargs)
+    generated = 0  # positions numbered after the input's (the last new token is not read back)
+    if is_encoder_decoder(model):
+        check_length(model, num_prompt + seq_len, f"the {num_prompt} prompt rows and input_ids' {seq_len} tokens")
+    else:
+        check_generated_length(model, num_prompt, seq_len, kwargs)
+        generated = generated_count(model, num_prompt, seq_len, kwargs)[0] - 1
+    check_model_position_ids(model, position_ids, num_prompt, generated)
+    check_generation_fits(model, batch, kwargs)
+    return batch, seq_len
+
+
+def generate_decoding(
+    model: nn.Module,
+    decode: DecodeEmbedding,
+    input_ids: torch.Tensor,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    kwargs: dict,
+) -> torch.Tensor:
+    """A decoder-only ``model``'s ``generate`` from the prompted ``embeds (B, m + L, d)`` and ``mask`` with
+    ``decode`` standing in for its input embedding, put back however ``generate`` ends. Returns ``cat(input_ids,
+    new tokens)``, each row's input ids repeated for its consecutive copies (``num_return_sequences``)."""
+    original = model.get_input_embeddings()
+    model.set_input_embeddings(decode)
+    try:
+        new_tokens = model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+    finally:
+        model.set_input_embeddings(original)
+    inputs = input_ids.repeat_interleave(new_tokens.shape[0] // input_ids.shape[0], dim=0)
+    return torch.cat([inputs, new_tokens.to(input_ids.dtype)], dim=1)
+
+
+def call_prompted(
+    model: nn.Module,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    labels: torch.Tensor | None,
+    model_positions: torch.Tensor | None,
+    token_type_ids: torch.Tensor | None,
+    kwargs: dict,
+):
+    """The decoder-only or encoder ``model`` on the prompted input ``embeds (B, m + L, d)`` and ``mask``, with its
+    ``position_ids`` (where it takes them) and the user's ``token_type_ids (B, L)`` extended with zeros over the
+    prompt; ``labels`` already padded over the prompt where token-level."""
+    if model_positions is not None:
+        kwargs["position_ids"] = model_positions
+    if token_type_ids is not None:
+        zeros = token_type_ids.new_zeros((token_type_ids.shape[0], embeds.shape[1] - token_type_ids.shape[1]))
+        kwargs["token_type_ids"] = torch.cat([zeros, token_type_ids], dim=1)
+    return model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
 
 
 PROMPT_CONFIGS = tuple(cls for cls in CONFIGS.values() if cls is not LPTConfig)

@@ -72,10 +72,15 @@ from prompt_ops.ops.validation import TOKEN_ID_DTYPES, check_ids_in_range, check
 
 IGNORE_INDEX = -100
 """The label of a token no loss is computed for: on a causal LM, the source tokens."""
+SOURCE_WITH_CACHE = (
+    "source_lengths applies to a pass that computes the prompt (no cache, or an empty one); with a filled cache the "
+    "prompt is already in it"
+)
+"""Why ``source_lengths`` is refused for a pass that continues a filled cache."""
 
 
 @dataclasses.dataclass
-class _Call:
+class StackPass:
     """What the hooks share during one pass through the stack."""
 
     mask: torch.Tensor  # (B, past + L) 2-D keep mask of every position, the cached ones first
@@ -84,7 +89,7 @@ class _Call:
     past: int = 0  # positions already in the cache (0: this pass generates and inserts the prompt)
     source_lengths: torch.Tensor | None = None  # (B,) real source tokens per row; None: every real token
     upper: dict | None = None  # arguments of the layers above k, built after layer k
-    inserted: bool = False  # the prompt rows are in this pass's hidden states (dropped after the last layer)
+    inserted: int = 0  # prompt rows in front of this pass's hidden states (dropped after the last layer)
 
 
 @dataclasses.dataclass
@@ -95,32 +100,190 @@ class _Pending:
     labels: torch.Tensor | None = None  # token-level labels of a causal LM (the source is what carries -100)
 
 
-def _output_hidden(output):
+def output_hidden(output):
+    """The hidden states of a layer's output (a tensor, or the first entry of a tuple)."""
     return output[0] if isinstance(output, tuple) else output
 
 
-def _replace_hidden(output, hidden):
+def replace_hidden(output, hidden):
+    """``output`` with its hidden states replaced by ``hidden`` (same kind: tensor or tuple)."""
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
-def lpt_stack(model: nn.Module) -> LayerStack:
-    """The layer stack LPT hooks into, for a supported model without gradient checkpointing and without an LPT
-    already attached."""
+def lpt_stack(model: nn.Module, attaching: bool = False) -> LayerStack:
+    """The layer stack LPT hooks into, for a supported model without gradient checkpointing and without a
+    :class:`LatePromptTunedModel` attached; ``attaching`` (a new LPT's hooks go on it): nor the LPT adapters of a
+    mixed-adapter model (:mod:`prompt_ops.models.mixed_late`), which read their own adapter folders with this."""
     stack = find_stack(model)
     flag = (
         "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else "is_gradient_checkpointing"
     )
     if getattr(model, flag, False):
         raise ValueError("LPT does not support gradient checkpointing: layers above k re-run without their hooks")
-    if any(
-        isinstance(getattr(hook, "__self__", None), LatePromptTunedModel)
-        for hook in stack.entry._forward_pre_hooks.values()
-    ):
+    owners = [getattr(hook, "__self__", None) for hook in stack.entry._forward_pre_hooks.values()]
+    owner = next((owner for owner in owners if isinstance(owner, LateHooks)), None)
+    if isinstance(owner, TunedModel) or (attaching and owner is not None):
+        remedy = "call unload() on it first" if isinstance(owner, TunedModel) else "delete its LPT adapters first"
         raise ValueError(
-            "model already has an LPT attached (a LatePromptTunedModel hooks its layer stack): call unload() on it "
-            "first, or attach to a fresh copy of the model"
+            f"model already has an LPT attached (a {type(owner).__name__} hooks its layer stack): {remedy}, or "
+            "attach to a fresh copy of the model"
         )
     return stack
+
+
+def read_index(read: str, mask: torch.Tensor, source_lengths: torch.Tensor | None) -> torch.Tensor | None:
+    """NPG's row per sample: the first real token (None, the op's default) or (``read="last"``) the column of the
+    last source token (``source_lengths[b]``-th real token; every real token when None) of the 2-D ``mask``."""
+    if read == "first":
+        return None
+    valid = mask != 0
+    lengths = valid.sum(1) if source_lengths is None else source_lengths
+    return (valid.to(torch.int64).cumsum(1) < lengths[:, None]).sum(1)  # the column of the lengths[b]-th real token
+
+
+class LateHooks:
+    """The hooks on a :class:`~prompt_ops.models.stacks.LayerStack` that insert rows in front of the hidden states
+    after layer ``k`` (the module docstring's steps), shared by :class:`LatePromptTunedModel` and the LPT adapters
+    of a mixed-adapter model (:mod:`prompt_ops.models.mixed_late`). A subclass sets ``stack`` and ``_call`` and
+    defines ``_enter`` (the stack's forward pre-hook: record a :class:`StackPass` and turn gradients off) and
+    ``_insert`` (layer ``k``'s forward hook: through :meth:`_insert_rows` or :meth:`_continue_cached`)."""
+
+    stack: LayerStack
+    _call: StackPass | None
+
+    def _install_hooks(self, layer: int) -> list:
+        stack = self.stack
+        handles = [
+            stack.entry.register_forward_pre_hook(self._enter, with_kwargs=True),
+            stack.entry.register_forward_hook(self._leave, always_call=True),
+            stack.layers[layer - 1].register_forward_hook(self._insert),
+            stack.layers[-1].register_forward_hook(self._drop_prompt_rows),
+        ]
+        handles += [block.register_forward_pre_hook(self._extend, with_kwargs=True) for block in stack.layers[layer:]]
+        return handles  # the layer hooks act only within a pass through the stack (between _enter and _leave)
+
+    def _check_source_lengths(self, source_lengths: object, batch: int | None) -> None:
+        """``source_lengths``: a ``(B,)`` integer tensor, on a causal model (values: :meth:`_check_source_values`)."""
+        if source_lengths is None:
+            return
+        if not self.stack.causal:
+            raise ValueError(
+                f"source_lengths applies to causal models (GPT-2, LLaMA), this is {self.stack.family}: its tokens "
+                "all see each other below layer k, so a prompt computed from part of the input hides nothing"
+            )
+        if not isinstance(source_lengths, torch.Tensor):
+            raise TypeError(f"source_lengths must be a torch.Tensor (B,) of ints, got {type(source_lengths).__name__}")
+        if source_lengths.dtype not in TOKEN_ID_DTYPES:
+            raise TypeError(f"source_lengths must be an int64 or int32 tensor, got {source_lengths.dtype}")
+        if source_lengths.dim() != 1 or (batch is not None and source_lengths.shape[0] != batch):
+            raise ValueError(f"source_lengths must have shape (B,) = ({batch},), got {tuple(source_lengths.shape)}")
+
+    @staticmethod
+    def _check_source_values(
+        source_lengths: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``source_lengths (B,)`` as int64 on ``mask``'s device, each in ``[1, real tokens of its row]`` of the 2-D
+        ``mask`` (only the rows where ``rows (B,)`` bool is set, when given): a ``ValueError`` naming the first
+        row that is not."""
+        lengths = source_lengths.to(device=mask.device, dtype=torch.int64)
+        count = (mask != 0).sum(1)
+        bad = (lengths < 1) | (lengths > count)
+        if rows is not None:
+            bad &= rows.to(mask.device)
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"source_lengths[{row}] = {int(lengths[row])}, but row {row} has {int(count[row])} real tokens: "
+                "source_lengths counts a row's source tokens from its first real token, each in [1, real tokens]"
+            )
+        return lengths
+
+    def _cached_length(self, arguments: dict, layer: int, inserted: int) -> int:
+        """Positions already in the cache given to a causal stack (0 without one): it must be a ``DynamicCache``
+        that a pass of this model filled, whose layers above ``k = layer`` hold the ``inserted`` prompt rows more."""
+        cache = arguments.get("cache", arguments.get("past_key_values"))
+        if cache is None:
+            cache = arguments.get("kwargs", {}).get("past_key_values")
+        if cache is None or not self.stack.causal:
+            return 0
+        from transformers import DynamicCache
+
+        if not isinstance(cache, DynamicCache):
+            raise ValueError(
+                f"the cache (past_key_values) must be a DynamicCache (generate's default) for LPT, got a "
+                f"{type(cache).__name__}: its layers above k hold {inserted} entries (the prompt rows) more "
+                "than the layers below"
+            )
+        past, upper = cache.get_seq_length(0), cache.get_seq_length(layer)
+        if past and upper != past + inserted:
+            raise ValueError(
+                f"the cache (past_key_values) was not filled by this LPT model: its layers above k = "
+                f"{layer} must hold the {inserted} prompt rows more than the {past} cached "
+                f"positions below, they hold {upper}; start without a cache (the pass computes the prompt)"
+            )
+        return past
+
+    def _pass_inputs(self, arguments: dict, layer: int, inserted: int):
+        """``(shape (B, L), device, past, mask (B, past + L))`` of a pass through the stack with these bound
+        ``arguments`` (the mask checked, ones when None), or None when it has neither ``input_ids`` nor
+        ``inputs_embeds`` (the model itself refuses the call). ``layer``, ``inserted``: as :meth:`_cached_length`."""
+        tokens, embeds = arguments.get("input_ids"), arguments.get("inputs_embeds")
+        if tokens is None and embeds is None:
+            return None
+        if tokens is not None:
+            shape, device = tuple(check_ids(tokens).shape), tokens.device
+        else:
+            shape, device = tuple(embeds.shape[:2]), embeds.device
+        past = self._cached_length(arguments, layer, inserted)
+        width = (shape[0], past + shape[1])
+        mask = arguments.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(width, dtype=torch.int64, device=device)
+        elif not isinstance(mask, torch.Tensor) or mask.dim() != 2 or tuple(mask.shape) != width:
+            got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            cached = f" ({past} cached positions and {shape[1]} new ones)" if past else ""
+            raise ValueError(f"LPT needs a 2-D attention_mask of shape {width}{cached}, got {got}")
+        return shape, device, past, mask
+
+    def _pass_positions(self, given: torch.Tensor | None, mask: torch.Tensor, past: int, convention: str):
+        """``(B or 1, L)`` positions of a pass's ``L`` new tokens from 0: the ``position_ids`` given to the stack
+        (in the model's numbering, from ``stack.first_position``), else by ``convention`` from the 2-D ``mask``."""
+        if given is not None:
+            return given.to(torch.int64) - self.stack.first_position
+        return input_positions(mask, convention, tuple(mask.shape), mask.device)[:, past:]
+
+    def _continue_cached(self, call: StackPass, keep: torch.Tensor, shift, hidden: torch.Tensor) -> None:
+        """A pass with the prompt rows already in the upper layers' cache: their keep mask ``keep (B, n)`` in front
+        of the pass's mask, the new tokens' positions shifted by ``shift`` (an int or ``(B, 1)``)."""
+        keep = torch.cat([keep, call.mask], dim=1)
+        call.upper = self.stack.upper_layer_inputs(keep, call.positions + shift, hidden)
+
+    def _insert_rows(self, call: StackPass, output, buffer: torch.Tensor, keep: torch.Tensor, positions):
+        """Layer ``k``'s output with its hidden states replaced by ``buffer (B, n + T, d)`` (the ``n`` inserted rows
+        in front), ``keep (B, n + T)`` and ``positions`` the upper layers' mask and positions."""
+        call.upper = self.stack.upper_layer_inputs(keep, positions, buffer)
+        call.inserted = buffer.shape[1] - output_hidden(output).shape[1]
+        return replace_hidden(output, buffer)
+
+    def _leave(self, entry, args, output):
+        """Registered with ``always_call=True``: runs however the pass ends, an exception included."""
+        if self._call is not None:
+            torch.set_grad_enabled(self._call.grad_enabled)
+            self._call = None
+
+    def _extend(self, layer, args, kwargs):
+        if self._call is None or self._call.upper is None:
+            return None
+        bound = bind(layer, args, kwargs)
+        for name, value in self._call.upper.items():
+            if name in bound.signature.parameters:
+                bound.arguments[name] = value
+        return bound.args, bound.kwargs
+
+    def _drop_prompt_rows(self, layer, args, output):
+        if self._call is None or not self._call.inserted:
+            return None
+        return replace_hidden(output, output_hidden(output)[:, self._call.inserted :])
 
 
 def source_from_labels(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -144,21 +307,21 @@ def source_from_labels(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return lengths
 
 
-class LatePromptTunedModel(TunedModel):
+class LatePromptTunedModel(LateHooks, TunedModel):
     """A frozen Hugging Face model with LPT's generator inside its stack. Only ``prompt_module`` trains."""
 
     def __init__(self, model: nn.Module, config: LPTConfig, backend: str | None = None):
         super().__init__()
         config = check_config(config, (LPTConfig,))
         embedding = model_embedding(model)
-        self.stack: LayerStack = lpt_stack(model)
+        self.stack: LayerStack = lpt_stack(model, attaching=True)
         self.config = config.resolved(len(self.stack.layers), self.stack.causal)
         self.prompt_module: LPT = self.config.build(embedding, backend=backend)  # checks every field first
         self.prompt_module.to(embedding.weight.device)
         model.requires_grad_(False)
         self.base_model = model
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False)) and self.stack.family == "t5"
-        self._call: _Call | None = None
+        self._call: StackPass | None = None
         self._pending: _Pending | None = None
         self._source_columns: int | None = None  # while generating: the input's width (the source)
         self._handles = self._install_hooks(self.config.layer)
@@ -178,40 +341,17 @@ class LatePromptTunedModel(TunedModel):
     # Hooks
     # ------------------------------------------------------------------------------------------------------------
 
-    def _install_hooks(self, layer: int) -> list:
-        stack = self.stack
-        handles = [
-            stack.entry.register_forward_pre_hook(self._enter, with_kwargs=True),
-            stack.entry.register_forward_hook(self._leave, always_call=True),
-            stack.layers[layer - 1].register_forward_hook(self._insert),
-            stack.layers[-1].register_forward_hook(self._drop_prompt_rows),
-        ]
-        handles += [block.register_forward_pre_hook(self._extend, with_kwargs=True) for block in stack.layers[layer:]]
-        return handles  # the layer hooks act only within a pass through the stack (between _enter and _leave)
-
     def _enter(self, entry, args, kwargs):
         bound = bind(entry, args, kwargs)
         arguments = bound.arguments
-        tokens, embeds = arguments.get("input_ids"), arguments.get("inputs_embeds")
         pending, self._pending = self._pending, None
-        if tokens is None and embeds is None:
+        found = self._pass_inputs(arguments, self.config.layer, self.num_tokens)
+        if found is None:
             return None  # the model itself refuses the call; nothing recorded, nothing to restore
-        if tokens is not None:
-            check_ids(tokens)
-            if resolve_check_ids(None):
-                check_ids_in_range(tokens, self._embedding().num_embeddings)
-            shape, device = tuple(tokens.shape), tokens.device
-        else:
-            shape, device = tuple(embeds.shape[:2]), embeds.device
-        past = self._cached_length(arguments)
-        width = (shape[0], past + shape[1])
-        mask = arguments.get("attention_mask")
-        if mask is None:
-            mask = torch.ones(width, dtype=torch.int64, device=device)
-        elif not isinstance(mask, torch.Tensor) or mask.dim() != 2 or tuple(mask.shape) != width:
-            got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-            cached = f" ({past} cached positions and {shape[1]} new ones)" if past else ""
-            raise ValueError(f"LPT needs a 2-D attention_mask of shape {width}{cached}, got {got}")
+        shape, _, past, mask = found
+        tokens, embeds = arguments.get("input_ids"), arguments.get("inputs_embeds")
+        if tokens is not None and resolve_check_ids(None):
+            check_ids_in_range(tokens, self._embedding().num_embeddings)
         inputs = {"input_ids": tokens} if tokens is not None else {"inputs_embeds": embeds}
         if pending is not None:
             inputs["source_lengths"] = pending.source_lengths
@@ -219,118 +359,45 @@ class LatePromptTunedModel(TunedModel):
         check_token_type_ids(arguments.get("token_type_ids"), shape)
         given = arguments.get("position_ids")
         check_position_ids(given, shape)
-        first = self.stack.first_position
-        if given is not None:
-            positions = given.to(torch.int64) - first
-        else:
-            convention = self.positions
-            positions = input_positions(mask, convention, width, device)[:, past:]
-            if self.stack.takes_position_ids and convention == "tokens":
-                # "absolute": the model numbers its input itself, as before the option (RoBERTa skips pad ids)
-                args, kwargs = with_argument(entry, args, kwargs, "position_ids", positions + first)
+        positions = self._pass_positions(given, mask, past, self.positions)
+        if given is None and self.stack.takes_position_ids and self.positions == "tokens":
+            # "absolute": the model numbers its input itself, as before the option (RoBERTa skips pad ids)
+            args, kwargs = with_argument(entry, args, kwargs, "position_ids", positions + self.stack.first_position)
         source = self._source_lengths(pending, mask, past)
-        self._call = _Call(mask, positions, torch.is_grad_enabled(), past, source)
+        self._call = StackPass(mask, positions, torch.is_grad_enabled(), past, source)
         torch.set_grad_enabled(False)  # the embeddings and layers 1..k: nothing to train, nothing to record
         return args, kwargs
-
-    def _cached_length(self, arguments: dict) -> int:
-        """Positions already in the cache given to a causal stack (0 without one): it must be a ``DynamicCache``
-        that a pass of this model filled, whose layers above ``k`` hold the ``n`` prompt rows more."""
-        cache = arguments.get("cache", arguments.get("past_key_values"))
-        if cache is None:
-            cache = arguments.get("kwargs", {}).get("past_key_values")
-        if cache is None or not self.stack.causal:
-            return 0
-        from transformers import DynamicCache
-
-        if not isinstance(cache, DynamicCache):
-            raise ValueError(
-                f"the cache (past_key_values) must be a DynamicCache (generate's default) for LPT, got a "
-                f"{type(cache).__name__}: its layers above k hold {self.num_tokens} entries (the prompt rows) more "
-                "than the layers below"
-            )
-        past, upper = cache.get_seq_length(0), cache.get_seq_length(self.config.layer)
-        if past and upper != past + self.num_tokens:
-            raise ValueError(
-                f"the cache (past_key_values) was not filled by this LPT model: its layers above k = "
-                f"{self.config.layer} must hold the {self.num_tokens} prompt rows more than the {past} cached "
-                f"positions below, they hold {upper}; start without a cache (the pass computes the prompt)"
-            )
-        return past
 
     def _source_lengths(self, pending: _Pending | None, mask: torch.Tensor, past: int) -> torch.Tensor | None:
         """Real source tokens per row for the pass that computes the prompt (None: every real token)."""
         pending = pending or _Pending()
         if past:
             if pending.source_lengths is not None:
-                raise ValueError(
-                    "source_lengths applies to a pass that computes the prompt (no cache, or an empty one); with a "
-                    "filled cache the prompt is already in it"
-                )
+                raise ValueError(SOURCE_WITH_CACHE)
             return None
-        count = (mask != 0).sum(1)
         if pending.source_lengths is not None:
-            lengths = pending.source_lengths.to(device=mask.device, dtype=torch.int64)
-            bad = (lengths < 1) | (lengths > count)
-            if bool(bad.any()):
-                row = int(bad.nonzero()[0, 0])
-                raise ValueError(
-                    f"source_lengths[{row}] = {int(lengths[row])}, but row {row} has {int(count[row])} real tokens: "
-                    "source_lengths counts a row's source tokens from its first real token, each in [1, real tokens]"
-                )
-            return lengths
+            return self._check_source_values(pending.source_lengths, mask)
         if pending.labels is not None:
             return source_from_labels(pending.labels.to(mask.device), mask)
         if self._source_columns is not None and mask.shape[1] > self._source_columns:
             return (mask[:, : self._source_columns] != 0).sum(1)  # generating without a cache: the input given
         return None
 
-    def _leave(self, entry, args, output):
-        """Registered with ``always_call=True``: runs however the pass ends, an exception included."""
-        if self._call is not None:
-            torch.set_grad_enabled(self._call.grad_enabled)
-            self._call = None
-
-    def _read_index(self, call: _Call) -> torch.Tensor | None:
-        """NPG's row per sample: the first real token (None, the op's default) or the last source token."""
-        if self.config.read == "first":
-            return None
-        valid = call.mask != 0
-        lengths = valid.sum(1) if call.source_lengths is None else call.source_lengths
-        return (valid.to(torch.int64).cumsum(1) < lengths[:, None]).sum(1)  # the column of the lengths[b]-th real token
-
     def _insert(self, layer, args, output):
         call = self._call
         if call is None:  # the layer called on its own, outside a pass through the stack
             return None
         torch.set_grad_enabled(call.grad_enabled)
-        hidden = _output_hidden(output)
+        hidden = output_hidden(output)
         num_tokens = self.num_tokens
         if call.past:  # the prompt rows are in the upper layers' cache
-            keep = torch.cat([call.mask.new_ones(call.mask.shape[0], num_tokens), call.mask], dim=1)
-            call.upper = self.stack.upper_layer_inputs(keep, call.positions + num_tokens, hidden)
+            self._continue_cached(call, call.mask.new_ones(call.mask.shape[0], num_tokens), num_tokens, hidden)
             return None
-        index = self._read_index(call)
+        index = read_index(self.config.read, call.mask, call.source_lengths)
         buffer, keep = self.prompt_module(
             hidden, attention_mask=call.mask, index=index, source_lengths=call.source_lengths
         )
-        call.upper = self.stack.upper_layer_inputs(keep, prompted_positions(call.positions, num_tokens), buffer)
-        call.inserted = True
-        return _replace_hidden(output, buffer)
-
-    def _extend(self, layer, args, kwargs):
-        if self._call is None or self._call.upper is None:
-            return None
-        bound = bind(layer, args, kwargs)
-        for name, value in self._call.upper.items():
-            if name in bound.signature.parameters:
-                bound.arguments[name] = value
-        return bound.args, bound.kwargs
-
-    def _drop_prompt_rows(self, layer, args, output):
-        if self._call is None or not self._call.inserted:
-            return None
-        return _replace_hidden(output, _output_hidden(output)[:, self.num_tokens :])
+        return self._insert_rows(call, output, buffer, keep, prompted_positions(call.positions, num_tokens))
 
     def unload(self) -> nn.Module:
         """Remove the hooks and return the base model as it was (still frozen)."""
@@ -353,22 +420,6 @@ class LatePromptTunedModel(TunedModel):
         finally:
             torch.set_grad_enabled(grad_enabled)
             self._call = self._pending = self._source_columns = None
-
-    def _check_source_lengths(self, source_lengths: object, batch: int | None) -> None:
-        """``source_lengths``: a ``(B,)`` integer tensor, on a causal model (values are checked in the pass)."""
-        if source_lengths is None:
-            return
-        if not self.stack.causal:
-            raise ValueError(
-                f"source_lengths applies to causal models (GPT-2, LLaMA), this is {self.stack.family}: its tokens "
-                "all see each other below layer k, so a prompt computed from part of the input hides nothing"
-            )
-        if not isinstance(source_lengths, torch.Tensor):
-            raise TypeError(f"source_lengths must be a torch.Tensor (B,) of ints, got {type(source_lengths).__name__}")
-        if source_lengths.dtype not in TOKEN_ID_DTYPES:
-            raise TypeError(f"source_lengths must be an int64 or int32 tensor, got {source_lengths.dtype}")
-        if source_lengths.dim() != 1 or (batch is not None and source_lengths.shape[0] != batch):
-            raise ValueError(f"source_lengths must have shape (B,) = ({batch},), got {tuple(source_lengths.shape)}")
 
     def forward(self, *args, source_lengths: torch.Tensor | None = None, **kwargs):
         """The base model's forward, with LPT inside its stack. Outputs have the input's length.

@@ -36,11 +36,21 @@ def input_positions(
     return (columns + starts[:, None]).clamp_(min=0)  # (B, L)
 
 
-def prompted_positions(input_position_ids: Tensor, num_prompt: int) -> Tensor:
-    """``(B, m + L)``: ``0 .. m-1`` for the prompt, then ``input_position_ids + m``."""
+def prompted_positions(
+    input_position_ids: Tensor, num_prompt: int, lengths: Tensor | None = None, slots: str = "front"
+) -> Tensor:
+    """``(B, m + L)``: ``0 .. m-1`` for the prompt, then ``input_position_ids + m``. With ``lengths (B,)`` (each row's
+    own prompt length ``m_b <= m``, a mixed-adapter batch), row ``b`` has ``m - m_b`` masked slots (at 0), in front
+    of its prompt (``slots="front"``) or after it (``"after_prompt"``), its prompt at ``0 .. m_b-1`` and its input
+    from ``m_b``."""
     batch = input_position_ids.shape[0]
     prompt = torch.arange(num_prompt, dtype=torch.int64, device=input_position_ids.device)
-    return torch.cat([prompt.expand(batch, num_prompt), input_position_ids + num_prompt], dim=1)
+    if lengths is None:
+        return torch.cat([prompt.expand(batch, num_prompt), input_position_ids + num_prompt], dim=1)
+    lengths = lengths.to(device=input_position_ids.device, dtype=torch.int64)[:, None]  # (B, 1)
+    row = prompt[None, :] - (num_prompt - lengths if slots == "front" else 0)  # (B, m): the prompt row of a column
+    columns = torch.where((row >= 0) & (row < lengths), row, 0)
+    return torch.cat([columns, input_position_ids.expand(batch, -1) + lengths], dim=1)
 
 
 def model_position_ids(
@@ -51,15 +61,18 @@ def model_position_ids(
     num_prompt: int,
     first: int = 0,
     position_ids: Tensor | None = None,
+    lengths: Tensor | None = None,
+    slots: str = "front",
 ) -> Tensor:
     """``(B or 1, m + L)`` position ids for a model whose position table starts at ``first``: ``first + p`` for
-    :func:`prompted_positions`' ``p``. The user's ``position_ids`` are in the model's own numbering (from ``first``),
-    so they come out shifted by ``num_prompt``, with the prompt's ``first .. first+m-1`` in front."""
+    :func:`prompted_positions`' ``p`` (``lengths`` and ``slots``: each row's own prompt length and where the masked
+    slots go, as it takes them). The user's
+    ``position_ids`` are in the model's own numbering (from ``first``), so they come out shifted by ``num_prompt``,
+    with the prompt's ``first .. first+m-1`` in front."""
     if position_ids is not None:
         position_ids = position_ids.to(torch.int64) - first
-    return (
-        prompted_positions(input_positions(attention_mask, positions, shape, device, position_ids), num_prompt) + first
-    )
+    inputs = input_positions(attention_mask, positions, shape, device, position_ids)
+    return prompted_positions(inputs, num_prompt, lengths, slots) + first
 
 
 def next_input_positions(

@@ -24,7 +24,7 @@ tensor) and the adapter comparison's one synchronisation.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -74,14 +74,24 @@ class PromptCache:
         """Drop the kept pass: the next call computes the prompt again."""
         self._pass, self._key, self._adapter = None, None, ()
 
-    def get(self, tuned: nn.Module, build: Callable[[bool], PromptPass], hidden: bool) -> PromptPass:
+    def get(
+        self,
+        tuned: nn.Module,
+        build: Callable[[bool], PromptPass],
+        hidden: bool,
+        adapter: Mapping[str, torch.Tensor] | None = None,
+        key: tuple | None = None,
+    ) -> PromptPass:
         """The prompt pass of ``tuned`` (with hidden states if ``hidden``): the kept one when it is valid, else
-        ``build(hidden)``, kept when it may be (no grad, no active dropout)."""
+        ``build(hidden)``, kept when it may be (no grad, no active dropout). ``adapter``: the tensors of the adapter
+        whose prompt it is, compared by content (default ``tuned.adapter_state_dict()``; one adapter of a bank).
+        ``key``: ``state_key(tuned)`` when the caller computed it for several caches of one call (a bank's adapters
+        share the model's state, so one walk over its tensors serves them all)."""
         if torch.is_grad_enabled() or dropout_active(tuned.base_model):
             self.builds += 1
             return build(hidden)
-        key = state_key(tuned)
-        adapter = tuple(tuned.adapter_state_dict().values())
+        key = state_key(tuned) if key is None else key
+        adapter = tuple((tuned.adapter_state_dict() if adapter is None else adapter).values())
         if not self._valid(key, adapter) or (hidden and self._pass.hidden_states is None):
             self.clear()
             self.builds += 1

@@ -179,27 +179,39 @@ def wants_hidden_states(model: nn.Module, kwargs: dict) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class PromptPass:
-    """The prompt rows' pass at batch 1: their ``logits (1, m, V)``, hidden states (``(1, m, d)`` per layer, None
-    when not asked for) and the layers of the cache it filled (the model's own kinds: a sliding-window layer keeps
-    the last ``window - 1`` keys and counts all ``m``), keys and values ``(1, heads, rows, head_dim)``."""
+    """The prompt rows' pass: their ``logits (R, m, V)``, hidden states (``(R, m, d)`` per layer, None when not
+    asked for) and the layers of the cache it filled (the model's own kinds: a sliding-window layer keeps the last
+    ``window - 1`` keys and counts all ``m``), keys and values ``(R, heads, rows, head_dim)``. ``R`` is 1 (one prompt
+    for every row) or the batch's rows (a mixed-adapter batch, one prompt per row:
+    :mod:`prompt_ops.models.mixed_prompt`)."""
 
     logits: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None
     layers: tuple[object, ...]
+    rows: int
+    """The prompt rows ``m``; ``logits`` may hold only the last of them (:func:`prompt_logit_rows`)."""
 
     def batch_cache(self, batch: int):
-        """A new ``DynamicCache`` whose layers are copies of the prompt's holding its keys and values as
-        ``(batch, ...)`` views (``expand``: no copy). Neither the views nor the kept layers are written: a cache
-        layer concatenates new keys into new tensors and rebinds its own attributes."""
+        """A new ``DynamicCache`` whose layers are copies of the prompt's holding its keys and values for ``batch``
+        rows: a pass of one row as ``(batch, ...)`` views (``expand``: no copy); a pass of ``R`` rows repeated for
+        consecutive copies of each row (``generate``'s beams and returned sequences). Neither the views nor the kept
+        layers are written: a cache layer concatenates new keys into new tensors and rebinds its own attributes."""
         from transformers import DynamicCache
 
         cache = DynamicCache()
         for kept in self.layers:
             layer = copy.copy(kept)
-            layer.keys = kept.keys.expand(batch, -1, -1, -1)
-            layer.values = kept.values.expand(batch, -1, -1, -1)
+            layer.keys, layer.values = _per_row(kept.keys, batch), _per_row(kept.values, batch)
             cache.layers.append(layer)
         return cache
+
+
+def _per_row(tensor: torch.Tensor, batch: int) -> torch.Tensor:
+    """``tensor (R, ...)`` for ``batch`` rows: expanded from one row, else each row repeated ``batch // R`` times."""
+    rows = tensor.shape[0]
+    if rows == 1:
+        return tensor.expand(batch, *tensor.shape[1:])
+    return tensor if rows == batch else tensor.repeat_interleave(batch // rows, dim=0)
 
 
 def prompt_pass(model: nn.Module, embeds: torch.Tensor, position_ids: torch.Tensor, hidden: bool) -> PromptPass:
@@ -213,12 +225,21 @@ def prompt_pass(model: nn.Module, embeds: torch.Tensor, position_ids: torch.Tens
         **{name: DynamicCache(config=model.config)},
     )  # fmt: skip
     layers = tuple(getattr(out, name).layers)
-    return PromptPass(out.logits, tuple(out.hidden_states) if hidden else None, layers)
+    return PromptPass(out.logits, tuple(out.hidden_states) if hidden else None, layers, embeds.shape[1])
 
 
 def _in_front(prompt: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
-    """``(1, m, ...)`` prompt rows expanded to the batch of ``rest (B, L, ...)`` and put in front of it."""
+    """``(1 or B, m, ...)`` prompt rows (expanded to) the batch of ``rest (B, L, ...)`` put in front of it."""
     return torch.cat([prompt.expand(rest.shape[0], *prompt.shape[1:]), rest], dim=1)
+
+
+def prompt_logit_rows(kwargs: dict, labels: object, num_prompt: int, input_rows: int) -> int:
+    """How many of the last prompt rows' logits :func:`shared_forward` reads for a call with ``kwargs`` and
+    ``labels``: the rows ``logits_to_keep`` keeps (all of them for 0), and at least the last one for a loss (it
+    predicts the first input token)."""
+    keep = kwargs.get("logits_to_keep", 0)
+    kept = min(num_prompt, max(keep - input_rows, 0)) if keep else num_prompt
+    return max(kept, 1 if labels is not None else 0)
 
 
 def shared_forward(
@@ -232,11 +253,11 @@ def shared_forward(
 ):
     """The base model's output for the prompted input ``embeds (B, m + L, d)`` (mask ``(B, m + L)``, position ids
     ``(B, m + L)``, token ``labels (B, m + L)`` with ``-100`` over the prompt), computed by the shared pass (module
-    docstring) from the ``prompt``'s pass (:func:`prompt_pass`, fresh or cached). ``kwargs`` holds only
-    :data:`SHARED_KWARGS` (:func:`call_refusal`)."""
+    docstring) from the ``prompt``'s pass (:func:`prompt_pass`, fresh or cached; or one per row, a mixed-adapter
+    batch's). ``kwargs`` holds only :data:`SHARED_KWARGS` (:func:`call_refusal`)."""
     config = model.config
     name = cache_argument(model)
-    num_prompt = prompt.logits.shape[1]
+    num_prompt = prompt.rows
     hidden = wants_hidden_states(model, kwargs)
     use_cache = kwargs.get("use_cache")
     use_cache = getattr(config, "use_cache", True) if use_cache is None else use_cache
@@ -254,7 +275,7 @@ def shared_forward(
     fields = dict(out.items())  # rebuilt, not set: a ModelOutput keeps a field set after construction as no key
     kept_prompt_rows = min(num_prompt, keep - input_rows) if keep else num_prompt
     if kept_prompt_rows > 0:
-        fields["logits"] = _in_front(prompt.logits[:, num_prompt - kept_prompt_rows :], out.logits)
+        fields["logits"] = _in_front(prompt.logits[:, prompt.logits.shape[1] - kept_prompt_rows :], out.logits)
     if hidden:
         fields["hidden_states"] = tuple(
             _in_front(p, h) for p, h in zip(prompt.hidden_states, out.hidden_states, strict=True)

@@ -103,24 +103,33 @@ class TunedModel(nn.Module):
     def save_adapter(self, directory: str | os.PathLike) -> Path:
         """Write ``adapter.safetensors`` + ``adapter_config.json`` into ``directory`` (created if needed); returns
         the folder. Files already there are replaced only once both new ones are written."""
-        from safetensors.torch import save_file
+        return write_adapter(directory, self.config, self.adapter_state_dict(), self._embedding())
 
-        from prompt_ops import __version__
 
-        tensors = {name: param.detach().contiguous().cpu() for name, param in self.adapter_state_dict().items()}
-        embedding = self._embedding()  # refuses a sharded table before anything is created on disk
-        meta = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "prompt_ops_version": __version__,
-            "config": self.config.to_dict(),
-            "hidden_size": embedding.embedding_dim,
-            "vocab_size": embedding.num_embeddings,
-        }
-        text = json.dumps(meta, indent=2) + "\n"
-        folder = output_folder(directory)
-        write_files(
-            folder,
-            {WEIGHTS_FILE: lambda path: save_file(tensors, str(path)), CONFIG_FILE: lambda path: path.write_text(text)},
-        )
-        return folder
+def write_adapter(
+    directory: str | os.PathLike, config: MethodConfig, tensors: dict[str, torch.Tensor], embedding: nn.Embedding
+) -> Path:
+    """Write one adapter (``config`` and its parameters ``tensors`` under the method module's names, for a model
+    whose input embedding is ``embedding``) into ``directory`` (created if needed) in the format
+    :func:`prompt_ops.models.load_adapter` reads; returns the folder. Files already there are replaced only once both
+    new ones are written."""
+    from safetensors.torch import save_file
+
+    from prompt_ops import __version__
+
+    tensors = {name: param.detach().contiguous().cpu() for name, param in tensors.items()}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "prompt_ops_version": __version__,
+        "config": config.to_dict(),
+        "hidden_size": embedding.embedding_dim,
+        "vocab_size": embedding.num_embeddings,
+    }
+    text = json.dumps(meta, indent=2) + "\n"
+    folder = output_folder(directory)
+    write_files(
+        folder,
+        {WEIGHTS_FILE: lambda path: save_file(tensors, str(path)), CONFIG_FILE: lambda path: path.write_text(text)},
+    )
+    return folder

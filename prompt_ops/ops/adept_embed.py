@@ -12,7 +12,7 @@ import numbers
 import torch
 
 from prompt_ops.ops.backend import resolve_check_ids
-from prompt_ops.ops.common import accumulate_dtype, custom_op
+from prompt_ops.ops.common import accumulate_dtype, custom_op, fake_embed_outputs
 from prompt_ops.ops.validation import (
     check_embed_sizes,
     check_int32_index,
@@ -25,21 +25,55 @@ Tensor = torch.Tensor
 SEED_BOUND = 2**31 - 1
 
 
-def dropout_multipliers_torch(num_tokens: int, rank: int, dropout_p: float, seed: int, device, dtype) -> Tensor:
-    """The torch backend's ``(N, r)`` inverted-dropout multipliers for ``seed``."""
+def dropout_multipliers_torch(
+    num_tokens: int, rank: int, dropout_p: float | Tensor, seed: int, device, dtype
+) -> Tensor:  # fmt: skip
+    """The torch backend's ``(N, r)`` inverted-dropout multipliers for ``seed``; ``dropout_p`` is one probability,
+    or a ``(N, 1)`` tensor of one per token (a mixed bank's rows of different adapters)."""
     generator = torch.Generator(device=device).manual_seed(seed)
     keep = torch.rand((num_tokens, rank), generator=generator, device=device) >= dropout_p
     return keep.to(dtype) / (1.0 - dropout_p)
 
 
+def ffn_hidden_torch(emb: Tensor, w_down: Tensor, b_down: Tensor, multipliers: Tensor | None) -> Tensor:
+    """``Hd = (E @ w_down + b_down) * D`` ``(n, r)`` in ``emb``'s dtype, for ``E = emb (n, d)`` and the dropout
+    multipliers ``D`` ``(n, r)`` (None: eval)."""
+    hidden = torch.addmm(b_down.to(emb.dtype), emb, w_down.to(emb.dtype))
+    if multipliers is not None:
+        hidden.mul_(multipliers)
+    return hidden
+
+
+def ffn_offset_torch(hidden: Tensor, w_up: Tensor, b_up: Tensor) -> Tensor:
+    """The offset ``relu(Hd) @ w_up + b_up`` ``(n, d)`` in ``hidden``'s dtype (``hidden`` is rectified in place)."""
+    return torch.addmm(b_up.to(hidden.dtype), hidden.relu_(), w_up.to(hidden.dtype))
+
+
+def ffn_grads_torch(
+    emb: Tensor, hidden: Tensor, grad_y: Tensor, w_up: Tensor, multipliers: Tensor | None,
+    out: tuple[Tensor, Tensor, Tensor, Tensor],
+) -> None:  # fmt: skip
+    """The chain rule of the FFN offset (see ``prompt_ops.kernels.adept_embed``) for ``E = emb (n, d)``, its
+    ``Hd = hidden (n, r)`` (not rectified) and ``dY = grad_y (n, d)``, written into ``out = (d_w_down (d, r),
+    d_b_down (r,), d_w_up (r, d), d_b_up (d,))``: skinny matmuls and sums over the ``n`` tokens."""
+    d_w_down, d_b_down, d_w_up, d_b_up = out
+    torch.mm(hidden.relu().t(), grad_y, out=d_w_up)
+    torch.sum(grad_y, 0, out=d_b_up)
+    grad_h = (grad_y @ w_up.to(grad_y.dtype).t()).mul_(hidden > 0)
+    if multipliers is not None:
+        grad_h.mul_(multipliers)
+    torch.mm(emb.t(), grad_h, out=d_w_down)
+    torch.sum(grad_h, 0, out=d_b_down)
+
+
 def _hidden_torch(input_ids, weight, w_down, b_down, dropout_p, seed):
-    """``E`` (N, d) in the accumulate dtype, and ``Hd = (E @ w_down + b_down) * D`` (N, r)."""
+    """``E`` (N, d) in the accumulate dtype, ``Hd = (E @ w_down + b_down) * D`` (N, r) and ``D`` (None: eval)."""
     acc = accumulate_dtype(weight.dtype, w_down.dtype)
     emb = torch.nn.functional.embedding(input_ids.reshape(-1), weight).to(acc)
-    hidden = torch.addmm(b_down.to(acc), emb, w_down.to(acc))
+    multipliers = None
     if dropout_p > 0.0:
-        hidden.mul_(dropout_multipliers_torch(*hidden.shape, dropout_p, seed, hidden.device, acc))
-    return emb, hidden
+        multipliers = dropout_multipliers_torch(emb.shape[0], w_down.shape[1], dropout_p, seed, emb.device, acc)
+    return emb, ffn_hidden_torch(emb, w_down, b_down, multipliers), multipliers
 
 
 def adept_embed_fwd_torch(input_ids, weight, prompt, w_down, b_down, w_up, b_up, attention_mask, dropout_p, seed):
@@ -49,8 +83,8 @@ def adept_embed_fwd_torch(input_ids, weight, prompt, w_down, b_down, w_up, b_up,
     total = num_prompt + seq_len
     out = weight.new_empty((batch, total, hidden_size))
     out[:, :num_prompt] = prompt
-    emb, hidden = _hidden_torch(input_ids, weight, w_down, b_down, dropout_p, seed)
-    offset = torch.addmm(b_up.to(emb.dtype), hidden.relu_(), w_up.to(emb.dtype))  # (N, d)
+    emb, hidden, _ = _hidden_torch(input_ids, weight, w_down, b_down, dropout_p, seed)
+    offset = ffn_offset_torch(hidden, w_up, b_up)  # (N, d)
     shape = (batch, seq_len, hidden_size)
     torch.add(emb.view(shape), offset.view(shape), out=out[:, num_prompt:])  # fp32 add, rounded once
     mask_dtype = attention_mask.dtype if attention_mask is not None else torch.int64
@@ -63,19 +97,11 @@ def adept_embed_fwd_torch(input_ids, weight, prompt, w_down, b_down, w_up, b_up,
 def adept_embed_bwd_torch(grad_out, input_ids, weight, w_down, b_down, w_up, num_prompt, dropout_p, seed):
     """Eager backward: recompute ``E`` and ``Hd``, then the skinny matmuls of the chain rule (see the kernels)."""
     hidden_size, rank = w_down.shape
-    emb, hidden = _hidden_torch(input_ids, weight, w_down, b_down, dropout_p, seed)
+    emb, hidden, multipliers = _hidden_torch(input_ids, weight, w_down, b_down, dropout_p, seed)
     acc = emb.dtype
     flat = torch.empty(2 * hidden_size * rank + rank + hidden_size, dtype=acc, device=grad_out.device)
-    d_w_down, d_b_down, d_w_up, d_b_up = split_ffn_grads(flat, hidden_size, rank)
     grad_y = grad_out[:, num_prompt:].reshape(-1, hidden_size).to(acc)  # (N, d)
-    act = hidden.relu()
-    torch.mm(act.t(), grad_y, out=d_w_up)
-    torch.sum(grad_y, 0, out=d_b_up)
-    grad_h = (grad_y @ w_up.to(acc).t()).mul_(hidden > 0)
-    if dropout_p > 0.0:
-        grad_h.mul_(dropout_multipliers_torch(*grad_h.shape, dropout_p, seed, grad_h.device, acc))
-    torch.mm(emb.t(), grad_h, out=d_w_down)
-    torch.sum(grad_h, 0, out=d_b_down)
+    ffn_grads_torch(emb, hidden, grad_y, w_up, multipliers, split_ffn_grads(flat, hidden_size, rank))
     grad_prompt = grad_out[:, :num_prompt].sum(0, dtype=acc)
     return grad_prompt, flat
 
@@ -116,11 +142,7 @@ def adept_embed_fwd_op(
 def _adept_embed_fwd_fake(
     input_ids, weight, prompt, w_down, b_down, w_up, b_up, attention_mask, dropout_p, seed, check_ids, backend
 ):
-    batch, seq_len = input_ids.shape
-    num_prompt, hidden_size = prompt.shape
-    mask_dtype = attention_mask.dtype if attention_mask is not None else torch.int64
-    embeds = weight.new_empty((batch, num_prompt + seq_len, hidden_size))
-    return embeds, input_ids.new_empty((batch, num_prompt + seq_len), dtype=mask_dtype)
+    return fake_embed_outputs(input_ids, weight, *prompt.shape, attention_mask)
 
 
 @custom_op("prompt_ops::adept_embed_bwd")
@@ -174,37 +196,63 @@ def _backward(ctx, grad_embeds, _grad_mask):
 adept_embed_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _check_ffn_shapes(w_down: Tensor, b_down: Tensor, w_up: Tensor, b_up: Tensor, hidden_size: int) -> None:
-    if w_down.shape[0] != hidden_size or w_down.shape[1] == 0:
+def check_ffn_shapes(
+    w_down: Tensor, b_down: Tensor, w_up: Tensor, b_up: Tensor, hidden_size: int, layout: str = "(d, r)"
+) -> None:  # fmt: skip
+    """``w_down (d, r)`` with ``r >= 1``, ``b_down (r,)``, ``w_up (r, d)``, ``b_up (d,)``: ADePT's FFN. Stacked FFNs
+    (leading dimensions, e.g. a bank's ``(N, d, r_max)``) are checked on their trailing dimensions, the leading ones
+    shared; ``layout`` names ``w_down``'s shape in the messages."""
+    lead, (width, rank) = tuple(w_down.shape[:-2]), w_down.shape[-2:]
+    if width != hidden_size or rank == 0:
         raise ValueError(
-            f"w_down must have shape (d, r) with d = weight.shape[1] = {hidden_size} and r >= 1, "
+            f"w_down must have shape {layout} with d = weight.shape[1] = {hidden_size} and r >= 1, "
             f"got {tuple(w_down.shape)}"
         )
-    rank = w_down.shape[1]
-    expected = {"b_down": (b_down, (rank,)), "w_up": (w_up, (rank, hidden_size)), "b_up": (b_up, (hidden_size,))}
+    expected = {
+        "b_down": (b_down, (*lead, rank)),
+        "w_up": (w_up, (*lead, rank, hidden_size)),
+        "b_up": (b_up, (*lead, hidden_size)),
+    }
     for name, (value, shape) in expected.items():
         if tuple(value.shape) != shape:
             raise ValueError(
-                f"{name} must have shape {shape} to match w_down (d, r) = {tuple(w_down.shape)}, "
+                f"{name} must have shape {shape} to match w_down {layout} = {tuple(w_down.shape)}, "
                 f"got {tuple(value.shape)}"
             )
+
+
+def check_seed(seed: object) -> int | None:
+    """A dropout seed: None, or an int in ``[0, 2**31 - 1)``."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int in [0, {SEED_BOUND}) or None, got {type(seed).__name__}")
+    if not 0 <= seed < SEED_BOUND:
+        raise ValueError(f"seed must be an int in [0, {SEED_BOUND}) or None, got {seed}")
+    return int(seed)
+
+
+def check_training(training: object) -> bool:
+    """The ``training`` flag: a bool."""
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be a bool, got {type(training).__name__}")
+    return training
+
+
+def resolve_seed(seed: int | None, active: bool) -> int:
+    """The seed of an active dropout (drawn from torch's global generator when None), else the given one or 0."""
+    if active and seed is None:
+        seed = int(torch.randint(SEED_BOUND, ()).item())  # drawn from torch's global generator
+    return seed if seed is not None else 0
 
 
 def check_dropout(dropout_p: object, training: object, seed: object) -> tuple[float, int]:
     """Returns the effective probability (0 unless training) and the seed (drawn when needed and missing)."""
     dropout_p = check_probability("dropout_p", dropout_p)
-    if not isinstance(training, bool):
-        raise TypeError(f"training must be a bool, got {type(training).__name__}")
-    if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seed must be an int in [0, {SEED_BOUND}) or None, got {type(seed).__name__}")
-        if not 0 <= seed < SEED_BOUND:
-            raise ValueError(f"seed must be an int in [0, {SEED_BOUND}) or None, got {seed}")
-        seed = int(seed)
+    training = check_training(training)
+    seed = check_seed(seed)
     effective = dropout_p if training else 0.0
-    if effective > 0.0 and seed is None:
-        seed = int(torch.randint(SEED_BOUND, ()).item())  # drawn from torch's global generator
-    return effective, seed if seed is not None else 0
+    return effective, resolve_seed(seed, effective > 0.0)
 
 
 def adept_embed(
@@ -240,7 +288,7 @@ def adept_embed(
         "b_up": (b_up, 1, "(d,)"),
     }
     backend = validate_embed_call(input_ids, weight, attention_mask, backend, params)
-    _check_ffn_shapes(w_down, b_down, w_up, b_up, weight.shape[1])
+    check_ffn_shapes(w_down, b_down, w_up, b_up, weight.shape[1])
     effective_p, seed = check_dropout(dropout_p, training, seed)
     check_embed_sizes(input_ids, weight, prompt.shape[0], f"prompt (m, d) = {tuple(prompt.shape)}", attention_mask)
     if backend == "triton":

@@ -26,3 +26,15 @@ def accumulate_dtype(*dtypes: torch.dtype) -> torch.dtype:
     for dtype in dtypes:
         acc = torch.promote_types(acc, dtype)
     return acc
+
+
+def fake_embed_outputs(
+    input_ids: torch.Tensor, weight: torch.Tensor, num_prompt: int, hidden: int, attention_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fake outputs of a prompt-embedding forward op with ``num_prompt`` prompt columns (or slots) before the
+    ``L`` tokens: ``inputs_embeds (B, m + L, hidden)`` in ``weight.dtype`` and the mask ``(B, m + L)`` in
+    ``attention_mask``'s dtype (int64 if None)."""
+    batch, seq_len = input_ids.shape
+    mask_dtype = attention_mask.dtype if attention_mask is not None else torch.int64
+    embeds = weight.new_empty((batch, num_prompt + seq_len, hidden))
+    return embeds, input_ids.new_empty((batch, num_prompt + seq_len), dtype=mask_dtype)

@@ -21,7 +21,7 @@ positive, which the string conventions guarantee, else ``[0, L_max)``).
 import torch
 
 from prompt_ops.ops.backend import resolve_check_ids
-from prompt_ops.ops.common import accumulate_dtype, custom_op
+from prompt_ops.ops.common import accumulate_dtype, custom_op, fake_embed_outputs
 from prompt_ops.ops.positions import POSITIONS, check_positions, row_starts
 from prompt_ops.ops.validation import check_embed_sizes, check_scale, check_token_data, validate_embed_call
 
@@ -110,14 +110,20 @@ def covered_rows(seq_len: int, max_length: int, starts_nonpositive: bool) -> int
 def shifted_sum(grad_tokens: Tensor, starts: Tensor, rows: int, acc: torch.dtype) -> Tensor:
     """``G'[j] = sum_b grad_tokens[b, j - starts[b]]`` over the columns inside ``[0, L)``, ``(rows, d)`` in ``acc``:
     a gather then a batch sum (deterministic, no scatter)."""
+    return shifted_rows(grad_tokens, starts, rows).sum(0, dtype=acc)
+
+
+def shifted_rows(grad_tokens: Tensor, starts: Tensor, rows: int) -> Tensor:
+    """``(B, rows, d)``: row ``b`` holds ``grad_tokens[b, j - starts[b]]`` at A-row ``j``, zero where that column is
+    outside ``[0, L)`` (the per-row terms of :func:`shifted_sum`, a gather, no scatter)."""
     batch, seq_len, hidden = grad_tokens.shape
+    if seq_len == 0:
+        return grad_tokens.new_zeros((batch, rows, hidden))
     column = torch.arange(rows, device=starts.device) - starts[:, None]  # (B, rows): the column at A-row j
     inside = (column >= 0) & (column < seq_len)
-    if seq_len == 0:
-        return grad_tokens.new_zeros((rows, hidden), dtype=acc)
     index = torch.where(inside, column, 0)[:, :, None].expand(batch, rows, hidden)
     gathered = torch.gather(grad_tokens, 1, index)  # (B, rows, d)
-    return torch.where(inside[:, :, None], gathered, 0).sum(0, dtype=acc)
+    return torch.where(inside[:, :, None], gathered, 0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -157,11 +163,7 @@ def _dept_embed_fwd_fake(
     input_ids, weight, prompt, lora_a, lora_b, attention_mask, scale, check_ids, backend, starts=None,
     starts_nonpositive=False,
 ):  # fmt: skip
-    batch, seq_len = input_ids.shape
-    num_prompt, hidden = prompt.shape
-    mask_dtype = attention_mask.dtype if attention_mask is not None else torch.int64
-    embeds = weight.new_empty((batch, num_prompt + seq_len, hidden))
-    return embeds, input_ids.new_empty((batch, num_prompt + seq_len), dtype=mask_dtype)
+    return fake_embed_outputs(input_ids, weight, *prompt.shape, attention_mask)
 
 
 @custom_op("prompt_ops::dept_embed_bwd")
@@ -232,21 +234,24 @@ dept_embed_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 def check_lora_shapes(
     lora_a: Tensor, lora_b: Tensor, seq_len: int | None, hidden: int, *, method: str,
-    width_source: str = "weight (V, d)",
+    width_source: str = "weight (V, d)", layouts: tuple[str, str] = ("(L_max, r)", "(r, d)"),
 ) -> None:  # fmt: skip
     """``lora_a (L_max, r)`` with ``r >= 1`` and ``L_max >= seq_len``, ``lora_b (r, d)``: DePT's and EPT's pair.
     ``method`` names the caller's method in the messages; ``width_source`` the argument that gives ``d``;
-    ``seq_len=None`` sets no length limit (explicit row starts: columns past ``L_max`` get no offset)."""
-    if lora_a.shape[1] == 0:
-        raise ValueError(f"lora_a must have shape (L_max, r) with r >= 1, got {tuple(lora_a.shape)}")
-    if lora_b.shape != (lora_a.shape[1], hidden):
+    ``seq_len=None`` sets no length limit (explicit row starts: columns past ``L_max`` get no offset). Stacked
+    pairs (leading dimensions, e.g. a bank's ``(N, L_max, r_max)`` and ``(N, r_max, d)``) are checked on their last
+    two dimensions, the leading ones shared; ``layouts`` names the two shapes in the messages."""
+    lead, (max_length, rank) = tuple(lora_a.shape[:-2]), lora_a.shape[-2:]
+    if rank == 0:
+        raise ValueError(f"lora_a must have shape {layouts[0]} with r >= 1, got {tuple(lora_a.shape)}")
+    if lora_b.shape != (*lead, rank, hidden):
         raise ValueError(
-            f"lora_b must have shape (r, d) = ({lora_a.shape[1]}, {hidden}) to match lora_a (L_max, r) = "
+            f"lora_b must have shape {layouts[1]} = {(*lead, rank, hidden)} to match lora_a {layouts[0]} = "
             f"{tuple(lora_a.shape)} and {width_source}, got {tuple(lora_b.shape)}"
         )
-    if seq_len is not None and seq_len > lora_a.shape[0]:
+    if seq_len is not None and seq_len > max_length:
         raise ValueError(
-            f"input_ids has L = {seq_len} tokens but lora_a has L_max = {lora_a.shape[0]} rows: the sequence is "
+            f"input_ids has L = {seq_len} tokens but lora_a has L_max = {max_length} rows: the sequence is "
             f"longer than {method}'s max_length; truncate the input or build {method} with max_length >= {seq_len}"
         )
 

@@ -10,7 +10,7 @@ from the factors) and two backward.
 import torch
 
 from prompt_ops.ops.backend import resolve_check_ids
-from prompt_ops.ops.common import accumulate_dtype, custom_op
+from prompt_ops.ops.common import accumulate_dtype, custom_op, fake_embed_outputs
 from prompt_ops.ops.dept_embed import dept_embed_fwd_torch
 from prompt_ops.ops.validation import (
     check_embed_sizes,
@@ -107,10 +107,7 @@ def lamp_embed_fwd_op(
 
 @lamp_embed_fwd_op.register_fake
 def _lamp_embed_fwd_fake(input_ids, weight, u, q, v, attention_mask, pool, check_ids, backend):
-    batch, seq_len = input_ids.shape
-    total = u.shape[0] // pool + seq_len
-    mask_dtype = attention_mask.dtype if attention_mask is not None else torch.int64
-    return weight.new_empty((batch, total, v.shape[1])), input_ids.new_empty((batch, total), dtype=mask_dtype)
+    return fake_embed_outputs(input_ids, weight, u.shape[0] // pool, v.shape[1], attention_mask)
 
 
 @custom_op("prompt_ops::lamp_embed_bwd")

@@ -69,6 +69,65 @@ def dept_embed(
     return embeds, mask.to(input_ids.device)
 
 
+def mixed_dept_embed(
+    input_ids: torch.Tensor,
+    weight: torch.Tensor,
+    prompts: torch.Tensor,
+    prompt_lengths: torch.Tensor,
+    lora_a: torch.Tensor | None,
+    lora_b: torch.Tensor | None,
+    scales: torch.Tensor,
+    adapter_index: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    positions: str | torch.Tensor = "tokens",
+    slots: str = "front",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Many prompt-tuning/DePT adapters in one batch, written row by row. Adapter ``a`` of a bank holds its prompt
+    in ``prompts[a, :prompt_lengths[a]]`` (``prompts (N, m_max, d)``), its low-rank pair zero-padded in
+    ``lora_a[a] (L_max, r_max)`` and ``lora_b[a] (r_max, d)`` (None: no offsets in the bank) and its scale in
+    ``scales[a]``. Row ``b`` is :func:`dept_embed` of adapter ``a = adapter_index[b]`` on that row alone, with
+    ``m_max - m_a`` zero slots, masked out, in front of it, so that every row has ``m_max`` prompt columns and a
+    sequence's prompt sits right before its input as it does alone; ``a = -1`` is the plain base model (every slot
+    masked, no offset). ``slots="after_prompt"`` puts the masked slots between the prompt and the input instead
+    (``[prompt_a, slots, input]``: the prompt from column 0, as a head reading column 0 needs); the input stays at
+    columns ``m_max + t`` either way. Zero padding adds nothing: padded ranks multiply zeros, padded ``A`` rows give
+    no offset."""
+    batch, seq_len = input_ids.shape
+    rows, masks = [], []
+    for b in range(batch):
+        adapter = int(adapter_index[b])
+        mask = None if attention_mask is None else attention_mask[b : b + 1]
+        where = positions[b : b + 1] if isinstance(positions, torch.Tensor) else positions
+        if adapter < 0:
+            embeds, row_mask = dept_embed(input_ids[b : b + 1], weight, prompts[0, :0], None, None, 0.0, mask, where)
+        else:
+            pair = (None, None) if lora_a is None else (lora_a[adapter], lora_b[adapter])
+            prompt = prompts[adapter, : int(prompt_lengths[adapter])]
+            embeds, row_mask = dept_embed(
+                input_ids[b : b + 1], weight, prompt, *pair, float(scales[adapter]), mask, where
+            )  # fmt: skip
+        rows.append(embeds)
+        masks.append(row_mask)
+    return place_slots(rows, masks, prompts.shape[1], seq_len, slots)
+
+
+def place_slots(
+    rows: list[torch.Tensor], masks: list[torch.Tensor], num_slots: int, seq_len: int, slots: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mixed batch from its rows, each ``(1, m_b + L, d)`` with its ``(1, m_b + L)`` mask as its adapter alone
+    gives it (``m_b = 0`` on a base-model row): ``m_max - m_b`` zero slots, masked out, go in front of the row's
+    prompt (``slots="front"``) or between its prompt and its input (``"after_prompt"``), so every row has
+    ``num_slots = m_max`` prompt columns and its input at columns ``m_max + t``."""
+    out_rows, out_masks = [], []
+    for embeds, row_mask in zip(rows, masks, strict=True):
+        pad = num_slots + seq_len - embeds.shape[1]
+        at = 0 if slots == "front" else embeds.shape[1] - seq_len  # the slots go before the prompt or after it
+        zeros = embeds.new_zeros(1, pad, embeds.shape[2])
+        out_rows.append(torch.cat([embeds[:, :at], zeros, embeds[:, at:]], dim=1))
+        out_masks.append(torch.cat([row_mask[:, :at], row_mask.new_zeros(1, pad), row_mask[:, at:]], dim=1))
+    return torch.cat(out_rows), torch.cat(out_masks)
+
+
 def prompt_embed(
     input_ids: torch.Tensor,
     weight: torch.Tensor,
@@ -104,6 +163,45 @@ def adept_embed(
     embeds = torch.cat([prompts, inputs_embeds], dim=1)
     mask = extend_mask(attention_mask, batch, seq_len, prompt.shape[0])
     return embeds, mask.to(input_ids.device)
+
+
+def mixed_adept_embed(
+    input_ids: torch.Tensor,
+    weight: torch.Tensor,
+    prompts: torch.Tensor,
+    prompt_lengths: torch.Tensor,
+    w_down: torch.Tensor,
+    b_down: torch.Tensor,
+    w_up: torch.Tensor,
+    b_up: torch.Tensor,
+    adapter_index: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    slots: str = "front",
+    dropout_scale: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Many ADePT adapters in one batch, written row by row. Adapter ``a`` holds its prompt in
+    ``prompts[a, :prompt_lengths[a]]`` and its FFN zero-padded over ranks in ``w_down[a] (d, r_max)``,
+    ``b_down[a] (r_max,)``, ``w_up[a] (r_max, d)``, ``b_up[a] (d,)``. Row ``b`` is :func:`adept_embed` of adapter
+    ``a = adapter_index[b]`` on that row alone, its slots placed as in :func:`mixed_dept_embed`
+    (:func:`place_slots`); ``a = -1`` is the plain base model (every slot masked, plain tokens). Padded ranks add
+    nothing (``relu(0) = 0`` meets a zero row of ``w_up``). ``dropout_scale`` is the ``(B, L, r_max)``
+    inverted-dropout multiplier (``0`` or ``1/(1-p_a)``), or None for eval."""
+    batch, seq_len = input_ids.shape
+    rows, masks = [], []
+    for b in range(batch):
+        adapter = int(adapter_index[b])
+        ids = input_ids[b : b + 1]
+        mask = None if attention_mask is None else attention_mask[b : b + 1]
+        if adapter < 0:
+            embeds, row_mask = prompt_embed(ids, weight, prompts[0, :0], mask)
+        else:
+            prompt = prompts[adapter, : int(prompt_lengths[adapter])]
+            ffn = (w_down[adapter], b_down[adapter], w_up[adapter], b_up[adapter])
+            scale = None if dropout_scale is None else dropout_scale[b].reshape(seq_len, -1)
+            embeds, row_mask = adept_embed(ids, weight, prompt, *ffn, mask, scale)
+        rows.append(embeds)
+        masks.append(row_mask)
+    return place_slots(rows, masks, prompts.shape[1], seq_len, slots)
 
 
 def lamp_prompt(u: torch.Tensor, q: torch.Tensor, v: torch.Tensor, pool: int) -> torch.Tensor:

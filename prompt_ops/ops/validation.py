@@ -135,13 +135,18 @@ def check_token_data(input_ids: torch.Tensor, vocab_size: int, attention_mask: t
 
 def check_ids_in_range(input_ids: torch.Tensor, vocab_size: int) -> None:
     """Every id in ``[0, vocab_size)``. Data-dependent (one device sync): switch off with ``check_ids=False``."""
-    if input_ids.numel() == 0:
+    check_values_in("input_ids", input_ids, 0, vocab_size - 1, f"[0, {vocab_size}) (the rows of weight)", "token id ")
+
+
+def check_values_in(name: str, values: torch.Tensor, low: int, high: int, bounds: str, found: str = "") -> None:
+    """Every value of the integer tensor ``values`` in ``[low, high]`` (an empty one passes), else a ``ValueError``
+    ``"<name> must be in <bounds>, found <found><value>"`` with the first bound crossed. One device sync (the smallest
+    and largest value read on the host): the data checks that ``check_ids=False`` switches off."""
+    if values.numel() == 0:
         return
-    low, high = torch.aminmax(input_ids)
-    low, high = int(low), int(high)
-    if low < 0 or high >= vocab_size:
-        bad = low if low < 0 else high
-        raise ValueError(f"input_ids must be in [0, {vocab_size}) (the rows of weight), found token id {bad}")
+    smallest, largest = (int(v) for v in torch.aminmax(values))
+    if smallest < low or largest > high:
+        raise ValueError(f"{name} must be in {bounds}, found {found}{smallest if smallest < low else largest}")
 
 
 @functools.cache
@@ -253,6 +258,65 @@ def validate_embed_call(
         prompt, _, layout = params["prompt"]
         check_width("prompt", prompt, layout, weight.shape[1], "weight.shape[1]")
     return backend
+
+
+def check_vector(
+    name: str, value: object, size: int, source: str, dtypes: tuple[torch.dtype, ...] | None
+) -> torch.Tensor:  # fmt: skip
+    """``value`` is a ``(size,)`` tensor (``source`` says where ``size`` comes from) of one of ``dtypes`` (None:
+    any floating dtype; else integer dtypes, int64 or int32)."""
+    value = check_tensor(name, value, 1, f"({source},)")
+    if dtypes is None and not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+    if dtypes is not None and value.dtype not in dtypes:
+        raise TypeError(f"{name} must hold int64 or int32 values, got {value.dtype}")
+    if value.shape[0] != size:
+        raise ValueError(f"{name} must have shape ({source},) = ({size},), got {tuple(value.shape)}")
+    return value
+
+
+def check_bank(
+    input_ids: torch.Tensor, weight: torch.Tensor, prompts: torch.Tensor, prompt_lengths: object,
+    adapter_index: object, vectors: dict[str, tuple[object, tuple[torch.dtype, ...] | None]],
+) -> None:  # fmt: skip
+    """The bank arguments every mixed-adapter op shares (after :func:`validate_embed_call` has checked the tensors,
+    ``prompts (N, m_max, d)`` among them): ``prompts`` of the table's width with ``N, m_max >= 1``,
+    ``prompt_lengths (N,)`` and ``adapter_index (B,)`` int64/int32, then each of ``vectors`` (``name -> (value,
+    dtypes)`` as in :func:`check_vector`) an ``(N,)`` vector, all on ``input_ids``' device."""
+    check_width("prompts", prompts, "(N, m_max, d)", weight.shape[1], "weight.shape[1]")
+    num, slots, _ = prompts.shape
+    if num == 0 or slots == 0:
+        raise ValueError(
+            f"prompts must have shape (N, m_max, d) with N >= 1 adapters and m_max >= 1 prompt rows, got "
+            f"{tuple(prompts.shape)}: the bank is empty"
+        )
+    check_vector("prompt_lengths", prompt_lengths, num, "N", TOKEN_ID_DTYPES)
+    for name, (value, dtypes) in vectors.items():
+        check_vector(name, value, num, "N", dtypes)
+    check_vector("adapter_index", adapter_index, input_ids.shape[0], "B", TOKEN_ID_DTYPES)
+    others = {"prompt_lengths": prompt_lengths, **{name: value for name, (value, _) in vectors.items()}}
+    for name, value in {**others, "adapter_index": adapter_index}.items():
+        if value.device != input_ids.device:
+            raise ValueError(f"{name} must be on input_ids' device {input_ids.device}, got {value.device}")
+
+
+def check_adapter_indices(adapter_index: torch.Tensor, num: int) -> None:
+    """Every value of the integer tensor ``adapter_index`` in ``[-1, N)`` (``N = num`` adapters; one device sync
+    unless it is on the host)."""
+    check_values_in(
+        "adapter_index", adapter_index, -1, num - 1,
+        f"[-1, {num}) (-1: the base model, else a row of the bank of N = {num} adapters)",
+    )  # fmt: skip
+
+
+def check_bank_indices(prompt_lengths: torch.Tensor, adapter_index: torch.Tensor, num_slots: int) -> None:
+    """The data checks every mixed-adapter op shares (``check_ids=False`` skips them): every adapter index in
+    ``[-1, N)`` and every prompt length in ``[1, m_max]`` (``m_max = num_slots``)."""
+    num = prompt_lengths.shape[0]
+    check_adapter_indices(adapter_index, num)
+    check_values_in(
+        "prompt_lengths", prompt_lengths, 1, num_slots, f"[1, m_max] = [1, {num_slots}] (m_max = prompts.shape[1])"
+    )
 
 
 def check_embed_sizes(input_ids: torch.Tensor, weight: torch.Tensor, num_prompt: int, prompt_source: str,

@@ -5,6 +5,8 @@ Gathers count the gathered rows, not the whole table. These are the floors the f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -60,6 +62,72 @@ def dept_embed_backward_bytes(
     read += batch * _size(torch.int64) if row_starts else 0
     write = (num_prompt * hidden + max_length * rank + rank * hidden) * _size(param_dtype)
     return read + write
+
+
+def mixed_dept_embed_forward_bytes(
+    batch: int,
+    seq_len: int,
+    num_slots: int,
+    hidden: int,
+    prompt_lengths: Sequence[int],
+    ranks: Sequence[int],
+    offset_rows: Sequence[int] | None = None,
+    weight_dtype: torch.dtype = torch.float32,
+    ids_dtype: torch.dtype = torch.int64,
+    mask_dtype: torch.dtype | None = torch.int64,
+    param_dtype: torch.dtype = torch.float32,
+    index_dtype: torch.dtype = torch.int64,
+    row_starts: bool = False,
+    max_lengths: bool = False,
+) -> int:
+    """Forward of ``mixed_dept_embed``. ``prompt_lengths``, ``ranks`` and ``offset_rows``: the ``m_a``, ``r_a`` and
+    the number of ``A_a`` rows its tokens reach (default ``seq_len`` each) of every adapter the batch uses, each
+    adapter once however many rows use it; the bank's padding is never needed.
+
+    In, per batch row: the ids, the gathered table rows, the input mask (``mask_dtype=None``: none), the adapter
+    index and, with ``row_starts``, the int64 start. Per adapter used: its ``m_a`` prompt rows and its prompt length
+    and, when any adapter has offsets (``r_a > 0``), its fp32 scale, ``offset_rows x r_a`` of ``A``, ``r_a x d`` of
+    ``B`` and, with ``max_lengths``, its ``L_a``. Out: the ``(B, m_max + L, d)`` embeddings and the extended mask."""
+    if len(prompt_lengths) != len(ranks):
+        raise ValueError(f"prompt_lengths and ranks must list the same adapters, got {len(prompt_lengths)} and "
+                         f"{len(ranks)}")  # fmt: skip
+    rows = [seq_len] * len(ranks) if offset_rows is None else list(offset_rows)
+    if len(rows) != len(ranks):
+        raise ValueError(f"offset_rows must list one count per adapter ({len(ranks)}), got {len(rows)}")
+    param, index = _size(param_dtype), _size(index_dtype)
+    read = batch * seq_len * (_size(ids_dtype) + hidden * _size(weight_dtype))
+    read += batch * seq_len * _size(mask_dtype) if mask_dtype is not None else 0
+    read += batch * (index + (_size(torch.int64) if row_starts else 0))
+    read += sum(m * hidden * param + index for m in prompt_lengths)
+    if any(ranks):
+        per_adapter = _size(torch.float32) + (index if max_lengths else 0)
+        read += sum((j * r + r * hidden) * param + per_adapter for j, r in zip(rows, ranks, strict=True))
+    out_mask = _size(mask_dtype) if mask_dtype is not None else _size(torch.int64)
+    return read + batch * (num_slots + seq_len) * (hidden * _size(weight_dtype) + out_mask)
+
+
+def mixed_adept_embed_forward_bytes(
+    batch: int,
+    seq_len: int,
+    num_slots: int,
+    hidden: int,
+    prompt_lengths: Sequence[int],
+    ranks: Sequence[int],
+    weight_dtype: torch.dtype = torch.float32,
+    ids_dtype: torch.dtype = torch.int64,
+    mask_dtype: torch.dtype | None = torch.int64,
+    param_dtype: torch.dtype = torch.float32,
+    index_dtype: torch.dtype = torch.int64,
+) -> int:
+    """Forward of ``mixed_adept_embed`` in eval (no dropout): :func:`mixed_dept_embed_forward_bytes` without offsets
+    (per batch row its ids, table rows, mask and adapter index; per adapter used its ``m_a`` prompt rows and length;
+    the embeddings and extended mask out), plus each adapter's FFN at its own rank ``r_a`` (``w_down``, ``b_down``,
+    ``w_up``, ``b_up``), each adapter once however many rows use it; the bank's rank padding is never needed."""
+    without_offsets = mixed_dept_embed_forward_bytes(
+        batch, seq_len, num_slots, hidden, prompt_lengths, [0] * len(ranks), None, weight_dtype, ids_dtype,
+        mask_dtype, param_dtype, index_dtype,
+    )  # fmt: skip
+    return without_offsets + sum((2 * hidden * r + r + hidden) * _size(param_dtype) for r in ranks)
 
 
 def adept_embed_forward_bytes(

@@ -219,3 +219,32 @@ def test_lpt_insert_is_three_launches_within_ideal_bytes(mode):
         prompt = reference.lpt_prompt(states, *params, num_tokens, None, mask, mode)
         reference.lpt_insert(prompt, states, mask)
     assert naive.launches >= 3
+
+
+def test_mixed_adept_fused_forward_is_one_launch_within_ideal_bytes():
+    """A bank of three ADePT adapters with prompts of 60, 20 and 40 rows and ranks 19, 8 and 16 (zero-padded to
+    60 and 19), every adapter used: one launch for the whole batch, within 1.1x of what the batch's adapters need
+    unpadded (the padded prompt rows and ranks are never read as data, only masked)."""
+    from prompt_ops.kernels import mixed_adept as mixed_kernels
+    from prompt_ops.profiling.ideal import mixed_adept_embed_forward_bytes
+
+    batch, seq_len, hidden = 4, 128, 768
+    lengths, ranks = [60, 20, 40], [19, 8, 16]
+    slots, rank = max(lengths), max(ranks)
+    ids = _distinct_ids(batch, seq_len, 4096)
+    weight = torch.randn(4096, hidden)
+    prompts = torch.zeros(3, slots, hidden)
+    w_down, b_down = torch.zeros(3, hidden, rank), torch.zeros(3, rank)
+    w_up, b_up = torch.zeros(3, rank, hidden), torch.randn(3, hidden)
+    for a, (m, r) in enumerate(zip(lengths, ranks, strict=True)):
+        prompts[a, :m] = torch.randn(m, hidden)
+        w_down[a, :, :r], b_down[a, :r], w_up[a, :r] = torch.randn(hidden, r), torch.randn(r), torch.randn(r, hidden)
+    index = torch.tensor([0, 1, 2, 0])
+    mask = torch.ones(batch, seq_len, dtype=torch.int64)
+    with kernel_traffic() as fused:
+        mixed_kernels.mixed_adept_fwd_triton(
+            ids, weight, prompts, torch.tensor(lengths), w_down, b_down, w_up, b_up, index, mask, None, 0
+        )
+    ideal = mixed_adept_embed_forward_bytes(batch, seq_len, slots, hidden, lengths, ranks)
+    assert fused.launches == 1
+    assert 0.95 * ideal <= fused.unique_bytes <= 1.1 * ideal, (fused.unique_bytes, ideal)

@@ -1,0 +1,187 @@
+"""The shared prompt pass of a mixed-adapter batch (issue 14): decoder-only GPT-2, LLaMA, Mistral and Qwen2 run
+each adapter's prompt once per adapter state (kept per adapter), then only the input tokens, with the outputs of
+the unshared mixed path (every row's prompt run in the batch).
+
+Which path ran is observed from the base model's calls: shared, one ``(1, m_a)`` call per adapter whose pass is not
+kept, then ``(B, L)``; unshared, one ``(B, m_max + L)`` call.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from prompt_ops.models import PromptTuningConfig, attach_many
+from tests.models.model_state import ModelState
+from tests.models.test_attach import tiny
+from tests.models.test_multi_adapter import ADAPTERS, ROWS, batch
+from tests.models.test_shared_prompt import FAMILIES, GREEDY, LOGGER, decoder, shape_calls
+
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+PROMPT_CALLS = [(1, 5), (1, 3), (1, 2)]  # "long", "plain", "short": the adapters of ROWS, in the bank's order
+
+
+def mixed_decoder(family: str, seed: int = 1, **kwargs):
+    """The ragged bank of ``ADAPTERS`` over a tiny ``family`` decoder in eval mode, every adapter tensor moved off
+    its init (zero B would hide the offsets)."""
+    multi = attach_many(decoder(family), ADAPTERS, **kwargs).eval()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name in multi.adapter_names:
+            for tensor in multi.adapter_state_dict(name).values():
+                tensor.add_(0.1 * torch.randn_like(tensor))
+    return multi
+
+
+def compared_columns(multi, names, mask: torch.Tensor) -> torch.Tensor:
+    """``(B, m_max + L)`` bool: each adapter row's ``m_a`` prompt columns and every input column, a ``"__base__"``
+    row's real tokens. Not the masked slots, nor a base row's pads: there a query no key may answer gets what the
+    attention implementation gives it (eager: an average over every key of the row), which nothing reads."""
+    slots = multi.bank.num_slots
+    columns = torch.zeros(len(names), slots + mask.shape[1], dtype=torch.bool)
+    for b, name in enumerate(names):
+        if name == "__base__":
+            columns[b, slots:] = mask[b].bool()
+        else:
+            columns[b, slots - multi.bank.config(name).num_tokens :] = True
+    return columns
+
+
+def mixed_call(multi, shared: bool | None, ids, mask, names, **kwargs):
+    multi.shared_prompt = shared
+    with torch.no_grad():
+        return multi(input_ids=ids, attention_mask=mask, adapter_names=names, **kwargs)
+
+
+def assert_equals_unshared(multi, ids, mask, names, labels=None, hidden: bool = False):
+    """One shared eval forward against the unshared mixed path: shapes, the compared columns' logits (and hidden
+    states), the loss; the masked slot columns are zero. Returns the shared output."""
+    kwargs = {"labels": labels, "output_hidden_states": hidden}
+    want = mixed_call(multi, False, ids, mask, names, **kwargs)
+    got = mixed_call(multi, None, ids, mask, names, **kwargs)
+    columns = compared_columns(multi, names, mask)
+    assert got.logits.shape == want.logits.shape
+    torch.testing.assert_close(got.logits[columns], want.logits[columns], **TOL)
+    slots = multi.bank.num_slots
+    for b, name in enumerate(names):
+        first = slots - (0 if name == "__base__" else multi.bank.config(name).num_tokens)
+        assert got.logits[b, :first].eq(0).all()
+    if labels is not None:
+        torch.testing.assert_close(got.loss, want.loss, **TOL)
+    if hidden:
+        assert len(got.hidden_states) == len(want.hidden_states)
+        for got_states, want_states in zip(got.hidden_states, want.hidden_states, strict=True):
+            torch.testing.assert_close(got_states[columns], want_states[columns], **TOL)
+    return got
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_eval_forward_runs_each_adapters_prompt_once_and_equals_the_unshared_mixed_path(family, side):
+    """Ragged prompts (5, 3, 2 rows), DePT and prompt tuning, ``"__base__"`` rows; Mistral's window (6 keys) is
+    shorter than a prompted row. A second call with another mix reuses every kept pass."""
+    multi = mixed_decoder(family)
+    ids, mask, labels = batch(side)
+    calls = shape_calls(multi.base_model)
+    assert_equals_unshared(multi, ids, mask, ROWS, labels, hidden=True)
+    assert calls[1:] == [*PROMPT_CALLS, (6, 7)]  # after the unshared call: each prompt once, then the input only
+    names = ["short", "__base__", "short", "long"]
+    del calls[:]
+    assert_equals_unshared(multi, ids[:4], mask[:4], names)
+    assert calls[1:] == [(4, 7)]
+    assert {name: cache.builds for name, cache in multi.prompt_caches.items()} == {"long": 1, "plain": 1, "short": 1}
+
+
+@pytest.mark.parametrize("keep", [1, 7, 9, 12])
+def test_logits_to_keep_keeps_the_last_columns_of_the_unshared_mixed_path(keep):
+    """A prefill's count of last columns: the input only (1, 7), two prompt columns in front (9), every one (12 =
+    m_max + L). The batch's prompt logits are gathered for the kept columns only; the compared columns as above."""
+    multi = mixed_decoder("llama")
+    ids, mask, _ = batch("left")
+    want = mixed_call(multi, False, ids, mask, ROWS, logits_to_keep=keep).logits
+    got = mixed_call(multi, None, ids, mask, ROWS, logits_to_keep=keep).logits
+    columns = compared_columns(multi, ROWS, mask)[:, -keep:]
+    assert got.shape == want.shape == (len(ROWS), keep, want.shape[-1])
+    torch.testing.assert_close(got[columns], want[columns], **TOL)
+
+
+def test_the_kept_passes_are_rebuilt_after_an_optimizer_step_and_on_add_delete_and_load(tmp_path):
+    """Each change moves the outputs (so a stale pass would fail the comparison) and rebuilds exactly the passes
+    the next call needs; a training step itself runs every row's prompt (no kept pass under grad)."""
+    multi = mixed_decoder("llama")
+    ids, mask, labels = batch("left")
+    before = assert_equals_unshared(multi, ids, mask, ROWS).logits
+    calls = shape_calls(multi.base_model)
+    optimizer = torch.optim.Adam([param for param in multi.bank.parameters() if param.requires_grad], lr=0.1)
+    multi.shared_prompt = None
+    multi(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=ROWS).loss.backward()
+    optimizer.step()
+    assert calls == [(6, 5 + 7)]
+    del calls[:]
+    after = assert_equals_unshared(multi, ids, mask, ROWS).logits
+    assert calls[1:] == [*PROMPT_CALLS, (6, 7)] and not torch.allclose(after, before, **TOL)
+
+    other = mixed_decoder("llama", seed=7)
+    other.save_adapter("plain", tmp_path)
+    multi.delete_adapter("plain")
+    assert multi.prompt_caches == {}
+    names = ["long", "__base__", "short", "short"]
+    del calls[:]
+    assert_equals_unshared(multi, ids[:4], mask[:4], names)
+    assert calls[1:] == [(1, 5), (1, 2), (4, 7)]
+    multi.load_adapter(tmp_path, adapter_name="plain")
+    multi.add_adapter("extra", PromptTuningConfig(num_tokens=4))
+    names = ["plain", "extra", "__base__", "long"]
+    del calls[:]
+    loaded = assert_equals_unshared(multi, ids[:4], mask[:4], names).logits
+    assert calls[1:] == [(1, 5), (1, 3), (1, 4), (4, 7)]
+    other_rows = mixed_call(other, False, ids[:1], mask[:1], ["plain"]).logits[0, 2:]
+    torch.testing.assert_close(loaded[0, 2:], other_rows, **TOL)  # the loaded values, not the deleted adapter's
+
+
+def test_under_grad_and_uncovered_calls_run_every_rows_prompt_and_say_why(caplog):
+    multi = mixed_decoder("gpt2")
+    ids, mask, labels = batch("right")
+    calls = shape_calls(multi.base_model)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        multi(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=ROWS)  # grad on
+        mixed_call(multi, None, ids, mask, ["__base__"] * 6)
+        mixed_call(multi, None, ids, mask, ROWS, output_attentions=True)
+        mixed_call(multi, False, ids, mask, ROWS)
+    assert calls == [(6, 5 + 7)] * 4 and multi.prompt_caches == {}
+    for reason in ("without grad only", "no row of the batch uses an adapter", "['output_attentions']",
+                   "shared_prompt=False"):  # fmt: skip
+        assert reason in caplog.text
+
+
+def test_encoders_run_unshared_and_refuse_a_forced_shared_pass():
+    model = tiny("bert-mlm")
+    state = ModelState.of(model)
+    with pytest.raises(ValueError, match="shared_prompt=True: .*not a decoder-only causal LM"):
+        attach_many(model, ADAPTERS, shared_prompt=True)
+    state.assert_unchanged(model, "a refused shared_prompt=True")
+    multi = attach_many(model, ADAPTERS).eval()
+    calls = shape_calls(multi.base_model)
+    ids, mask, _ = batch("right")
+    mixed_call(multi, None, ids, mask, ROWS)
+    assert calls == [(6, 5 + 7)]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_generate_prefills_only_the_input_tokens_and_equals_the_unshared_prefill(family):
+    """Left padding; greedy, then beams with returned sequences (each row's copies read its own adapter's pass)."""
+    multi = mixed_decoder(family)
+    ids, mask, _ = batch("left")
+    beams = {**GREEDY, "num_beams": 2, "num_return_sequences": 2}
+    calls = shape_calls(multi.base_model)
+    for settings, copies in ((GREEDY, 1), (beams, 2)):
+        multi.shared_prompt = False
+        want = multi.generate(ids, attention_mask=mask, adapter_names=ROWS, **settings)
+        multi.shared_prompt = None
+        del calls[:]
+        got = multi.generate(ids, attention_mask=mask, adapter_names=ROWS, **settings)
+        assert torch.equal(got, want)
+        kept = [] if copies > 1 else PROMPT_CALLS  # the greedy call kept every pass
+        assert calls[: len(kept) + 1] == [*kept, (6 * copies, 7)]
