@@ -32,6 +32,11 @@ if INTERPRET:
 if DEVICE != "cpu":
     torch.set_default_device(DEVICE)
 
+# Under pytest-xdist the workers share the machine's cores: each gets its share of torch's intra-op threads, so
+# ``-n 2`` on two cores runs two threads, not four fighting over two (the timing-based bench tests slowed fivefold).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 # Hypothesis keeps its example database and the constants it reads from test modules (at collection) under its home
 # directory, ``.hypothesis`` in the working directory by default: tests write nothing into the checkout.
 HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="prompt-ops-hypothesis-")
