@@ -80,6 +80,29 @@ def _prompt_grad_tile(
 
 
 @triton.jit
+def _slot_mean_pre(
+    pre_ptr, hidden_ptr, slot, b, start, end, w_down_ptr, b_down_ptr, seq_len, hidden_size, gen_rank, stride_h_b,
+    stride_h_t, stride_h_d, stride_wd_d, stride_wd_h, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    """Store ``pre[slot] = mean_{t in [start, end)} hidden[b, t] @ w_down + b_down`` (``[BLOCK_H]``); ``w_down_ptr``
+    and ``b_down_ptr`` point at the slot's generator (one adapter of a stack in the mixed op)."""
+    h = tl.arange(0, BLOCK_H).to(tl.int64)
+    h_ok = h < gen_rank
+    acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+    for d0 in range(0, hidden_size, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        col_ok = cols < hidden_size
+        summed = _window_sum(
+            hidden_ptr, b, start, end, seq_len, cols, col_ok, stride_h_b, stride_h_t, stride_h_d, BLOCK_T, BLOCK_D
+        )  # [BLOCK_D]
+        w_down = load_tile(w_down_ptr, cols, col_ok, h, h_ok, stride_wd_d, stride_wd_h)  # [BLOCK_D, BLOCK_H]
+        acc += tl.sum(summed[:, None] * w_down, axis=0)
+    pre = acc / (end - start).to(tl.float32) + tl.load(b_down_ptr + h, mask=h_ok, other=0.0).to(tl.float32)
+    tl.store(pre_ptr + slot * gen_rank + h, pre, mask=h_ok)
+
+
+@triton.jit
 def _lpt_pre_kernel(
     pre_ptr,  # (S, h) fp32 out
     hidden_ptr,  # (B, L, d)
@@ -101,22 +124,48 @@ def _lpt_pre_kernel(
     BLOCK_H: tl.constexpr,
 ):
     slot = tl.program_id(0).to(tl.int64)
-    b = slot // slots_per_sample
-    start = tl.load(starts_ptr + slot)
-    end = tl.load(ends_ptr + slot)
+    _slot_mean_pre(
+        pre_ptr, hidden_ptr, slot, slot // slots_per_sample, tl.load(starts_ptr + slot), tl.load(ends_ptr + slot),
+        w_down_ptr, b_down_ptr, seq_len, hidden_size, gen_rank, stride_h_b, stride_h_t, stride_h_d, stride_wd_d,
+        stride_wd_h, BLOCK_T, BLOCK_D, BLOCK_H,
+    )  # fmt: skip
+
+
+@triton.jit
+def _slot_max_pre(
+    pre_ptr, arg_ptr, hidden_ptr, slot, b, start, end, w_down_ptr, b_down_ptr, seq_len, hidden_size, gen_rank,
+    stride_h_b, stride_h_t, stride_h_d, stride_wd_d, stride_wd_h, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    """MPPG's pre-activation of one slot: ``max_{t in window} hidden[b, t] @ w_down + b_down`` per column, and the
+    first row that reaches it (rows in increasing order, a later row replaces the kept one only when strictly
+    greater, and ``tl.max`` breaks ties within a tile to the left: ``torch.max``'s rule). The window's rows are
+    projected tile by tile (``[BLOCK_T, BLOCK_H]`` dots over ``d``); rows outside ``[start, end) & [0, L)`` are
+    never read, and an empty window keeps ``-inf`` and row ``-1``."""
+    low = tl.maximum(start, 0)
+    high = tl.minimum(end, seq_len)
     h = tl.arange(0, BLOCK_H).to(tl.int64)
     h_ok = h < gen_rank
-    acc = tl.zeros([BLOCK_H], dtype=tl.float32)
-    for d0 in range(0, hidden_size, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
-        col_ok = cols < hidden_size
-        summed = _window_sum(
-            hidden_ptr, b, start, end, seq_len, cols, col_ok, stride_h_b, stride_h_t, stride_h_d, BLOCK_T, BLOCK_D
-        )  # [BLOCK_D]
-        w_down = load_tile(w_down_ptr, cols, col_ok, h, h_ok, stride_wd_d, stride_wd_h)  # [BLOCK_D, BLOCK_H]
-        acc += tl.sum(summed[:, None] * w_down, axis=0)
-    pre = acc / (end - start).to(tl.float32) + tl.load(b_down_ptr + h, mask=h_ok, other=0.0).to(tl.float32)
-    tl.store(pre_ptr + slot * gen_rank + h, pre, mask=h_ok)
+    bias = tl.load(b_down_ptr + h, mask=h_ok, other=0.0).to(tl.float32)
+    best = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    best_row = tl.full([BLOCK_H], -1, tl.int64)
+    for t0 in range(low, high, BLOCK_T):
+        rows = t0 + tl.arange(0, BLOCK_T).to(tl.int64)
+        row_ok = rows < high
+        z = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
+        for d0 in range(0, hidden_size, BLOCK_D):
+            cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+            col_ok = cols < hidden_size
+            tile = load_tile(hidden_ptr + b * stride_h_b, rows, row_ok, cols, col_ok, stride_h_t, stride_h_d)
+            w_down = load_tile(w_down_ptr, cols, col_ok, h, h_ok, stride_wd_d, stride_wd_h)  # [BLOCK_D, BLOCK_H]
+            z += tl.dot(tile, w_down, input_precision="ieee")
+        z = tl.where(row_ok[:, None], z + bias[None, :], float("-inf"))
+        tile_best, tile_arg = tl.max(z, axis=0, return_indices=True)  # ties: the first row of the tile
+        better = tile_best > best
+        best_row = tl.where(better, t0 + tile_arg.to(tl.int64), best_row)
+        best = tl.where(better, tile_best, best)
+    tl.store(pre_ptr + slot * gen_rank + h, best, mask=h_ok)
+    tl.store(arg_ptr + slot * gen_rank + h, best_row, mask=h_ok)
 
 
 @triton.jit
@@ -141,37 +190,13 @@ def _lpt_max_pre_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
-    """MPPG's pre-activation of one slot: ``max_{t in window} hidden[b, t] @ w_down + b_down`` per column, and the
-    first row that reaches it (rows in increasing order, a later row replaces the kept one only when strictly
-    greater, and ``tl.max`` breaks ties within a tile to the left: ``torch.max``'s rule). The window's rows are
-    projected tile by tile (``[BLOCK_T, BLOCK_H]`` dots over ``d``); rows outside ``[start, end) & [0, L)`` are
-    never read, and an empty window keeps ``-inf`` and row ``-1``."""
+    """MPPG's pre-activation of one slot (:func:`_slot_max_pre`)."""
     slot = tl.program_id(0).to(tl.int64)
-    b = slot // slots_per_sample
-    low = tl.maximum(tl.load(starts_ptr + slot), 0)
-    high = tl.minimum(tl.load(ends_ptr + slot), seq_len)
-    h = tl.arange(0, BLOCK_H).to(tl.int64)
-    h_ok = h < gen_rank
-    bias = tl.load(b_down_ptr + h, mask=h_ok, other=0.0).to(tl.float32)
-    best = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    best_row = tl.full([BLOCK_H], -1, tl.int64)
-    for t0 in range(low, high, BLOCK_T):
-        rows = t0 + tl.arange(0, BLOCK_T).to(tl.int64)
-        row_ok = rows < high
-        z = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
-        for d0 in range(0, hidden_size, BLOCK_D):
-            cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
-            col_ok = cols < hidden_size
-            tile = load_tile(hidden_ptr + b * stride_h_b, rows, row_ok, cols, col_ok, stride_h_t, stride_h_d)
-            w_down = load_tile(w_down_ptr, cols, col_ok, h, h_ok, stride_wd_d, stride_wd_h)  # [BLOCK_D, BLOCK_H]
-            z += tl.dot(tile, w_down, input_precision="ieee")
-        z = tl.where(row_ok[:, None], z + bias[None, :], float("-inf"))
-        tile_best, tile_arg = tl.max(z, axis=0, return_indices=True)  # ties: the first row of the tile
-        better = tile_best > best
-        best_row = tl.where(better, t0 + tile_arg.to(tl.int64), best_row)
-        best = tl.where(better, tile_best, best)
-    tl.store(pre_ptr + slot * gen_rank + h, best, mask=h_ok)
-    tl.store(arg_ptr + slot * gen_rank + h, best_row, mask=h_ok)
+    _slot_max_pre(
+        pre_ptr, arg_ptr, hidden_ptr, slot, slot // slots_per_sample, tl.load(starts_ptr + slot),
+        tl.load(ends_ptr + slot), w_down_ptr, b_down_ptr, seq_len, hidden_size, gen_rank, stride_h_b, stride_h_t,
+        stride_h_d, stride_wd_d, stride_wd_h, BLOCK_T, BLOCK_D, BLOCK_H,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -211,6 +236,21 @@ def _lpt_up_kernel(
 
 
 @triton.jit
+def _up_grad_step(
+    grad_ptr, pre_ptr, slots, slot_ok, cols, col_ok, h, h_ok, gen_rank, slots_per_sample, stride_g_b, stride_g_s,
+    stride_g_c, width, dropout_p, seed, HAS_DROPOUT: tl.constexpr,
+):  # fmt: skip
+    """The contribution of ``slots`` to ``d_w_up`` (``[BLOCK_H, BLOCK_C]``, ``relu(pre)^T @ (dP * D)``) and to
+    ``d_b_up`` (``[BLOCK_C]``); ``cols`` are the prompt's columns (also the dropout's element columns)."""
+    grad = _prompt_grad_tile(
+        grad_ptr, slots, slot_ok, cols, col_ok, slots_per_sample, stride_g_b, stride_g_s, stride_g_c, width,
+        dropout_p, seed, HAS_DROPOUT,
+    )  # [BLOCK_S, BLOCK_C]  # fmt: skip
+    act = tl.maximum(load_tile(pre_ptr, slots, slot_ok, h, h_ok, gen_rank, 1), 0.0)  # [BLOCK_S, BLOCK_H]
+    return tl.dot(tl.trans(act), grad, input_precision="ieee"), tl.sum(grad, axis=0)
+
+
+@triton.jit
 def _lpt_up_bwd_kernel(
     grad_w_up_ptr,  # (h, width) fp32
     grad_b_up_ptr,  # (width,) fp32
@@ -239,13 +279,12 @@ def _lpt_up_bwd_kernel(
     for s0 in range(0, num_slots, BLOCK_S):
         slots = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
         slot_ok = slots < num_slots
-        grad = _prompt_grad_tile(
-            grad_ptr, slots, slot_ok, cols, col_ok, slots_per_sample, stride_g_b, stride_g_s, stride_g_c, width,
-            dropout_p, seed, HAS_DROPOUT,
+        step_w, step_b = _up_grad_step(
+            grad_ptr, pre_ptr, slots, slot_ok, cols, col_ok, h, h_ok, gen_rank, slots_per_sample, stride_g_b,
+            stride_g_s, stride_g_c, width, dropout_p, seed, HAS_DROPOUT,
         )  # fmt: skip
-        act = tl.maximum(load_tile(pre_ptr, slots, slot_ok, h, h_ok, gen_rank, 1), 0.0)  # [BLOCK_S, BLOCK_H]
-        acc_w += tl.dot(tl.trans(act), grad, input_precision="ieee")
-        acc_b += tl.sum(grad, axis=0)
+        acc_w += step_w
+        acc_b += step_b
     tl.store(grad_w_up_ptr + h[:, None] * width + cols[None, :], acc_w, mask=h_ok[:, None] & col_ok[None, :])
     tl.store(grad_b_up_ptr + cols, acc_b, mask=col_ok)
 
@@ -292,6 +331,23 @@ def _lpt_pre_bwd_kernel(
 
 
 @triton.jit
+def _mean_down_step(
+    grad_pre_ptr, hidden_ptr, starts_ptr, ends_ptr, slot, slots_per_sample, seq_len, gen_rank, cols, col_ok, h, h_ok,
+    stride_h_b, stride_h_t, stride_h_d, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Slot ``slot``'s share of ``d_w_down[cols]`` (``[BLOCK_D, BLOCK_H]``: its window's row sum times ``d_pre /
+    |window|``) and its ``d_pre`` (``[BLOCK_H]``, its share of ``d_b_down``)."""
+    start = tl.load(starts_ptr + slot)
+    end = tl.load(ends_ptr + slot)
+    summed = _window_sum(
+        hidden_ptr, slot // slots_per_sample, start, end, seq_len, cols, col_ok, stride_h_b, stride_h_t, stride_h_d,
+        BLOCK_T, BLOCK_D,
+    )  # [BLOCK_D]  # fmt: skip
+    grad_pre = tl.load(grad_pre_ptr + slot * gen_rank + h, mask=h_ok, other=0.0)  # [BLOCK_H]
+    return summed[:, None] * (grad_pre / (end - start).to(tl.float32))[None, :], grad_pre
+
+
+@triton.jit
 def _lpt_down_bwd_kernel(
     grad_w_down_ptr,  # (d, h) fp32
     grad_b_down_ptr,  # (h,) fp32
@@ -319,18 +375,30 @@ def _lpt_down_bwd_kernel(
     acc_w = tl.zeros([BLOCK_D, BLOCK_H], dtype=tl.float32)
     acc_b = tl.zeros([BLOCK_H], dtype=tl.float32)
     for slot in range(0, num_slots):
-        start = tl.load(starts_ptr + slot)
-        end = tl.load(ends_ptr + slot)
-        summed = _window_sum(
-            hidden_ptr, slot // slots_per_sample, start, end, seq_len, cols, col_ok, stride_h_b, stride_h_t,
-            stride_h_d, BLOCK_T, BLOCK_D,
+        step_w, grad_pre = _mean_down_step(
+            grad_pre_ptr, hidden_ptr, starts_ptr, ends_ptr, slot, slots_per_sample, seq_len, gen_rank, cols, col_ok,
+            h, h_ok, stride_h_b, stride_h_t, stride_h_d, BLOCK_T, BLOCK_D,
         )  # fmt: skip
-        grad_pre = tl.load(grad_pre_ptr + slot * gen_rank + h, mask=h_ok, other=0.0)  # [BLOCK_H]
-        acc_w += summed[:, None] * (grad_pre / (end - start).to(tl.float32))[None, :]
+        acc_w += step_w
         acc_b += grad_pre
     tl.store(grad_w_down_ptr + cols[:, None] * gen_rank + h[None, :], acc_w, mask=col_ok[:, None] & h_ok[None, :])
     if pid == 0:
         tl.store(grad_b_down_ptr + h, acc_b, mask=h_ok)
+
+
+@triton.jit
+def _max_down_step(
+    grad_pre_ptr, arg_ptr, hidden_ptr, slot, slots_per_sample, seq_len, gen_rank, cols, col_ok, h, h_ok, stride_h_b,
+    stride_h_t, stride_h_d,
+):  # fmt: skip
+    """MPPG: slot ``slot``'s share of ``d_w_down[cols]`` (``[BLOCK_D, BLOCK_H]``: column ``j`` is its arg-max row of
+    column ``j`` times ``d_pre[j]``) and its ``d_pre`` (``[BLOCK_H]``)."""
+    rows = tl.load(arg_ptr + slot * gen_rank + h, mask=h_ok, other=-1)  # [BLOCK_H]
+    row_ok = (rows >= 0) & (rows < seq_len)
+    base = hidden_ptr + (slot // slots_per_sample) * stride_h_b
+    picked = load_tile(base, cols, col_ok, rows, row_ok, stride_h_d, stride_h_t)  # [BLOCK_D, BLOCK_H]
+    grad_pre = tl.load(grad_pre_ptr + slot * gen_rank + h, mask=h_ok, other=0.0)  # [BLOCK_H]
+    return picked * grad_pre[None, :], grad_pre
 
 
 @triton.jit
@@ -362,13 +430,11 @@ def _lpt_max_down_bwd_kernel(
     acc_w = tl.zeros([BLOCK_D, BLOCK_H], dtype=tl.float32)
     acc_b = tl.zeros([BLOCK_H], dtype=tl.float32)
     for slot in range(0, num_slots):
-        rows = tl.load(arg_ptr + slot * gen_rank + h, mask=h_ok, other=-1)  # [BLOCK_H]
-        row_ok = (rows >= 0) & (rows < seq_len)
-        base = hidden_ptr + (slot // slots_per_sample) * stride_h_b
-        # [BLOCK_D, BLOCK_H]: column j holds the arg-max row of column j
-        picked = load_tile(base, cols, col_ok, rows, row_ok, stride_h_d, stride_h_t)
-        grad_pre = tl.load(grad_pre_ptr + slot * gen_rank + h, mask=h_ok, other=0.0)  # [BLOCK_H]
-        acc_w += picked * grad_pre[None, :]
+        step_w, grad_pre = _max_down_step(
+            grad_pre_ptr, arg_ptr, hidden_ptr, slot, slots_per_sample, seq_len, gen_rank, cols, col_ok, h, h_ok,
+            stride_h_b, stride_h_t, stride_h_d,
+        )  # fmt: skip
+        acc_w += step_w
         acc_b += grad_pre
     tl.store(grad_w_down_ptr + cols[:, None] * gen_rank + h[None, :], acc_w, mask=col_ok[:, None] & h_ok[None, :])
     if pid == 0:

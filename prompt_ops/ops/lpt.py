@@ -78,9 +78,16 @@ def slot_windows(
         return starts, starts + 1
     lengths = count if source_lengths is None else source_lengths.to(device=first.device, dtype=torch.int64)
     slots = torch.arange(num_tokens, dtype=torch.int64, device=first.device)
-    starts = first[:, None] + (slots[None, :] * lengths[:, None]) // num_tokens
-    ends = first[:, None] + ((slots[None, :] + 1) * lengths[:, None] + num_tokens - 1) // num_tokens
+    starts, ends = adaptive_windows(first, lengths, slots[None, :], num_tokens)
     return starts.reshape(-1), ends.reshape(-1)
+
+
+def adaptive_windows(first: Tensor, lengths: Tensor, slots: Tensor, num_tokens: int | Tensor) -> tuple[Tensor, Tensor]:
+    """``(starts, ends)`` ``(B, n)``: window ``slots[b, i]`` of ``num_tokens`` (an int, or ``(B, 1)`` per row)
+    adaptive-pooling windows over the ``lengths[b]`` rows from row ``first[b]`` on."""
+    starts = first[:, None] + (slots * lengths[:, None]) // num_tokens
+    ends = first[:, None] + ((slots + 1) * lengths[:, None] + num_tokens - 1) // num_tokens
+    return starts, ends
 
 
 def lpt_prompt_torch(hidden, w_down, b_down, w_up, b_up, starts, ends, num_tokens, dropout_p, seed, mode):
@@ -96,18 +103,26 @@ def lpt_prompt_torch(hidden, w_down, b_down, w_up, b_up, starts, ends, num_token
     projected = projected.view(batch, seq_len, gen_rank)
     samples = torch.arange(starts.numel(), device=hidden.device) // num_tokens
     if mode == "max":
-        pooled = _window_max(projected, samples, starts, ends, num_tokens)
+        pooled = window_max(projected, samples, starts, ends, num_tokens)
     else:
-        cumulative = torch.cat([projected.new_zeros(batch, 1, gen_rank), projected], 1).cumsum(1)  # (B, L+1, h)
-        window_sums = cumulative[samples, ends] - cumulative[samples, starts]  # (S, h)
-        pooled = window_sums / (ends - starts).unsqueeze(1).to(window_sums.dtype)
+        pooled = window_mean(projected, samples, starts, ends)
     return _up_projection(pooled, w_up, b_up, dropout_p, seed).reshape(batch, num_tokens, hidden_size)
 
 
-def _window_max(projected: Tensor, samples: Tensor, starts: Tensor, ends: Tensor, num_tokens: int) -> Tensor:
+def window_mean(projected: Tensor, samples: Tensor, starts: Tensor, ends: Tensor) -> Tensor:
+    """``(S, h)``: each window's mean of ``projected (B, L, h)`` (window ``s`` is rows ``[starts[s], ends[s])`` of
+    sample ``samples[s]``), every one at once from a cumulative sum."""
+    batch, _, gen_rank = projected.shape
+    cumulative = torch.cat([projected.new_zeros(batch, 1, gen_rank), projected], 1).cumsum(1)  # (B, L+1, h)
+    window_sums = cumulative[samples, ends] - cumulative[samples, starts]  # (S, h)
+    return window_sums / (ends - starts).unsqueeze(1).to(window_sums.dtype)
+
+
+def window_max(projected: Tensor, samples: Tensor, starts: Tensor, ends: Tensor, num_tokens: int) -> Tensor:
     """``(S, h)``: each window's column-wise maximum of ``projected (B, L, h)``. The window's rows are gathered,
     padded with ``-inf`` to the widest window a row of ``L`` can have (``ceil(L/n) + 1``, so no sync), and reduced
-    with ``torch.max``, whose gradient goes to the first maximal row, as ``nn.AdaptiveMaxPool1d``'s does."""
+    with ``torch.max``, whose gradient goes to the first maximal row, as ``nn.AdaptiveMaxPool1d``'s does.
+    ``num_tokens`` is the fewest windows of any sample (it bounds the widest window)."""
     seq_len = projected.shape[1]
     widest = min(seq_len, -(-seq_len // num_tokens) + 1)
     rows = starts[:, None] + torch.arange(widest, device=starts.device)  # (S, W)
@@ -313,7 +328,7 @@ def _check_generator(hidden, w_down, b_down, w_up, b_up, num_tokens, mode) -> in
     return num_tokens
 
 
-def _check_rows(hidden: Tensor, mode: str, index: object, attention_mask: object, source_lengths: object) -> None:
+def check_rows(hidden: Tensor, mode: str, index: object, attention_mask: object, source_lengths: object) -> None:
     """``index``, ``attention_mask`` and ``source_lengths``: types, shapes, then values (a sync for each given).
 
     The pooling modes need each row's valid rows to be one contiguous block (padding on the left, the right or
@@ -328,7 +343,7 @@ def _check_rows(hidden: Tensor, mode: str, index: object, attention_mask: object
     pooling = mode != "naive"
     check_mask_values("attention_mask", attention_mask, binary=pooling)
     if source_lengths is not None:
-        _check_row_vector("source_lengths", source_lengths, batch)
+        check_row_vector("source_lengths", source_lengths, batch)
     if not batch or not (pooling or source_lengths is not None):
         return
     first, count = valid_blocks(attention_mask, batch, seq_len, hidden.device)
@@ -391,7 +406,7 @@ def _check_source_lengths(source_lengths: Tensor, count: Tensor) -> None:
         )
 
 
-def _check_row_vector(name: str, value: object, batch: int) -> None:
+def check_row_vector(name: str, value: object, batch: int) -> None:
     """A ``(B,)`` int64 or int32 tensor (NPG's ``index``, ``source_lengths``)."""
     check_tensor(name, value, 1, "(B,)")
     if value.dtype not in TOKEN_ID_DTYPES:
@@ -402,14 +417,14 @@ def _check_row_vector(name: str, value: object, batch: int) -> None:
 
 def _check_index(index: object, batch: int, seq_len: int) -> None:
     """NPG's ``(B,)`` row index: int64 or int32, each in ``[0, L)``."""
-    _check_row_vector("index", index, batch)
+    check_row_vector("index", index, batch)
     if index.numel():
         low, high = (int(x) for x in torch.aminmax(index))
         if low < 0 or high >= seq_len:
             raise ValueError(f"index must be in [0, {seq_len}) (rows of hidden), found {low if low < 0 else high}")
 
 
-def _check_sizes(hidden, num_tokens: int, attention_mask, insert: bool, dropout_p: float, backend: str) -> None:
+def check_sizes(hidden, num_tokens: int, attention_mask, insert: bool, dropout_p: float, backend: str) -> None:
     """The prompt ``(B, n, d)``, the slot windows and, for the insertion, its ``(B, n+L, d)`` buffer and mask fit
     in memory; the Triton dropout's int32 element index covers the prompt."""
     batch, seq_len, hidden_size = hidden.shape
@@ -461,8 +476,8 @@ def _prepare(hidden, w_down, b_down, w_up, b_up, num_tokens, index, attention_ma
     check_float("hidden", hidden, backend)  # hidden may differ in dtype from the generator's parameters
     num_tokens = _check_generator(hidden, w_down, b_down, w_up, b_up, num_tokens, mode)
     dropout_p, seed = check_dropout(dropout_p, training, seed)
-    _check_sizes(hidden, num_tokens, attention_mask, insert, dropout_p, backend)
-    _check_rows(hidden, mode, index, attention_mask, source_lengths)
+    check_sizes(hidden, num_tokens, attention_mask, insert, dropout_p, backend)
+    check_rows(hidden, mode, index, attention_mask, source_lengths)
     batch, seq_len, _ = hidden.shape
     starts, ends = slot_windows(batch, seq_len, num_tokens, mode, index, attention_mask, source_lengths)
     hidden = hidden.detach()

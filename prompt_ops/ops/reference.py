@@ -322,6 +322,48 @@ def lpt_prompt(
     return out
 
 
+def mixed_lpt_prompt(
+    hidden: torch.Tensor,
+    w_down: torch.Tensor,
+    b_down: torch.Tensor,
+    w_up: torch.Tensor,
+    b_up: torch.Tensor,
+    adapter_index: torch.Tensor,
+    num_tokens: list[int],
+    hidden_sizes: list[int],
+    mode: str = "naive",
+    index: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    source_lengths: torch.Tensor | None = None,
+    dropout_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A stacked, zero-padded bank of LPT generators, one adapter per row, ``(B, n_max, d)``: row ``b`` of adapter
+    ``a = adapter_index[b]`` is :func:`lpt_prompt` of adapter ``a``'s unpadded generator (its first
+    ``hidden_sizes[a]`` ranks and ``W_a`` columns, ``n_a * d`` for NPG, ``d`` otherwise) on row ``b`` alone, in the
+    last ``n_a = num_tokens[a]`` of ``n_max = max(num_tokens)`` columns; zeros elsewhere and on ``-1`` rows.
+    ``dropout_scale (B, n_max, d)``: multipliers, each row's last ``n_a`` columns applied to its prompt."""
+    batch, _, hidden_size = hidden.shape
+    n_max = max(num_tokens)
+    rows = []
+    for b in range(batch):
+        a = int(adapter_index[b])
+        row = hidden.new_zeros((n_max, hidden_size), dtype=w_down.dtype)
+        if a < 0:
+            rows.append(row)
+            continue
+        count, rank = num_tokens[a], hidden_sizes[a]
+        width = count * hidden_size if mode == "naive" else hidden_size
+        one = slice(b, b + 1)
+        prompt = lpt_prompt(
+            hidden[one], w_down[a, :, :rank], b_down[a, :rank], w_up[a, :rank, :width], b_up[a, :width], count,
+            index=None if index is None else index[one], attention_mask=None if attention_mask is None else
+            attention_mask[one], mode=mode, dropout_scale=None if dropout_scale is None else
+            dropout_scale[one, n_max - count:], source_lengths=None if source_lengths is None else source_lengths[one],
+        )  # fmt: skip
+        rows.append(torch.cat([row[: n_max - count], prompt[0]]))
+    return torch.stack(rows) if rows else hidden.new_zeros((0, n_max, hidden_size), dtype=w_down.dtype)
+
+
 def lpt_insert(
     prompt: torch.Tensor, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
