@@ -66,7 +66,7 @@ from prompt_ops.models.inputs import first_position
 from prompt_ops.models.mixed_late import LateAdapters, check_insertion, check_late_config
 from prompt_ops.models.mixed_prompt import gather_passes
 from prompt_ops.models.positions import model_position_ids, next_input_positions
-from prompt_ops.models.prompt_cache import PromptCache, state_key
+from prompt_ops.models.prompt_cache import PromptCache, reusable_now, state_key
 from prompt_ops.models.shared_prompt import (
     CAUSAL_HEADS,
     PromptPass,
@@ -333,7 +333,7 @@ class MultiAdapterModel(nn.Module):
         slots = self.bank.num_slots
         rows = index.tolist()
         used = sorted(set(rows) - {-1})
-        passes, key = [], state_key(self)  # one walk over the model's tensors for every adapter's cache
+        passes, key, reusable = [], state_key(self), reusable_now(self)  # one model walk for every adapter's cache
         for adapter in used:
             name = self.bank.names[adapter]
             row = rows.index(adapter)
@@ -341,10 +341,10 @@ class MultiAdapterModel(nn.Module):
             embed, position = embeds[row : row + 1, columns], model_positions[row : row + 1, columns]
             cache = self.prompt_caches.setdefault(name, PromptCache())
             build = functools.partial(prompt_pass, self.base_model, embed, position)
-            passes.append(cache.get(self, build, hidden, self.adapter_state_dict(name), key))
+            passes.append(cache.get(self, build, hidden, self.adapter_state_dict(name), key, reusable))
         lookup = {adapter: entry for entry, adapter in enumerate(used)}
         row_pass = torch.tensor([lookup.get(adapter, -1) for adapter in rows], device=index.device)
-        return gather_passes(self.base_model, passes, row_pass, slots, hidden, logit_rows)
+        return gather_passes(passes, row_pass, slots, hidden, logit_rows)
 
     def forward(
         self,

@@ -49,6 +49,12 @@ def state_key(tuned: nn.Module) -> tuple:
     return tuple(_tensor_key(tensor) for tensor in tensors), modes, attention, autocast
 
 
+def reusable_now(tuned: nn.Module) -> bool:
+    """Whether a prompt pass of ``tuned`` may be kept or served now: no autograd and no active dropout in its base
+    model (module docstring)."""
+    return not torch.is_grad_enabled() and not dropout_active(tuned.base_model)
+
+
 def _same_key(kept: tuple, now: tuple) -> bool:
     """``now == kept``, weak references compared by what they point to (``==`` on them compares the tensors)."""
     kept_tensors, *kept_rest = kept
@@ -81,13 +87,15 @@ class PromptCache:
         hidden: bool,
         adapter: Mapping[str, torch.Tensor] | None = None,
         key: tuple | None = None,
+        reusable: bool | None = None,
     ) -> PromptPass:
         """The prompt pass of ``tuned`` (with hidden states if ``hidden``): the kept one when it is valid, else
         ``build(hidden)``, kept when it may be (no grad, no active dropout). ``adapter``: the tensors of the adapter
         whose prompt it is, compared by content (default ``tuned.adapter_state_dict()``; one adapter of a bank).
         ``key``: ``state_key(tuned)`` when the caller computed it for several caches of one call (a bank's adapters
-        share the model's state, so one walk over its tensors serves them all)."""
-        if torch.is_grad_enabled() or dropout_active(tuned.base_model):
+        share the model's state, so one walk over its tensors serves them all); ``reusable``: :func:`reusable_now`'s
+        answer, likewise."""
+        if not (reusable_now(tuned) if reusable is None else reusable):
             self.builds += 1
             return build(hidden)
         key = state_key(tuned) if key is None else key

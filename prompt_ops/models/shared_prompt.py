@@ -201,12 +201,12 @@ class PromptPass:
         cache = DynamicCache()
         for kept in self.layers:
             layer = copy.copy(kept)
-            layer.keys, layer.values = _per_row(kept.keys, batch), _per_row(kept.values, batch)
+            layer.keys, layer.values = per_row(kept.keys, batch), per_row(kept.values, batch)
             cache.layers.append(layer)
         return cache
 
 
-def _per_row(tensor: torch.Tensor, batch: int) -> torch.Tensor:
+def per_row(tensor: torch.Tensor, batch: int) -> torch.Tensor:
     """``tensor (R, ...)`` for ``batch`` rows: expanded from one row, else each row repeated ``batch // R`` times."""
     rows = tensor.shape[0]
     if rows == 1:

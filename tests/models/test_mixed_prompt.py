@@ -12,8 +12,11 @@ import logging
 
 import pytest
 import torch
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from prompt_ops.models import PromptTuningConfig, attach_many
+from prompt_ops.models.mixed_prompt import MixedPromptPass
+from prompt_ops.models.shared_prompt import PromptPass
 from tests.models.model_state import ModelState
 from tests.models.test_attach import tiny
 from tests.models.test_multi_adapter import ADAPTERS, ROWS, batch
@@ -92,6 +95,76 @@ def test_eval_forward_runs_each_adapters_prompt_once_and_equals_the_unshared_mix
     assert_equals_unshared(multi, ids[:4], mask[:4], names)
     assert calls[1:] == [(4, 7)]
     assert {name: cache.builds for name, cache in multi.prompt_caches.items()} == {"long": 1, "plain": 1, "short": 1}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_cache_holds_each_rows_adapter_pass_then_its_input_and_the_kept_passes_stay_unwritten(family):
+    """The shared forward's cache (``use_cache``), written by each layer on its first update: every layer's keys and
+    values have the unshared mixed path's shape (Mistral's window of 6 keeps the last 5 of the 12 columns) and
+    values at the compared columns, and zeros at the masked slots in front of each row's prompt. A second call,
+    reading the kept passes, returns the same cache: the batch's cache did not write them."""
+    multi = mixed_decoder(family)
+    ids, mask, _ = batch("left")
+    want = mixed_call(multi, False, ids, mask, ROWS, use_cache=True).cache
+    slots = multi.bank.num_slots
+    prompt_starts = [slots - (0 if name == "__base__" else multi.bank.config(name).num_tokens) for name in ROWS]
+    for repeat in range(2):
+        got = mixed_call(multi, None, ids, mask, ROWS, use_cache=True).cache
+        assert [cache.builds for cache in multi.prompt_caches.values()] == [1, 1, 1]
+        for got_layer, want_layer in zip(got.layers, want.layers, strict=True):
+            width = want_layer.keys.shape[2]
+            columns = compared_columns(multi, ROWS, mask)[:, -width:]
+            slot_columns = torch.arange(slots + mask.shape[1])[-width:]
+            for got_tensor, want_tensor in ((got_layer.keys, want_layer.keys), (got_layer.values, want_layer.values)):
+                assert got_tensor.shape == want_tensor.shape, repeat
+                got_rows, want_rows = got_tensor.transpose(1, 2), want_tensor.transpose(1, 2)  # (B, columns, h, hd)
+                torch.testing.assert_close(got_rows[columns], want_rows[columns], **TOL)
+                for b, start in enumerate(prompt_starts):
+                    assert got_rows[b, slot_columns < start].eq(0).all(), (repeat, b)
+
+
+class OtherKind(DynamicLayer):
+    """A layer kind the first update does not know: it writes the prompt columns, then runs the kind's update."""
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "sliding", "sliding recording its past", "other"])
+def test_a_layers_first_update_returns_and_keeps_what_its_kind_keeps_after_the_gathered_prompt(kind):
+    """Each layer of a mixed pass's cache against its kind's own update of an independently gathered prompt:
+    passes of 3 and 1 columns (heads 2, head_dim 4), rows [pass 0, none, pass 1, pass 0], 3 prompt columns, 2 new
+    ones, a window of 3 keys for the sliding kinds (which keep the last 2 columns)."""
+    torch.manual_seed(0)
+    make = {
+        "dynamic": DynamicLayer, "other": OtherKind, "sliding": lambda: DynamicSlidingWindowLayer(sliding_window=3),
+        "sliding recording its past": lambda: DynamicSlidingWindowLayer(sliding_window=3),
+    }[kind]  # fmt: skip
+    passes, row_pass, slots = [], torch.tensor([0, -1, 1, 0]), 3
+    for columns in (3, 1):
+        layer = make()
+        layer.update(torch.randn(1, 2, columns, 4), torch.randn(1, 2, columns, 4))
+        passes.append(PromptPass(torch.zeros(1, 1, 5), None, (layer,), columns))
+    new_keys, new_values = torch.randn(4, 2, 2, 4), torch.randn(4, 2, 2, 4)
+    mixed = MixedPromptPass(torch.zeros(4, 1, 5), None, (), slots, tuple(passes), row_pass)
+    got = mixed.batch_cache(4).layers[0]
+    want = make()
+    gathered = [torch.zeros(4, 2, slots, 4), torch.zeros(4, 2, slots, 4)]
+    for row, entry in enumerate(row_pass.tolist()):
+        if entry >= 0:
+            kept = passes[entry].layers[0]
+            for tensor, source in zip(gathered, (kept.keys, kept.values), strict=True):
+                tensor[row, :, slots - source.shape[2] :] = source[0]
+    want.update(*gathered)  # the kind's own: a sliding layer keeps the last 2 of the 3 columns, counts all 3
+    if kind == "sliding recording its past":
+        got.activate_past_recording()
+        want.activate_past_recording()
+    assert got.get_seq_length() == want.get_seq_length() == slots
+    assert got.get_mask_sizes(2) == want.get_mask_sizes(2)
+    returned, want_returned = got.update(new_keys, new_values), want.update(new_keys, new_values)
+    for got_tensor, want_tensor in zip(
+        (*returned, got.keys, got.values), (*want_returned, want.keys, want.values), strict=True
+    ):
+        assert torch.equal(got_tensor, want_tensor)
+    assert got.get_seq_length() == want.get_seq_length()
+    assert passes[0].layers[0].keys.shape[2] == (2 if "sliding" in kind else 3)  # the kept pass: not written
 
 
 @pytest.mark.parametrize("keep", [1, 7, 9, 12])
