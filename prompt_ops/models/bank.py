@@ -233,6 +233,9 @@ class AdapterBank(nn.Module):
         self._configs: dict[str, MethodConfig] = {}
         self._shapes: dict[str, dict[str, torch.Size]] = {}
         self._built: dict[str, tuple[tuple, torch.Tensor]] = {}
+        # the tables' dtype while the bank is empty: fp32 at first, then the dtype the last tables had, so a bank
+        # emptied and refilled comes back in the dtype it was cast to
+        self._empty_dtype = torch.float32
         for name in TABLE_DIMS:
             self.register_parameter(name, None)
         for name in ("prompt_lengths", "max_lengths", "scales", "dropouts"):
@@ -314,13 +317,14 @@ class AdapterBank(nn.Module):
         """Stack ``adapters`` into new zero-padded parameters (sizes checked before anything is replaced); none: every
         table and buffer None (an empty bank)."""
         if not adapters:
+            self._empty_dtype = self._empty_dtype if self.prompts is None else self.prompts.dtype
             for name in (*TABLE_DIMS, "prompt_lengths", "max_lengths", "scales", "dropouts"):
                 setattr(self, name, None)
             self._configs, self._shapes = {}, {}
             self.clear_built()
             return
         weight = self.embedding.weight
-        dtype = torch.float32 if self.prompts is None else self.prompts.dtype
+        dtype = self._empty_dtype if self.prompts is None else self.prompts.dtype
         count, hidden = len(adapters), weight.shape[1]
         sizes = {"prompts": [max(prompt_rows(adapter.config) for adapter in adapters.values()), hidden]}
         for adapter in adapters.values():

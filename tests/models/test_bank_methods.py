@@ -240,6 +240,17 @@ def test_bank_runs_an_empty_sequence_in_training_with_dropout():
     assert not bank.adept_w_down.grad.any()  # no tokens: no FFN gradient
 
 
+def test_a_bank_emptied_and_refilled_keeps_the_dtype_it_was_cast_to():
+    bank = AdapterBank(torch.nn.Embedding(VOCAB, 8), backend="torch")
+    bank.add("first", PromptTuningConfig(num_tokens=2))
+    assert bank.prompts.dtype == torch.float32
+    bank.to(torch.bfloat16)
+    bank.delete("first")
+    assert bank.prompts is None
+    bank.add("second", DePTConfig(num_tokens=1, rank=2, max_length=4))
+    assert bank.prompts.dtype == bank.lora_a.dtype == bank.lora_b.dtype == torch.bfloat16
+
+
 def test_add_refuses_a_state_on_the_meta_device_by_name():
     bank = small_bank()
     state = {key: value.to("meta") for key, value in bank.adapter_state_dict("adept").items()}
