@@ -12,6 +12,8 @@ Functional ops (``backend="auto" | "triton" | "torch"``):
 - :func:`mixed_dept_embed`, :func:`mixed_adept_embed`: a mixed-adapter batch (one adapter per row) from a zero-padded
   bank in one launch: prompt-tuning and DePT-style adapters (LAMP and EPT prompts too), and ADePT adapters
   (:class:`prompt_ops.models.AdapterBank` and :func:`prompt_ops.models.attach_many` in a model).
+- :func:`mixed_lpt_prompt`: the LPT prompts of a mixed-adapter batch from stacked, zero-padded generators, one
+  launch set per generator mode.
 
 Modules over a frozen ``nn.Embedding``: :class:`PromptTuning`, :class:`DePT`, :class:`ADePT`, :class:`LAMP`,
 :class:`EPT`; LPT's generator :class:`LPT` (attached inside a model's layer stack by
@@ -33,6 +35,7 @@ from prompt_ops.ops.lamp import lamp_embed, lamp_prompt
 from prompt_ops.ops.lpt import lpt_insert, lpt_prompt
 from prompt_ops.ops.mixed_adept import mixed_adept_embed
 from prompt_ops.ops.mixed_embed import mixed_dept_embed
+from prompt_ops.ops.mixed_lpt import mixed_lpt_prompt
 
 __version__ = "0.1.0"
 
@@ -53,6 +56,7 @@ __all__ = [
     "lpt_prompt",
     "mixed_adept_embed",
     "mixed_dept_embed",
+    "mixed_lpt_prompt",
     "prompt_embed",
     "__version__",
 ]

@@ -83,9 +83,9 @@ def compile_sm90(spec: KernelSpec) -> CompileStats:
 
 def shipped_specs() -> list[KernelSpec]:
     """Every kernel config the package launches on a GPU, across op families."""
-    from prompt_ops.kernels import adept_embed, dept_embed, ept, lamp, lpt, mixed_adept, mixed_embed
+    from prompt_ops.kernels import adept_embed, dept_embed, ept, lamp, lpt, mixed_adept, mixed_embed, mixed_lpt
 
-    families = (dept_embed, adept_embed, lamp, ept, lpt, mixed_embed, mixed_adept)
+    families = (dept_embed, adept_embed, lamp, ept, lpt, mixed_embed, mixed_adept, mixed_lpt)
     return [spec for family in families for spec in family.sm90_specs()]
 
 

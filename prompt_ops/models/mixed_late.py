@@ -12,17 +12,17 @@ the last layer (as alone), so outputs keep the mixed ``m_max + L`` columns. Unde
 layers above ``k`` hold the ``n_max`` inserted columns more, the lower ones not; each decode step rebuilds the upper
 masks and positions per row (:class:`~prompt_ops.models.late.LateHooks`, shared with LPT alone).
 
-**Limits.** The LPT adapters of one model share the insertion ``layer`` (one insertion point for the batch); an
-adapter with another is refused naming it and both layers. Their generators are stacked zero-padded (``w_down (N, d,
-h_max)``, ``b_down (N, h_max)``, ``w_up (N, h_max, W_max)``, ``b_up (N, W_max)``, ``W`` being ``n*d`` for NPG and
-``d`` for the pooling generators), but run one :func:`~prompt_ops.ops.lpt.lpt_prompt` call per distinct LPT adapter
-of the batch on the unpadded slices (so the padding gets exactly zero gradient, and each adapter's gradients come
-from its own rows only, deterministically): not one launch for the whole batch. The source of a causal LPT row is
-what LPT alone takes: the mixed forward's ``source_lengths`` (checked and refused as LPT alone checks and refuses
-it; a batch without LPT rows refuses it), else token-level ``labels``, else the whole input (``generate``). A mixed
-batch with LPT rows runs every row's prompt (the shared prompt pass is off: LPT's prompt is inside the stack). A
-model may hold LPT adapters only: its adapter bank is then empty (``m_max = 0``, every row's plain tokens at the
-input).
+**Limits.** The LPT adapters of one model share the insertion ``layer`` (one insertion point for the batch); an adapter
+with another is refused naming it and both layers. Their generators are stacked zero-padded (``w_down (N, d, h_max)``,
+``b_down (N, h_max)``, ``w_up (N, h_max, W_max)``, ``b_up (N, W_max)``, ``W`` being ``n*d`` for NPG and ``d`` for the
+pooling generators), and run by one :func:`~prompt_ops.ops.mixed_lpt.mixed_lpt_prompt` call per generator mode present
+in the batch, each row on its adapter's generator (one launch set per mode, whatever the number of distinct adapters;
+the padding gets exactly zero gradient, and each adapter's gradients come from its own rows only, deterministically).
+With dropout in training a row's mask differs from its adapter's alone. The source of a causal LPT row is what LPT alone
+takes: the mixed forward's ``source_lengths`` (checked and refused as LPT alone checks and refuses it; a batch without
+LPT rows refuses it), else token-level ``labels``, else the whole input (``generate``). A mixed batch with LPT rows runs
+every row's prompt (the shared prompt pass is off: LPT's prompt is inside the stack). A model may hold LPT adapters
+only: its adapter bank is then empty (``m_max = 0``, every row's plain tokens at the input).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from prompt_ops.methods.base import check_backend, check_sizes
 from prompt_ops.models.adapters import check_adapter_tensors
@@ -49,8 +48,8 @@ from prompt_ops.models.late import (
     source_from_labels,
 )
 from prompt_ops.models.stacks import bind
-from prompt_ops.ops.lpt import lpt_prompt
-from prompt_ops.ops.positions import check_positions
+from prompt_ops.ops.mixed_lpt import mixed_lpt_prompt
+from prompt_ops.ops.positions import check_positions, leading_pads
 
 Tensor = torch.Tensor
 
@@ -103,6 +102,17 @@ class _Rows:
     given: bool = False
     source_columns: int | None = None
     frozen: bool = False  # every row is an LPT or "__base__" row: nothing below layer k trains
+
+
+def _read_rows(configs: list[LPTConfig], adapter: Tensor, call: StackPass) -> Tensor | None:
+    """NPG's read row of every row of the pass, by its adapter's ``read`` (``adapter (B,)``, clamped to ``>= 0``):
+    the first real token, or the last source token (:func:`~prompt_ops.models.late.read_index`); None when every
+    adapter reads the first (the op's default)."""
+    reads_last = [config.read == "last" for config in configs]
+    if not any(reads_last):
+        return None
+    last = read_index("last", call.mask, call.source_lengths)
+    return torch.where(torch.tensor(reads_last, device=adapter.device)[adapter], last, leading_pads(call.mask))
 
 
 class LateAdapters(LateHooks, nn.Module):
@@ -314,26 +324,24 @@ class LateAdapters(LateHooks, nn.Module):
         return self._insert_rows(call, output, buffer, torch.cat([keep, call.mask], dim=1), positions)
 
     def _prompts(self, hidden: Tensor, call: StackPass, index: Tensor) -> Tensor:
-        """``(B, n_max, d)``: each LPT row's generated prompt right-aligned (its adapter's generator on its rows,
-        one call per distinct adapter), zeros elsewhere."""
-        slots = self.num_slots
-        prompts = hidden.new_zeros(hidden.shape[0], slots, hidden.shape[2])
-        for adapter in sorted(set(index.tolist()) - {-1}):
-            name = self.names[adapter]
-            config = self._configs[name]
-            rows = (index == adapter).nonzero().squeeze(1)
-            mask = call.mask.index_select(0, rows)
-            source = None if call.source_lengths is None else call.source_lengths.index_select(0, rows)
-            generator = self.adapter_state_dict(name)
-            prompt = lpt_prompt(
-                hidden.index_select(0, rows), generator["w_down"], generator["b_down"], generator["w_up"],
-                generator["b_up"], num_tokens=config.num_tokens, index=read_index(config.read, mask, source),
-                attention_mask=mask, source_lengths=source, mode=config.mode, dropout_p=config.dropout,
-                training=self.training, backend=self.backend,
+        """``(B, n_max, d)``: each LPT row's generated prompt right-aligned, zeros elsewhere. One
+        :func:`~prompt_ops.ops.mixed_lpt.mixed_lpt_prompt` call per generator mode among the batch's LPT rows, on the
+        stacked generators (each row on its adapter's; the other modes' rows at ``-1``), whatever the number of
+        distinct adapters."""
+        configs = list(self._configs.values())
+        adapter = index.clamp(min=0)
+        tokens, dropout = [config.num_tokens for config in configs], [config.dropout for config in configs]
+        prompts = []
+        for mode in sorted({configs[a].mode for a in set(index.tolist()) - {-1}}):
+            of_mode = torch.tensor([config.mode == mode for config in configs], device=index.device)[adapter]
+            prompt = mixed_lpt_prompt(
+                hidden, self.w_down, self.b_down, self.w_up, self.b_up, torch.where(of_mode, index, -1), tokens,
+                index=_read_rows(configs, adapter, call) if mode == "naive" else None, attention_mask=call.mask,
+                source_lengths=call.source_lengths, mode=mode, dropout_p=dropout, training=self.training,
+                backend=self.backend,
             )  # fmt: skip
-            padded = F.pad(prompt.to(hidden.dtype), (0, 0, slots - config.num_tokens, 0))
-            prompts = prompts.index_copy(0, rows, padded)
-        return prompts
+            prompts.append(prompt.to(hidden.dtype))
+        return sum(prompts[1:], prompts[0])  # each row is non-zero in one mode's prompt only
 
     def extra_repr(self) -> str:
         adapters = ", ".join(f"{name}: n={config.num_tokens}" for name, config in self._configs.items())

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import torch
 
 from prompt_ops.ops.adept_embed import check_seed, check_training, resolve_seed
+from prompt_ops.ops.backend import resolve_check_ids
 from prompt_ops.ops.common import custom_op
 from prompt_ops.ops.lpt import (
     MODES,
@@ -265,11 +266,8 @@ def _per_adapter(name: str, values: object, num: int, check) -> list:
         values = values.tolist()
     elif not isinstance(values, Sequence) or isinstance(values, str):
         if check is check_probability:
-            values = [values] * num
-        else:
-            raise TypeError(
-                f"{name} must be a (N,) tensor or a sequence of N = {num} ints, got {type(values).__name__}"
-            )
+            return [check(name, values)] * num
+        raise TypeError(f"{name} must be a (N,) tensor or a sequence of N = {num} ints, got {type(values).__name__}")
     if len(values) != num:
         raise ValueError(f"{name} must hold one value per adapter, N = {num} (w_down.shape[0]), got {len(values)}")
     return [check(f"{name}[{a}]", value) for a, value in enumerate(values)]
@@ -286,10 +284,10 @@ def _check_widths(tokens: list[int], present: list[int], mode: str, hidden_size:
             )
 
 
-def _check_row_data(hidden, adapter_index, mode, index, attention_mask, source_lengths):
-    """Types and shapes of the per-row arguments, then their values on the rows of an adapter (the others' entries
-    are not read: replaced by a full row, row 0 and ``L`` before :func:`~prompt_ops.ops.lpt.check_rows`). Returns
-    them so replaced."""
+def _check_row_data(hidden, adapter_index, mode, index, attention_mask, source_lengths, check_data: bool):
+    """Types and shapes of the per-row arguments, then (``check_data``) their values on the rows of an adapter. The
+    other rows' entries are not read: replaced by a full row, row 0 and ``L`` (before
+    :func:`~prompt_ops.ops.lpt.check_rows`). Returns them so replaced."""
     batch, seq_len, _ = hidden.shape
     for name, value in (("index", index), ("source_lengths", source_lengths)):
         if value is not None:
@@ -302,14 +300,16 @@ def _check_row_data(hidden, adapter_index, mode, index, attention_mask, source_l
         attention_mask = attention_mask.masked_fill(idle[:, None], 1)
     if source_lengths is not None:
         source_lengths = source_lengths.masked_fill(idle, seq_len)
-    check_rows(hidden, mode, index, attention_mask, source_lengths)
+    if check_data:
+        check_rows(hidden, mode, index, attention_mask, source_lengths)
     return index, attention_mask, source_lengths
 
 
 def _prepare(hidden, w_down, b_down, w_up, b_up, adapter_index, num_tokens, index, attention_mask, source_lengths,
-             mode, dropout_p, training, seed, backend):  # fmt: skip
+             mode, dropout_p, training, seed, backend, check_ids):  # fmt: skip
     """Validate a call; return the resolved backend, ``num_tokens`` as a list and an ``(N,)`` int64 tensor, the row
-    data (as :func:`_check_row_data` returns it), the dropout probabilities (None when none acts) and the seed."""
+    data (as :func:`_check_row_data` returns it), the dropout probabilities (None when none acts) and the seed. The
+    data checks (``check_ids``) sync with the device."""
     check_tensor("hidden", hidden, 3, "(B, L, d)")
     params = {
         "w_down": (w_down, 3, "(N, d, h_max)"),
@@ -331,15 +331,17 @@ def _prepare(hidden, w_down, b_down, w_up, b_up, adapter_index, num_tokens, inde
     probabilities = _per_adapter("dropout_p", dropout_p, num, check_probability)
     active = check_training(training) and any(p > 0.0 for p in probabilities)
     seed = resolve_seed(check_seed(seed), active)
-    check_adapter_indices(adapter_index, num)
-    present = sorted(set(adapter_index.tolist()) - {-1})
-    _check_widths(tokens, present, mode, hidden.shape[2], w_up.shape[2])
+    check_data = resolve_check_ids(check_ids)
+    if check_data:
+        check_adapter_indices(adapter_index, num)
+        present = sorted(set(adapter_index.tolist()) - {-1})
+        _check_widths(tokens, present, mode, hidden.shape[2], w_up.shape[2])
     n_max = max(tokens)
     check_sizes(hidden, n_max, None, False, max(probabilities, default=0.0) if active else 0.0, backend)
     if backend == "triton" and active and mode != "naive":
         sources = f"num_tokens (n_max = {n_max}) and hidden (B, L, d) = {tuple(hidden.shape)}"
         check_int32_index("B * n_max * d prompt elements", hidden.shape[0] * n_max * hidden.shape[2], sources)
-    rows = _check_row_data(hidden, adapter_index, mode, index, attention_mask, source_lengths)
+    rows = _check_row_data(hidden, adapter_index, mode, index, attention_mask, source_lengths, check_data)
     lengths = torch.tensor(tokens, dtype=torch.int64, device=hidden.device)
     dropout = torch.tensor(probabilities, dtype=torch.float32, device=hidden.device) if active else None
     return backend, tokens, lengths, rows, dropout, seed
@@ -362,6 +364,7 @@ def mixed_lpt_prompt(
     training: bool = False,
     seed: int | None = None,
     backend: str | None = None,
+    check_ids: bool | None = None,
 ) -> Tensor:
     """LPT prompts ``(B, n_max, d)`` of a mixed-adapter batch, one stacked generator per row (module docstring).
 
@@ -381,6 +384,11 @@ def mixed_lpt_prompt(
         training: whether dropout acts.
         seed: the dropout seed (None draws one when dropout acts).
         backend: ``"auto"`` (default, or ``$PROMPT_OPS_BACKEND``), ``"triton"`` or ``"torch"``.
+        check_ids: validate the data (default, or ``$PROMPT_OPS_CHECK_IDS``): ``adapter_index`` in ``[-1, N)``,
+            each row's adapter fits ``W_max``, and :func:`~prompt_ops.lpt_prompt`'s checks of ``index``,
+            ``attention_mask`` and ``source_lengths`` on the adapters' rows. Device syncs; pass ``False`` under
+            ``torch.compile(fullgraph=True)`` or CUDA graphs (with ``num_tokens`` a sequence of ints), where bad
+            data is then undefined behaviour.
 
     Returns:
         ``(B, n_max, d)`` in the generator's dtype (fp32 for fp32 parameters): row ``b``'s prompt in its last
@@ -389,7 +397,7 @@ def mixed_lpt_prompt(
     """
     backend, tokens, lengths, rows, dropout, seed = _prepare(
         hidden, w_down, b_down, w_up, b_up, adapter_index, num_tokens, index, attention_mask, source_lengths, mode,
-        dropout_p, training, seed, backend,
+        dropout_p, training, seed, backend, check_ids,
     )  # fmt: skip
     index, attention_mask, source_lengths = rows
     hidden = hidden.detach()
