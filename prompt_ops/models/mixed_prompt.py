@@ -1,6 +1,6 @@
 """The shared prompt pass of a mixed-adapter batch (issue 14 over issue 13): each adapter's prompt runs once per
-adapter state, not once per row, so an eval forward or ``generate``'s prefill runs only the input tokens whatever
-the mix of adapters.
+adapter state (without grad) or once per call (under grad, with autograd), not once per row, so a training step, an
+eval forward or ``generate``'s prefill runs only the input tokens whatever the mix of adapters.
 
 A decoder-only row of adapter ``a`` has ``m_max - m_a`` masked zero slots, then its ``m_a`` prompt rows, then its
 input (:mod:`prompt_ops.models.multi`, the ``"front"`` layout). Under causal attention the prompt rows attend only to

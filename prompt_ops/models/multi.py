@@ -28,12 +28,14 @@ token's position for the row's adapter, none past that adapter's ``max_length``;
 token for prompt-tuning, LAMP and ``"__base__"`` rows), so each row generates what its adapter alone generates (a
 ``"__base__"`` row: the plain model).
 
-Decoder-only GPT-2, LLaMA, Mistral and Qwen2 share each adapter's prompt pass without grad (eval forward and
-``generate``'s prefill; :mod:`prompt_ops.models.mixed_prompt`): computed once per adapter state and kept per adapter
-name, the batch's pass gathered per row, so only the input tokens run, whatever the adapter mix. ``attach_many(...,
+Decoder-only GPT-2, LLaMA, Mistral and Qwen2 share each adapter's prompt pass
+(:mod:`prompt_ops.models.mixed_prompt`): once per call for each adapter of the batch under grad (training, with
+autograd), and without grad (eval forward, ``generate``'s prefill) once per adapter state, kept per adapter name; each
+row reads its adapter's pass, so only the input tokens run, whatever the adapter mix. ``attach_many(...,
 shared_prompt=None)`` as :func:`~prompt_ops.models.attach` takes it (False turns it off); calls the pass does not
-cover (under grad, a batch of ``"__base__"`` rows only, the arguments :func:`~prompt_ops.models.shared_prompt.
-call_refusal` refuses) run every row's prompt, saying why at debug level.
+cover (a batch of ``"__base__"`` rows only, the calls :func:`~prompt_ops.models.shared_prompt.call_refusal` refuses:
+active dropout in auto mode, one row under grad, other arguments) run every row's prompt, saying why at debug
+level.
 """
 
 from __future__ import annotations
@@ -312,12 +314,10 @@ class MultiAdapterModel(nn.Module):
 
     def _mixed_refusal(self, refusal: str | None, index: torch.Tensor) -> str | None:
         """Why this call runs every row's prompt, or None when it shares each adapter's prompt pass: ``refusal``
-        (:func:`~prompt_ops.models.shared_prompt.call_refusal`'s or ``generate_refusal``'s), then grad, a batch
+        (:func:`~prompt_ops.models.shared_prompt.call_refusal`'s or ``generate_refusal``'s), then a batch
         without adapter rows, a layout without the slots in front."""
         if refusal is not None:
             return refusal
-        if torch.is_grad_enabled():
-            return "a mixed batch shares its adapters' prompt passes without grad only (eval forward, generate)"
         if bool((index < 0).all()):
             return "no row of the batch uses an adapter"
         if self.bank.slots != "front":

@@ -19,6 +19,9 @@ from prompt_ops.models.mixed_prompt import MixedPromptPass
 from prompt_ops.models.shared_prompt import PromptPass
 from tests.models.model_state import ModelState
 from tests.models.test_attach import tiny
+from tests.models.test_bank_methods import BANKS
+from tests.models.test_bank_methods import LENGTHS as BANK_LENGTHS
+from tests.models.test_bank_methods import ROWS as BANK_ROWS
 from tests.models.test_multi_adapter import ADAPTERS, ROWS, batch
 from tests.models.test_shared_prompt import FAMILIES, GREEDY, LOGGER, decoder, shape_calls
 
@@ -26,10 +29,11 @@ TOL = {"rtol": 1e-5, "atol": 1e-5}
 PROMPT_CALLS = [(1, 5), (1, 3), (1, 2)]  # "long", "plain", "short": the adapters of ROWS, in the bank's order
 
 
-def mixed_decoder(family: str, seed: int = 1, **kwargs):
-    """The ragged bank of ``ADAPTERS`` over a tiny ``family`` decoder in eval mode, every adapter tensor moved off
-    its init (zero B would hide the offsets)."""
-    multi = attach_many(decoder(family), ADAPTERS, **kwargs).eval()
+def mixed_decoder(family: str, seed: int = 1, adapters=ADAPTERS, dropout: float = 0.0, **kwargs):
+    """The bank of ``adapters`` (default: the ragged ``ADAPTERS``) over a tiny ``family`` decoder (every dropout
+    probability ``dropout``) in eval mode, every adapter tensor moved off its init (zero B would hide the
+    offsets)."""
+    multi = attach_many(decoder(family, dropout), adapters, **kwargs).eval()
     torch.manual_seed(seed)
     with torch.no_grad():
         for name in multi.adapter_names:
@@ -182,7 +186,7 @@ def test_logits_to_keep_keeps_the_last_columns_of_the_unshared_mixed_path(keep):
 
 def test_the_kept_passes_are_rebuilt_after_an_optimizer_step_and_on_add_delete_and_load(tmp_path):
     """Each change moves the outputs (so a stale pass would fail the comparison) and rebuilds exactly the passes
-    the next call needs; a training step itself runs every row's prompt (no kept pass under grad)."""
+    the next call needs; a training step runs each adapter's prompt once, under grad, and keeps none."""
     multi = mixed_decoder("llama")
     ids, mask, labels = batch("left")
     before = assert_equals_unshared(multi, ids, mask, ROWS).logits
@@ -191,7 +195,7 @@ def test_the_kept_passes_are_rebuilt_after_an_optimizer_step_and_on_add_delete_a
     multi.shared_prompt = None
     multi(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=ROWS).loss.backward()
     optimizer.step()
-    assert calls == [(6, 5 + 7)]
+    assert calls == [*PROMPT_CALLS, (6, 7)]
     del calls[:]
     after = assert_equals_unshared(multi, ids, mask, ROWS).logits
     assert calls[1:] == [*PROMPT_CALLS, (6, 7)] and not torch.allclose(after, before, **TOL)
@@ -214,19 +218,63 @@ def test_the_kept_passes_are_rebuilt_after_an_optimizer_step_and_on_add_delete_a
     torch.testing.assert_close(loaded[0, 2:], other_rows, **TOL)  # the loaded values, not the deleted adapter's
 
 
-def test_under_grad_and_uncovered_calls_run_every_rows_prompt_and_say_why(caplog):
-    multi = mixed_decoder("gpt2")
+def test_uncovered_calls_run_every_rows_prompt_and_say_why(caplog):
+    multi = mixed_decoder("gpt2", dropout=0.1)
     ids, mask, labels = batch("right")
     calls = shape_calls(multi.base_model)
     with caplog.at_level(logging.DEBUG, logger=LOGGER):
-        multi(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=ROWS)  # grad on
         mixed_call(multi, None, ids, mask, ["__base__"] * 6)
         mixed_call(multi, None, ids, mask, ROWS, output_attentions=True)
         mixed_call(multi, False, ids, mask, ROWS)
+        multi.shared_prompt = None
+        multi.train()  # its dropout acts
+        multi(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=ROWS)
     assert calls == [(6, 5 + 7)] * 4 and multi.prompt_caches == {}
-    for reason in ("without grad only", "no row of the batch uses an adapter", "['output_attentions']",
-                   "shared_prompt=False"):  # fmt: skip
+    for reason in ("no row of the batch uses an adapter", "['output_attentions']", "shared_prompt=False",
+                   "dropout is active"):  # fmt: skip
         assert reason in caplog.text
+
+
+def trained(multi, shared: bool | None, ids, mask, labels, names):
+    """One forward and backward of a mixed batch under grad: the output and every bank parameter's gradient."""
+    multi.shared_prompt = shared
+    multi.zero_grad(set_to_none=True)
+    torch.manual_seed(3)  # ADePT's dropout (on the input rows) draws the same mask on both paths
+    out = multi(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=names, output_hidden_states=True)
+    out.loss.backward()
+    return out, {name: param.grad.clone() for name, param in multi.bank.named_parameters() if param.grad is not None}
+
+
+@pytest.mark.parametrize(
+    "family, adapters, rows",
+    [*[(family, "ragged", "left") for family in FAMILIES], ("gpt2", "every method", "right"),
+     ("llama", "every method", "left")],
+)  # fmt: skip
+def test_training_shares_each_adapters_prompt_pass_and_equals_the_unshared_mixed_path(family, adapters, rows):
+    """Under grad (no dropout acting), each adapter's prompt runs once, at batch 1, with autograd, its keys and
+    values written into its rows' cache columns: the loss, the compared columns' logits and hidden states, and every
+    gradient of the bank's tables equal the unshared mixed path's (each table's own rows only: each adapter gets the
+    gradients of its own rows). The ragged bank of DePT and prompt tuning on every family; every bank method
+    (prompt tuning, DePT, ADePT, LAMP, EPT) on GPT-2 and LLaMA."""
+    ragged = adapters == "ragged"
+    names = ROWS if ragged else BANK_ROWS["all"]
+    multi = mixed_decoder(family, adapters=ADAPTERS if ragged else BANKS["all"]).train()
+    ids, mask, labels = batch(rows) if ragged else batch(rows, BANK_LENGTHS)
+    calls = shape_calls(multi.base_model)
+    want, want_grads = trained(multi, False, ids, mask, labels, names)
+    got, got_grads = trained(multi, None, ids, mask, labels, names)
+    distinct = len(set(names) - {"__base__"})
+    assert len(calls) == 1 + distinct + 1 and calls[-1] == (len(names), ids.shape[1])
+    assert multi.prompt_caches and all(cache.builds == 1 for cache in multi.prompt_caches.values())
+    torch.testing.assert_close(got.loss, want.loss, **TOL)
+    columns = compared_columns(multi, names, mask)
+    torch.testing.assert_close(got.logits[columns], want.logits[columns], **TOL)
+    for got_states, want_states in zip(got.hidden_states, want.hidden_states, strict=True):
+        torch.testing.assert_close(got_states[columns], want_states[columns], **TOL)
+    assert sorted(got_grads) == sorted(want_grads) and want_grads
+    for name, grad in want_grads.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(got_grads[name], grad, **TOL)
 
 
 def test_encoders_run_unshared_and_refuse_a_forced_shared_pass():
