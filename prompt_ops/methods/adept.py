@@ -11,6 +11,11 @@ Defaults and init follow the official code (``PROMPT_TUNING_LORAX``; reference/m
 
 Because the offset depends only on the token id, it folds into the embedding table for inference
 (:meth:`ADePT.fold`): eval-mode ADePT then costs exactly what vanilla prompt tuning costs.
+
+Optimizer groups (:mod:`prompt_ops.methods.groups`), as the official ``train.py`` (branch ``PROMPT_TUNING_LORAX``)
+builds them: the prompt at ``lr``, the FFN's four tensors at ``offset_lr`` (``--lora_embedding_lr``), its biases in
+a group of their own so that a ``weight_decay`` passed by hand spares them. Recipe defaults (reference/methods.md
+§2.1, §2.3): prompt 3e-1 (the README's 3e-1 or 4e-1), FFN 1e-4, weight decay 0 (not forwarded in the official code).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 from torch import nn
 
 from prompt_ops.methods.base import SoftPromptModule, check_positive_int, check_sizes, check_start, prompt_width
+from prompt_ops.methods.groups import PROMPT, Group, Recipe
 from prompt_ops.methods.prompt_tuning import PromptTuning
 from prompt_ops.ops.adept_embed import adept_embed
 from prompt_ops.ops.validation import check_probability
@@ -32,6 +38,13 @@ class ADePT(SoftPromptModule):
     Trainable parameters (fp32): ``prompt (m, d)``, ``w_down (d, r)``, ``b_down (r,)``, ``w_up (r, d)``,
     ``b_up (d,)``. Dropout acts in training mode only; ``forward(..., seed=)`` fixes its mask.
     """
+
+    GROUPS = (
+        PROMPT,
+        Group("offset", ("w_down", "w_up"), rate="offset_lr"),
+        Group("offset_bias", ("b_down", "b_up"), rate="offset_lr", decay=False),
+    )
+    RECIPE = Recipe(lr=3e-1, offset_lr=1e-4, weight_decay=0.0, source="ADePT train.py and README")
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from prompt_ops.methods.groups import ParameterGroups
 from prompt_ops.ops.backend import BACKENDS
 from prompt_ops.ops.dept_embed import dept_embed
 from prompt_ops.ops.positions import check_positions
@@ -129,8 +130,9 @@ def prompt_width(embedding: object, num_tokens: object) -> int:
     return hidden
 
 
-class PromptModule(nn.Module):
+class PromptModule(ParameterGroups, nn.Module):
     """Base of every method module: holds and freezes the word ``embedding``, the backend and ``num_tokens``.
+    Subclasses declare their optimizer split and recipe (:mod:`prompt_ops.methods.groups`).
 
     ``forward(input_ids, attention_mask=None)`` returns ``(inputs_embeds, attention_mask)`` with the prompt
     prepended, ready for a Hugging Face model's ``inputs_embeds=``. Subclasses check their own arguments before

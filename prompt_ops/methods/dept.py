@@ -13,6 +13,12 @@ Defaults and init follow the official code (reference/methods.md §1): m=60, r=3
 ``A`` kaiming-uniform (``a=sqrt(5)``, i.e. U(-1/sqrt(r), 1/sqrt(r))), ``B`` zeros (the offset starts at 0), prompt
 from vocabulary rows of given token ids or N(0, 1). The trainable-parameter count ``m*d + L_max*r + r*d`` equals
 vanilla prompt tuning with 100 tokens for T5-Base (76,800).
+
+Optimizer groups (:mod:`prompt_ops.methods.groups`), as the official ``train.py`` builds them: the prompt at ``lr``
+(``--learning_rate``) and the pair ``lora_a``, ``lora_b`` at ``offset_lr`` (``--lora_embedding_lr``). Recipe
+defaults (reference/methods.md §1.1, §1.4): prompt 3e-1 (the released SST-2, CoLA, BoolQ and MNLI runs; RTE used
+4e-1), pair 5e-4 (the released SST-2 and CoLA runs, one of the README's grid 5e-3, 3e-1, 5e-4), weight decay 0
+(``--weight_decay`` is not forwarded to that optimizer).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from prompt_ops.methods.base import (
     prompt_width,
     token_offsets,
 )
+from prompt_ops.methods.groups import PROMPT, Group, Recipe
 from prompt_ops.methods.official import read_official_dept
 from prompt_ops.ops.dept_embed import dept_embed
 
@@ -47,6 +54,9 @@ class DePT(SoftPromptModule):
     ``scale = lora_alpha / sqrt(rank)`` (not ``alpha / r``). Inputs longer than ``max_length`` raise. ``positions``
     (``"tokens"`` or ``"absolute"``) is passed to the op by :meth:`forward`.
     """
+
+    GROUPS = (PROMPT, Group("offset", ("lora_a", "lora_b"), rate="offset_lr"))
+    RECIPE = Recipe(lr=3e-1, offset_lr=5e-4, weight_decay=0.0, source="DePT train.py, released SST-2 run")
 
     def __init__(
         self,

@@ -12,10 +12,17 @@ N(0, 1/d), ``Wu``, ``Wg``, ``bg`` zeros. With ``B = 0`` and ``Wu = 0`` the metho
 
 Trainable parameters: ``s*d + L_max*r + r*d + 2*K*d*h + d*K + K``; with the defaults on T5-Base (d = 768):
 46,080 + 7,680 + 23,040 + 49,152 + 3,072 + 4 = 129,028.
+
+Optimizer groups (:mod:`prompt_ops.methods.groups`): no public code, so this project applies the rule DePT's and
+ADePT's official scripts share (the prompt rows at the first rate, every other tensor at ``lora_embedding_lr``):
+the short prompt at ``lr``; DePT's pair and the projection and gate weights at ``offset_lr``; the gate's bias in a
+group of its own so that a ``weight_decay`` passed by hand spares it. Recipe defaults: DePT's (prompt 3e-1, the rest
+5e-4, weight decay 0), EPT's decomposition being DePT's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -31,6 +38,8 @@ from prompt_ops.methods.base import (
     prompt_width,
     token_offsets,
 )
+from prompt_ops.methods.dept import DePT
+from prompt_ops.methods.groups import PROMPT, Group
 from prompt_ops.ops.ept import ept_embed, ept_prompt
 
 
@@ -42,6 +51,13 @@ class EPT(SoftPromptModule):
     ``w_down (K, d, h)``, ``w_up (K, h, d)``, ``w_gate (d, K)``, ``b_gate (K,)``. ``positions`` (``"tokens"`` or
     ``"absolute"``, as for :class:`prompt_ops.DePT`) places the input tokens' offsets.
     """
+
+    GROUPS = (
+        PROMPT,
+        Group("offset", ("lora_a", "lora_b", "w_down", "w_up", "w_gate"), rate="offset_lr"),
+        Group("offset_bias", ("b_gate",), rate="offset_lr", decay=False),
+    )
+    RECIPE = dataclasses.replace(DePT.RECIPE, source="no public code: DePT's recipe")
 
     def __init__(
         self,

@@ -13,6 +13,13 @@ parameters on T5-Base), ``pool = 2`` (the paper does not state the window; 2 hal
 
 Trainable parameters: ``l*r + r + r*d``: 100*8 + 8 + 8*768 = 6,952 for T5-Base (d = 768), against 76,800 for
 vanilla prompt tuning with the same 100 tokens (11x fewer).
+
+Optimizer groups (:mod:`prompt_ops.methods.groups`): one, ``prompt``, holding ``u``, ``q`` and ``v`` at ``lr``:
+the three factors *are* the prompt (there is no offset path, so no second rate; ``offset_lr`` is ignored). The
+paper's settings were not retrieved (reference/methods.md §3.0); the recipe's 3e-1 is the prompt rate of the
+prompt-tuning family (Lester et al., DePT's scripts), weight decay 0. Untuned: Adam moves each entry by about ``lr``
+a step, and the factors' entries are smaller than a prompt's (``u`` and ``v`` start with orthonormal columns and
+rows), so a smaller ``lr`` may suit LAMP better.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from prompt_ops.methods.base import (
     initial_prompt,
     prompt_width,
 )
+from prompt_ops.methods.groups import Group, Recipe
 from prompt_ops.ops.lamp import lamp_embed, lamp_prompt
 
 
@@ -36,6 +44,9 @@ class LAMP(PromptModule):
     ``num_tokens`` is the prompt length ``l`` before pooling; the model sees ``num_tokens // pool`` prompt rows.
     Trainable parameters (fp32): ``u (l, r)``, ``q (r,)``, ``v (r, d)``.
     """
+
+    GROUPS = (Group("prompt", ("u", "q", "v")),)
+    RECIPE = Recipe(lr=3e-1, offset_lr=None, weight_decay=0.0, source="no public code: the prompt family's rate")
 
     def __init__(
         self,

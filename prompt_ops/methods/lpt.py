@@ -16,6 +16,11 @@ model is :func:`prompt_ops.models.attach` with :class:`prompt_ops.models.LPTConf
 scripts' (reference/methods.md §5.3): n=5, h=128, NPG, dropout 0.1. The layers are ``nn.Linear``'s default init,
 as the official code leaves them: weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)). For RoBERTa-large
 (d=1024) NPG holds 791,680 trainable parameters, APPG and MPPG 263,296 each.
+
+Optimizer groups (:mod:`prompt_ops.methods.groups`), as the official ``train()`` builds them: one rate for the whole
+generator (LPT has no prompt rows and no offset; ``offset_lr`` is ignored), weight decay on the weights and none on
+the biases. Recipe defaults (reference/methods.md §5.1, §5.3): lr 1e-3 and weight decay 0.1 (the RoBERTa-large
+script; the GPT2-large one uses lr 5e-4).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 from torch import nn
 
 from prompt_ops.methods.base import check_backend, check_positive_int, check_sizes
+from prompt_ops.methods.groups import Group, ParameterGroups, Recipe
 from prompt_ops.ops.lpt import MODES, lpt_insert, lpt_prompt
 from prompt_ops.ops.validation import check_probability
 
@@ -35,7 +41,7 @@ def _uniform(shape: tuple[int, ...], fan_in: int) -> nn.Parameter:
     return nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
 
 
-class LPT(nn.Module):
+class LPT(ParameterGroups, nn.Module):
     """``LPT(model_dim, num_tokens=5, hidden_size=128, mode="naive", dropout=0.1, backend=None)``.
 
     ``model_dim`` is the model's width ``d``; ``hidden_size`` the generator's bottleneck ``h`` (the official
@@ -43,6 +49,9 @@ class LPT(nn.Module):
     ``w_up (h, n*d)``, ``b_up (n*d,)``, for APPG and MPPG ``w_up (h, d)``, ``b_up (d,)``. ``mode`` is one of
     ``"naive"`` (NPG), ``"pool"`` (APPG, adaptive average pooling) and ``"max"`` (MPPG, adaptive max pooling).
     """
+
+    GROUPS = (Group("generator", ("w_down", "w_up")), Group("generator_bias", ("b_down", "b_up"), decay=False))
+    RECIPE = Recipe(lr=1e-3, offset_lr=None, weight_decay=0.1, source="LPT run_roberta.sh (RoBERTa-large)")
 
     def __init__(
         self,

@@ -1,7 +1,9 @@
 """One config per method, PEFT-style: plain dataclasses whose fields are the module's keyword arguments.
 
 Common field names across methods: ``num_tokens``, ``rank``, ``max_length``, ``lora_alpha``, ``dropout``, ``pool``.
-Defaults are the modules' (the papers' official settings, see each module's docstring).
+Defaults are the modules' (the papers' official settings, see each module's docstring). Each config also records
+its method's training recipe (:attr:`MethodConfig.recipe`: the official scripts' learning rates and weight decay),
+the defaults of ``tuned.parameter_groups()``; it is not a field, so an adapter never saves it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from prompt_ops.methods.adept import ADePT
 from prompt_ops.methods.base import PromptModule, token_ids
 from prompt_ops.methods.dept import DePT
 from prompt_ops.methods.ept import EPT
+from prompt_ops.methods.groups import Recipe
 from prompt_ops.methods.lamp import LAMP
 from prompt_ops.methods.lpt import LPT
 from prompt_ops.methods.prompt_tuning import PromptTuning
@@ -28,6 +31,13 @@ class MethodConfig:
     method: ClassVar[str]
     module_class: ClassVar[type[PromptModule]]
     positions: str = "tokens"  # "tokens" or "absolute": see prompt_ops.ops.positions
+
+    @property
+    def recipe(self) -> Recipe:
+        """The method's training defaults from its official scripts (``lr``, ``offset_lr``, ``weight_decay``, and
+        the ``source``; see the module's docstring): what ``parameter_groups()`` uses for a rate it is not given.
+        Read-only here and never saved with an adapter: pass other rates to ``parameter_groups`` instead."""
+        return self.module_class.RECIPE
 
     def build(self, embedding: nn.Embedding, backend: str | None = None) -> PromptModule:
         """The method's module over ``embedding``; the module checks every field (by its name) first."""

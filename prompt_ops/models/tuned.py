@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prompt_ops.methods.groups import recipe_groups
 from prompt_ops.models.adapter_files import (
     CONFIG_FILE,
     FORMAT,
@@ -91,6 +92,20 @@ class TunedModel(nn.Module):
         return {
             name: param for name, param in self.prompt_module.named_parameters() if not name.startswith("embedding.")
         }
+
+    def parameter_groups(
+        self, lr: float | None = None, offset_lr: float | None = None, weight_decay: float | None = None
+    ) -> list[dict]:
+        """``torch.optim`` parameter groups of the adapter, the method's split (:mod:`prompt_ops.methods.groups`;
+        e.g. DePT: the prompt at ``lr``, ``lora_a`` and ``lora_b`` at ``offset_lr``), each rate that is None taken
+        from the config's :attr:`~prompt_ops.models.configs.MethodConfig.recipe`::
+
+            optimizer = torch.optim.AdamW(tuned.parameter_groups(lr=3e-1, offset_lr=5e-4))
+
+        The groups hold exactly the trainable parameters: a base-model tensor unfrozen by hand is refused by name.
+        Rates must be finite numbers ``>= 0`` (a ``TypeError``/``ValueError`` naming the argument)."""
+        module = self.prompt_module
+        return recipe_groups(self, module.GROUPS, module.RECIPE, lr, offset_lr, weight_decay, "prompt_module.")
 
     def trainable_parameters(self) -> str:
         """PEFT-style summary: ``trainable params: N || all params: M || trainable%: P``."""
