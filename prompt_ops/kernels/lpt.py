@@ -22,6 +22,10 @@ layers below ``k``): ``d_w_up``/``d_b_up`` per column tile, ``d_pre = (dP * D) @
 tile, and ``d_w_down``/``d_b_down`` per d-tile, using ``d_w_down = sum_slots (sum_{t in window} hidden[b, t]) d_pre
 / |window|`` (MPPG: ``d_w_down[:, j] = sum_slots hidden[b, arg[s, j]] d_pre[s, j]``, each window's gradient routed
 to its arg-max row). Every program owns its output tile, so the sums are deterministic (no atomics).
+
+The pre-activation and ``d_w_down`` kernels take a stack of ``N`` generators (``N = 1`` here); with ``MIXED`` each
+slot addresses its adapter's, and the mixed-adapter op (:mod:`prompt_ops.kernels.mixed_lpt`) launches them too. The
+slot-tile helpers are shared with it as well.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ def _window_sum(
 
 
 @triton.jit
-def _slot_offsets(slots, slots_per_sample, stride_b, stride_s):
+def slot_offsets(slots, slots_per_sample, stride_b, stride_s):
     """Element offsets of the rows of ``slots`` in a ``(B, slots_per_sample, width)``-shaped view."""
     return (slots // slots_per_sample) * stride_b + (slots % slots_per_sample) * stride_s
 
@@ -61,13 +65,13 @@ def _slot_offsets(slots, slots_per_sample, stride_b, stride_s):
 @triton.jit
 def _load_slot_rows(ptr, slots, slot_ok, cols, col_ok, slots_per_sample, stride_b, stride_s, stride_c):
     """``[BLOCK_S, BLOCK_C]`` fp32 tile of slot rows from a ``(B, slots_per_sample, width)``-shaped view."""
-    rows = _slot_offsets(slots, slots_per_sample, stride_b, stride_s)
+    rows = slot_offsets(slots, slots_per_sample, stride_b, stride_s)
     tile = tl.load(ptr + rows[:, None] + cols[None, :] * stride_c, mask=slot_ok[:, None] & col_ok[None, :], other=0.0)
     return tile.to(tl.float32)
 
 
 @triton.jit
-def _prompt_grad_tile(
+def prompt_grad_tile(
     grad_ptr, slots, slot_ok, cols, col_ok, slots_per_sample, stride_b, stride_s, stride_c, width, dropout_p, seed,
     HAS_DROPOUT: tl.constexpr,
 ):  # fmt: skip
@@ -100,35 +104,6 @@ def _slot_mean_pre(
         acc += tl.sum(summed[:, None] * w_down, axis=0)
     pre = acc / (end - start).to(tl.float32) + tl.load(b_down_ptr + h, mask=h_ok, other=0.0).to(tl.float32)
     tl.store(pre_ptr + slot * gen_rank + h, pre, mask=h_ok)
-
-
-@triton.jit
-def _lpt_pre_kernel(
-    pre_ptr,  # (S, h) fp32 out
-    hidden_ptr,  # (B, L, d)
-    starts_ptr,  # (S,) int64
-    ends_ptr,  # (S,) int64
-    w_down_ptr,  # (d, h)
-    b_down_ptr,  # (h,)
-    slots_per_sample,
-    seq_len,
-    hidden_size,
-    gen_rank,
-    stride_h_b,
-    stride_h_t,
-    stride_h_d,
-    stride_wd_d,
-    stride_wd_h,
-    BLOCK_T: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-):
-    slot = tl.program_id(0).to(tl.int64)
-    _slot_mean_pre(
-        pre_ptr, hidden_ptr, slot, slot // slots_per_sample, tl.load(starts_ptr + slot), tl.load(ends_ptr + slot),
-        w_down_ptr, b_down_ptr, seq_len, hidden_size, gen_rank, stride_h_b, stride_h_t, stride_h_d, stride_wd_d,
-        stride_wd_h, BLOCK_T, BLOCK_D, BLOCK_H,
-    )  # fmt: skip
 
 
 @triton.jit
@@ -169,14 +144,15 @@ def _slot_max_pre(
 
 
 @triton.jit
-def _lpt_max_pre_kernel(
+def _lpt_pre_kernel(
     pre_ptr,  # (S, h) fp32 out
-    arg_ptr,  # (S, h) int64 out: the row of each maximum
+    arg_ptr,  # (S, h) int64 out (MAX_POOL): the row of each maximum
     hidden_ptr,  # (B, L, d)
     starts_ptr,  # (S,) int64
     ends_ptr,  # (S,) int64
-    w_down_ptr,  # (d, h)
-    b_down_ptr,  # (h,)
+    adapter_ptr,  # (S,) int64 (MIXED): each slot's adapter, -1 on inactive slots
+    w_down_ptr,  # (N, d, h): N = 1 for one generator
+    b_down_ptr,  # (N, h)
     slots_per_sample,
     seq_len,
     hidden_size,
@@ -184,19 +160,39 @@ def _lpt_max_pre_kernel(
     stride_h_b,
     stride_h_t,
     stride_h_d,
+    stride_wd_a,
     stride_wd_d,
     stride_wd_h,
+    stride_bd_a,
+    MAX_POOL: tl.constexpr,
+    MIXED: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
-    """MPPG's pre-activation of one slot (:func:`_slot_max_pre`)."""
+    """One slot's ``pre`` (``[BLOCK_H]``): its window's mean projected (:func:`_slot_mean_pre`), or MPPG's maximum
+    (:func:`_slot_max_pre`), on generator 0, or (``MIXED``, the stacked generators of a mixed-adapter batch) on its
+    adapter's ``w_down``/``b_down`` (an inactive slot, adapter ``-1``, runs adapter 0's: its ``pre`` is never
+    read)."""
     slot = tl.program_id(0).to(tl.int64)
-    _slot_max_pre(
-        pre_ptr, arg_ptr, hidden_ptr, slot, slot // slots_per_sample, tl.load(starts_ptr + slot),
-        tl.load(ends_ptr + slot), w_down_ptr, b_down_ptr, seq_len, hidden_size, gen_rank, stride_h_b, stride_h_t,
-        stride_h_d, stride_wd_d, stride_wd_h, BLOCK_T, BLOCK_D, BLOCK_H,
-    )  # fmt: skip
+    adapter = 0
+    if MIXED:
+        adapter = tl.maximum(tl.load(adapter_ptr + slot), 0)
+    w_down = w_down_ptr + adapter * stride_wd_a
+    b_down = b_down_ptr + adapter * stride_bd_a
+    b = slot // slots_per_sample
+    start = tl.load(starts_ptr + slot)
+    end = tl.load(ends_ptr + slot)
+    if MAX_POOL:
+        _slot_max_pre(
+            pre_ptr, arg_ptr, hidden_ptr, slot, b, start, end, w_down, b_down, seq_len, hidden_size, gen_rank,
+            stride_h_b, stride_h_t, stride_h_d, stride_wd_d, stride_wd_h, BLOCK_T, BLOCK_D, BLOCK_H,
+        )  # fmt: skip
+    else:
+        _slot_mean_pre(
+            pre_ptr, hidden_ptr, slot, b, start, end, w_down, b_down, seq_len, hidden_size, gen_rank, stride_h_b,
+            stride_h_t, stride_h_d, stride_wd_d, stride_wd_h, BLOCK_T, BLOCK_D, BLOCK_H,
+        )  # fmt: skip
 
 
 @triton.jit
@@ -231,23 +227,24 @@ def _lpt_up_kernel(
     value = tl.dot(act, w_up, input_precision="ieee") + bias[None, :]  # [BLOCK_S, BLOCK_C]
     if HAS_DROPOUT:
         value = value * dropout_tile(seed, slots, cols, width, dropout_p)
-    rows = _slot_offsets(slots, slots_per_sample, stride_o_b, stride_o_s)  # [BLOCK_S]
+    rows = slot_offsets(slots, slots_per_sample, stride_o_b, stride_o_s)  # [BLOCK_S]
     tl.store(out_ptr + rows[:, None] + cols[None, :], value, mask=slot_ok[:, None] & col_ok[None, :])
 
 
 @triton.jit
-def _up_grad_step(
-    grad_ptr, pre_ptr, slots, slot_ok, cols, col_ok, h, h_ok, gen_rank, slots_per_sample, stride_g_b, stride_g_s,
-    stride_g_c, width, dropout_p, seed, HAS_DROPOUT: tl.constexpr,
+def up_grad_step(
+    acc_w, acc_b, grad_ptr, pre_ptr, slots, slot_ok, cols, col_ok, h, h_ok, gen_rank, slots_per_sample, stride_g_b,
+    stride_g_s, stride_g_c, width, dropout_p, seed, HAS_DROPOUT: tl.constexpr,
 ):  # fmt: skip
-    """The contribution of ``slots`` to ``d_w_up`` (``[BLOCK_H, BLOCK_C]``, ``relu(pre)^T @ (dP * D)``) and to
-    ``d_b_up`` (``[BLOCK_C]``); ``cols`` are the prompt's columns (also the dropout's element columns)."""
-    grad = _prompt_grad_tile(
+    """``acc_w`` (``[BLOCK_H, BLOCK_C]``) and ``acc_b`` (``[BLOCK_C]``) plus the contribution of ``slots`` to
+    ``d_w_up`` (``relu(pre)^T @ (dP * D)``, accumulated inside the dot) and to ``d_b_up``; ``cols`` are the prompt's
+    columns (also the dropout's element columns)."""
+    grad = prompt_grad_tile(
         grad_ptr, slots, slot_ok, cols, col_ok, slots_per_sample, stride_g_b, stride_g_s, stride_g_c, width,
         dropout_p, seed, HAS_DROPOUT,
     )  # [BLOCK_S, BLOCK_C]  # fmt: skip
     act = tl.maximum(load_tile(pre_ptr, slots, slot_ok, h, h_ok, gen_rank, 1), 0.0)  # [BLOCK_S, BLOCK_H]
-    return tl.dot(tl.trans(act), grad, input_precision="ieee"), tl.sum(grad, axis=0)
+    return tl.dot(tl.trans(act), grad, acc_w, input_precision="ieee"), acc_b + tl.sum(grad, axis=0)
 
 
 @triton.jit
@@ -279,12 +276,10 @@ def _lpt_up_bwd_kernel(
     for s0 in range(0, num_slots, BLOCK_S):
         slots = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
         slot_ok = slots < num_slots
-        step_w, step_b = _up_grad_step(
-            grad_ptr, pre_ptr, slots, slot_ok, cols, col_ok, h, h_ok, gen_rank, slots_per_sample, stride_g_b,
-            stride_g_s, stride_g_c, width, dropout_p, seed, HAS_DROPOUT,
+        acc_w, acc_b = up_grad_step(
+            acc_w, acc_b, grad_ptr, pre_ptr, slots, slot_ok, cols, col_ok, h, h_ok, gen_rank, slots_per_sample,
+            stride_g_b, stride_g_s, stride_g_c, width, dropout_p, seed, HAS_DROPOUT,
         )  # fmt: skip
-        acc_w += step_w
-        acc_b += step_b
     tl.store(grad_w_up_ptr + h[:, None] * width + cols[None, :], acc_w, mask=h_ok[:, None] & col_ok[None, :])
     tl.store(grad_b_up_ptr + cols, acc_b, mask=col_ok)
 
@@ -319,7 +314,7 @@ def _lpt_pre_bwd_kernel(
     for c0 in range(0, width, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
         col_ok = cols < width
-        grad = _prompt_grad_tile(
+        grad = prompt_grad_tile(
             grad_ptr, slots, slot_ok, cols, col_ok, slots_per_sample, stride_g_b, stride_g_s, stride_g_c, width,
             dropout_p, seed, HAS_DROPOUT,
         )  # fmt: skip
@@ -348,45 +343,6 @@ def _mean_down_step(
 
 
 @triton.jit
-def _lpt_down_bwd_kernel(
-    grad_w_down_ptr,  # (d, h) fp32
-    grad_b_down_ptr,  # (h,) fp32
-    grad_pre_ptr,  # (S, h)
-    hidden_ptr,
-    starts_ptr,
-    ends_ptr,
-    num_slots,
-    slots_per_sample,
-    seq_len,
-    hidden_size,
-    gen_rank,
-    stride_h_b,
-    stride_h_t,
-    stride_h_d,
-    BLOCK_T: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-):
-    pid = tl.program_id(0).to(tl.int64)
-    cols = pid * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
-    col_ok = cols < hidden_size
-    h = tl.arange(0, BLOCK_H).to(tl.int64)
-    h_ok = h < gen_rank
-    acc_w = tl.zeros([BLOCK_D, BLOCK_H], dtype=tl.float32)
-    acc_b = tl.zeros([BLOCK_H], dtype=tl.float32)
-    for slot in range(0, num_slots):
-        step_w, grad_pre = _mean_down_step(
-            grad_pre_ptr, hidden_ptr, starts_ptr, ends_ptr, slot, slots_per_sample, seq_len, gen_rank, cols, col_ok,
-            h, h_ok, stride_h_b, stride_h_t, stride_h_d, BLOCK_T, BLOCK_D,
-        )  # fmt: skip
-        acc_w += step_w
-        acc_b += grad_pre
-    tl.store(grad_w_down_ptr + cols[:, None] * gen_rank + h[None, :], acc_w, mask=col_ok[:, None] & h_ok[None, :])
-    if pid == 0:
-        tl.store(grad_b_down_ptr + h, acc_b, mask=h_ok)
-
-
-@triton.jit
 def _max_down_step(
     grad_pre_ptr, arg_ptr, hidden_ptr, slot, slots_per_sample, seq_len, gen_rank, cols, col_ok, h, h_ok, stride_h_b,
     stride_h_t, stride_h_d,
@@ -402,12 +358,16 @@ def _max_down_step(
 
 
 @triton.jit
-def _lpt_max_down_bwd_kernel(
-    grad_w_down_ptr,  # (d, h) fp32
-    grad_b_down_ptr,  # (h,) fp32
+def _lpt_down_bwd_kernel(
+    grad_w_down_ptr,  # (N, d, h) fp32: N = 1 for one generator
+    grad_b_down_ptr,  # (N, h) fp32
     grad_pre_ptr,  # (S, h)
-    arg_ptr,  # (S, h) int64: the forward's arg-max rows
-    hidden_ptr,
+    arg_ptr,  # (S, h) int64, read when MAX_POOL: the forward's arg-max rows
+    hidden_ptr,  # (B, L, d)
+    starts_ptr,  # (S,) int64
+    ends_ptr,  # (S,) int64
+    order_ptr,  # (S,) int64, read when MIXED: the slots sorted by adapter
+    seg_ptr,  # (N + 1,) int64, read when MIXED: adapter a's slots are order[seg[a]:seg[a+1]]
     num_slots,
     slots_per_sample,
     seq_len,
@@ -416,29 +376,49 @@ def _lpt_max_down_bwd_kernel(
     stride_h_b,
     stride_h_t,
     stride_h_d,
+    MAX_POOL: tl.constexpr,
+    MIXED: tl.constexpr,
+    BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
-    """MPPG: each window's gradient goes to its arg-max row, ``d_w_down[:, j] = sum_slots hidden[b, arg[s, j]]
-    d_pre[s, j]``, per d-tile over the slots in order (deterministic, no atomics). A row outside ``[0, L)`` (an
-    empty window's ``-1``) contributes nothing."""
+    """Program ``(j, a)``: ``d_w_down[a][cols]`` (``[BLOCK_D, BLOCK_H]``) and, for ``j = 0``, ``d_b_down[a]``, over
+    the slots in order (every slot for one generator; ``MIXED``: adapter ``a``'s segment of the sorted slots): each
+    window's row sum times ``d_pre / |window|`` (:func:`_mean_down_step`), or MPPG's gradient routed to its
+    arg-max rows (:func:`_max_down_step`). Deterministic, no atomics."""
     pid = tl.program_id(0).to(tl.int64)
-    cols = pid * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
+    adapter = tl.program_id(1).to(tl.int64)
+    cols = pid * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)  # [BLOCK_D]
     col_ok = cols < hidden_size
     h = tl.arange(0, BLOCK_H).to(tl.int64)
     h_ok = h < gen_rank
     acc_w = tl.zeros([BLOCK_D, BLOCK_H], dtype=tl.float32)
     acc_b = tl.zeros([BLOCK_H], dtype=tl.float32)
-    for slot in range(0, num_slots):
-        step_w, grad_pre = _max_down_step(
-            grad_pre_ptr, arg_ptr, hidden_ptr, slot, slots_per_sample, seq_len, gen_rank, cols, col_ok, h, h_ok,
-            stride_h_b, stride_h_t, stride_h_d,
-        )  # fmt: skip
-        acc_w += step_w
-        acc_b += grad_pre
-    tl.store(grad_w_down_ptr + cols[:, None] * gen_rank + h[None, :], acc_w, mask=col_ok[:, None] & h_ok[None, :])
+    lo = 0
+    hi = num_slots
+    if MIXED:
+        lo = tl.load(seg_ptr + adapter)
+        hi = tl.load(seg_ptr + adapter + 1)
+    for index in range(lo, hi):
+        slot = index
+        if MIXED:
+            slot = tl.load(order_ptr + index)
+        if MAX_POOL:
+            step_w, grad_pre = _max_down_step(
+                grad_pre_ptr, arg_ptr, hidden_ptr, slot, slots_per_sample, seq_len, gen_rank, cols, col_ok, h, h_ok,
+                stride_h_b, stride_h_t, stride_h_d,
+            )  # fmt: skip
+        else:
+            step_w, grad_pre = _mean_down_step(
+                grad_pre_ptr, hidden_ptr, starts_ptr, ends_ptr, slot, slots_per_sample, seq_len, gen_rank, cols,
+                col_ok, h, h_ok, stride_h_b, stride_h_t, stride_h_d, BLOCK_T, BLOCK_D,
+            )  # fmt: skip
+        acc_w += step_w  # [BLOCK_D, BLOCK_H]
+        acc_b += grad_pre  # [BLOCK_H]
+    out = grad_w_down_ptr + adapter * hidden_size * gen_rank + cols[:, None] * gen_rank + h[None, :]
+    tl.store(out, acc_w, mask=col_ok[:, None] & h_ok[None, :])
     if pid == 0:
-        tl.store(grad_b_down_ptr + h, acc_b, mask=h_ok)
+        tl.store(grad_b_down_ptr + adapter * gen_rank + h, acc_b, mask=h_ok)
 
 
 @triton.jit
@@ -502,7 +482,7 @@ MAX_PRE_BLOCK_D = 32
 bytes on sm_90 for h = 128 (255 registers); at 32 it takes 167 registers and no spill."""
 
 
-def _blocks(gen_rank: int) -> dict[str, int]:
+def generator_blocks(gen_rank: int) -> dict[str, int]:
     """Tiles: GPU 16 slots x 64 columns; the interpreter takes wide column tiles. ``BLOCK_H`` is the generator's
     rank padded to a power of two >= 16 (``tl.dot``)."""
     wide = interpreting()
@@ -513,13 +493,29 @@ def _blocks(gen_rank: int) -> dict[str, int]:
     }
 
 
-def _slot_strides(view: torch.Tensor, slots_per_sample: int) -> tuple[torch.Tensor, int, int, int]:
+def slot_strides(view: torch.Tensor, slots_per_sample: int) -> tuple[torch.Tensor, int, int, int]:
     """``(view, stride_b, stride_s, stride_c)`` addressing the slot rows of a ``(B, n, d)`` view: for APPG a slot
     is a row, for NPG (one slot per sample) a slot is the sample's ``n * d`` elements, which must then be packed
     (a non-packed NPG view is made contiguous)."""
     if slots_per_sample == 1 and view.shape[1] > 1 and view.stride(1) != view.shape[2] * view.stride(2):
         view = view.contiguous()
     return view, view.stride(0), view.stride(1), view.stride(2)
+
+
+def slot_pre(hidden, starts, ends, slot_adapter, w_down, b_down, pre, arg_rows=None) -> None:
+    """Launch :func:`_lpt_pre_kernel` over the ``S`` slots into ``pre (S, h)``: the generators ``w_down (N, d, h)``,
+    ``b_down (N, h)`` (``N = 1`` for one generator), each slot on generator 0 or (given ``slot_adapter (S,)``) on
+    its adapter's; MPPG given ``arg_rows (S, h)`` int64."""
+    num_slots, batch = starts.numel(), hidden.shape[0]
+    blocks = generator_blocks(pre.shape[1])
+    max_pool, mixed = arg_rows is not None, slot_adapter is not None
+    _lpt_pre_kernel[(num_slots,)](
+        pre, arg_rows if max_pool else pre, hidden, starts, ends, slot_adapter if mixed else starts, w_down, b_down,
+        num_slots // batch, hidden.shape[1], hidden.shape[2], pre.shape[1], *hidden.stride(), *w_down.stride(),
+        b_down.stride(0), MAX_POOL=max_pool, MIXED=mixed, BLOCK_T=16,
+        BLOCK_D=MAX_PRE_BLOCK_D if max_pool and not interpreting() else blocks["BLOCK_C"], BLOCK_H=blocks["BLOCK_H"],
+        num_warps=NUM_WARPS,
+    )  # fmt: skip
 
 
 def lpt_generate_fwd(hidden, starts, ends, w_down, b_down, w_up, b_up, dropout_p: float, seed: int, out,
@@ -533,21 +529,12 @@ def lpt_generate_fwd(hidden, starts, ends, w_down, b_down, w_up, b_up, dropout_p
     hidden_size, gen_rank = w_down.shape
     width = w_up.shape[1]
     b_down, b_up = b_down.contiguous(), b_up.contiguous()  # the kernels read the biases at unit stride
-    blocks = _blocks(gen_rank)
+    blocks = generator_blocks(gen_rank)
     pre = torch.empty((num_slots, gen_rank), dtype=torch.float32, device=hidden.device)
     if num_slots == 0:
         return pre
     slots_per_sample = num_slots // batch
-    if arg_rows is None:
-        kernel, outputs, block_d = _lpt_pre_kernel, (pre,), blocks["BLOCK_C"]
-    else:
-        kernel, outputs = _lpt_max_pre_kernel, (pre, arg_rows)
-        block_d = blocks["BLOCK_C"] if interpreting() else MAX_PRE_BLOCK_D
-    kernel[(num_slots,)](
-        *outputs, hidden, starts, ends, w_down, b_down, slots_per_sample, hidden.shape[1], hidden_size, gen_rank,
-        *hidden.stride(), w_down.stride(0), w_down.stride(1), BLOCK_T=16, BLOCK_D=block_d, BLOCK_H=blocks["BLOCK_H"],
-        num_warps=NUM_WARPS,
-    )  # fmt: skip
+    slot_pre(hidden, starts, ends, None, w_down.unsqueeze(0), b_down.unsqueeze(0), pre, arg_rows)
     if out.stride(2) != 1 or (slots_per_sample == 1 and out.stride(1) != hidden_size):
         raise ValueError(f"out must have packed rows of width {width}, got strides {out.stride()}")
     grid = launch_grid(
@@ -588,6 +575,22 @@ def lpt_insert_fwd(hidden, attention_mask, starts, ends, w_down, b_down, w_up, b
     return pre
 
 
+def down_grads(grad_w_down, grad_b_down, grad_pre, hidden, starts, ends, arg_rows=None, segments=None) -> None:
+    """Launch :func:`_lpt_down_bwd_kernel`: ``grad_w_down (N, d, h)`` and ``grad_b_down (N, h)`` from ``grad_pre
+    (S, h)``, over every slot (``N = 1``) or (given ``segments``, ``(order, seg)``) each adapter's own slots; MPPG
+    given the forward's ``arg_rows``."""
+    num, hidden_size, gen_rank = grad_w_down.shape
+    blocks = generator_blocks(gen_rank)
+    max_pool, mixed = arg_rows is not None, segments is not None
+    order, seg = segments if mixed else (starts, starts)
+    _lpt_down_bwd_kernel[(triton.cdiv(hidden_size, blocks["BLOCK_C"]), num)](
+        grad_w_down, grad_b_down, grad_pre, arg_rows if max_pool else starts, hidden, starts, ends, order, seg,
+        starts.numel(), starts.numel() // hidden.shape[0], hidden.shape[1], hidden_size, gen_rank, *hidden.stride(),
+        MAX_POOL=max_pool, MIXED=mixed, BLOCK_T=16, BLOCK_D=blocks["BLOCK_C"], BLOCK_H=blocks["BLOCK_H"],
+        num_warps=NUM_WARPS,
+    )  # fmt: skip
+
+
 def lpt_generate_bwd(grad, hidden, starts, ends, pre, w_up, dropout_p: float, seed: int, arg_rows=None):
     """fp32 ``(d_w_down, d_b_down, d_w_up, d_b_up)`` from ``grad``, the prompt's gradient as a ``(B, n, d)`` view
     (any strides, e.g. rows ``0..n-1`` of the insertion buffer's gradient); three launches. Given the forward's
@@ -597,7 +600,7 @@ def lpt_generate_bwd(grad, hidden, starts, ends, pre, w_up, dropout_p: float, se
     hidden_size = hidden.shape[2]
     gen_rank = pre.shape[1]
     width = w_up.shape[1]
-    blocks = _blocks(gen_rank)
+    blocks = generator_blocks(gen_rank)
     device = grad.device
 
     def empty(*shape):
@@ -608,7 +611,7 @@ def lpt_generate_bwd(grad, hidden, starts, ends, pre, w_up, dropout_p: float, se
     if num_slots == 0:
         return grad_w_down.zero_(), grad_b_down.zero_(), grad_w_up.zero_(), grad_b_up.zero_()
     slots_per_sample = num_slots // batch
-    grad, *grad_strides = _slot_strides(grad, slots_per_sample)
+    grad, *grad_strides = slot_strides(grad, slots_per_sample)
     common = dict(HAS_DROPOUT=dropout_p > 0.0, num_warps=NUM_WARPS, **blocks)
     _lpt_up_bwd_kernel[(triton.cdiv(width, blocks["BLOCK_C"]),)](
         grad_w_up, grad_b_up, grad, pre, num_slots, slots_per_sample, width, gen_rank, float(dropout_p),
@@ -618,19 +621,7 @@ def lpt_generate_bwd(grad, hidden, starts, ends, pre, w_up, dropout_p: float, se
         grad_pre, grad, pre, w_up, num_slots, slots_per_sample, width, gen_rank, float(dropout_p), int(seed),
         *grad_strides, w_up.stride(0), w_up.stride(1), **common,
     )  # fmt: skip
-    down_grid = (triton.cdiv(hidden_size, blocks["BLOCK_C"]),)
-    if arg_rows is None:
-        _lpt_down_bwd_kernel[down_grid](
-            grad_w_down, grad_b_down, grad_pre, hidden, starts, ends, num_slots, slots_per_sample, hidden.shape[1],
-            hidden_size, gen_rank, *hidden.stride(), BLOCK_T=16, BLOCK_D=blocks["BLOCK_C"],
-            BLOCK_H=blocks["BLOCK_H"], num_warps=NUM_WARPS,
-        )  # fmt: skip
-    else:
-        _lpt_max_down_bwd_kernel[down_grid](
-            grad_w_down, grad_b_down, grad_pre, arg_rows, hidden, num_slots, slots_per_sample, hidden.shape[1],
-            hidden_size, gen_rank, *hidden.stride(), BLOCK_D=blocks["BLOCK_C"], BLOCK_H=blocks["BLOCK_H"],
-            num_warps=NUM_WARPS,
-        )  # fmt: skip
+    down_grads(grad_w_down[None], grad_b_down[None], grad_pre, hidden, starts, ends, arg_rows)
     return grad_w_down, grad_b_down, grad_w_up, grad_b_up
 
 
@@ -659,16 +650,16 @@ def sm90_specs():
         tiles = {"BLOCK_S": 16, "BLOCK_C": 64, "BLOCK_H": block_h}
         window = {"BLOCK_T": 16, "BLOCK_D": 64, "BLOCK_H": block_h}
         for label, kernel, constexprs in (
-            ("lpt_pre", _lpt_pre_kernel, window),
+            ("lpt_pre", _lpt_pre_kernel, {**window, "MAX_POOL": False, "MIXED": False}),
             ("lpt_up", _lpt_up_kernel, {**tiles, "HAS_DROPOUT": True}),
             ("lpt_up_bwd", _lpt_up_bwd_kernel, {**tiles, "BLOCK_S": UP_BWD_BLOCK_S, "HAS_DROPOUT": True}),
             ("lpt_pre_bwd", _lpt_pre_bwd_kernel, {**tiles, "HAS_DROPOUT": True}),
-            ("lpt_down_bwd", _lpt_down_bwd_kernel, window),
-            ("lpt_max_pre", _lpt_max_pre_kernel, {**window, "BLOCK_D": MAX_PRE_BLOCK_D}),
-            ("lpt_max_down_bwd", _lpt_max_down_bwd_kernel, {"BLOCK_D": 64, "BLOCK_H": block_h}),
+            ("lpt_down_bwd", _lpt_down_bwd_kernel, {**window, "MAX_POOL": False, "MIXED": False}),
+            ("lpt_max_pre", _lpt_pre_kernel, {**window, "BLOCK_D": MAX_PRE_BLOCK_D, "MAX_POOL": True, "MIXED": False}),
+            ("lpt_max_down_bwd", _lpt_down_bwd_kernel, {**window, "MAX_POOL": True, "MIXED": False}),
         ):
             pointers = {name: "*fp32" for name in kernel.arg_names if name.endswith("_ptr")}
-            for name in ("starts_ptr", "ends_ptr", "arg_ptr"):
+            for name in ("starts_ptr", "ends_ptr", "arg_ptr", "adapter_ptr", "order_ptr", "seg_ptr"):
                 if name in pointers:
                     pointers[name] = "*i64"
             specs.append(KernelSpec(f"{label}[H{block_h}]", kernel, pointers, constexprs, NUM_WARPS))

@@ -11,15 +11,16 @@ adapter's weights (Punica's BGMV: a pointer offset ``adapter * stride``), so one
 - NPG has one slot per row, ``n_max * d`` wide: its adapter's ``n_a * d`` columns land in the last ``n_a * d``
   (column ``c`` reads the adapter's column ``c - (n_max - n_a) * d``), the others are zeros.
 
-So an adapter ``a`` has a column ``width[a]`` and ``shift[a]`` (``n_a * d`` and ``(n_max - n_a) * d`` for NPG,
-``d`` and ``0`` for the pooling generators). Forward, two launches as for one adapter: the slot pre-activations
-(one program per slot, on its adapter's ``w_down``), then the up-projection over tiles of slots that may mix
-adapters (a rank-1 update per ``h``, each slot reading its own adapter's row of ``w_up``), with dropout at each
-slot's adapter's probability, keyed by ``(seed, slot * out_width + column)``. Backward, three launches, with no
-atomics: the slots are sorted by adapter (a stable sort, so the order is fixed) and each adapter's programs reduce
-``d_w_up``/``d_b_up`` and ``d_w_down``/``d_b_down`` over its own segment of slots, while ``d_pre`` is one program
-per slot on its adapter's ``w_up``. Adapters without rows get exact zeros, and so does the padding: columns past
-``width[a]`` are never read, and the rows ``>= h_a`` of ``w_up`` (and so ``d_pre``'s columns ``>= h_a``) are zeros.
+So an adapter ``a`` has a column ``width[a]`` and ``shift[a]`` (``n_a * d`` and ``(n_max - n_a) * d`` for NPG, ``d`` and
+``0`` for the pooling generators). Forward, two launches as for one adapter: the slot pre-activations
+(:mod:`prompt_ops.kernels.lpt`'s kernel with ``MIXED``: one program per slot, on its adapter's ``w_down``), then the
+up-projection over tiles of slots that may mix adapters (a rank-1 update per ``h``, each slot reading its own adapter's
+row of ``w_up``), with dropout at each slot's adapter's probability, keyed by ``(seed, slot * out_width + column)``.
+Backward, three launches, with no atomics: the slots are sorted by adapter (a stable sort, so the order is fixed) and
+each adapter's programs reduce ``d_w_up``/``d_b_up`` and (the single op's kernel with ``MIXED``)
+``d_w_down``/``d_b_down`` over its own segment of slots, while ``d_pre`` is one program per slot on its adapter's
+``w_up``. Adapters without rows get exact zeros, and so does the padding: columns past ``width[a]`` are never read, and
+the rows ``>= h_a`` of ``w_up`` (and so ``d_pre``'s columns ``>= h_a``) are zeros.
 """
 
 from __future__ import annotations
@@ -32,68 +33,20 @@ from prompt_ops.kernels.common import dropout_tile, launch_grid, load_tile
 from prompt_ops.kernels.lpt import (
     MAX_PRE_BLOCK_D,
     NUM_WARPS,
-    _blocks,
-    _max_down_step,
-    _mean_down_step,
-    _prompt_grad_tile,
-    _slot_max_pre,
-    _slot_mean_pre,
-    _slot_offsets,
-    _slot_strides,
-    _up_grad_step,
+    _lpt_down_bwd_kernel,
+    _lpt_pre_kernel,
+    down_grads,
+    generator_blocks,
+    prompt_grad_tile,
+    slot_offsets,
+    slot_pre,
+    slot_strides,
+    up_grad_step,
 )
-from prompt_ops.kernels.runtime import interpreting
 
 MIXED_UP_BWD_BLOCK_S = 16
-"""Slots per step of the mixed ``d_w_up`` loop (gathered through the sorted order): at the single op's 32 it spills
-620 bytes on sm_90 for h = 128; at 16 it takes 222 registers and no spill."""
-
-
-@triton.jit
-def _mixed_lpt_pre_kernel(
-    pre_ptr,  # (S, h_max) fp32 out
-    arg_ptr,  # (S, h_max) int64 out (MAX_POOL): the row of each maximum
-    hidden_ptr,  # (B, L, d)
-    starts_ptr,  # (S,) int64
-    ends_ptr,  # (S,) int64
-    adapter_ptr,  # (S,) int64: each slot's adapter, -1 on inactive slots
-    w_down_ptr,  # (N, d, h_max)
-    b_down_ptr,  # (N, h_max)
-    slots_per_sample,
-    seq_len,
-    hidden_size,
-    gen_rank,
-    stride_h_b,
-    stride_h_t,
-    stride_h_d,
-    stride_wd_a,
-    stride_wd_d,
-    stride_wd_h,
-    stride_bd_a,
-    MAX_POOL: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-):
-    """One slot's ``pre`` (``[BLOCK_H]``) on its adapter's ``w_down``/``b_down``. An inactive slot (adapter ``-1``,
-    window ``[0, 1)``) runs adapter 0's and is never read: the up-projection writes zeros there."""
-    slot = tl.program_id(0).to(tl.int64)
-    adapter = tl.maximum(tl.load(adapter_ptr + slot), 0)
-    w_down = w_down_ptr + adapter * stride_wd_a
-    b_down = b_down_ptr + adapter * stride_bd_a
-    b = slot // slots_per_sample
-    start = tl.load(starts_ptr + slot)
-    end = tl.load(ends_ptr + slot)
-    if MAX_POOL:
-        _slot_max_pre(
-            pre_ptr, arg_ptr, hidden_ptr, slot, b, start, end, w_down, b_down, seq_len, hidden_size, gen_rank,
-            stride_h_b, stride_h_t, stride_h_d, stride_wd_d, stride_wd_h, BLOCK_T, BLOCK_D, BLOCK_H,
-        )  # fmt: skip
-    else:
-        _slot_mean_pre(
-            pre_ptr, hidden_ptr, slot, b, start, end, w_down, b_down, seq_len, hidden_size, gen_rank, stride_h_b,
-            stride_h_t, stride_h_d, stride_wd_d, stride_wd_h, BLOCK_T, BLOCK_D, BLOCK_H,
-        )  # fmt: skip
+"""Slots per step of the mixed ``d_w_up`` loop (gathered through the sorted order): at the single op's 32 it takes
+252 of the 255 registers on sm_90 for h = 128 (no spill, but none to spare); at 16, 176."""
 
 
 @triton.jit
@@ -153,7 +106,7 @@ def _mixed_lpt_up_kernel(
         p = tl.load(dropout_ptr + adapter, mask=slot_ok, other=0.0)  # [BLOCK_S]
         value = value * dropout_tile(seed, slots, cols, out_width, p[:, None])
     value = tl.where(inside, value, 0.0)  # [BLOCK_S, BLOCK_C]
-    rows = _slot_offsets(slots, slots_per_sample, stride_o_b, stride_o_s)  # [BLOCK_S]
+    rows = slot_offsets(slots, slots_per_sample, stride_o_b, stride_o_s)  # [BLOCK_S]
     tl.store(out_ptr + rows[:, None] + cols[None, :], value, mask=slot_ok[:, None] & (cols < out_width)[None, :])
 
 
@@ -205,12 +158,10 @@ def _mixed_lpt_up_bwd_kernel(
         index = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
         slot_ok = index < hi
         slots = tl.load(order_ptr + index, mask=slot_ok, other=0)  # [BLOCK_S]
-        step_w, step_b = _up_grad_step(
-            grad_ptr, pre_ptr, slots, slot_ok, cols + shift, col_ok, h, h_ok, gen_rank, slots_per_sample,
-            stride_g_b, stride_g_s, stride_g_c, out_width, p, seed, HAS_DROPOUT,
+        acc_w, acc_b = up_grad_step(
+            acc_w, acc_b, grad_ptr, pre_ptr, slots, slot_ok, cols + shift, col_ok, h, h_ok, gen_rank,
+            slots_per_sample, stride_g_b, stride_g_s, stride_g_c, out_width, p, seed, HAS_DROPOUT,
         )  # [BLOCK_H, BLOCK_C], [BLOCK_C]  # fmt: skip
-        acc_w += step_w
-        acc_b += step_b
     stored = cols < w_width
     base = grad_w_up_ptr + adapter * gen_rank * w_width
     tl.store(base + h[:, None] * w_width + cols[None, :], acc_w, mask=h_ok[:, None] & stored[None, :])
@@ -260,7 +211,7 @@ def _mixed_lpt_pre_bwd_kernel(
         cols = c0 + tl.arange(0, BLOCK_C).to(tl.int64)  # [BLOCK_C] prompt columns
         src = cols - shift  # [BLOCK_C] the adapter's columns
         inside = (src >= 0) & (src < width) & (cols < out_width)
-        grad = _prompt_grad_tile(
+        grad = prompt_grad_tile(
             grad_ptr, slots, slots >= 0, cols, inside, slots_per_sample, stride_g_b, stride_g_s, stride_g_c,
             out_width, p, seed, HAS_DROPOUT,
         )  # [1, BLOCK_C]  # fmt: skip
@@ -268,60 +219,6 @@ def _mixed_lpt_pre_bwd_kernel(
         acc += tl.sum(w_up * grad, axis=1)  # [BLOCK_H, BLOCK_C] -> [BLOCK_H]
     pre = tl.load(pre_ptr + slot * gen_rank + h, mask=h_ok, other=0.0)  # [BLOCK_H]
     tl.store(grad_pre_ptr + slot * gen_rank + h, tl.where(pre > 0.0, acc, 0.0), mask=h_ok)
-
-
-@triton.jit
-def _mixed_lpt_down_bwd_kernel(
-    grad_w_down_ptr,  # (N, d, h_max) fp32
-    grad_b_down_ptr,  # (N, h_max) fp32
-    grad_pre_ptr,  # (S, h_max)
-    arg_ptr,  # (S, h_max) int64, read when MAX_POOL
-    hidden_ptr,
-    starts_ptr,
-    ends_ptr,
-    order_ptr,
-    seg_ptr,
-    slots_per_sample,
-    seq_len,
-    hidden_size,
-    gen_rank,
-    stride_h_b,
-    stride_h_t,
-    stride_h_d,
-    MAX_POOL: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-):
-    """Program ``(a, j)``: ``d_w_down[a][cols]`` (``[BLOCK_D, BLOCK_H]``) and, for ``j = 0``, ``d_b_down[a]`` over
-    adapter ``a``'s slots in order (each window's mean, or MPPG's arg-max rows)."""
-    adapter = tl.program_id(0).to(tl.int64)
-    pid = tl.program_id(1).to(tl.int64)
-    cols = pid * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
-    col_ok = cols < hidden_size
-    h = tl.arange(0, BLOCK_H).to(tl.int64)
-    h_ok = h < gen_rank
-    lo, hi = _segment(seg_ptr, adapter)
-    acc_w = tl.zeros([BLOCK_D, BLOCK_H], dtype=tl.float32)
-    acc_b = tl.zeros([BLOCK_H], dtype=tl.float32)
-    for index in range(lo, hi):
-        slot = tl.load(order_ptr + index)
-        if MAX_POOL:
-            step_w, grad_pre = _max_down_step(
-                grad_pre_ptr, arg_ptr, hidden_ptr, slot, slots_per_sample, seq_len, gen_rank, cols, col_ok, h, h_ok,
-                stride_h_b, stride_h_t, stride_h_d,
-            )  # fmt: skip
-        else:
-            step_w, grad_pre = _mean_down_step(
-                grad_pre_ptr, hidden_ptr, starts_ptr, ends_ptr, slot, slots_per_sample, seq_len, gen_rank, cols,
-                col_ok, h, h_ok, stride_h_b, stride_h_t, stride_h_d, BLOCK_T, BLOCK_D,
-            )  # fmt: skip
-        acc_w += step_w
-        acc_b += grad_pre
-    out = grad_w_down_ptr + adapter * hidden_size * gen_rank + cols[:, None] * gen_rank + h[None, :]
-    tl.store(out, acc_w, mask=col_ok[:, None] & h_ok[None, :])
-    if pid == 0:
-        tl.store(grad_b_down_ptr + adapter * gen_rank + h, acc_b, mask=h_ok)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -345,18 +242,12 @@ def mixed_lpt_fwd(hidden, starts, ends, slot_adapter, w_down, b_down, w_up, b_up
     ``arg_rows (S, h_max)`` int64."""
     num_slots, batch = starts.numel(), hidden.shape[0]
     hidden_size, gen_rank = w_down.shape[1:]
-    blocks = _blocks(gen_rank)
+    blocks = generator_blocks(gen_rank)
     pre = torch.empty((num_slots, gen_rank), dtype=torch.float32, device=hidden.device)
     if num_slots == 0:
         return pre
     slots_per_sample = num_slots // batch
-    max_pool = arg_rows is not None
-    block_d = blocks["BLOCK_C"] if interpreting() or not max_pool else MAX_PRE_BLOCK_D
-    _mixed_lpt_pre_kernel[(num_slots,)](
-        pre, arg_rows if max_pool else pre, hidden, starts, ends, slot_adapter, w_down, b_down, slots_per_sample,
-        hidden.shape[1], hidden_size, gen_rank, *hidden.stride(), *w_down.stride(), b_down.stride(0),
-        MAX_POOL=max_pool, BLOCK_T=16, BLOCK_D=block_d, BLOCK_H=blocks["BLOCK_H"], num_warps=NUM_WARPS,
-    )  # fmt: skip
+    slot_pre(hidden, starts, ends, slot_adapter, w_down, b_down, pre, arg_rows)
     widths, shifts, out_width = adapter_columns(num_tokens, out.shape[1], hidden_size, slots_per_sample == 1)
     grid = launch_grid(
         triton.cdiv(num_slots, blocks["BLOCK_S"]), triton.cdiv(out_width, blocks["BLOCK_C"]),
@@ -386,7 +277,7 @@ def mixed_lpt_bwd(grad, hidden, starts, ends, slot_adapter, pre, w_up, num_token
     ``grad (B, n_max, d)``; three launches, each adapter's sums over its own slots in a fixed order."""
     num_slots, batch, hidden_size = starts.numel(), hidden.shape[0], hidden.shape[2]
     num, gen_rank, w_width = w_up.shape
-    blocks = _blocks(gen_rank)
+    blocks = generator_blocks(gen_rank)
 
     def empty(*shape):
         return torch.empty(shape, dtype=torch.float32, device=grad.device)
@@ -396,7 +287,7 @@ def mixed_lpt_bwd(grad, hidden, starts, ends, slot_adapter, pre, w_up, num_token
         return tuple(g.zero_() for g in grads)
     grad_w_down, grad_b_down, grad_w_up, grad_b_up = grads  # every element written by the kernels below
     slots_per_sample = num_slots // batch
-    grad, *grad_strides = _slot_strides(grad, slots_per_sample)
+    grad, *grad_strides = slot_strides(grad, slots_per_sample)
     widths, shifts, out_width = adapter_columns(num_tokens, grad.shape[1], hidden_size, slots_per_sample == 1)
     order, seg = adapter_segments(slot_adapter, num)
     has_dropout = dropout is not None
@@ -412,12 +303,7 @@ def mixed_lpt_bwd(grad, hidden, starts, ends, slot_adapter, pre, w_up, num_token
         int(seed), *grad_strides, *w_up.stride(), HAS_DROPOUT=has_dropout, BLOCK_C=blocks["BLOCK_C"],
         BLOCK_H=blocks["BLOCK_H"], num_warps=NUM_WARPS,
     )  # fmt: skip
-    max_pool = arg_rows is not None
-    _mixed_lpt_down_bwd_kernel[(num, triton.cdiv(hidden_size, blocks["BLOCK_C"]))](
-        grad_w_down, grad_b_down, grad_pre, arg_rows if max_pool else order, hidden, starts, ends, order, seg,
-        slots_per_sample, hidden.shape[1], hidden_size, gen_rank, *hidden.stride(), MAX_POOL=max_pool, BLOCK_T=16,
-        BLOCK_D=blocks["BLOCK_C"], BLOCK_H=blocks["BLOCK_H"], num_warps=NUM_WARPS,
-    )  # fmt: skip
+    down_grads(grad_w_down, grad_b_down, grad_pre, hidden, starts, ends, arg_rows, (order, seg))
     return grad_w_down, grad_b_down, grad_w_up, grad_b_up
 
 
@@ -431,14 +317,15 @@ def sm90_specs():
     for block_h in (16, 128):
         window = {"BLOCK_T": 16, "BLOCK_D": 64, "BLOCK_H": block_h}
         for label, kernel, constexprs in (
-            ("mixed_lpt_pre", _mixed_lpt_pre_kernel, {**window, "MAX_POOL": False}),
-            ("mixed_lpt_max_pre", _mixed_lpt_pre_kernel, {**window, "BLOCK_D": MAX_PRE_BLOCK_D, "MAX_POOL": True}),
+            ("mixed_lpt_pre", _lpt_pre_kernel, {**window, "MAX_POOL": False, "MIXED": True}),
+            ("mixed_lpt_max_pre", _lpt_pre_kernel,
+             {**window, "BLOCK_D": MAX_PRE_BLOCK_D, "MAX_POOL": True, "MIXED": True}),
             ("mixed_lpt_up", _mixed_lpt_up_kernel, {"BLOCK_S": 16, "BLOCK_C": 64, "HAS_DROPOUT": True}),
             ("mixed_lpt_up_bwd", _mixed_lpt_up_bwd_kernel,
              {"BLOCK_S": MIXED_UP_BWD_BLOCK_S, "BLOCK_C": 64, "BLOCK_H": block_h, "HAS_DROPOUT": True}),
             ("mixed_lpt_pre_bwd", _mixed_lpt_pre_bwd_kernel, {"BLOCK_C": 64, "BLOCK_H": block_h, "HAS_DROPOUT": True}),
-            ("mixed_lpt_down_bwd", _mixed_lpt_down_bwd_kernel, {**window, "MAX_POOL": False}),
-            ("mixed_lpt_max_down_bwd", _mixed_lpt_down_bwd_kernel, {**window, "MAX_POOL": True}),
+            ("mixed_lpt_down_bwd", _lpt_down_bwd_kernel, {**window, "MAX_POOL": False, "MIXED": True}),
+            ("mixed_lpt_max_down_bwd", _lpt_down_bwd_kernel, {**window, "MAX_POOL": True, "MIXED": True}),
         ):  # fmt: skip
             if label == "mixed_lpt_up" and block_h == 16:
                 continue  # no BLOCK_H: one config

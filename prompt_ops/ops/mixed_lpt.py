@@ -244,6 +244,11 @@ def _check_stack(hidden: Tensor, w_down: Tensor, b_down: Tensor, w_up: Tensor, b
             f"h_max >= 1, got {tuple(w_down.shape)}"
         )
     width = w_up.shape[2]
+    if width < hidden_size:
+        raise ValueError(
+            f"w_up must have shape (N, h_max, W_max) with W_max >= d = {hidden_size} (every generator is at least d "
+            f"wide), got {tuple(w_up.shape)}"
+        )
     expected = {
         "b_down": (b_down, (num, gen_rank)),
         "w_up": (w_up, (num, gen_rank, width)),
