@@ -1,12 +1,14 @@
 """End-to-end measurements of a prompt-tuning method on a Hugging Face model: the engine of ``prompt-ops bench``.
 
-Per method: a training step (forward, backward, AdamW) timed as wall-clock median and 20/80 percentiles, tokens per
-second, the memory a step holds (with CUDA: peak allocated; everywhere: the activations autograd saves for backward,
-:mod:`prompt_ops.profiling.memory`), and inference latency: the prefill (one eval forward of the batch; on a
-causal LM with ``logits_to_keep=1``, the next token's logits only, as ``generate``'s prefill runs it) and, for
-models that generate, the time per generated token with the KV cache. Every method decodes with the cache, LPT
-included (its prompt is computed from the input at prefill and stays in the upper layers' cache); for LPT the rows
-also time decoding without it, every step recomputing the sequence (how LPT decoded before), for comparison.
+Per method: a training step (forward, backward, AdamW over the method's parameter groups at its official recipe's
+rates, ``tuned.parameter_groups()``: DePT's prompt at 3e-1 and low-rank pair at 5e-4, and so on) timed as
+wall-clock median and 20/80 percentiles, tokens per second, the memory a step holds (with CUDA: peak allocated;
+everywhere: the activations autograd saves for backward, :mod:`prompt_ops.profiling.memory`), and inference
+latency: the prefill (one eval forward of the batch; on a causal LM with ``logits_to_keep=1``, the next token's
+logits only, as ``generate``'s prefill runs it) and, for models that generate, the time per generated token with the
+KV cache. Every method decodes with the cache, LPT included (its prompt is computed from the input at prefill and
+stays in the upper layers' cache); for LPT the rows also time decoding without it, every step recomputing the
+sequence (how LPT decoded before), for comparison.
 
 Each row runs one prompt pass, recorded in its ``shared_prompt`` field: the unshared path (the model runs the
 ``B * (m + L)`` prompted rows) or, on the causal LMs the shared prompt pass covers
@@ -292,7 +294,7 @@ def _measure(
 
     try:
         trainable = [p for p in tuned.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+        optimizer = torch.optim.AdamW(tuned.parameter_groups())  # the method's groups at its recipe's rates
         loss = _loss_fn(tuned, kind, ids, mask)
 
         def step() -> None:

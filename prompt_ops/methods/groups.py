@@ -67,7 +67,7 @@ def check_rate(name: str, value: object) -> float:
 def build_groups(
     owner: nn.Module,
     groups: tuple[Group, ...],
-    rates: dict[str, float | None],
+    rates: dict[str, float],
     weight_decay: float,
     prefix: str = "",
 ) -> list[dict]:
