@@ -28,14 +28,14 @@ token's position for the row's adapter, none past that adapter's ``max_length``;
 token for prompt-tuning, LAMP and ``"__base__"`` rows), so each row generates what its adapter alone generates (a
 ``"__base__"`` row: the plain model).
 
-Decoder-only GPT-2, LLaMA, Mistral and Qwen2 share each adapter's prompt pass
-(:mod:`prompt_ops.models.mixed_prompt`): once per call for each adapter of the batch under grad (training, with
-autograd), and without grad (eval forward, ``generate``'s prefill) once per adapter state, kept per adapter name; each
-row reads its adapter's pass, so only the input tokens run, whatever the adapter mix. ``attach_many(...,
-shared_prompt=None)`` as :func:`~prompt_ops.models.attach` takes it (False turns it off); calls the pass does not
-cover (a batch of ``"__base__"`` rows only, the calls :func:`~prompt_ops.models.shared_prompt.call_refusal` refuses:
-active dropout in auto mode, one row under grad, other arguments) run every row's prompt, saying why at debug
-level.
+Decoder-only GPT-2, LLaMA, Mistral and Qwen2 share each adapter's prompt pass (:mod:`prompt_ops.models.mixed_prompt`):
+under grad (training, with autograd) in one model call for the batch's adapters, a row each, and without grad (eval
+forward, ``generate``'s prefill) once per adapter state, kept per adapter name; each row reads its adapter's pass, so
+only the input tokens run, whatever the adapter mix. ``attach_many(..., shared_prompt=None)`` as
+:func:`~prompt_ops.models.attach` takes it (False turns it off); calls the pass does not cover (a batch of
+``"__base__"`` rows only, the calls :func:`~prompt_ops.models.shared_prompt.call_refusal` refuses: active dropout in
+auto mode, other arguments; in auto mode under grad, a batch whose adapter rows each have their own adapter) run every
+row's prompt, saying why at debug level.
 """
 
 from __future__ import annotations
@@ -315,35 +315,54 @@ class MultiAdapterModel(nn.Module):
     def _mixed_refusal(self, refusal: str | None, index: torch.Tensor) -> str | None:
         """Why this call runs every row's prompt, or None when it shares each adapter's prompt pass: ``refusal``
         (:func:`~prompt_ops.models.shared_prompt.call_refusal`'s or ``generate_refusal``'s), then a batch
-        without adapter rows, a layout without the slots in front."""
+        without adapter rows, in auto mode under grad a batch whose adapter rows each have their own adapter (the
+        mixed form of ``call_refusal``'s one row under grad), a layout without the slots in front."""
         if refusal is not None:
             return refusal
-        if bool((index < 0).all()):
+        rows = index[index >= 0]
+        if rows.numel() == 0:
             return "no row of the batch uses an adapter"
+        if self.shared_prompt is None and torch.is_grad_enabled() and rows.unique().numel() == rows.numel():
+            return (
+                "under grad, every adapter row of the batch has its own adapter: each prompt runs once either way, "
+                "so auto mode saves the shared pass's second model call"
+            )
         if self.bank.slots != "front":
             return f"the bank's slots are {self.bank.slots!r}, not in front of each prompt"
         return None
 
     def _prompt_pass(
-        self, embeds: torch.Tensor, model_positions: torch.Tensor, index: torch.Tensor, hidden: bool, logit_rows: int
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        model_positions: torch.Tensor,
+        index: torch.Tensor,
+        hidden: bool,
+        logit_rows: int,
     ) -> PromptPass:
-        """The batch's prompt pass: each adapter's of the batch, from its prompt cache (built from the prompt columns
-        of ``embeds (B, m_max + L, d)`` and ``model_positions`` of one of its rows), gathered per row, with the
-        logits of the last ``logit_rows`` prompt columns."""
+        """The batch's prompt pass (:mod:`~prompt_ops.models.mixed_prompt`), from the prompt columns of ``embeds (B,
+        m_max + L, d)``, ``mask`` and ``model_positions`` of one row of each adapter of the batch, with the logits of
+        the last ``logit_rows`` prompt columns. Under grad one pass runs those rows together, with autograd; without
+        grad each adapter's pass comes from its prompt cache (built at batch 1 from its own prompt columns)."""
         slots = self.bank.num_slots
         rows = index.tolist()
         used = sorted(set(rows) - {-1})
+        firsts = [rows.index(adapter) for adapter in used]
+        lookup = {adapter: entry for entry, adapter in enumerate(used)}
+        row_pass = torch.tensor([lookup.get(adapter, -1) for adapter in rows], device=index.device)
+        if torch.is_grad_enabled():
+            picked = torch.tensor(firsts, device=index.device)
+            columns = embeds[picked, :slots], model_positions[picked, :slots]
+            batched = prompt_pass(self.base_model, *columns, hidden, mask[picked, :slots])
+            return gather_passes([batched], row_pass, slots, hidden, logit_rows)
         passes, key, reusable = [], state_key(self), reusable_now(self)  # one model walk for every adapter's cache
-        for adapter in used:
+        for adapter, row in zip(used, firsts, strict=True):
             name = self.bank.names[adapter]
-            row = rows.index(adapter)
             columns = slice(slots - self.bank.prompt_rows(name), slots)
             embed, position = embeds[row : row + 1, columns], model_positions[row : row + 1, columns]
             cache = self.prompt_caches.setdefault(name, PromptCache())
             build = functools.partial(prompt_pass, self.base_model, embed, position)
             passes.append(cache.get(self, build, hidden, self.adapter_state_dict(name), key, reusable))
-        lookup = {adapter: entry for entry, adapter in enumerate(used)}
-        row_pass = torch.tensor([lookup.get(adapter, -1) for adapter in rows], device=index.device)
         return gather_passes(passes, row_pass, slots, hidden, logit_rows)
 
     def forward(
@@ -398,7 +417,7 @@ class MultiAdapterModel(nn.Module):
         if refusal is None:
             logit_rows = prompt_logit_rows(kwargs, labels, slots, input_ids.shape[1])
             hidden = wants_hidden_states(self.base_model, kwargs)
-            prompt = self._prompt_pass(embeds, model_positions, index, hidden, logit_rows)
+            prompt = self._prompt_pass(embeds, mask, model_positions, index, hidden, logit_rows)
             return shared_forward(self.base_model, embeds, mask, model_positions, labels, prompt, kwargs)
         log_fallback(refusal)
         with self._late_active(late):
@@ -445,7 +464,7 @@ class MultiAdapterModel(nn.Module):
         refusal = generate_refusal(self.base_model, self.shared_prompt, kwargs, batch)
         refusal = self._mixed_refusal(refusal or (LATE_REFUSAL if late is not None else None), index)
         if refusal is None:  # transformers prefills only the embeddings past the cache's length
-            prompt = self._prompt_pass(embeds, model_positions, index, False, 0)  # generate keeps no prompt logits
+            prompt = self._prompt_pass(embeds, mask, model_positions, index, False, 0)  # generate keeps no logits
             copies = generate_copies(self.base_model, kwargs)
             kwargs[cache_argument(self.base_model)] = prompt.batch_cache(batch * copies)
         else:

@@ -214,15 +214,22 @@ def per_row(tensor: torch.Tensor, batch: int) -> torch.Tensor:
     return tensor if rows == batch else tensor.repeat_interleave(batch // rows, dim=0)
 
 
-def prompt_pass(model: nn.Module, embeds: torch.Tensor, position_ids: torch.Tensor, hidden: bool) -> PromptPass:
-    """Run the prompt rows ``embeds (1, m, d)`` at ``position_ids (1, m)`` through ``model`` into a new cache of
-    the model's layer kinds (autograd as the caller's grad mode says)."""
+def prompt_pass(
+    model: nn.Module,
+    embeds: torch.Tensor,
+    position_ids: torch.Tensor,
+    hidden: bool,
+    attention_mask: torch.Tensor | None = None,
+) -> PromptPass:
+    """Run the prompt rows ``embeds (R, m, d)`` at ``position_ids (R, m)`` through ``model`` into a new cache of
+    the model's layer kinds (autograd as the caller's grad mode says). ``R`` is 1 without ``attention_mask``; a
+    mixed batch's adapters pass theirs, ``(R, m)``, one row per adapter with its masked slots in front."""
     from transformers import DynamicCache
 
     name = cache_argument(model)
     out = model(
-        inputs_embeds=embeds, position_ids=position_ids, use_cache=True, output_hidden_states=hidden,
-        **{name: DynamicCache(config=model.config)},
+        inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+        output_hidden_states=hidden, **{name: DynamicCache(config=model.config)},
     )  # fmt: skip
     layers = tuple(getattr(out, name).layers)
     return PromptPass(out.logits, tuple(out.hidden_states) if hidden else None, layers, embeds.shape[1])

@@ -186,7 +186,7 @@ def test_logits_to_keep_keeps_the_last_columns_of_the_unshared_mixed_path(keep):
 
 def test_the_kept_passes_are_rebuilt_after_an_optimizer_step_and_on_add_delete_and_load(tmp_path):
     """Each change moves the outputs (so a stale pass would fail the comparison) and rebuilds exactly the passes
-    the next call needs; a training step runs each adapter's prompt once, under grad, and keeps none."""
+    the next call needs; a training step runs the adapters' prompts in one call, under grad, and keeps none."""
     multi = mixed_decoder("llama")
     ids, mask, labels = batch("left")
     before = assert_equals_unshared(multi, ids, mask, ROWS).logits
@@ -195,7 +195,7 @@ def test_the_kept_passes_are_rebuilt_after_an_optimizer_step_and_on_add_delete_a
     multi.shared_prompt = None
     multi(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=ROWS).loss.backward()
     optimizer.step()
-    assert calls == [*PROMPT_CALLS, (6, 7)]
+    assert calls == [(3, 5), (6, 7)]  # a row of each of the 3 adapters, its 5 columns with the slots
     del calls[:]
     after = assert_equals_unshared(multi, ids, mask, ROWS).logits
     assert calls[1:] == [*PROMPT_CALLS, (6, 7)] and not torch.allclose(after, before, **TOL)
@@ -229,9 +229,15 @@ def test_uncovered_calls_run_every_rows_prompt_and_say_why(caplog):
         multi.shared_prompt = None
         multi.train()  # its dropout acts
         multi(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=ROWS)
-    assert calls == [(6, 5 + 7)] * 4 and multi.prompt_caches == {}
+        multi.eval()  # no dropout, grad on: each adapter row its own adapter
+        own = ["long", "__base__", "plain", "short", "__base__", "__base__"]
+        multi(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=own)
+        assert calls == [(6, 5 + 7)] * 5 and multi.prompt_caches == {}
+        multi.shared_prompt = True  # forced, it shares
+        multi(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=own)
+    assert calls[5:] == [(3, 5), (6, 7)]
     for reason in ("no row of the batch uses an adapter", "['output_attentions']", "shared_prompt=False",
-                   "dropout is active"):  # fmt: skip
+                   "dropout is active", "every adapter row of the batch has its own adapter"):  # fmt: skip
         assert reason in caplog.text
 
 
@@ -251,8 +257,9 @@ def trained(multi, shared: bool | None, ids, mask, labels, names):
      ("llama", "every method", "left")],
 )  # fmt: skip
 def test_training_shares_each_adapters_prompt_pass_and_equals_the_unshared_mixed_path(family, adapters, rows):
-    """Under grad (no dropout acting), each adapter's prompt runs once, at batch 1, with autograd, its keys and
-    values written into its rows' cache columns: the loss, the compared columns' logits and hidden states, and every
+    """Under grad (no dropout acting), the adapters' prompts run in one call, a row each (its masked slots in
+    front), with autograd, each row's keys and values read by its adapter's rows: the loss, the compared columns'
+    logits and hidden states, and every
     gradient of the bank's tables equal the unshared mixed path's (each table's own rows only: each adapter gets the
     gradients of its own rows). The ragged bank of DePT and prompt tuning on every family; every bank method
     (prompt tuning, DePT, ADePT, LAMP, EPT) on GPT-2 and LLaMA."""
@@ -264,8 +271,8 @@ def test_training_shares_each_adapters_prompt_pass_and_equals_the_unshared_mixed
     want, want_grads = trained(multi, False, ids, mask, labels, names)
     got, got_grads = trained(multi, None, ids, mask, labels, names)
     distinct = len(set(names) - {"__base__"})
-    assert len(calls) == 1 + distinct + 1 and calls[-1] == (len(names), ids.shape[1])
-    assert multi.prompt_caches and all(cache.builds == 1 for cache in multi.prompt_caches.values())
+    assert calls == [(len(names), multi.bank.num_slots + 7), (distinct, multi.bank.num_slots), (len(names), 7)]
+    assert multi.prompt_caches == {}
     torch.testing.assert_close(got.loss, want.loss, **TOL)
     columns = compared_columns(multi, names, mask)
     torch.testing.assert_close(got.logits[columns], want.logits[columns], **TOL)
