@@ -59,9 +59,13 @@ def check_rate(name: str, value: object) -> float:
     ``ValueError`` naming ``name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number >= 0, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
+    try:
+        rate = float(value)
+    except OverflowError:  # an int or Fraction past every float
+        rate = math.inf
+    if not math.isfinite(rate) or rate < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    return rate
 
 
 def build_groups(

@@ -6,6 +6,7 @@ bad rates are refused by name."""
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -158,18 +159,28 @@ def test_trainer_trains_the_adapter_alone_with_both_rates(tmp_path):
         assert not torch.equal(value, adapter_before[name]), name
 
 
-BAD_RATES = [(-1e-3, ValueError), (math.nan, ValueError), (math.inf, ValueError), (True, TypeError),
-             ("0.1", TypeError), (torch.tensor(0.1), TypeError)]  # fmt: skip
+BAD_RATES = [(-1e-3, ValueError), (math.nan, ValueError), (math.inf, ValueError), (10**400, ValueError),
+             (True, TypeError), ("0.1", TypeError), (torch.tensor(0.1), TypeError)]  # fmt: skip
+"""``10**400`` is a real number past every float: refused by name, not an ``OverflowError`` from ``math``."""
 
 
 @pytest.mark.parametrize("argument", ["lr", "offset_lr", "weight_decay"])
-@pytest.mark.parametrize(("value", "error"), BAD_RATES)
+@pytest.mark.parametrize(
+    ("value", "error"), BAD_RATES, ids=["negative", "nan", "inf", "past_float", "bool", "str", "tensor"]
+)
 def test_bad_rates_are_refused_by_name(argument, value, error):
     tuned = tuned_model("dept", "gpt2")
     with pytest.raises(error, match=f"^{argument} must be"):
         tuned.parameter_groups(**{argument: value})
     with pytest.raises(error, match=f"^{argument} must be"):
         tuned.prompt_module.parameter_groups(**{argument: value})
+
+
+def test_numpy_rates_are_taken_as_floats():
+    """A numpy scalar (what a sweep over ``np.logspace`` yields) is a real number: taken, stored as a float."""
+    groups = tuned_model("dept", "gpt2").parameter_groups(lr=np.float32(0.5), offset_lr=np.int64(0))
+    assert [(group["name"], group["lr"]) for group in groups] == [("prompt", 0.5), ("offset", 0.0)]
+    assert all(type(group["lr"]) is float for group in groups)
 
 
 def test_trainer_helper_refuses_bad_arguments(tmp_path):
