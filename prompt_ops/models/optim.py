@@ -4,11 +4,14 @@
         model=tuned, args=args, train_dataset=data, optimizers=trainer_optimizers(tuned, args, offset_lr=5e-4)
     )
 
-:func:`trainer_optimizers` builds ``torch.optim.AdamW`` (the official DePT, ADePT and LPT scripts' optimizer) over
-``tuned.parameter_groups(...)`` (:mod:`prompt_ops.methods.groups`): ``args.learning_rate`` is the first rate (the
-prompt's, LPT's generator's; the official scripts' ``--learning_rate``), ``offset_lr`` the second (DePT's
+:func:`trainer_optimizers` builds ``torch.optim.AdamW`` (the algorithm of the official DePT, ADePT and LPT scripts'
+``transformers.AdamW``; DePT's and ADePT's ran it at that class's default ``eps`` 1e-6, LPT's at 1e-8, the
+``adam_epsilon`` default) over ``tuned.parameter_groups(...)`` (:mod:`prompt_ops.methods.groups`):
+``args.learning_rate`` is the first rate (the prompt's, LPT's generator's; the official scripts' ``--learning_rate``;
+``TrainingArguments``' default 5e-5 is no recipe's, so set it), ``offset_lr`` the second (DePT's
 ``--lora_embedding_lr``; None takes the config's recipe), ``args.weight_decay`` the weight decay (biases spared),
-``args.adam_beta1``, ``adam_beta2`` and ``adam_epsilon`` Adam's constants. The scheduler slot is None, so the
+``args.adam_beta1``, ``adam_beta2`` and ``adam_epsilon`` Adam's constants (``args.optim`` is not read: the
+optimizer is AdamW whatever it names). The scheduler slot is None, so the
 Trainer builds ``args.lr_scheduler_type`` with ``args``' warmup once it knows the number of steps; it scales every
 group's rate by the same factor, so the two rates keep their ratio. Only the adapter's parameters are in the
 optimizer, so only the adapter moves.
