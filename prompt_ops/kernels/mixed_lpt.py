@@ -226,11 +226,13 @@ def _mixed_lpt_pre_bwd_kernel(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def adapter_columns(num_tokens: torch.Tensor, num_slots: int, hidden_size: int, naive: bool):
+def adapter_columns(num_tokens: torch.Tensor, num_slots: int, hidden_size: int, naive: bool, w_width: int):
     """``(widths, shifts, out_width)``: each adapter's ``(N,)`` int64 column width and shift in a slot row, and the
-    row's width (module docstring)."""
+    row's width (module docstring). A width never exceeds ``w_up``'s ``w_width`` columns, so the kernels stay inside
+    ``w_up`` even for an NPG adapter too wide for it (refused by the op's data checks, unchecked without them)."""
     if naive:
-        return num_tokens * hidden_size, (num_slots - num_tokens) * hidden_size, num_slots * hidden_size
+        widths = (num_tokens * hidden_size).clamp_(max=w_width)
+        return widths, (num_slots - num_tokens) * hidden_size, num_slots * hidden_size
     return torch.full_like(num_tokens, hidden_size), torch.zeros_like(num_tokens), hidden_size
 
 
@@ -242,13 +244,16 @@ def mixed_lpt_fwd(hidden, starts, ends, slot_adapter, w_down, b_down, w_up, b_up
     ``arg_rows (S, h_max)`` int64."""
     num_slots, batch = starts.numel(), hidden.shape[0]
     hidden_size, gen_rank = w_down.shape[1:]
+    b_down, b_up = b_down.contiguous(), b_up.contiguous()  # the kernels read the biases at unit column stride
     blocks = generator_blocks(gen_rank)
     pre = torch.empty((num_slots, gen_rank), dtype=torch.float32, device=hidden.device)
     if num_slots == 0:
         return pre
     slots_per_sample = num_slots // batch
     slot_pre(hidden, starts, ends, slot_adapter, w_down, b_down, pre, arg_rows)
-    widths, shifts, out_width = adapter_columns(num_tokens, out.shape[1], hidden_size, slots_per_sample == 1)
+    widths, shifts, out_width = adapter_columns(
+        num_tokens, out.shape[1], hidden_size, slots_per_sample == 1, w_up.shape[2]
+    )
     grid = launch_grid(
         triton.cdiv(num_slots, blocks["BLOCK_S"]), triton.cdiv(out_width, blocks["BLOCK_C"]),
         sizes=f"the prompt row's width {out_width}",
@@ -288,7 +293,7 @@ def mixed_lpt_bwd(grad, hidden, starts, ends, slot_adapter, pre, w_up, num_token
     grad_w_down, grad_b_down, grad_w_up, grad_b_up = grads  # every element written by the kernels below
     slots_per_sample = num_slots // batch
     grad, *grad_strides = slot_strides(grad, slots_per_sample)
-    widths, shifts, out_width = adapter_columns(num_tokens, grad.shape[1], hidden_size, slots_per_sample == 1)
+    widths, shifts, out_width = adapter_columns(num_tokens, grad.shape[1], hidden_size, slots_per_sample == 1, w_width)
     order, seg = adapter_segments(slot_adapter, num)
     has_dropout = dropout is not None
     probabilities = dropout if has_dropout else pre

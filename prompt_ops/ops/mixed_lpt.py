@@ -43,7 +43,6 @@ from prompt_ops.ops.validation import (
     check_adapter_indices,
     check_float,
     check_int,
-    check_int32_index,
     check_mask,
     check_probability,
     check_tensor,
@@ -95,12 +94,18 @@ def mixed_lpt_prompt_torch(
     """Eager generator: the rows' weights gathered per row (``w_down[a_b]``...) and batched matmuls. NPG picks each
     row's read row; the pooling modes project every row and pool each slot's window (:func:`window_mean`,
     :func:`window_max`, ``fewest`` the fewest tokens of an adapter). ``row_dropout (B,)`` each row's probability
-    (None: no dropout)."""
-    batch, _, hidden_size = hidden.shape
+    (None: no dropout). Only the rows the windows read enter the products (the others, ``-1`` rows and padding,
+    as zeros), so a non-finite value there reaches no output nor gradient: ``-1`` rows run adapter 0's weights."""
+    batch, seq_len, hidden_size = hidden.shape
     adapter = adapter_index.to(torch.int64)
     safe = adapter.clamp(min=0)
     lengths = torch.where(adapter >= 0, num_tokens[safe], 0)  # (B,) n_b
-    rows = hidden.to(w_down.dtype)
+    live, per_row = slot_adapter >= 0, 1 if mode == "naive" else n_max
+    low = torch.where(live, starts, seq_len).view(batch, per_row).amin(1)  # (B,) each row's read rows [low, high)
+    high = torch.where(live, ends, 0).view(batch, per_row).amax(1)
+    columns = torch.arange(seq_len, device=hidden.device)[None, :]
+    read = (columns >= low[:, None]) & (columns < high[:, None])  # (B, L)
+    rows = hidden.to(w_down.dtype).masked_fill(~read[:, :, None], 0.0)
     if mode == "naive":
         picked = rows[torch.arange(batch, device=hidden.device), starts].unsqueeze(1)  # (B, 1, d)
         pre = torch.baddbmm(b_down[safe].unsqueeze(1), picked, w_down[safe])  # (B, 1, h)
@@ -342,10 +347,8 @@ def _prepare(hidden, w_down, b_down, w_up, b_up, adapter_index, num_tokens, inde
         present = sorted(set(adapter_index.tolist()) - {-1})
         _check_widths(tokens, present, mode, hidden.shape[2], w_up.shape[2])
     n_max = max(tokens)
+    # the prompt fits, and the Triton dropout keys its B * n_max * d elements in int32 (both layouts)
     check_sizes(hidden, n_max, None, False, max(probabilities, default=0.0) if active else 0.0, backend)
-    if backend == "triton" and active and mode != "naive":
-        sources = f"num_tokens (n_max = {n_max}) and hidden (B, L, d) = {tuple(hidden.shape)}"
-        check_int32_index("B * n_max * d prompt elements", hidden.shape[0] * n_max * hidden.shape[2], sources)
     rows = _check_row_data(hidden, adapter_index, mode, index, attention_mask, source_lengths, check_data)
     lengths = torch.tensor(tokens, dtype=torch.int64, device=hidden.device)
     dropout = torch.tensor(probabilities, dtype=torch.float32, device=hidden.device) if active else None
@@ -396,9 +399,10 @@ def mixed_lpt_prompt(
             data is then undefined behaviour.
 
     Returns:
-        ``(B, n_max, d)`` in the generator's dtype (fp32 for fp32 parameters): row ``b``'s prompt in its last
-        ``n_a`` columns, zeros before them and on ``-1`` rows. The entries of ``index``, ``attention_mask`` and
-        ``source_lengths`` of ``-1`` rows are neither checked nor read.
+        ``(B, n_max, d)``, fp32 on the Triton backend and in the generator's dtype on the torch backend (as
+        :func:`~prompt_ops.lpt_prompt`'s backends return it): row ``b``'s prompt in its last ``n_a`` columns, zeros
+        before them and on ``-1`` rows. The entries of ``index``, ``attention_mask`` and ``source_lengths`` of ``-1``
+        rows are neither checked nor read.
     """
     backend, tokens, lengths, rows, dropout, seed = _prepare(
         hidden, w_down, b_down, w_up, b_up, adapter_index, num_tokens, index, attention_mask, source_lengths, mode,

@@ -13,6 +13,7 @@ from prompt_ops.ops import reference
 from prompt_ops.ops.lpt import MODES
 from tests.conftest import INTERPRET
 from tests.helpers import assert_close, assert_grads_close, padded_mask, tolerances
+from tests.ops.test_mixed_embed_op import _set, _with
 
 BACKENDS = ["torch", "triton"]
 NAMES = ("w_down", "b_down", "w_up", "b_up")
@@ -123,6 +124,48 @@ def test_low_precision_hidden(backend):
     check(hidden, make_bank("pool"), torch.tensor([2, 0, 1]), "pool", backend)
 
 
+def strided(tensor: torch.Tensor) -> torch.Tensor:
+    """The same values as a non-contiguous leaf: stored with its dimensions reversed (every stride differs)."""
+    return tensor.detach().permute(*reversed(range(tensor.dim()))).contiguous().permute(
+        *reversed(range(tensor.dim()))).requires_grad_()  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["naive", "max"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_inputs(backend, mode):
+    """Every generator tensor and ``hidden`` non-contiguous (the biases too: the kernels must not assume their unit
+    stride), against the reference, with a non-contiguous prompt gradient."""
+    adapter_index = torch.tensor([2, 0, -1, 1])
+    hidden = strided(torch.randn(4, SEQ_LEN, HIDDEN)).detach()
+    bank = [strided(t) for t in make_bank(mode)]
+    assert not any(t.is_contiguous() for t in (hidden, *bank))
+    out = run(hidden, bank, adapter_index, mode, backend)
+    grad = strided(torch.randn(out.shape)).detach()
+    expected, expected_grads = ref_grads(hidden, bank, adapter_index, mode, grad)
+    assert_close(out, expected, torch.float32, dot=True)
+    assert_grads_close(torch.autograd.grad(out, bank, grad), expected_grads, NAMES)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unread_rows_reach_nothing(backend, mode):
+    """NaN in a ``-1`` row (documented as not read) and in the padding of the adapters' rows: the prompt and every
+    gradient equal the reference's on the same values with those rows zero (the torch backend's products over
+    whole rows once turned ``NaN * 0`` into NaN gradients, adapter 0's for a ``-1`` row)."""
+    adapter_index = torch.tensor([1, -1, 2, 1])
+    mask = padded_mask([5, 7, 3, 7], SEQ_LEN, "left")
+    clean = torch.randn(4, SEQ_LEN, HIDDEN) * mask[:, :, None]
+    clean[1] = 0.0
+    dirty = clean.masked_fill((mask == 0)[:, :, None], float("nan"))
+    dirty[1] = float("nan")
+    bank = make_bank(mode)
+    out = run(dirty, bank, adapter_index, mode, backend, attention_mask=mask)
+    grad = torch.randn(out.shape)
+    expected, expected_grads = ref_grads(clean, bank, adapter_index, mode, grad, attention_mask=mask)
+    assert_close(out, expected, torch.float32, dot=True)
+    assert_grads_close(torch.autograd.grad(out, bank, grad), expected_grads, NAMES)
+
+
 def expected_multipliers(backend, mode, adapter_index, probabilities, seed):
     """``(B, n_max, d)`` dropout multipliers each backend documents: Triton's philox stream keyed by ``(seed,
     slot * row_width + column)`` at each row's adapter's probability, torch's one ``torch.rand`` draw of the output's
@@ -178,6 +221,22 @@ def test_triton_launches_do_not_grow_with_adapters():
                 out.sum().backward()
             counts.append((forward, traffic.launches - forward))
     assert counts == [(2, 3)] * 6
+
+
+def test_unchecked_adapter_too_wide_for_w_up_stays_in_bounds():
+    """Without the data checks, an NPG adapter wider than ``W_max`` (the last one, ``n_a * d = 20 > 10``) is
+    undefined output, but the kernels, forward and backward, never read outside ``w_up``/``b_up``."""
+    if not INTERPRET:
+        pytest.skip("the bounds are checked by the interpreter")
+    from prompt_ops.profiling import kernel_traffic
+
+    tokens = TOKENS[:2]
+    bank = [t.detach()[:2, ..., :10] if i >= 2 else t.detach()[:2] for i, t in enumerate(make_bank("naive"))]
+    bank = [t.contiguous().requires_grad_() for t in bank]
+    with kernel_traffic(check_bounds=True):
+        out = run(torch.randn(3, SEQ_LEN, HIDDEN), bank, torch.tensor([1, 0, 1]), "naive", "triton", tokens,
+                  check_ids=False)  # fmt: skip
+        out.sum().backward()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -259,14 +318,6 @@ def test_exported():
 # ----------------------------------------------------------------------------------------------------------------
 # bad input
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _set(name, value):
-    return lambda args: {**args, name: value}
-
-
-def _with(name, fn):
-    return lambda args: {**args, name: fn(args[name])}
 
 
 BAD_INPUTS = [
