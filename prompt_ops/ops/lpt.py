@@ -501,7 +501,8 @@ def lpt_prompt(
     seed: int | None = None,
     backend: str | None = None,
 ) -> Tensor:
-    """LPT prompt ``(B, n, d)`` in fp32 from layer-``k`` hidden states ``(B, L, d)``.
+    """LPT prompt ``(B, n, d)`` from layer-``k`` hidden states ``(B, L, d)``: fp32 on the Triton backend, in the
+    generator's dtype on the torch backend (fp32 for fp32 parameters).
 
     {generator_args}
     """
