@@ -95,19 +95,15 @@ def mixed_lpt_prompt_torch(
     row's read row; the pooling modes project every row and pool each slot's window (:func:`window_mean`,
     :func:`window_max`, ``fewest`` the fewest tokens of an adapter). ``row_dropout (B,)`` each row's probability
     (None: no dropout). Only the rows the windows read enter the products (the others, ``-1`` rows and padding,
-    as zeros), so a non-finite value there reaches no output nor gradient: ``-1`` rows run adapter 0's weights."""
+    as zeros), so a non-finite value there reaches no output nor gradient (``-1`` rows run adapter 0's weights)."""
     batch, seq_len, hidden_size = hidden.shape
     adapter = adapter_index.to(torch.int64)
     safe = adapter.clamp(min=0)
     lengths = torch.where(adapter >= 0, num_tokens[safe], 0)  # (B,) n_b
-    live, per_row = slot_adapter >= 0, 1 if mode == "naive" else n_max
-    low = torch.where(live, starts, seq_len).view(batch, per_row).amin(1)  # (B,) each row's read rows [low, high)
-    high = torch.where(live, ends, 0).view(batch, per_row).amax(1)
-    columns = torch.arange(seq_len, device=hidden.device)[None, :]
-    read = (columns >= low[:, None]) & (columns < high[:, None])  # (B, L)
-    rows = hidden.to(w_down.dtype).masked_fill(~read[:, :, None], 0.0)
+    rows = hidden.to(w_down.dtype)
     if mode == "naive":
-        picked = rows[torch.arange(batch, device=hidden.device), starts].unsqueeze(1)  # (B, 1, d)
+        picked = rows[torch.arange(batch, device=hidden.device), starts]  # (B, d)
+        picked = picked.masked_fill((adapter < 0)[:, None], 0.0).unsqueeze(1)  # (B, 1, d)
         pre = torch.baddbmm(b_down[safe].unsqueeze(1), picked, w_down[safe])  # (B, 1, h)
         values = torch.baddbmm(b_up[safe].unsqueeze(1), torch.relu(pre), w_up[safe]).squeeze(1)  # (B, W_max)
         src = (
@@ -118,6 +114,12 @@ def mixed_lpt_prompt_torch(
         picked_columns = values.gather(1, src.clamp(0, values.shape[1] - 1))
         out = torch.where(inside, picked_columns, 0.0).view(batch, n_max, hidden_size)
     else:
+        live = (slot_adapter >= 0).view(batch, n_max)
+        low = torch.where(live, starts.view(batch, n_max), seq_len).amin(1)  # (B,): each row's pooled rows [low, high)
+        high = torch.where(live, ends.view(batch, n_max), 0).amax(1)
+        columns = torch.arange(seq_len, device=hidden.device)[None, :]
+        pooled_rows = (columns >= low[:, None]) & (columns < high[:, None])  # (B, L)
+        rows = rows.masked_fill(~pooled_rows[:, :, None], 0.0)
         projected = torch.baddbmm(b_down[safe].unsqueeze(1), rows, w_down[safe])  # (B, L, h)
         samples = torch.arange(slot_adapter.shape[0], device=hidden.device) // n_max
         if mode == "max":
