@@ -90,16 +90,30 @@ def adaptive_windows(first: Tensor, lengths: Tensor, slots: Tensor, num_tokens: 
     return starts, ends
 
 
+def pooled_rows_only(rows: Tensor, starts: Tensor, ends: Tensor, live: Tensor | None = None) -> Tensor:
+    """``rows (B, L, d)`` with every row outside its sample's pooled block zeroed: the block is ``[min start, max
+    end)`` of the sample's windows ``starts, ends (B, n)`` (only the ``live (B, n)`` ones when given). The eager
+    pooling generators project every row, so a non-finite value in a row no window reads (padding) would otherwise
+    reach the cumulative sum and every gradient."""
+    seq_len = rows.shape[1]
+    low = (starts if live is None else torch.where(live, starts, seq_len)).amin(1)  # (B,)
+    high = (ends if live is None else torch.where(live, ends, 0)).amax(1)
+    columns = torch.arange(seq_len, device=rows.device)[None, :]
+    return rows.masked_fill(~((columns >= low[:, None]) & (columns < high[:, None]))[:, :, None], 0.0)
+
+
 def lpt_prompt_torch(hidden, w_down, b_down, w_up, b_up, starts, ends, num_tokens, dropout_p, seed, mode):
-    """Eager generator. NPG gathers its one row per sample before projecting; APPG projects every row and takes
-    each window's mean through a cumulative sum; MPPG projects every row and takes each window's maximum."""
+    """Eager generator. NPG gathers its one row per sample before projecting; APPG projects every row of each
+    sample's pooled block (the rows outside it zeroed, :func:`pooled_rows_only`) and takes each window's mean
+    through a cumulative sum; MPPG likewise takes each window's maximum."""
     batch, seq_len, hidden_size = hidden.shape
     gen_rank = w_down.shape[1]
     if mode == "naive":
         picked = hidden[torch.arange(batch, device=hidden.device), starts]  # (B, d)
         pooled = torch.addmm(b_down, picked.to(w_down.dtype), w_down)  # (B, h)
         return _up_projection(pooled, w_up, b_up, dropout_p, seed).reshape(batch, num_tokens, hidden_size)
-    projected = torch.addmm(b_down, hidden.reshape(-1, hidden_size).to(w_down.dtype), w_down)  # (B*L, h)
+    rows = pooled_rows_only(hidden.to(w_down.dtype), starts.view(batch, -1), ends.view(batch, -1))
+    projected = torch.addmm(b_down, rows.reshape(-1, hidden_size), w_down)  # (B*L, h)
     projected = projected.view(batch, seq_len, gen_rank)
     samples = torch.arange(starts.numel(), device=hidden.device) // num_tokens
     if mode == "max":

@@ -35,6 +35,7 @@ from prompt_ops.ops.lpt import (
     check_row_vector,
     check_rows,
     check_sizes,
+    pooled_rows_only,
     valid_blocks,
     window_max,
     window_mean,
@@ -115,11 +116,7 @@ def mixed_lpt_prompt_torch(
         out = torch.where(inside, picked_columns, 0.0).view(batch, n_max, hidden_size)
     else:
         live = (slot_adapter >= 0).view(batch, n_max)
-        low = torch.where(live, starts.view(batch, n_max), seq_len).amin(1)  # (B,): each row's pooled rows [low, high)
-        high = torch.where(live, ends.view(batch, n_max), 0).amax(1)
-        columns = torch.arange(seq_len, device=hidden.device)[None, :]
-        pooled_rows = (columns >= low[:, None]) & (columns < high[:, None])  # (B, L)
-        rows = rows.masked_fill(~pooled_rows[:, :, None], 0.0)
+        rows = pooled_rows_only(rows, starts.view(batch, n_max), ends.view(batch, n_max), live)
         projected = torch.baddbmm(b_down[safe].unsqueeze(1), rows, w_down[safe])  # (B, L, h)
         samples = torch.arange(slot_adapter.shape[0], device=hidden.device) // n_max
         if mode == "max":

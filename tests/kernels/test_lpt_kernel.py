@@ -209,6 +209,26 @@ def test_a_row_alone_equals_the_row_left_padded_in_a_batch(backend, mode):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", MODES)
+def test_non_finite_rows_no_window_reads_reach_nothing(backend, mode):
+    """NaN and inf in the padding and past each row's source: the prompt and every gradient equal the reference's
+    with those rows zero (the eager pooling generators once projected every row, so an inf pad reached the
+    cumulative sum, the prompt and the gradients)."""
+    hidden, params, mask, _ = make(3, 9, 20, 6, 4, mode)
+    source_lengths = torch.tensor([5, 6, 4])  # of the 8, 7 and 7 valid rows (ragged_mask)
+    first = torch.tensor([1, 1, 0])
+    index = first + source_lengths - 1
+    unread = (mask == 0) | (torch.arange(9)[None, :] >= (first + source_lengths)[:, None])
+    clean = hidden.masked_fill(unread[:, :, None], 0.0)
+    dirty = clean.masked_fill(unread[:, :, None], float("inf"))
+    dirty[0, 0] = float("nan")
+    kwargs = {"num_tokens": 4, "index": index, "attention_mask": mask, "mode": mode, "backend": backend}
+    out = prompt_ops.lpt_prompt(dirty, *params, source_lengths=source_lengths, **kwargs)
+    assert torch.isfinite(out).all()
+    check(out, clean, params, mask, index, 4, mode, source_lengths=source_lengths)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
 def test_source_lengths_pool_only_the_source(backend, mode):
     """With ``source_lengths`` the pooling modes pool each row's first ``source_lengths[b]`` valid rows (left and
     right padding, sources shorter than n, of n and longer); NPG reads its index, which is a source row. Forward
