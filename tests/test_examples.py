@@ -31,10 +31,24 @@ def test_two_rates_script_runs(tmp_path):
     main(["--seeds", "1", "--steps", "2", "--out", str(tmp_path)])
     payload = json.loads((tmp_path / "two_rates.json").read_text())
     rates = {run["recipe"]: (run["lr"], run["offset_lr"]) for run in payload["runs"]}
-    assert rates == {"one rate": (1e-2, 1e-2), "two rates (DePT's recipe)": (0.3, 5e-4)}
-    assert payload["steps"] == 2 and [run["seed"] for run in payload["runs"]] == [0, 0]
+    assert rates == {
+        "one rate (the example's old)": (1e-2, 1e-2), "one rate (the prompt's)": (0.3, 0.3),
+        "two rates (DePT's recipe)": (0.3, 5e-4),
+    }  # fmt: skip
+    assert payload["steps"] == 2 and [run["seed"] for run in payload["runs"]] == [0, 0, 0]
     assert all(0.0 <= run["accuracy_after"] <= 1.0 for run in payload["runs"])
     assert (tmp_path / "two_rates.md").read_text() == render(payload)
+
+
+@pytest.mark.parametrize("option", ["--seeds", "--steps"])
+def test_two_rates_script_refuses_zero_runs(option, tmp_path, capsys):
+    """Zero seeds would write an empty table (over README's, with ``--update-readme``); zero steps no last loss."""
+    from examples.two_rates import main
+
+    with pytest.raises(SystemExit):
+        main([option, "0", "--out", str(tmp_path)])
+    assert f"{option}: must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_readme_two_rates_block_is_generated_from_the_results():
