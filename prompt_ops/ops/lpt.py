@@ -112,7 +112,7 @@ def lpt_prompt_torch(hidden, w_down, b_down, w_up, b_up, starts, ends, num_token
         picked = hidden[torch.arange(batch, device=hidden.device), starts]  # (B, d)
         pooled = torch.addmm(b_down, picked.to(w_down.dtype), w_down)  # (B, h)
         return _up_projection(pooled, w_up, b_up, dropout_p, seed).reshape(batch, num_tokens, hidden_size)
-    rows = pooled_rows_only(hidden.to(w_down.dtype), starts.view(batch, -1), ends.view(batch, -1))
+    rows = pooled_rows_only(hidden.to(w_down.dtype), starts.view(batch, num_tokens), ends.view(batch, num_tokens))
     projected = torch.addmm(b_down, rows.reshape(-1, hidden_size), w_down)  # (B*L, h)
     projected = projected.view(batch, seq_len, gen_rank)
     samples = torch.arange(starts.numel(), device=hidden.device) // num_tokens
