@@ -68,6 +68,23 @@ def check_rate(name: str, value: object) -> float:
     return rate
 
 
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """One optimizer group with its settings decided: its ``name``, the owner's ``parameters`` it holds (full
+    names), its ``lr`` and ``weight_decay``."""
+
+    name: str
+    parameters: tuple[str, ...]
+    lr: float
+    weight_decay: float
+
+
+def group_settings(group: Group, rates: dict[str, float], weight_decay: float) -> tuple[float, float]:
+    """``(lr, weight_decay)`` of ``group`` given the checked ``rates`` (each of :data:`RATES`) and weight decay:
+    its rate argument's value, and no weight decay for a group marked ``decay=False``."""
+    return rates[group.rate], weight_decay if group.decay else 0.0
+
+
 def build_groups(
     owner: nn.Module,
     groups: tuple[Group, ...],
@@ -76,19 +93,29 @@ def build_groups(
     prefix: str = "",
 ) -> list[dict]:
     """The optimizer groups of ``owner``'s trainable parameters: ``groups`` name them under ``prefix`` (the path of
-    the method's module inside ``owner``), ``rates`` maps each of :data:`RATES` to its value (already checked).
+    the method's module inside ``owner``), ``rates`` maps each of :data:`RATES` to its value (already checked);
+    :func:`partition` checks that they hold every trainable parameter."""
+    resolved = [
+        Resolved(group.name, tuple(prefix + name for name in group.parameters), *group_settings(group, rates,
+                 weight_decay))
+        for group in groups
+    ]  # fmt: skip
+    return partition(owner, resolved)
+
+
+def partition(owner: nn.Module, groups: list[Resolved]) -> list[dict]:
+    """The optimizer group dicts (``params``, ``lr``, ``weight_decay``, ``name``) of ``groups``, each with the
+    parameters that require grad (a group left with none is dropped).
 
     Every parameter of ``owner`` that requires grad must be in a group: one that is not (a base-model tensor
     unfrozen by hand) is a ``ValueError`` naming it, as the groups would silently leave it untrained."""
     parameters = dict(owner.named_parameters())
     result, grouped = [], set()
     for group in groups:
-        names = [prefix + name for name in group.parameters]
-        params = [parameters[name] for name in names if parameters[name].requires_grad]
-        grouped.update(names)
+        params = [parameters[name] for name in group.parameters if parameters[name].requires_grad]
+        grouped.update(group.parameters)
         if params:
-            decay = weight_decay if group.decay else 0.0
-            result.append({"params": params, "lr": rates[group.rate], "weight_decay": decay, "name": group.name})
+            result.append({"params": params, "lr": group.lr, "weight_decay": group.weight_decay, "name": group.name})
     stray = [name for name, param in parameters.items() if param.requires_grad and name not in grouped]
     if stray:
         raise ValueError(
@@ -129,11 +156,18 @@ def recipe_groups(
     weight_decay: float | None,
     prefix: str = "",
 ) -> list[dict]:
-    """:func:`build_groups` with the rates checked (by name) and None filled in from ``recipe``; ``offset_lr``
-    defaults to ``lr`` for a method whose recipe has no second rate (its groups never read it)."""
+    """:func:`build_groups` with the rates of :func:`recipe_rates`."""
+    return build_groups(owner, groups, *recipe_rates(recipe, lr, offset_lr, weight_decay), prefix)
+
+
+def recipe_rates(
+    recipe: Recipe, lr: float | None, offset_lr: float | None, weight_decay: float | None
+) -> tuple[dict[str, float], float]:
+    """``({"lr": ..., "offset_lr": ...}, weight_decay)``, checked (by name), None filled in from ``recipe``;
+    ``offset_lr`` defaults to ``lr`` for a method whose recipe has no second rate (its groups never read it)."""
     lr = check_rate("lr", recipe.lr if lr is None else lr)
     if offset_lr is None:
         offset_lr = lr if recipe.offset_lr is None else recipe.offset_lr
     offset_lr = check_rate("offset_lr", offset_lr)
     weight_decay = check_rate("weight_decay", recipe.weight_decay if weight_decay is None else weight_decay)
-    return build_groups(owner, groups, {"lr": lr, "offset_lr": offset_lr}, weight_decay, prefix)
+    return {"lr": lr, "offset_lr": offset_lr}, weight_decay

@@ -67,6 +67,7 @@ from prompt_ops.models.configs import LPTConfig, MethodConfig
 from prompt_ops.models.inputs import first_position
 from prompt_ops.models.mixed_late import LateAdapters, check_insertion, check_late_config
 from prompt_ops.models.mixed_prompt import gather_passes
+from prompt_ops.models.optim import mixed_groups
 from prompt_ops.models.positions import model_position_ids, next_input_positions
 from prompt_ops.models.prompt_cache import PromptCache, reusable_now, state_key
 from prompt_ops.models.shared_prompt import (
@@ -364,6 +365,19 @@ class MultiAdapterModel(nn.Module):
             build = functools.partial(prompt_pass, self.base_model, embed, position)
             passes.append(cache.get(self, build, hidden, self.adapter_state_dict(name), key, reusable))
         return gather_passes(passes, row_pass, slots, hidden, logit_rows)
+
+    def parameter_groups(
+        self, lr: float | None = None, offset_lr: float | None = None, weight_decay: float | None = None
+    ) -> list[dict]:
+        """``torch.optim`` parameter groups of every adapter's stacked tables: each table at the rate and weight
+        decay its method's split and recipe give it (:func:`~prompt_ops.models.optim.mixed_groups`; e.g. the prompts
+        at 3e-1, DePT's pair at 5e-4, ADePT's FFN at 1e-4, LPT's generators at 1e-3 with weight decay 0.1), ``lr``,
+        ``offset_lr`` and ``weight_decay`` overriding every method's when given. ``add_adapter``, ``load_adapter``
+        and ``delete_adapter`` re-stack the tables into new parameters: build the groups and the optimizer again
+        after them."""
+        configs = [self.bank.config(name) for name in self.bank.names]
+        configs += [self.late.config(name) for name in self._late_names]
+        return mixed_groups(self, configs, lr, offset_lr, weight_decay)
 
     def forward(
         self,

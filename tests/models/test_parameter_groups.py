@@ -3,6 +3,7 @@ trainable parameters exactly for every method and model family, each group's rat
 are the official scripts' recipes (reference/methods.md), the Trainer trains the adapter alone with both rates, and
 bad rates are refused by name."""
 
+import dataclasses
 import json
 import math
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from prompt_ops.models import LPTConfig, attach, trainer_optimizers
+from prompt_ops.methods.ept import EPT
+from prompt_ops.models import LPTConfig, attach, attach_many, trainer_optimizers
 from tests.models import test_lpt
 from tests.models.model_state import ModelState
 from tests.models.test_attach import CONFIGS, VOCAB, tiny
@@ -202,3 +204,82 @@ def test_the_adapter_keeps_nothing_of_the_optimizer(tmp_path):
     folder = tuned.save_adapter(tmp_path / "adapter")
     saved = json.loads((folder / "adapter_config.json").read_text())["config"]
     assert set(saved) == {"method", "num_tokens", "rank", "max_length", "lora_alpha", "init_token_ids", "positions"}
+
+
+MIXED_SETTINGS = {  # each stacked table of a model holding every method: (group, lr, weight decay), by the recipes
+    "bank.prompts": ("prompt", 0.3, 0.0),
+    "bank.lora_a": ("offset", 5e-4, 0.0), "bank.lora_b": ("offset", 5e-4, 0.0),  # DePT's and EPT's pair
+    "bank.adept_w_down": ("offset", 1e-4, 0.0), "bank.adept_w_up": ("offset", 1e-4, 0.0),
+    "bank.adept_b_down": ("offset_bias", 1e-4, 0.0), "bank.adept_b_up": ("offset_bias", 1e-4, 0.0),
+    "bank.lamp_u": ("prompt", 0.3, 0.0), "bank.lamp_q": ("prompt", 0.3, 0.0), "bank.lamp_v": ("prompt", 0.3, 0.0),
+    "bank.ept_w_down": ("offset", 5e-4, 0.0), "bank.ept_w_up": ("offset", 5e-4, 0.0),
+    "bank.ept_w_gate": ("offset", 5e-4, 0.0), "bank.ept_b_gate": ("offset_bias", 5e-4, 0.0),
+    "late.w_down": ("generator", 1e-3, 0.1), "late.w_up": ("generator", 1e-3, 0.1),
+    "late.b_down": ("generator_bias", 1e-3, 0.0), "late.b_up": ("generator_bias", 1e-3, 0.0),
+}  # fmt: skip
+
+
+def mixed_model():
+    """Every method in one mixed-adapter model over a tiny 4-layer GPT-2 (LPT inserts at layer 2)."""
+    return attach_many(test_lpt.tiny("gpt2", head=True), {f"{method}_adapter": config for method, config in
+                                                          METHODS.items()})  # fmt: skip
+
+
+def test_a_mixed_model_gives_each_stacked_table_its_methods_recipe():
+    """The groups partition the trainable tables exactly; each table gets its method's rate and weight decay (the
+    prompts 3e-1, DePT's and EPT's pair 5e-4, ADePT's FFN 1e-4, LPT's generator 1e-3 with decay 0.1, biases
+    undecayed); given rates override every method's; an SGD step moves each table by its own group's rate."""
+    multi = mixed_model()
+    trainable = {name for name, param in multi.named_parameters() if param.requires_grad}
+    assert trainable == set(MIXED_SETTINGS)
+    for overrides in ({}, {"lr": 0.05, "offset_lr": 0.002, "weight_decay": 0.5}):
+        groups = multi.parameter_groups(**overrides)
+        names = grouped_names(multi, groups)
+        listed = [name for group in names.values() for name in group]
+        assert sorted(listed) == sorted(trainable)  # each once
+        for group in groups:
+            for name in names[group["name"]]:
+                kind, lr, decay = MIXED_SETTINGS[name]
+                if overrides:
+                    lr = overrides["offset_lr" if kind in SECOND_RATE else "lr"]
+                    decay = 0.0 if kind in NO_DECAY else overrides["weight_decay"]
+                assert group["name"].startswith(f"{kind} (") and (group["lr"], group["weight_decay"]) == (lr, decay)
+    assert [group["name"] for group in multi.parameter_groups()] == [
+        "prompt (prompt_tuning, dept, adept, lamp, ept)", "offset (dept, ept)", "offset (adept)",
+        "offset_bias (adept)", "offset_bias (ept)", "generator (lpt)", "generator_bias (lpt)",
+    ]  # fmt: skip
+
+
+def test_a_mixed_model_steps_each_table_at_its_rate():
+    multi = mixed_model().train()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for param in multi.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.1)
+    optimizer = torch.optim.SGD(multi.parameter_groups(lr=0.1, offset_lr=1e-3, weight_decay=0.5))
+    ids = torch.randint(1, VOCAB, (6, 7), generator=torch.Generator().manual_seed(0))
+    labels = ids.masked_fill(torch.arange(7) < 3, -100)
+    multi(input_ids=ids, labels=labels, adapter_names=multi.adapter_names).loss.backward()
+    tables = dict(multi.named_parameters())
+    before = {name: tables[name].detach().clone() for name in MIXED_SETTINGS}
+    optimizer.step()
+    for name, (kind, _, _) in MIXED_SETTINGS.items():
+        rate, decay = (1e-3 if kind in SECOND_RATE else 0.1), (0.0 if kind in NO_DECAY else 0.5)
+        grad = tables[name].grad
+        assert grad.abs().max() > 0, name
+        torch.testing.assert_close(tables[name].detach(), before[name] - rate * (grad + decay * before[name]))
+
+
+def test_a_mixed_model_refuses_bad_rates_and_recipes_that_clash(monkeypatch, tmp_path):
+    multi = mixed_model()
+    for argument in ("lr", "offset_lr", "weight_decay"):
+        with pytest.raises(ValueError, match=f"^{argument} must be a finite number >= 0"):
+            multi.parameter_groups(**{argument: -1.0})
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, learning_rate=0.3)
+    optimizer, scheduler = trainer_optimizers(multi, args)
+    assert scheduler is None and len(optimizer.param_groups) == 7
+    monkeypatch.setattr(EPT, "RECIPE", dataclasses.replace(EPT.RECIPE, lr=0.2))
+    with pytest.raises(ValueError, match=r"^bank\.prompts holds tensors of methods whose recipes give it different"):
+        multi.parameter_groups()
+    assert len(multi.parameter_groups(lr=0.1)) == 7  # one rate given: no clash
