@@ -75,6 +75,15 @@ def mixed_groups(
     return partition(owner, resolved)
 
 
+def _check_adam(name: str, value: object, below_one: bool) -> float:
+    """One of Adam's constants from ``TrainingArguments``: a finite number ``>= 0`` (:func:`check_rate`), and
+    ``< 1`` for a beta; a ``ValueError`` naming it otherwise (torch's own says "index 0")."""
+    value = check_rate(name, value)
+    if below_one and value >= 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return value
+
+
 def trainer_optimizers(tuned, args, offset_lr: float | None = None) -> tuple[torch.optim.AdamW, None]:
     """``(optimizer, None)`` for ``transformers.Trainer(optimizers=...)``: AdamW over the groups of ``tuned`` (a
     model returned by :func:`prompt_ops.models.attach`, :func:`~prompt_ops.models.load_adapter` or
@@ -93,5 +102,8 @@ def trainer_optimizers(tuned, args, offset_lr: float | None = None) -> tuple[tor
     lr = check_rate("args.learning_rate", args.learning_rate)
     weight_decay = check_rate("args.weight_decay", args.weight_decay)
     groups = tuned.parameter_groups(lr=lr, offset_lr=offset_lr, weight_decay=weight_decay)
-    optimizer = torch.optim.AdamW(groups, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+    betas = tuple(_check_adam("args." + name, getattr(args, name), below_one=True) for name in ("adam_beta1",
+                  "adam_beta2"))  # fmt: skip
+    eps = _check_adam("args.adam_epsilon", args.adam_epsilon, below_one=False)
+    optimizer = torch.optim.AdamW(groups, betas=betas, eps=eps)
     return optimizer, None

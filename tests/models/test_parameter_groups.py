@@ -197,6 +197,13 @@ def test_trainer_helper_refuses_bad_arguments(tmp_path):
     args.learning_rate = math.nan
     with pytest.raises(ValueError, match=r"^args\.learning_rate must be a finite number >= 0, got nan"):
         trainer_optimizers(tuned, args)
+    args.learning_rate = 0.3
+    for name, value, pattern in (("adam_beta1", 1.0, r"in \[0, 1\), got 1\.0"), ("adam_beta2", -0.5, ">= 0"),
+                                 ("adam_epsilon", math.inf, ">= 0")):  # fmt: skip
+        setattr(args, name, value)
+        with pytest.raises(ValueError, match=rf"^args\.{name} must be (a finite number )?{pattern}"):
+            trainer_optimizers(tuned, args)
+        setattr(args, name, getattr(transformers.TrainingArguments, name))
 
 
 def test_the_adapter_keeps_nothing_of_the_optimizer(tmp_path):
