@@ -227,6 +227,17 @@ def ept_embed_backward_bytes(
     return dept + (2 * builder + num_prompt * hidden + (max_length - seq_len) * rank) * _size(param_dtype)
 
 
+def mixed_lpt_prompt_forward_bytes(
+    batch: int, rows_read: int, hidden: int, num_slots: int, generators: Sequence[tuple[int, int]],
+    hidden_dtype: torch.dtype = torch.float32, param_dtype: torch.dtype = torch.float32,
+) -> int:  # fmt: skip
+    """Forward of ``mixed_lpt_prompt``: the ``rows_read`` hidden rows the generators read (NPG: one per sample; the
+    pooling modes: every pooled row), each adapter of the batch's generator once, unpadded (``generators``: its rank
+    ``h_a`` and width ``W_a``), and the ``(B, n_max, d)`` fp32 prompt out."""
+    weights = sum(hidden * rank + rank + rank * width + width for rank, width in generators) * _size(param_dtype)
+    return rows_read * hidden * _size(hidden_dtype) + weights + batch * num_slots * hidden * 4
+
+
 def lpt_insert_forward_bytes(
     batch: int, seq_len: int, num_tokens: int, hidden: int, gen_rank: int, mode: str,
     hidden_dtype: torch.dtype = torch.float32, mask_dtype: torch.dtype = torch.int64,

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import prompt_ops
 from prompt_ops.kernels import dept_embed as kernels
 from prompt_ops.ops import reference
 from prompt_ops.profiling import H100, EagerTraffic, kernel_traffic, project_h100
@@ -219,6 +220,29 @@ def test_lpt_insert_is_three_launches_within_ideal_bytes(mode):
         prompt = reference.lpt_prompt(states, *params, num_tokens, None, mask, mode)
         reference.lpt_insert(prompt, states, mask)
     assert naive.launches >= 3
+
+
+@pytest.mark.parametrize("mode", ["naive", "pool", "max"])
+def test_mixed_lpt_forward_is_two_launches_within_ideal_bytes(mode):
+    """A bank of three LPT generators of 5, 3 and 4 prompt rows (NPG widths 5d, 3d and 4d, zero-padded to 5d) and
+    one rank, every adapter used: the generator's two launches for the whole batch, within 1.1x of the hidden rows
+    read, each adapter's generator once and the prompt out. (Ragged ranks are read padded: the zeros past each
+    adapter's rank count as bytes.)"""
+    from prompt_ops.profiling.ideal import mixed_lpt_prompt_forward_bytes
+
+    batch, seq_len, hidden, rank, tokens = 4, 128, 768, 128, [5, 3, 4]
+    widths = [n * hidden if mode == "naive" else hidden for n in tokens]
+    w_up, b_up = torch.zeros(3, rank, max(widths)), torch.zeros(3, max(widths))
+    for a, width in enumerate(widths):
+        w_up[a, :, :width], b_up[a, :width] = torch.randn(rank, width), torch.randn(width)
+    states, index = torch.randn(batch, seq_len, hidden), torch.tensor([0, 1, 2, 0])
+    generator = (torch.randn(3, hidden, rank), torch.randn(3, rank), w_up, b_up)
+    with torch.no_grad(), kernel_traffic() as fused:
+        prompt_ops.mixed_lpt_prompt(states, *generator, index, tokens, mode=mode, backend="triton")
+    rows_read = batch if mode == "naive" else batch * seq_len
+    ideal = mixed_lpt_prompt_forward_bytes(batch, rows_read, hidden, max(tokens), [(rank, w) for w in widths])
+    assert fused.launches == 2
+    assert 0.95 * ideal <= fused.unique_bytes <= 1.1 * ideal, (fused.unique_bytes, ideal)
 
 
 def test_mixed_adept_fused_forward_is_one_launch_within_ideal_bytes():
