@@ -81,7 +81,8 @@ def right_aligned(
     if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in given):
         padded = [F.pad(tensor, (0, 0) * (tensor.dim() - 1 - dim) + (width - tensor.shape[dim], 0)) for tensor in
                   tensors]  # fmt: skip
-        stacked = torch.cat([*padded, padded[0].new_zeros(padded[0].shape)])  # (E + 1, ...): entry E is zeros
+        zeros = padded[0].new_zeros((1, *padded[0].shape[1:]))  # the row of no pass
+        stacked = torch.cat([*padded, zeros])  # (the passes' rows + 1, ...)
         rows = stacked.index_select(0, layout.entries)
         return rows if tail is None else torch.cat([rows, tail], dim)
     shape = list(given[-1].shape)
