@@ -109,7 +109,8 @@ def _place(out: torch.Tensor, tensors: Sequence[torch.Tensor], layout: RowLayout
 @dataclasses.dataclass(frozen=True)
 class _PendingColumns:
     """One cache layer's prompt columns for a mixed batch, written on the layer's first update: each pass's kept
-    ``keys`` / ``values`` ``(1, heads, w_e, head_dim)`` right-aligned in its rows (``layout``), ``width`` columns
+    ``keys`` / ``values`` ``(R_e, heads, w_e, head_dim)`` (one row per adapter's kept pass; the training pass, a
+    row per adapter) right-aligned in the rows that read them (``layout``), ``width`` columns
     (``m_max``; a sliding-window layer: at most ``window - 1``), zeros elsewhere."""
 
     keys: tuple[torch.Tensor, ...]
